@@ -1,0 +1,196 @@
+// fusedmoe: a fused BF16 Mixture-of-Experts feed-forward layer for Hopper (sm_90a).
+//
+// Public C++ API. The contract is ../shared/SPEC.md (copied in docs/SPEC.md); this header is its
+// C++ shape, modelled on CUB:
+//   * every entry point returns a Status (code + message naming the argument, expected, actual);
+//   * the caller owns the device workspace, sized once by workspace_size() for a maximum T;
+//   * no allocation, no host synchronisation and no host-visible data dependence inside run(),
+//     so a run() captured in a CUDA graph replays correctly with new inputs;
+//   * the stream is the last parameter.
+//
+// Pointers are raw and tensors are dense row-major (C-contiguous); their shapes follow from
+// MoeShape. The binding layers (python/) check framework tensors against these shapes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+namespace fusedmoe {
+
+// ----------------------------------------------------------------------------------------------
+// Status
+// ----------------------------------------------------------------------------------------------
+enum class StatusCode : int {
+  kOk = 0,
+  kInvalidArgument = 1,    // an argument breaks a rule of SPEC; nothing was written
+  kNotImplemented = 2,     // a valid request this build cannot serve (e.g. no GPU kernels)
+  kCudaError = 3,          // a CUDA runtime call failed
+  kWorkspaceTooSmall = 4,  // workspace_bytes < workspace_size(shape); nothing was written
+};
+
+struct Status {
+  StatusCode code = StatusCode::kOk;
+  std::string message;  // empty when ok; otherwise "<argument>: expected <x>, got <y>"
+
+  bool ok() const { return code == StatusCode::kOk; }
+  static Status Ok() { return {}; }
+  static Status Error(StatusCode c, std::string msg) { return {c, std::move(msg)}; }
+};
+
+const char* status_code_name(StatusCode code);
+
+// ----------------------------------------------------------------------------------------------
+// Element types, routing methods, layouts
+// ----------------------------------------------------------------------------------------------
+enum class DType : int { kBF16 = 0, kFP32 = 1 };
+
+const char* dtype_name(DType dtype);
+
+// Pinned numbering: identical to FlashInfer's RoutingMethodType values (SPEC "Routing methods").
+enum class RoutingMethod : int {
+  kDefault = 0,           // top-K of softmax(all E); weights = those probabilities
+  kRenormalize = 1,       // top-K of logits; weights = softmax over the K selected logits
+  kDeepSeekV3 = 2,        // sigmoid + bias, group-limited top-K; weights = s * scale / (sum s + 1e-20)
+  kLlama4 = 3,            // K == 1; argmax of logits; weight = sigmoid(logit)
+  kRenormalizeNaive = 4,  // top-K of softmax(all E); weights = p / sum of selected p
+  kTopK = 5,              // top-K of logits; weights = raw logits
+  kSigmoidRenorm = 6,     // top-K of sigmoid; weights = s / sum of selected s
+  kMiniMax2 = 7,          // top-K of sigmoid + bias; weights = s * scale / (sum s + 1e-20)
+  kSigmoid = 8,           // top-K of sigmoid; weights = s
+  kTopKSigmoid = 9,       // top-K of logits; weights = sigmoid(logit)
+};
+constexpr int kNumRoutingMethods = 10;
+
+const char* routing_method_name(RoutingMethod method);
+
+// Weight layouts. kCanonical is SPEC's: gemm1 [E_loc, 2I, H] (rows [0,I) up, [I,2I) gate),
+// gemm2 [E_loc, H, I]. Every path accepts it; prepare_weights() may offer faster ones later.
+enum class WeightLayout : int { kCanonical = 0 };
+
+// ----------------------------------------------------------------------------------------------
+// Limits (SPEC)
+// ----------------------------------------------------------------------------------------------
+constexpr int kMaxTopK = 32;
+constexpr int kMaxNumExperts = 1024;
+constexpr int kSizeMultiple = 8;  // H and I must be multiples of this
+
+// ----------------------------------------------------------------------------------------------
+// Packed top-k routing: bits 31..16 = expert id as signed int16, bits 15..0 = bf16 weight bits.
+// Encoded with a mask so a negative weight never sign-extends into the id (FlashInfer's defect).
+// ----------------------------------------------------------------------------------------------
+inline int32_t pack_topk(int32_t expert_id, uint16_t weight_bf16_bits) {
+  return static_cast<int32_t>((static_cast<uint32_t>(expert_id) << 16) |
+                              (static_cast<uint32_t>(weight_bf16_bits) & 0xFFFFu));
+}
+inline int32_t unpack_topk_id(int32_t packed) {  // sign-extended int16 id
+  return static_cast<int32_t>(static_cast<int16_t>(static_cast<uint32_t>(packed) >> 16));
+}
+inline uint16_t unpack_topk_weight_bits(int32_t packed) {
+  return static_cast<uint16_t>(static_cast<uint32_t>(packed) & 0xFFFFu);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Problem description
+// ----------------------------------------------------------------------------------------------
+struct MoeShape {
+  int64_t num_tokens = 0;         // T >= 0
+  int64_t hidden_size = 0;        // H > 0, H % 8 == 0
+  int64_t intermediate_size = 0;  // I > 0, I % 8 == 0
+  int32_t num_experts = 0;        // E, 1..1024 (global; ids are in [0, E))
+  int32_t top_k = 0;              // K, 1..32 (and K <= E)
+  int32_t local_expert_offset = 0;  // first global id held here; 0 <= offset, offset + E_loc <= E
+  int32_t local_num_experts = 0;    // E_loc >= 1: experts whose weights this call holds
+};
+
+// Routing from logits (SPEC input 1).
+struct LogitsRouting {
+  const void* logits = nullptr;  // [T, E], logits_dtype
+  DType logits_dtype = DType::kFP32;
+  const void* bias = nullptr;  // optional [E], bias_dtype (read by DeepSeekV3 and MiniMax2 only)
+  DType bias_dtype = DType::kFP32;
+  RoutingMethod method = RoutingMethod::kDefault;
+  int32_t n_group = 0;     // DeepSeekV3: number of expert groups; 0 = not given (= 1 group)
+  int32_t topk_group = 0;  // DeepSeekV3: groups kept; 0 = not given (= n_group)
+  float routed_scaling_factor = 1.0f;  // DeepSeekV3 and MiniMax2
+};
+
+// Pre-computed routing (SPEC inputs 2 and 3). topk_weights == nullptr means topk_ids is packed.
+struct RoutedTopK {
+  const int32_t* topk_ids = nullptr;  // [T, K]: packed words, or plain global ids
+  const void* topk_weights = nullptr;  // [T, K] in weights_dtype, only for unpacked input
+  DType weights_dtype = DType::kBF16;
+};
+
+struct MoeArguments {
+  MoeShape shape;
+
+  // Inputs (never written).
+  const void* hidden_states = nullptr;  // [T, H] bf16
+  const void* gemm1_weights = nullptr;  // [E_loc, 2I, H] bf16
+  const void* gemm2_weights = nullptr;  // [E_loc, H, I] bf16
+  WeightLayout weight_layout = WeightLayout::kCanonical;
+
+  // Routing: exactly one of logits.logits and routed.topk_ids is non-null.
+  LogitsRouting logits;
+  RoutedTopK routed;
+
+  // Precision of the routing weights that are used and returned as expert_weights.
+  // Logits input: bf16 (SPEC default) or fp32 on request. Packed input: must be bf16.
+  // Unpacked input: must equal routed.weights_dtype (fp32 stays fp32).
+  DType expert_weights_dtype = DType::kBF16;
+
+  // Outputs.
+  bool do_finalize = true;
+  void* output = nullptr;  // do_finalize: [T, H] bf16; every row written
+  // !do_finalize: the three intermediates (all required).
+  void* gemm2_output = nullptr;    // [permuted_capacity(T, K, E_loc), H] bf16, expert-sorted rows
+  void* expert_weights = nullptr;  // [T, K] in expert_weights_dtype
+  int32_t* expanded_idx_to_permuted_idx = nullptr;  // [T * K]; -1 for a non-local slot
+  int16_t* routing_replay_out = nullptr;  // optional [T, K]: selected global ids
+
+  bool enable_pdl = false;  // programmatic dependent launch between the pipeline's kernels
+};
+
+// ----------------------------------------------------------------------------------------------
+// Entry points
+// ----------------------------------------------------------------------------------------------
+
+// Rows of gemm2_output for a call with T tokens: T * K (each local slot gets one row, expert-sorted,
+// no padding). Rows the map does not name are unspecified.
+int64_t permuted_capacity(int64_t num_tokens, int32_t top_k, int32_t local_num_experts);
+
+// Checks every rule of SPEC that can be checked without reading device data: shapes, limits,
+// exactly one routing input, dtype combinations, required pointers. Does not dereference.
+Status validate(const MoeArguments& args);
+
+// Bytes of device workspace that run() needs for this shape; monotone in num_tokens, so sizing
+// once with the largest T serves every smaller T. Validates the shape.
+Status workspace_size(const MoeShape& shape, size_t* workspace_bytes);
+
+// The operator on the GPU (device pointers). Asynchronous on `stream`; no allocation, no host
+// synchronisation. On a non-ok status nothing has been enqueued and no output written.
+Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// The operator on the CPU (host pointers): the reference implementation of SPEC, the truth that
+// every GPU path is tested against. Straightforward and slow.
+Status run_reference(const MoeArguments& args);
+
+// Result of validate_routing: the first slot (t * K + k) whose id lies outside [0, E), or -1.
+struct RoutingCheck {
+  int64_t first_bad_slot = -1;
+  int32_t bad_id = 0;
+};
+
+// Debugging helper (SPEC): reports the first expert id outside [0, E). `topk_ids` is [T, K] and
+// packed or plain. Host pointer version:
+Status validate_routing_host(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
+                             int32_t num_experts, bool packed, RoutingCheck* result);
+// Device pointer version: synchronous (it waits for `stream`); never use inside graph capture.
+Status validate_routing(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
+                        int32_t num_experts, bool packed, RoutingCheck* result,
+                        cudaStream_t stream);
+
+}  // namespace fusedmoe
