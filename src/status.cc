@@ -1,0 +1,46 @@
+// Names of the public enums (for messages and bindings) and the permuted capacity.
+#include "fusedmoe/fusedmoe.h"
+
+namespace fusedmoe {
+
+const char* status_code_name(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return "ok";
+    case StatusCode::kInvalidArgument: return "invalid_argument";
+    case StatusCode::kNotImplemented: return "not_implemented";
+    case StatusCode::kCudaError: return "cuda_error";
+    case StatusCode::kWorkspaceTooSmall: return "workspace_too_small";
+  }
+  return "unknown_status";
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return "bf16";
+    case DType::kFP32: return "fp32";
+  }
+  return "unknown_dtype";
+}
+
+const char* routing_method_name(RoutingMethod method) {
+  switch (method) {
+    case RoutingMethod::kDefault: return "Default";
+    case RoutingMethod::kRenormalize: return "Renormalize";
+    case RoutingMethod::kDeepSeekV3: return "DeepSeekV3";
+    case RoutingMethod::kLlama4: return "Llama4";
+    case RoutingMethod::kRenormalizeNaive: return "RenormalizeNaive";
+    case RoutingMethod::kTopK: return "TopK";
+    case RoutingMethod::kSigmoidRenorm: return "SigmoidRenorm";
+    case RoutingMethod::kMiniMax2: return "MiniMax2";
+    case RoutingMethod::kSigmoid: return "Sigmoid";
+    case RoutingMethod::kTopKSigmoid: return "TopKSigmoid";
+  }
+  return "unknown_method";
+}
+
+// Every local slot gets one row, expert-sorted and unpadded (docs/DESIGN.md "Permutation").
+int64_t permuted_capacity(int64_t num_tokens, int32_t top_k, int32_t /*local_num_experts*/) {
+  return num_tokens * top_k;
+}
+
+}  // namespace fusedmoe

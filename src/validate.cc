@@ -1,0 +1,241 @@
+// validate(), validate_shape() and validate_routing_host(): every SPEC rule that can be checked
+// without reading device data (docs/DESIGN.md pins the defaults: n_group 0 = 1 group,
+// topk_group 0 = n_group, Llama4 needs K == 1). Checks run in a fixed order (shape, enums,
+// routing input, routing parameters, dtypes, pointers) and the first failure is reported.
+#include "validate.h"
+
+#include <cmath>
+#include <string>
+
+namespace fusedmoe {
+namespace detail {
+namespace {
+
+std::string str(int64_t value) { return std::to_string(value); }
+
+bool is_dtype(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kFP32; }
+
+std::string dtype_str(DType dtype) {
+  return is_dtype(dtype) ? dtype_name(dtype) : "DType(" + str(static_cast<int>(dtype)) + ")";
+}
+
+std::string pointer_str(const void* pointer) { return pointer ? "a pointer" : "nullptr"; }
+
+Status check_dtype(const char* argument, DType dtype) {
+  if (is_dtype(dtype)) return Status::Ok();
+  return invalid_argument(argument, "bf16 (0) or fp32 (1)", dtype_str(dtype));
+}
+
+Status check_required(const char* argument, const void* pointer, const char* when) {
+  if (pointer) return Status::Ok();
+  return invalid_argument(argument, std::string("a pointer ") + when, "nullptr");
+}
+
+// Method, group parameters and scaling factor of logits routing.
+Status validate_logits_routing(const MoeShape& shape, const LogitsRouting& logits) {
+  const int method = static_cast<int>(logits.method);
+  if (method < 0 || method >= kNumRoutingMethods) {
+    return invalid_argument("logits.method", "a RoutingMethod in [0, 9]", str(method));
+  }
+  if (Status s = check_dtype("logits.logits_dtype", logits.logits_dtype); !s.ok()) return s;
+  if (logits.bias) {
+    if (Status s = check_dtype("logits.bias_dtype", logits.bias_dtype); !s.ok()) return s;
+  }
+  if (!std::isfinite(logits.routed_scaling_factor)) {
+    return invalid_argument("logits.routed_scaling_factor", "a finite number",
+                            std::to_string(logits.routed_scaling_factor));
+  }
+  if (logits.method == RoutingMethod::kLlama4 && shape.top_k != 1) {
+    return invalid_argument("shape.top_k", "1 for the Llama4 routing method", str(shape.top_k));
+  }
+  if (logits.method != RoutingMethod::kDeepSeekV3) return Status::Ok();
+
+  if (logits.n_group < 0) {
+    return invalid_argument("logits.n_group", ">= 1 (or 0 for one group)", str(logits.n_group));
+  }
+  const GroupConfig groups = resolve_groups(logits);
+  if (shape.num_experts % groups.n_group != 0) {
+    return invalid_argument("logits.n_group",
+                            "a divisor of shape.num_experts (" + str(shape.num_experts) + ")",
+                            str(groups.n_group));
+  }
+  if (logits.topk_group < 0 || groups.topk_group > groups.n_group) {
+    return invalid_argument("logits.topk_group",
+                            "in [1, n_group = " + str(groups.n_group) + "] (or 0 for n_group)",
+                            str(logits.topk_group));
+  }
+  const int64_t selectable = static_cast<int64_t>(groups.topk_group) *
+                             (shape.num_experts / groups.n_group);
+  if (shape.top_k > selectable) {
+    return invalid_argument("shape.top_k",
+                            "<= topk_group * num_experts / n_group = " + str(selectable) +
+                                " for DeepSeekV3",
+                            str(shape.top_k));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status invalid_argument(const std::string& argument, const std::string& expected,
+                        const std::string& got) {
+  return Status::Error(StatusCode::kInvalidArgument,
+                       argument + ": expected " + expected + ", got " + got);
+}
+
+Status validate_shape(const MoeShape& shape) {
+  if (shape.num_tokens < 0) {
+    return invalid_argument("shape.num_tokens", ">= 0", str(shape.num_tokens));
+  }
+  if (shape.hidden_size <= 0 || shape.hidden_size % kSizeMultiple != 0) {
+    return invalid_argument("shape.hidden_size", "a positive multiple of 8",
+                            str(shape.hidden_size));
+  }
+  if (shape.intermediate_size <= 0 || shape.intermediate_size % kSizeMultiple != 0) {
+    return invalid_argument("shape.intermediate_size", "a positive multiple of 8",
+                            str(shape.intermediate_size));
+  }
+  if (shape.num_experts < 1 || shape.num_experts > kMaxNumExperts) {
+    return invalid_argument("shape.num_experts", "in [1, 1024]", str(shape.num_experts));
+  }
+  if (shape.top_k < 1 || shape.top_k > kMaxTopK) {
+    return invalid_argument("shape.top_k", "in [1, 32]", str(shape.top_k));
+  }
+  if (shape.top_k > shape.num_experts) {
+    return invalid_argument("shape.top_k", "<= shape.num_experts (" + str(shape.num_experts) + ")",
+                            str(shape.top_k));
+  }
+  if (shape.local_num_experts < 1) {
+    return invalid_argument("shape.local_num_experts", ">= 1", str(shape.local_num_experts));
+  }
+  if (shape.local_expert_offset < 0) {
+    return invalid_argument("shape.local_expert_offset", ">= 0", str(shape.local_expert_offset));
+  }
+  if (static_cast<int64_t>(shape.local_expert_offset) + shape.local_num_experts >
+      shape.num_experts) {
+    return invalid_argument(
+        "shape.local_expert_offset",
+        "local_expert_offset + local_num_experts (" + str(shape.local_num_experts) +
+            ") <= num_experts (" + str(shape.num_experts) + ")",
+        str(shape.local_expert_offset));
+  }
+  return Status::Ok();
+}
+
+}  // namespace detail
+
+using detail::invalid_argument;
+
+Status validate(const MoeArguments& args) {
+  const MoeShape& shape = args.shape;
+  if (Status s = detail::validate_shape(shape); !s.ok()) return s;
+
+  if (args.weight_layout != WeightLayout::kCanonical) {
+    return invalid_argument("weight_layout", "kCanonical (0)",
+                            std::to_string(static_cast<int>(args.weight_layout)));
+  }
+  if (Status s = detail::check_dtype("expert_weights_dtype", args.expert_weights_dtype); !s.ok()) {
+    return s;
+  }
+
+  // Exactly one routing input.
+  const bool has_logits = args.logits.logits != nullptr;
+  const bool has_routed = args.routed.topk_ids != nullptr;
+  if (has_logits && has_routed) {
+    return invalid_argument("logits.logits", "exactly one of logits.logits and routed.topk_ids",
+                            "both");
+  }
+  if (!has_logits && !has_routed) {
+    return invalid_argument("logits.logits", "exactly one of logits.logits and routed.topk_ids",
+                            "neither");
+  }
+
+  if (has_logits) {
+    if (args.routed.topk_weights) {
+      return invalid_argument("routed.topk_weights", "nullptr without routed.topk_ids",
+                              "a pointer");
+    }
+    if (Status s = detail::validate_logits_routing(shape, args.logits); !s.ok()) return s;
+  } else {
+    if (args.logits.bias) {
+      return invalid_argument("logits.bias", "nullptr with routed input (routed.topk_ids)",
+                              "a pointer");
+    }
+    const bool packed = args.routed.topk_weights == nullptr;
+    if (packed) {
+      if (args.expert_weights_dtype != DType::kBF16) {
+        return invalid_argument("expert_weights_dtype", "bf16 for packed routed.topk_ids",
+                                detail::dtype_str(args.expert_weights_dtype));
+      }
+    } else {
+      if (Status s = detail::check_dtype("routed.weights_dtype", args.routed.weights_dtype);
+          !s.ok()) {
+        return s;
+      }
+      if (args.expert_weights_dtype != args.routed.weights_dtype) {
+        return invalid_argument(
+            "expert_weights_dtype",
+            std::string("routed.weights_dtype (") + dtype_name(args.routed.weights_dtype) + ")",
+            detail::dtype_str(args.expert_weights_dtype));
+      }
+    }
+  }
+
+  // Required pointers. With T == 0 every [T, ...] tensor is empty and may be null.
+  const bool has_tokens = shape.num_tokens > 0;
+  if (has_tokens) {
+    if (Status s = detail::check_required("hidden_states", args.hidden_states, "when T > 0");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (Status s = detail::check_required("gemm1_weights", args.gemm1_weights, "(always)");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = detail::check_required("gemm2_weights", args.gemm2_weights, "(always)");
+      !s.ok()) {
+    return s;
+  }
+  if (!has_tokens) return Status::Ok();
+  if (args.do_finalize) {
+    return detail::check_required("output", args.output, "when do_finalize");
+  }
+  if (Status s = detail::check_required("gemm2_output", args.gemm2_output, "when !do_finalize");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = detail::check_required("expert_weights", args.expert_weights, "when !do_finalize");
+      !s.ok()) {
+    return s;
+  }
+  return detail::check_required("expanded_idx_to_permuted_idx",
+                                args.expanded_idx_to_permuted_idx, "when !do_finalize");
+}
+
+Status validate_routing_host(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
+                             int32_t num_experts, bool packed, RoutingCheck* result) {
+  if (num_tokens < 0) return invalid_argument("num_tokens", ">= 0", std::to_string(num_tokens));
+  if (top_k < 1 || top_k > kMaxTopK) {
+    return invalid_argument("top_k", "in [1, 32]", std::to_string(top_k));
+  }
+  if (num_experts < 1 || num_experts > kMaxNumExperts) {
+    return invalid_argument("num_experts", "in [1, 1024]", std::to_string(num_experts));
+  }
+  if (!result) return invalid_argument("result", "a pointer", "nullptr");
+  if (num_tokens > 0 && !topk_ids) return invalid_argument("topk_ids", "a pointer", "nullptr");
+
+  *result = RoutingCheck{};
+  const int64_t num_slots = num_tokens * top_k;
+  for (int64_t slot = 0; slot < num_slots; ++slot) {
+    const int32_t id = packed ? unpack_topk_id(topk_ids[slot]) : topk_ids[slot];
+    if (id < 0 || id >= num_experts) {
+      result->first_bad_slot = slot;
+      result->bad_id = id;
+      break;
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace fusedmoe

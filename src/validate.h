@@ -1,0 +1,33 @@
+// Argument checks shared by the entry points (validate(), workspace_size(), run(),
+// run_reference()). Every failure is a kInvalidArgument Status whose message reads
+// "<argument>: expected <x>, got <y>", the argument named as in the public API
+// (e.g. "shape.hidden_size", "logits.n_group", "routed.topk_ids").
+#pragma once
+
+#include <string>
+
+#include "fusedmoe/fusedmoe.h"
+
+namespace fusedmoe::detail {
+
+// "<argument>: expected <expected>, got <got>" as a kInvalidArgument Status.
+Status invalid_argument(const std::string& argument, const std::string& expected,
+                        const std::string& got);
+
+// The MoeShape rules of SPEC: T >= 0; H, I > 0 and multiples of 8; 1 <= E <= 1024;
+// 1 <= K <= 32; K <= E; E_loc >= 1; offset >= 0; offset + E_loc <= E.
+Status validate_shape(const MoeShape& shape);
+
+// The DeepSeekV3 group parameters with their defaults applied (0 means "not given").
+struct GroupConfig {
+  int32_t n_group = 1;     // >= 1, divides E
+  int32_t topk_group = 1;  // in [1, n_group]
+};
+inline GroupConfig resolve_groups(const LogitsRouting& logits) {
+  GroupConfig groups;
+  groups.n_group = logits.n_group == 0 ? 1 : logits.n_group;
+  groups.topk_group = logits.topk_group == 0 ? groups.n_group : logits.topk_group;
+  return groups;
+}
+
+}  // namespace fusedmoe::detail
