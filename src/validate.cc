@@ -19,7 +19,6 @@ std::string dtype_str(DType dtype) {
   return is_dtype(dtype) ? dtype_name(dtype) : "DType(" + str(static_cast<int>(dtype)) + ")";
 }
 
-std::string pointer_str(const void* pointer) { return pointer ? "a pointer" : "nullptr"; }
 
 Status check_dtype(const char* argument, DType dtype) {
   if (is_dtype(dtype)) return Status::Ok();
