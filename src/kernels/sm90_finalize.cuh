@@ -1,0 +1,76 @@
+// Finalize: the weighted sum of each token's expert outputs (SPEC math step 4, DESIGN "Finalize").
+//
+//   y [T * K, H] bf16 (expert-sorted rows), slot_weight [T * K] fp32, permuted_idx [T * K]
+//   ->  out [T, H] bf16: out[t] = bf16(acc), acc = 0; for k ascending, local slots only:
+//       acc = acc + w[t*K+k] * float(y[permuted_idx[t*K+k]])   (fp32, product rounded, no FMA)
+//
+// The product is rounded before the add (__fmul_rn / __fadd_rn) so the GPU sums exactly what the
+// CPU reference and a caller reducing the do_finalize=false triple sum. A token with no local
+// slot gets a zero row; every row is written.
+// Grid: (T, column blocks); each thread owns kVec consecutive columns (16-byte accesses when
+// kVec == 8). The slot table of the token (K <= 32 entries) is staged in shared memory.
+// Limiter: HBM (reads K rows of y per token, writes one row).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+#include "fusedmoe/fusedmoe.h"
+
+namespace fusedmoe::detail {
+
+struct FinalizeConfig {
+  static constexpr int kThreads = 128;
+  static_assert(kThreads >= kMaxTopK, "one thread stages one slot of the token");
+};
+
+template <int kVec>
+struct alignas(kVec * 2) Bf16Vec {
+  __nv_bfloat16 value[kVec];
+};
+
+template <int kVec>
+__global__ void __launch_bounds__(FinalizeConfig::kThreads)
+    finalize_kernel(const __nv_bfloat16* y, const float* slot_weight, const int32_t* permuted_idx,
+                    int32_t top_k, int64_t hidden_size, __nv_bfloat16* output) {
+  static_assert(kVec == 1 || kVec == 8, "scalar or 16-byte columns");
+  using Vec = Bf16Vec<kVec>;
+  __shared__ int32_t smem_row[kMaxTopK];   // (K): row of y, or -1
+  __shared__ float smem_weight[kMaxTopK];  // (K)
+
+  // PDL: y comes from GEMM2.
+  cudaGridDependencySynchronize();
+
+  const int64_t token = blockIdx.x;
+  if (threadIdx.x < top_k) {
+    const int64_t slot = token * top_k + threadIdx.x;
+    smem_row[threadIdx.x] = permuted_idx[slot];
+    smem_weight[threadIdx.x] = slot_weight[slot];
+  }
+  __syncthreads();
+
+  const int64_t column = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * kVec;
+  if (column >= hidden_size) return;
+
+  float acc[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) acc[i] = 0.0f;
+  for (int k = 0; k < top_k; ++k) {
+    const int32_t row = smem_row[k];
+    if (row < 0) continue;
+    const float weight = smem_weight[k];
+    const Vec in = *reinterpret_cast<const Vec*>(y + static_cast<int64_t>(row) * hidden_size +
+                                                 column);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      acc[i] = __fadd_rn(acc[i], __fmul_rn(weight, __bfloat162float(in.value[i])));
+    }
+  }
+  Vec result;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) result.value[i] = __float2bfloat16_rn(acc[i]);
+  *reinterpret_cast<Vec*>(output + token * hidden_size + column) = result;
+}
+
+}  // namespace fusedmoe::detail

@@ -1,0 +1,195 @@
+// The GPU pipeline of the operator (SPEC "Execution contract", DESIGN "GPU pipeline"):
+//
+//   route (logits) | decode (routed ids)  ->  slot_key, slot_weight  [T * K]
+//   count -> offsets -> permute           ->  expert_offsets [E_loc + 1], gather_rows, permuted_idx
+//   GEMM1 + SwiGLU (rows gathered)        ->  act [T * K, I]
+//   GEMM2                                 ->  y [T * K, H]   (or straight into gemm2_output)
+//   finalize (do_finalize only)           ->  output [T, H]
+//
+// Every size the host needs is known from the shape (T * K rows at most); the device decides
+// the rest from expert_offsets, so run() enqueues a fixed sequence of kernels: no allocation,
+// no synchronisation, no host read of device data, and a captured graph replays with new inputs.
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include "fusedmoe/fusedmoe.h"
+#include "launch/grouped_gemm.h"
+#include "launch/pipeline.h"
+#include "validate.h"
+
+namespace fusedmoe {
+namespace detail {
+namespace {
+
+constexpr size_t kWorkspaceAlignment = 256;
+
+size_t align_up(size_t bytes) {
+  return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
+}
+
+// The regions of the workspace in order, as byte sizes; carve_workspace walks the same list.
+struct LayoutSizes {
+  size_t slot_key, slot_weight, chunk_prefix, expert_offsets, gather_rows, permuted_idx, act, y;
+};
+
+LayoutSizes layout_sizes(const MoeShape& shape) {
+  const size_t num_slots = static_cast<size_t>(shape.num_tokens) * shape.top_k;
+  const size_t num_local = static_cast<size_t>(shape.local_num_experts);
+  LayoutSizes sizes{};
+  sizes.slot_key = align_up(num_slots * sizeof(int32_t));
+  sizes.slot_weight = align_up(num_slots * sizeof(float));
+  sizes.chunk_prefix = align_up(num_permute_chunks(num_slots) * num_local * sizeof(int32_t));
+  sizes.expert_offsets = align_up((num_local + 1) * sizeof(int32_t));
+  sizes.gather_rows = align_up(num_slots * sizeof(int32_t));
+  sizes.permuted_idx = align_up(num_slots * sizeof(int32_t));
+  sizes.act = align_up(num_slots * shape.intermediate_size * sizeof(__nv_bfloat16));
+  sizes.y = align_up(num_slots * shape.hidden_size * sizeof(__nv_bfloat16));
+  return sizes;
+}
+
+Status cuda_status(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return Status::Ok();
+  return Status::Error(StatusCode::kCudaError,
+                       std::string(what) + ": expected cudaSuccess, got " +
+                           cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ")");
+}
+
+}  // namespace
+
+size_t workspace_layout_bytes(const MoeShape& shape) {
+  const LayoutSizes s = layout_sizes(shape);
+  return s.slot_key + s.slot_weight + s.chunk_prefix + s.expert_offsets + s.gather_rows +
+         s.permuted_idx + s.act + s.y;
+}
+
+Workspace carve_workspace(const MoeShape& shape, void* base) {
+  const LayoutSizes s = layout_sizes(shape);
+  char* cursor = static_cast<char*>(base);
+  auto take = [&cursor](size_t bytes) {
+    char* region = cursor;
+    cursor += bytes;
+    return region;
+  };
+  Workspace ws;
+  ws.slot_key = reinterpret_cast<int32_t*>(take(s.slot_key));
+  ws.slot_weight = reinterpret_cast<float*>(take(s.slot_weight));
+  ws.chunk_prefix = reinterpret_cast<int32_t*>(take(s.chunk_prefix));
+  ws.expert_offsets = reinterpret_cast<int32_t*>(take(s.expert_offsets));
+  ws.gather_rows = reinterpret_cast<int32_t*>(take(s.gather_rows));
+  ws.permuted_idx = reinterpret_cast<int32_t*>(take(s.permuted_idx));
+  ws.act = reinterpret_cast<__nv_bfloat16*>(take(s.act));
+  ws.y = reinterpret_cast<__nv_bfloat16*>(take(s.y));
+  return ws;
+}
+
+}  // namespace detail
+
+Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
+  if (Status s = detail::validate_shape(shape); !s.ok()) return s;
+  if (workspace_bytes == nullptr) {
+    return detail::invalid_argument("workspace_bytes", "a pointer", "nullptr");
+  }
+  *workspace_bytes = detail::workspace_layout_bytes(shape);
+  return Status::Ok();
+}
+
+Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
+           cudaStream_t stream) {
+  using namespace detail;
+  if (Status s = validate(args); !s.ok()) return s;
+  const MoeShape& shape = args.shape;
+  const size_t needed_bytes = workspace_layout_bytes(shape);
+  if (workspace_bytes < needed_bytes) {
+    return Status::Error(StatusCode::kWorkspaceTooSmall,
+                         "workspace_bytes: expected >= " + std::to_string(needed_bytes) +
+                             " (workspace_size for num_tokens " +
+                             std::to_string(shape.num_tokens) + "), got " +
+                             std::to_string(workspace_bytes));
+  }
+  if (shape.num_tokens == 0) return Status::Ok();
+  if (workspace == nullptr) return invalid_argument("workspace", "a pointer", "nullptr");
+
+  const Workspace ws = carve_workspace(shape, workspace);
+  const int64_t num_slots = shape.num_tokens * shape.top_k;
+  const int32_t num_local = shape.local_num_experts;
+  const bool pdl = args.enable_pdl;
+  // !do_finalize: the map and y go straight into the caller's tensors.
+  int32_t* permuted_idx = args.do_finalize ? ws.permuted_idx : args.expanded_idx_to_permuted_idx;
+  __nv_bfloat16* y = args.do_finalize ? ws.y : static_cast<__nv_bfloat16*>(args.gemm2_output);
+
+  // 1. Routing: per slot, its local expert key and weight.
+  RoutingOutputs routing;
+  routing.slot_key = ws.slot_key;
+  routing.slot_weight = ws.slot_weight;
+  routing.expert_weights = args.do_finalize ? nullptr : args.expert_weights;
+  routing.expert_weights_dtype = args.expert_weights_dtype;
+  routing.routing_replay_out = args.routing_replay_out;
+  if (args.logits.logits) {
+    if (Status s = cuda_status(launch_route(shape, args.logits, routing, pdl, stream),
+                               "launch_route");
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    if (Status s = cuda_status(launch_decode_topk(shape, args.routed, routing, pdl, stream),
+                               "launch_decode_topk");
+        !s.ok()) {
+      return s;
+    }
+  }
+
+  // 2. Permutation: local slots sorted by (local expert, slot), stable and deterministic.
+  // TODO(issue 6): one fused single-block sort when T * K <= kPermuteChunk (decode).
+  if (Status s = cuda_status(
+          launch_expert_count(ws.slot_key, num_slots, num_local, ws.chunk_prefix, pdl, stream),
+          "launch_expert_count");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = cuda_status(launch_expert_offsets(num_slots, num_local, ws.chunk_prefix,
+                                                   ws.expert_offsets, pdl, stream),
+                             "launch_expert_offsets");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = cuda_status(launch_permute(ws.slot_key, num_slots, shape.top_k, num_local,
+                                            ws.chunk_prefix, ws.expert_offsets, ws.gather_rows,
+                                            permuted_idx, pdl, stream),
+                             "launch_permute");
+      !s.ok()) {
+    return s;
+  }
+
+  // 3. The grouped GEMMs over the expert-sorted rows.
+  GroupedRows rows;
+  rows.expert_offsets = ws.expert_offsets;
+  rows.num_experts = num_local;
+  rows.max_rows = num_slots;
+  const auto* x = static_cast<const __nv_bfloat16*>(args.hidden_states);
+  const auto* w1 = static_cast<const __nv_bfloat16*>(args.gemm1_weights);
+  const auto* w2 = static_cast<const __nv_bfloat16*>(args.gemm2_weights);
+  if (Status s = cuda_status(launch_gemm1_swiglu(rows, x, ws.gather_rows, shape.hidden_size,
+                                                 shape.intermediate_size, w1, ws.act, pdl,
+                                                 stream),
+                             "launch_gemm1_swiglu");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = cuda_status(launch_gemm2(rows, ws.act, shape.intermediate_size,
+                                          shape.hidden_size, w2, y, pdl, stream),
+                             "launch_gemm2");
+      !s.ok()) {
+    return s;
+  }
+  if (!args.do_finalize) return Status::Ok();
+
+  // 4. Finalize: the weighted sum per token, in ascending k.
+  return cuda_status(launch_finalize(y, ws.slot_weight, ws.permuted_idx, shape.num_tokens,
+                                     shape.top_k, shape.hidden_size,
+                                     static_cast<__nv_bfloat16*>(args.output), pdl, stream),
+                     "launch_finalize");
+}
+
+}  // namespace fusedmoe
