@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The README's main command: the benchmark of BENCH.md (../shared/BENCH.md) on the default model,
+# qwen3-30b-a3b, over the full token grid. Extra arguments go to bench/bench_moe.py, e.g.
+#   scripts/bench.sh --models all --ep --json bench/results/all.json
+# With a GPU: installs the fusedmoe package when it does not import, then benchmarks it against
+# the torch baselines (baselines alone, said loudly, when the package cannot be built).
+# Without a GPU: runs fusedmoe's CPU reference path on small problems against the torch loop
+# reference; that is a correctness check, not a benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py="${PYTHON:-python3}"
+
+if ! "$py" -c "import torch" 2>/dev/null; then
+  echo "bench.sh: torch is not installed for $py (pip install torch)" >&2
+  exit 1
+fi
+if ! "$py" -c "import fusedmoe" 2>/dev/null; then
+  if [[ -f pyproject.toml || -f setup.py ]]; then
+    echo "bench.sh: fusedmoe does not import; installing it (pip install --no-build-isolation .)"
+    "$py" -m pip install --no-build-isolation . ||
+      echo "bench.sh: installing fusedmoe FAILED; only the baselines can run" >&2
+  else
+    echo "bench.sh: fusedmoe does not import and there is no pyproject.toml to install it from" >&2
+  fi
+fi
+if [[ -z "${FUSEDMOE_COMMIT:-}" ]] && command -v git >/dev/null; then
+  FUSEDMOE_COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+  export FUSEDMOE_COMMIT
+fi
+
+if "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  exec "$py" bench/bench_moe.py "$@"
+fi
+echo "bench.sh: NO GPU FOUND: running fusedmoe's CPU reference check instead of the benchmark"
+exec "$py" bench/bench_moe.py --cpu "$@"
