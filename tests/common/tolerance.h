@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -27,12 +28,13 @@ void expect_close(const std::vector<uint16_t>& ours_bf16, const std::vector<doub
 void expect_close(const std::vector<double>& ours, const std::vector<double>& ref,
                   const std::vector<double>& ref_bf16, const char* what, double atol = -1.0);
 
-// Index of the first differing element, or -1 when the two are bitwise equal (sizes too).
+// Index of the first element whose bytes differ, or -1 when the two are bitwise equal (sizes
+// too; a size mismatch reports 0). Bitwise, so NaN == NaN and 0 != -0 for floats.
 template <typename T>
 int64_t first_difference(const std::vector<T>& a, const std::vector<T>& b) {
   if (a.size() != b.size()) return 0;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i] != b[i]) return static_cast<int64_t>(i);
+    if (std::memcmp(&a[i], &b[i], sizeof(T)) != 0) return static_cast<int64_t>(i);
   }
   return -1;
 }
