@@ -2,11 +2,11 @@
 //
 //   y [T * K, H] bf16 (expert-sorted rows), slot_weight [T * K] fp32, permuted_idx [T * K]
 //   ->  out [T, H] bf16: out[t] = bf16(acc), acc = 0; for k ascending, local slots only:
-//       acc = acc + w[t*K+k] * float(y[permuted_idx[t*K+k]])   (fp32, product rounded, no FMA)
+//       acc = fmaf(w[t*K+k], float(y[permuted_idx[t*K+k]]), acc)   (fp32)
 //
-// The product is rounded before the add (__fmul_rn / __fadd_rn) so the GPU sums exactly what the
-// CPU reference and a caller reducing the do_finalize=false triple sum. A token with no local
-// slot gets a zero row; every row is written.
+// An explicit fma chain in ascending k, exactly the CPU reference's (src/reference/reference.h);
+// with bf16 weights the product is exact, so a caller reducing the do_finalize=false triple
+// with mul + add gets the same bits. A token with no local slot gets a zero row.
 // Grid: (T, column blocks); each thread owns kVec consecutive columns (16-byte accesses when
 // kVec == 8). The slot table of the token (K <= 32 entries) is staged in shared memory.
 // Limiter: HBM (reads K rows of y per token, writes one row).
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(FinalizeConfig::kThreads)
                                                  column);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
-      acc[i] = __fadd_rn(acc[i], __fmul_rn(weight, __bfloat162float(in.value[i])));
+      acc[i] = __fmaf_rn(weight, __bfloat162float(in.value[i]), acc[i]);
     }
   }
   Vec result;

@@ -1,0 +1,62 @@
+// Host launcher of GEMM1 + SwiGLU (kernels/sm90_gemm1_swiglu.cuh): tensor map of w1, smem size,
+// persistent grid, optional PDL.
+#include "launch/grouped_gemm.h"
+
+#include "heuristics.h"
+#include "kernels/sm90_gemm1_swiglu.cuh"
+#include "launch/tensor_map.h"
+
+namespace fusedmoe::detail {
+
+cudaError_t launch_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
+                                const int32_t* gather_rows, int64_t hidden_size,
+                                int64_t intermediate_size, const __nv_bfloat16* w1,
+                                __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream) {
+  using Config = device::GroupedGemmConfig;
+  if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;  // no row to compute
+
+  CUtensorMap tmap_w1;
+  // [E_loc, 2I, H], boxes of (64 of H, 128 rows, 1 expert)
+  cudaError_t err = make_tensor_map_3d_bf16_sw128(&tmap_w1, w1, hidden_size,
+                                                  2 * intermediate_size, rows.num_experts,
+                                                  Config::kBlockK, Config::kHalfN);
+  if (err != cudaSuccess) return err;
+
+  kernels::Gemm1SwigluParams params;
+  params.operands.expert_offsets = rows.expert_offsets;
+  params.operands.num_experts = rows.num_experts;
+  params.operands.num_n_blocks = static_cast<int32_t>(heuristics::gemm1_num_n_blocks(intermediate_size));
+  params.operands.num_k_blocks = static_cast<int32_t>(heuristics::grouped_num_k_blocks(hidden_size));
+  params.operands.k = hidden_size;
+  params.operands.a = x;
+  params.operands.gather_rows = gather_rows;
+  params.operands.b_block_stride = Config::kHalfN;
+  params.operands.b_box_stride = static_cast<int32_t>(intermediate_size);
+  params.intermediate_size = intermediate_size;
+  params.act = act;
+
+  int device = 0, num_sms = 0;
+  if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+  if ((err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess)
+    return err;
+  const size_t smem_bytes = sizeof(device::SharedStorage) + 1024;  // + realignment to 1024
+  if ((err = cudaFuncSetAttribute(kernels::sm90_gemm1_swiglu_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem_bytes))) != cudaSuccess)
+    return err;
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(heuristics::grouped_gemm_grid_size(
+      num_sms, rows.max_rows, rows.num_experts, params.operands.num_n_blocks));
+  config.blockDim = dim3(Config::kNumThreads);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = enable_pdl ? 1 : 0;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernels::sm90_gemm1_swiglu_kernel, tmap_w1, params);
+}
+
+}  // namespace fusedmoe::detail
