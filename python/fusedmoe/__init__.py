@@ -1,0 +1,38 @@
+"""fusedmoe: a fused BF16 Mixture-of-Experts layer for Hopper (sm_90a), for PyTorch.
+
+FlashInfer-compatible entry points ``trtllm_bf16_moe`` (routing from logits) and
+``trtllm_bf16_routed_moe`` (routing given), registered as torch.library custom ops
+(``torch.ops.fusedmoe.moe`` / ``moe_out``) so ``torch.compile(fullgraph=True)`` and CUDA graphs
+work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. See docs/python.md.
+"""
+
+import torch  # loads libcudart before the extension needs it
+
+from . import _ext, _ops  # noqa: F401  (_ops registers the custom ops)
+from .api import (
+    RoutingMethod,
+    WeightLayout,
+    pack_topk,
+    permuted_capacity,
+    prepare_weights,
+    trtllm_bf16_moe,
+    trtllm_bf16_routed_moe,
+    unpack_topk,
+    validate_routing,
+    workspace_size,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RoutingMethod",
+    "WeightLayout",
+    "pack_topk",
+    "permuted_capacity",
+    "prepare_weights",
+    "trtllm_bf16_moe",
+    "trtllm_bf16_routed_moe",
+    "unpack_topk",
+    "validate_routing",
+    "workspace_size",
+]

@@ -1,0 +1,154 @@
+"""Argument checks of the Python API, run before any kernel.
+
+Every failure names the argument: TypeError for a non-tensor or a wrong dtype, ValueError for a
+wrong device, shape, stride or value. The C++ layer validates again (SPEC's rules), so these
+checks exist to give PyTorch users messages in their own argument names and to stop a CUDA
+kernel from ever seeing a tensor whose memory does not match what the pointer promises.
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+MAX_TOP_K = 32
+MAX_NUM_EXPERTS = 1024
+SIZE_MULTIPLE = 8
+
+# FlashInfer's ActivationType.Swiglu: the only activation fusedmoe computes.
+SWIGLU_ACTIVATION = 3
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    return " or ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    name: str,
+    tensor,
+    dtypes: Sequence[torch.dtype],
+    shape: Tuple[Optional[int], ...],
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """Checks one tensor argument and returns it.
+
+    ``shape`` entries of None match any size; ``device`` None skips the device check.
+    Raises TypeError (not a tensor, wrong dtype) or ValueError (rank, size, device, layout).
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in dtypes:
+        raise TypeError(
+            f"{name}: expected dtype {_dtype_names(dtypes)}, got {str(tensor.dtype).replace('torch.', '')}"
+        )
+    if tensor.dim() != len(shape):
+        raise ValueError(
+            f"{name}: expected {len(shape)} dimensions {_shape_text(shape)}, got shape {tuple(tensor.shape)}"
+        )
+    for expected, actual in zip(shape, tensor.shape):
+        if expected is not None and expected != actual:
+            raise ValueError(f"{name}: expected shape {_shape_text(shape)}, got {tuple(tensor.shape)}")
+    if device is not None and tensor.device != device:
+        raise ValueError(f"{name}: expected device {device} (that of hidden_states), got {tensor.device}")
+    if tensor.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: expected a cpu or cuda tensor, got device {tensor.device}")
+    if not tensor.is_contiguous():
+        raise ValueError(
+            f"{name}: expected a contiguous (row-major) tensor, got strides {tuple(tensor.stride())}"
+        )
+    return tensor
+
+
+def _shape_text(shape: Tuple[Optional[int], ...]) -> str:
+    return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+
+
+def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
+    """Checks that ``value`` is an int in [low, high] (high None: unbounded) and returns it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: expected {bound}, got {value}")
+    return value
+
+
+def check_problem(
+    hidden_states,
+    gemm1_weights,
+    gemm2_weights,
+    num_experts,
+    top_k,
+    intermediate_size,
+    local_expert_offset,
+    local_num_experts,
+) -> Tuple[int, int, torch.device]:
+    """Checks the tensors and sizes every call shares. Returns (num_tokens, hidden_size, device)."""
+    check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
+    device = hidden_states.device
+    num_tokens, hidden_size = hidden_states.shape
+    num_experts = check_int("num_experts", num_experts, 1, MAX_NUM_EXPERTS)
+    check_int("top_k", top_k, 1, min(MAX_TOP_K, num_experts))
+    check_int("intermediate_size", intermediate_size, 1)
+    if intermediate_size % SIZE_MULTIPLE:
+        raise ValueError(
+            f"intermediate_size: expected a multiple of {SIZE_MULTIPLE}, got {intermediate_size}"
+        )
+    if hidden_size == 0 or hidden_size % SIZE_MULTIPLE:
+        raise ValueError(
+            f"hidden_states: expected hidden size (dim 1) a positive multiple of {SIZE_MULTIPLE}, got {hidden_size}"
+        )
+    check_int("local_num_experts", local_num_experts, 1, num_experts)
+    check_int("local_expert_offset", local_expert_offset, 0, num_experts - local_num_experts)
+    check_tensor(
+        "gemm1_weights",
+        gemm1_weights,
+        (torch.bfloat16,),
+        (local_num_experts, 2 * intermediate_size, hidden_size),
+        device,
+    )
+    check_tensor(
+        "gemm2_weights",
+        gemm2_weights,
+        (torch.bfloat16,),
+        (local_num_experts, hidden_size, intermediate_size),
+        device,
+    )
+    return num_tokens, hidden_size, device
+
+
+def check_layout(use_shuffled_weight, weight_layout) -> None:
+    """Only fusedmoe's canonical layout exists (SPEC); FlashInfer's shuffled/blocked ones do not."""
+    if use_shuffled_weight:
+        raise ValueError(
+            "use_shuffled_weight: expected False (fusedmoe reads canonical weights: gemm1 "
+            "[E_loc, 2I, H] up rows then gate rows, gemm2 [E_loc, H, I]; FlashInfer's shuffled "
+            "layout is not accepted), got True"
+        )
+    if int(weight_layout) != 0:
+        raise ValueError(
+            f"weight_layout: expected WeightLayout.Canonical (0), got {int(weight_layout)} "
+            "(FlashInfer's MajorMn/BlockMajorK layouts are not accepted; use fusedmoe.prepare_weights)"
+        )
+
+
+def check_unsupported(activation_type, norm_topk_prob=True, gemm1_lora_delta=None) -> None:
+    """FlashInfer options fusedmoe does not implement: anything but their defaults is an error."""
+    if int(activation_type) != SWIGLU_ACTIVATION:
+        raise ValueError(
+            f"activation_type: expected {SWIGLU_ACTIVATION} (SwiGLU, the only activation), got {activation_type}"
+        )
+    if not norm_topk_prob:
+        raise ValueError(
+            "norm_topk_prob: expected True (the weights of each routing method are fixed by SPEC), got False"
+        )
+    if gemm1_lora_delta is not None:
+        raise ValueError("gemm1_lora_delta: expected None (LoRA is not supported), got a tensor")
+
+
+def check_optional_output(
+    name: str, tensor, dtype: torch.dtype, shape: Tuple[int, ...], device: torch.device
+) -> Optional[torch.Tensor]:
+    """Checks an optional caller-given output tensor (None passes)."""
+    if tensor is None:
+        return None
+    return check_tensor(name, tensor, (dtype,), shape, device)

@@ -1,0 +1,212 @@
+"""The operator as torch.library custom ops (namespace ``fusedmoe``), with fake implementations.
+
+Two ops share one argument list:
+  * ``fusedmoe::moe`` returns fresh outputs: ``[output]`` when do_finalize, else
+    ``[gemm2_output, expert_weights, expanded_idx_to_permuted_idx]``;
+  * ``fusedmoe::moe_out`` writes the finalized output into a caller tensor (declared mutated).
+Both may also write ``routing_replay_out`` and a caller ``workspace`` (declared mutated).
+
+Tensors reach the C++ layer (``fusedmoe._ext``) as DLPack views. CUDA tensors run ``run()`` on
+the current stream of their device; CPU tensors run ``run_reference()``. Nothing is allocated
+beyond the outputs and, when the caller passes no ``workspace``, one cached workspace per device.
+"""
+
+from typing import List, Optional
+
+import torch
+
+from . import _ext
+
+# ---- workspace cache ----------------------------------------------------------------------------
+# device index -> uint8 tensor. Grown (never shrunk) when a call needs more; sized at least for
+# `tune_max_num_tokens` tokens so a serving engine allocates once. A workspace used during CUDA
+# graph capture is kept alive forever: a captured graph keeps reading its address.
+_WORKSPACES = {}
+_CAPTURED_WORKSPACES = []
+_CAPTURED_IDS = set()
+
+
+def _workspace_bytes(num_tokens, hidden_size, intermediate_size, num_experts, top_k, offset, num_local):
+    return _ext.workspace_size(
+        num_tokens, hidden_size, intermediate_size, num_experts, top_k, offset, num_local
+    )
+
+
+def cached_workspace(device: torch.device, needed_bytes: int, sizing_bytes: int) -> torch.Tensor:
+    """The cached workspace of ``device``, grown to ``sizing_bytes`` if smaller than ``needed_bytes``.
+
+    Growth outside graph capture synchronises the device once so that no queued kernel still uses
+    the old buffer; growth during capture is refused (warm up first, or pass ``workspace=``).
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    workspace = _WORKSPACES.get(index)
+    capturing = torch.cuda.is_current_stream_capturing()
+    if workspace is None or workspace.numel() < needed_bytes:
+        if capturing:
+            have = 0 if workspace is None else workspace.numel()
+            raise ValueError(
+                f"workspace: the cached workspace holds {have} bytes, this call needs {needed_bytes}; "
+                "it cannot grow during CUDA graph capture. Run one call eagerly with the largest "
+                "num_tokens (or tune_max_num_tokens >= it) before capturing, or pass workspace="
+            )
+        if workspace is not None and id(workspace) not in _CAPTURED_IDS:
+            torch.cuda.synchronize(device)
+        workspace = torch.empty(max(needed_bytes, sizing_bytes), dtype=torch.uint8, device=device)
+        _WORKSPACES[index] = workspace
+    if capturing and id(workspace) not in _CAPTURED_IDS:
+        _CAPTURED_IDS.add(id(workspace))
+        _CAPTURED_WORKSPACES.append(workspace)
+    return workspace
+
+
+# ---- the call into C++ --------------------------------------------------------------------------
+def _launch(
+    hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
+    topk_weights, intermediate_size, num_experts, top_k, local_expert_offset, local_num_experts,
+    routing_method, n_group, topk_group, routed_scaling_factor, expert_weights_fp32, do_finalize,
+    enable_pdl, tune_max_num_tokens, output, gemm2_output, expert_weights,
+    expanded_idx_to_permuted_idx, routing_replay_out, workspace,
+):
+    device = hidden_states.device
+    on_gpu = device.type == "cuda"
+    stream = 0
+    if on_gpu:
+        num_tokens, hidden_size = hidden_states.shape
+        shape = (hidden_size, intermediate_size, num_experts, top_k, local_expert_offset,
+                 local_num_experts)
+        needed = _workspace_bytes(num_tokens, *shape)
+        if workspace is None:
+            sizing = _workspace_bytes(max(num_tokens, tune_max_num_tokens), *shape)
+            workspace = cached_workspace(device, needed, sizing)
+        stream = torch.cuda.current_stream(device).cuda_stream
+    with torch.cuda.device(device) if on_gpu else _NoDevice():
+        _ext.moe(
+            hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
+            topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
+            local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
+            expert_weights_fp32, do_finalize, output, gemm2_output, expert_weights,
+            expanded_idx_to_permuted_idx, routing_replay_out, workspace, enable_pdl, on_gpu,
+            stream,
+        )
+
+
+class _NoDevice:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def expert_weights_dtype(topk_weights: Optional[torch.Tensor], expert_weights_fp32: bool) -> torch.dtype:
+    """dtype of the returned expert_weights: fp32 on request or for fp32 unpacked weights (SPEC)."""
+    if topk_weights is not None:
+        return topk_weights.dtype
+    return torch.float32 if expert_weights_fp32 else torch.bfloat16
+
+
+def _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, do_finalize):
+    # P = permuted_capacity(T, K, E_loc) = T * K (docs/DESIGN.md "Permutation"); written out here
+    # so the fake implementation works with symbolic T. tests/python checks the two agree.
+    num_tokens, hidden_size = hidden_states.shape
+    if do_finalize:
+        return [hidden_states.new_empty((num_tokens, hidden_size), dtype=torch.bfloat16)]
+    return [
+        hidden_states.new_empty((num_tokens * top_k, hidden_size), dtype=torch.bfloat16),
+        hidden_states.new_empty(
+            (num_tokens, top_k), dtype=expert_weights_dtype(topk_weights, expert_weights_fp32)
+        ),
+        hidden_states.new_empty((num_tokens * top_k,), dtype=torch.int32),
+    ]
+
+
+# ---- fusedmoe::moe ------------------------------------------------------------------------------
+@torch.library.custom_op("fusedmoe::moe", mutates_args=("routing_replay_out", "workspace"))
+def moe(
+    hidden_states: torch.Tensor,
+    gemm1_weights: torch.Tensor,
+    gemm2_weights: torch.Tensor,
+    routing_logits: Optional[torch.Tensor],
+    routing_bias: Optional[torch.Tensor],
+    topk_ids: Optional[torch.Tensor],
+    topk_weights: Optional[torch.Tensor],
+    intermediate_size: int,
+    num_experts: int,
+    top_k: int,
+    local_expert_offset: int,
+    local_num_experts: int,
+    routing_method: int,
+    n_group: int,
+    topk_group: int,
+    routed_scaling_factor: float,
+    expert_weights_fp32: bool,
+    do_finalize: bool,
+    enable_pdl: bool,
+    tune_max_num_tokens: int,
+    routing_replay_out: Optional[torch.Tensor],
+    workspace: Optional[torch.Tensor],
+) -> List[torch.Tensor]:
+    """The operator on pre-checked tensors, returning fresh outputs (see module docstring)."""
+    outputs = _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, do_finalize)
+    finalized = outputs if do_finalize else [None]
+    unfinalized = [None, None, None] if do_finalize else outputs
+    _launch(
+        hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
+        topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
+        local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
+        expert_weights_fp32, do_finalize, enable_pdl, tune_max_num_tokens, finalized[0],
+        *unfinalized, routing_replay_out, workspace,
+    )
+    return outputs
+
+
+@moe.register_fake
+def _moe_fake(
+    hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
+    topk_weights, intermediate_size, num_experts, top_k, local_expert_offset, local_num_experts,
+    routing_method, n_group, topk_group, routed_scaling_factor, expert_weights_fp32, do_finalize,
+    enable_pdl, tune_max_num_tokens, routing_replay_out, workspace,
+):
+    return _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, do_finalize)
+
+
+# ---- fusedmoe::moe_out --------------------------------------------------------------------------
+@torch.library.custom_op(
+    "fusedmoe::moe_out", mutates_args=("output", "routing_replay_out", "workspace")
+)
+def moe_out(
+    hidden_states: torch.Tensor,
+    gemm1_weights: torch.Tensor,
+    gemm2_weights: torch.Tensor,
+    routing_logits: Optional[torch.Tensor],
+    routing_bias: Optional[torch.Tensor],
+    topk_ids: Optional[torch.Tensor],
+    topk_weights: Optional[torch.Tensor],
+    intermediate_size: int,
+    num_experts: int,
+    top_k: int,
+    local_expert_offset: int,
+    local_num_experts: int,
+    routing_method: int,
+    n_group: int,
+    topk_group: int,
+    routed_scaling_factor: float,
+    expert_weights_fp32: bool,
+    enable_pdl: bool,
+    tune_max_num_tokens: int,
+    output: torch.Tensor,
+    routing_replay_out: Optional[torch.Tensor],
+    workspace: Optional[torch.Tensor],
+) -> None:
+    """The finalized operator written into the caller's ``output`` [T, H] bf16."""
+    _launch(
+        hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
+        topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
+        local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
+        expert_weights_fp32, True, enable_pdl, tune_max_num_tokens, output, None, None, None, routing_replay_out, workspace,
+    )
+
+
+@moe_out.register_fake
+def _moe_out_fake(*args):
+    return None

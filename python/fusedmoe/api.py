@@ -1,0 +1,358 @@
+"""The public Python API: FlashInfer-compatible entry points plus fusedmoe's helpers.
+
+``trtllm_bf16_moe`` and ``trtllm_bf16_routed_moe`` take FlashInfer's parameters with its names,
+order and defaults (source: FlashInfer ``flashinfer/fused_moe/core.py``, ``trtllm_bf16_moe`` after
+PR #2548 "Add do_finalize" and ``trtllm_bf16_routed_moe`` from PR #2594 "Bf16 routed moe"; the
+trailing ``activation_type``, ``norm_topk_prob``, ``gemm1_lora_delta`` and ``routing_replay_out``
+as in FlashInfer's current documentation), then fusedmoe's keyword-only extras (``output=``,
+``workspace=``, ``expert_weights_dtype=``). Differences, all SPEC's:
+
+* ``use_shuffled_weight`` / ``weight_layout`` name fusedmoe's layouts; the defaults select the
+  canonical layout (FlashInfer's defaults select its shuffled BlockMajorK layout, which is an error
+  here);
+* ``routing_method_type`` 0 (Default) is implemented; every method reads fp32 or bf16 logits;
+* packed ids are decoded with SPEC's masked encoding (see ``pack_topk``).
+"""
+
+import enum
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from . import _checks, _ext, _ops
+
+
+class RoutingMethod(enum.IntEnum):
+    """Routing methods, numbered as SPEC pins them (FlashInfer's RoutingMethodType values)."""
+
+    Default = 0  # top-K of softmax over all E; weights = those probabilities
+    Renormalize = 1  # top-K of logits; weights = softmax over the K selected logits
+    DeepSeekV3 = 2  # sigmoid + bias, group-limited top-K; s * scale / (sum s + 1e-20)
+    Llama4 = 3  # K == 1; argmax of logits; weight = sigmoid(logit)
+    RenormalizeNaive = 4  # top-K of softmax over all E; p / sum of the selected p
+    TopK = 5  # top-K of logits; weights = raw logits
+    SigmoidRenorm = 6  # top-K of sigmoid; s / sum of the selected s
+    MiniMax2 = 7  # top-K of sigmoid + bias; s * scale / (sum s + 1e-20)
+    Sigmoid = 8  # top-K of sigmoid; weights = s
+    TopKSigmoid = 9  # top-K of logits; weights = sigmoid(logit)
+
+
+class WeightLayout(enum.IntEnum):
+    """Weight layouts fusedmoe reads. Canonical: gemm1 [E_loc, 2I, H] (rows [0, I) up, [I, 2I)
+    gate), gemm2 [E_loc, H, I], both row-major. Its value 0 equals FlashInfer's MajorK."""
+
+    Canonical = 0
+
+
+def permuted_capacity(num_tokens: int, top_k: int, local_num_experts: int) -> int:
+    """Rows of ``gemm2_output`` for a do_finalize=False call with ``num_tokens`` tokens (T * K)."""
+    _checks.check_int("num_tokens", num_tokens, 0)
+    _checks.check_int("top_k", top_k, 1, _checks.MAX_TOP_K)
+    _checks.check_int("local_num_experts", local_num_experts, 1, _checks.MAX_NUM_EXPERTS)
+    return int(_ext.permuted_capacity(num_tokens, top_k, local_num_experts))
+
+
+def workspace_size(
+    num_tokens: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_experts: int,
+    top_k: int,
+    local_expert_offset: int = 0,
+    local_num_experts: Optional[int] = None,
+) -> int:
+    """Bytes of GPU workspace a call needs; a buffer sized for the largest T serves every smaller T.
+
+    Only needed to pass ``workspace=`` yourself; otherwise a cached per-device workspace is used.
+    """
+    if local_num_experts is None:
+        local_num_experts = num_experts
+    return int(
+        _ext.workspace_size(
+            num_tokens, hidden_size, intermediate_size, num_experts, top_k, local_expert_offset,
+            local_num_experts,
+        )
+    )
+
+
+def pack_topk(topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+    """Packs ids [T, K] and weights [T, K] into int32 words: ``(id << 16) | (bf16_bits(w) & 0xFFFF)``.
+
+    The weight is rounded to bf16. The mask keeps a negative weight from sign-extending into the
+    id (FlashInfer's idiom corrupts it). Ids must fit a signed int16 (they are expert ids).
+    """
+    _checks.check_tensor(
+        "topk_ids", topk_ids, (torch.int32, torch.int64, torch.int16), (None, None)
+    )
+    _checks.check_tensor(
+        "topk_weights",
+        topk_weights,
+        (torch.bfloat16, torch.float32, torch.float16),
+        tuple(topk_ids.shape),
+        topk_ids.device,
+    )
+    weight_bits = topk_weights.to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
+    return (topk_ids.to(torch.int32) << 16) | weight_bits
+
+
+def unpack_topk(packed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Splits packed int32 words [T, K] into (ids int32 [T, K], weights bf16 [T, K])."""
+    _checks.check_tensor("packed", packed, (torch.int32,), (None, None))
+    ids = packed >> 16  # arithmetic shift: the id is a signed int16
+    weights = (packed & 0xFFFF).to(torch.int16).view(torch.bfloat16)
+    return ids, weights
+
+
+def prepare_weights(
+    gemm1_weights: torch.Tensor,
+    gemm2_weights: torch.Tensor,
+    weight_layout: int = WeightLayout.Canonical,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Converts canonical expert weights once, at load time, into the layout ``weight_layout``.
+
+    Only the canonical layout exists in this version, so this validates the weights (bf16,
+    contiguous, gemm1 [E_loc, 2I, H] and gemm2 [E_loc, H, I] of matching sizes) and returns them
+    unchanged. Pass the results with ``use_shuffled_weight=False, weight_layout=weight_layout``.
+    """
+    _checks.check_layout(False, weight_layout)
+    _checks.check_tensor("gemm1_weights", gemm1_weights, (torch.bfloat16,), (None, None, None))
+    num_local, two_i, hidden_size = gemm1_weights.shape
+    if two_i == 0 or two_i % 2:
+        raise ValueError(f"gemm1_weights: expected dim 1 = 2 * intermediate_size > 0, got {two_i}")
+    _checks.check_tensor(
+        "gemm2_weights",
+        gemm2_weights,
+        (torch.bfloat16,),
+        (num_local, hidden_size, two_i // 2),
+        gemm1_weights.device,
+    )
+    return gemm1_weights, gemm2_weights
+
+
+def validate_routing(topk_ids, num_experts: int) -> Optional[Tuple[int, int]]:
+    """Debugging helper: the first (slot t*K+k, id) whose expert id is outside [0, num_experts).
+
+    ``topk_ids`` is packed int32 [T, K] or an (ids, weights) tuple. Returns None when every id is
+    valid. Synchronous on CUDA tensors: never call it inside CUDA graph capture.
+    """
+    packed = not isinstance(topk_ids, (tuple, list))
+    ids = topk_ids if packed else topk_ids[0]
+    _checks.check_tensor("topk_ids", ids, (torch.int32,), (None, None))
+    _checks.check_int("num_experts", num_experts, 1, _checks.MAX_NUM_EXPERTS)
+    on_gpu = ids.device.type == "cuda"
+    stream = torch.cuda.current_stream(ids.device).cuda_stream if on_gpu else 0
+    slot, bad_id = _ext.validate_routing(ids, num_experts, packed, on_gpu, stream)
+    return None if slot < 0 else (int(slot), int(bad_id))
+
+
+def _expert_weights_fp32(expert_weights_dtype) -> bool:
+    if expert_weights_dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(
+            f"expert_weights_dtype: expected torch.bfloat16 or torch.float32, got {expert_weights_dtype}"
+        )
+    return expert_weights_dtype == torch.float32
+
+
+def _run(
+    hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
+    topk_weights, num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
+    local_num_experts, routed_scaling_factor, routing_method_type, do_finalize, enable_pdl,
+    tune_max_num_tokens, routing_replay_out, output, workspace, expert_weights_fp32,
+):
+    """Checks what both entry points share, then calls the custom op."""
+    num_tokens, hidden_size, device = _checks.check_problem(
+        hidden_states, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
+        local_expert_offset, local_num_experts,
+    )
+    _checks.check_int("tune_max_num_tokens", tune_max_num_tokens, 0)
+    _checks.check_optional_output(
+        "routing_replay_out", routing_replay_out, torch.int16, (num_tokens, top_k), device
+    )
+    if workspace is not None:
+        _checks.check_tensor("workspace", workspace, (torch.uint8,), (None,), device)
+        if device.type != "cuda":
+            raise ValueError("workspace: expected None for cpu tensors (the CPU reference needs none)")
+    args = (
+        hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
+        topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
+        local_num_experts, routing_method_type, n_group, topk_group, routed_scaling_factor,
+    )
+    if output is not None:
+        if not do_finalize:
+            raise ValueError("output: expected None when do_finalize=False (the outputs are returned)")
+        _checks.check_tensor("output", output, (torch.bfloat16,), (num_tokens, hidden_size), device)
+        torch.ops.fusedmoe.moe_out(
+            *args, expert_weights_fp32, bool(enable_pdl), tune_max_num_tokens, output,
+            routing_replay_out, workspace,
+        )
+        return output
+    outputs = torch.ops.fusedmoe.moe(
+        *args, expert_weights_fp32, bool(do_finalize), bool(enable_pdl), tune_max_num_tokens,
+        routing_replay_out, workspace,
+    )
+    return outputs[0] if do_finalize else list(outputs)
+
+
+def trtllm_bf16_moe(
+    routing_logits: torch.Tensor,
+    routing_bias: Optional[torch.Tensor],
+    hidden_states: torch.Tensor,
+    gemm1_weights: torch.Tensor,
+    gemm2_weights: torch.Tensor,
+    num_experts: int,
+    top_k: int,
+    n_group: Optional[int],
+    topk_group: Optional[int],
+    intermediate_size: int,
+    local_expert_offset: int,
+    local_num_experts: int,
+    routed_scaling_factor: Optional[float] = None,
+    routing_method_type: int = RoutingMethod.Default,
+    use_shuffled_weight: bool = False,
+    weight_layout: int = WeightLayout.Canonical,
+    do_finalize: bool = True,
+    enable_pdl: bool = True,
+    tune_max_num_tokens: int = 8192,
+    activation_type: int = _checks.SWIGLU_ACTIVATION,
+    norm_topk_prob: bool = True,
+    routing_replay_out: Optional[torch.Tensor] = None,
+    *,
+    output: Optional[torch.Tensor] = None,
+    workspace: Optional[torch.Tensor] = None,
+    expert_weights_dtype: torch.dtype = torch.bfloat16,
+) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """BF16 MoE layer routed from logits (FlashInfer's ``trtllm_bf16_moe``, on Hopper).
+
+    Args:
+        routing_logits: [T, num_experts] float32 or bfloat16.
+        routing_bias: optional [num_experts] float32 or bfloat16 (DeepSeekV3 and MiniMax2 read it).
+        hidden_states: [T, H] bfloat16 (T may be 0). CPU tensors run the CPU reference.
+        gemm1_weights: [local_num_experts, 2 * intermediate_size, H] bfloat16, rows [0, I) up,
+            rows [I, 2I) gate (canonical layout, or the output of ``prepare_weights``).
+        gemm2_weights: [local_num_experts, H, intermediate_size] bfloat16.
+        num_experts: E, global number of experts (ids are global, 0..E-1).
+        top_k: K, experts per token (1..32).
+        n_group, topk_group: DeepSeekV3 expert groups; None means not grouped.
+        intermediate_size: I (a multiple of 8).
+        local_expert_offset, local_num_experts: the experts held here (expert parallelism:
+            slots routed elsewhere contribute zero; sum the outputs across ranks).
+        routed_scaling_factor: DeepSeekV3 and MiniMax2 scale; None means 1.0.
+        routing_method_type: a ``RoutingMethod`` (default 0, Default: softmax then top-K).
+        use_shuffled_weight, weight_layout: must select the layout the weights are in: False and
+            ``WeightLayout.Canonical`` (the defaults) for canonical weights.
+        do_finalize: True returns the output [T, H] bf16; False returns ``[gemm2_output [T*K, H]
+            bf16 (unweighted, expert-sorted rows), expert_weights [T, K], expanded_idx_to_permuted_idx
+            [T*K] int32 (-1 for a slot routed elsewhere)]``.
+        enable_pdl: programmatic dependent launch between the GPU pipeline's kernels.
+        tune_max_num_tokens: the cached GPU workspace is sized for at least this many tokens, so
+            calls up to it (CUDA graph captures included) never grow it.
+        activation_type: must be 3 (SwiGLU). norm_topk_prob: must be True.
+        routing_replay_out: optional [T, K] int16, receives the selected global expert ids.
+        output: optional [T, H] bf16 tensor written in place and returned (do_finalize only).
+        workspace: optional uint8 CUDA tensor of at least ``workspace_size(...)`` bytes, used
+            instead of the cached one.
+        expert_weights_dtype: torch.float32 keeps the routing weights in fp32 (used by finalize
+            and returned as expert_weights); bf16 (SPEC's default) rounds them once.
+
+    Raises:
+        TypeError, ValueError naming the argument, before any kernel runs.
+    """
+    _checks.check_layout(use_shuffled_weight, weight_layout)
+    _checks.check_unsupported(activation_type, norm_topk_prob)
+    _checks.check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
+    device = hidden_states.device
+    num_tokens = hidden_states.shape[0]
+    _checks.check_int("num_experts", num_experts, 1, _checks.MAX_NUM_EXPERTS)
+    _checks.check_tensor(
+        "routing_logits", routing_logits, (torch.float32, torch.bfloat16), (num_tokens, num_experts), device
+    )
+    if routing_bias is not None:
+        _checks.check_tensor(
+            "routing_bias", routing_bias, (torch.float32, torch.bfloat16), (num_experts,), device
+        )
+    method = _routing_method(routing_method_type)
+    n_group = _checks.check_int("n_group", 0 if n_group is None else n_group, 0, num_experts)
+    topk_group = _checks.check_int("topk_group", 0 if topk_group is None else topk_group, 0, num_experts)
+    scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
+    return _run(
+        hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, None, None,
+        num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
+        local_num_experts, scale, method, do_finalize, enable_pdl, tune_max_num_tokens,
+        routing_replay_out, output, workspace, _expert_weights_fp32(expert_weights_dtype),
+    )
+
+
+def trtllm_bf16_routed_moe(
+    topk_ids: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]],
+    hidden_states: torch.Tensor,
+    gemm1_weights: torch.Tensor,
+    gemm2_weights: torch.Tensor,
+    num_experts: int,
+    top_k: int,
+    n_group: Optional[int],
+    topk_group: Optional[int],
+    intermediate_size: int,
+    local_expert_offset: int,
+    local_num_experts: int,
+    routed_scaling_factor: Optional[float] = None,
+    routing_method_type: int = RoutingMethod.Default,
+    use_shuffled_weight: bool = False,
+    weight_layout: int = WeightLayout.Canonical,
+    do_finalize: bool = True,
+    enable_pdl: bool = True,
+    gemm1_lora_delta: Optional[torch.Tensor] = None,
+    tune_max_num_tokens: int = 8192,
+    activation_type: int = _checks.SWIGLU_ACTIVATION,
+    routing_replay_out: Optional[torch.Tensor] = None,
+    *,
+    output: Optional[torch.Tensor] = None,
+    workspace: Optional[torch.Tensor] = None,
+) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """BF16 MoE layer with routing computed by the caller (FlashInfer's ``trtllm_bf16_routed_moe``).
+
+    ``topk_ids`` is either packed int32 [T, K] (``pack_topk``: id in bits 31..16, bf16 weight
+    bits in 15..0) or a tuple ``(ids int32 [T, K], weights [T, K] bf16 or fp32)``. The weights are
+    used exactly as given: ``routing_method_type``, ``n_group``, ``topk_group`` and
+    ``routed_scaling_factor`` are accepted for FlashInfer compatibility and ignored. With fp32
+    weights, do_finalize=False returns fp32 ``expert_weights``. Ids outside [0, num_experts) are
+    treated as routed elsewhere (see ``validate_routing``). Everything else is as in
+    ``trtllm_bf16_moe``.
+    """
+    _checks.check_layout(use_shuffled_weight, weight_layout)
+    _checks.check_unsupported(activation_type, True, gemm1_lora_delta)
+    _checks.check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
+    device = hidden_states.device
+    num_tokens = hidden_states.shape[0]
+    _checks.check_int("top_k", top_k, 1, _checks.MAX_TOP_K)
+    if isinstance(topk_ids, (tuple, list)):
+        if len(topk_ids) != 2:
+            raise ValueError(
+                f"topk_ids: expected a packed tensor or an (ids, weights) pair, got {len(topk_ids)} items"
+            )
+        ids, weights = topk_ids
+        _checks.check_tensor("topk_ids", ids, (torch.int32,), (num_tokens, top_k), device)
+        _checks.check_tensor(
+            "topk_weights", weights, (torch.bfloat16, torch.float32), (num_tokens, top_k), device
+        )
+    else:
+        ids, weights = topk_ids, None
+        _checks.check_tensor("topk_ids", ids, (torch.int32,), (num_tokens, top_k), device)
+    _routing_method(routing_method_type)
+    return _run(
+        hidden_states, gemm1_weights, gemm2_weights, None, None, ids, weights, num_experts, top_k,
+        0, 0, intermediate_size, local_expert_offset, local_num_experts, 1.0,
+        int(RoutingMethod.Default), do_finalize, enable_pdl, tune_max_num_tokens,
+        routing_replay_out, output, workspace, weights is not None and weights.dtype == torch.float32,
+    )
+
+
+def _routing_method(routing_method_type) -> int:
+    if isinstance(routing_method_type, bool) or not isinstance(routing_method_type, int):
+        raise TypeError(
+            f"routing_method_type: expected an int or RoutingMethod, got {type(routing_method_type).__name__}"
+        )
+    if routing_method_type not in RoutingMethod._value2member_map_:
+        raise ValueError(
+            f"routing_method_type: expected one of {[int(m) for m in RoutingMethod]}, got {routing_method_type}"
+        )
+    return int(routing_method_type)
