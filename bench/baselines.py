@@ -77,9 +77,19 @@ class GroupedMmMoe:
     it falls back to a loop that reads offs on the host.
     """
 
+    COMBINES = ("bmm", "mul_sum")
+
     def __init__(self, gemm1_weights: torch.Tensor, gemm2_weights: torch.Tensor,
-                 local_expert_offset: int = 0):
-        """Keeps transposed views of the canonical weights: w1 (E_loc, H, 2I), w2 (E_loc, I, H)."""
+                 local_expert_offset: int = 0, combine: str = "bmm"):
+        """Keeps transposed views of the canonical weights: w1 (E_loc, H, 2I), w2 (E_loc, I, H).
+
+        combine picks the weighted sum over a token's K slots: "bmm" (one batched GEMM
+        (T, 1, K) x (T, K, H), fp32 accumulation) or "mul_sum" (bf16 products, then a sum over K
+        with fp32 accumulation, as vLLM's torch path does).
+        """
+        if combine not in self.COMBINES:
+            raise ValueError(f"combine: expected one of {self.COMBINES}, got {combine!r}")
+        self.combine = combine
         self.num_local = gemm1_weights.shape[0]
         self.inter = gemm1_weights.shape[1] // 2
         self.offset = local_expert_offset
@@ -111,7 +121,10 @@ class GroupedMmMoe:
         y_slot = torch.empty_like(y).index_copy_(0, order, y)  # back to slot order t*K+k
         if not all_local:
             y_slot = torch.where(is_local.unsqueeze(1), y_slot, 0)  # unset rows may hold NaN
-        # Weighted sum over the K slots of each token: (T, 1, K) x (T, K, H), fp32 accumulation.
-        out = torch.bmm(weights.to(torch.bfloat16).reshape(num_tokens, 1, top_k),
-                        y_slot.view(num_tokens, top_k, hidden))
+        y_slot = y_slot.view(num_tokens, top_k, hidden)
+        slot_weights = weights.to(torch.bfloat16).reshape(num_tokens, top_k, 1)
+        if self.combine == "bmm":  # (T, 1, K) x (T, K, H), fp32 accumulation
+            out = torch.bmm(slot_weights.view(num_tokens, 1, top_k), y_slot)
+        else:  # bf16 products, summed over K in fp32
+            out = (y_slot * slot_weights).sum(dim=1)
         return out.view(num_tokens, hidden)

@@ -323,7 +323,7 @@ def run_gpu(args) -> int:
     commit = git_commit()
     print(f"device {device_name} | BW {bw / 1e9:.0f} GB/s (D2D copy, read+write) | "
           f"PEAK {peak / 1e12:.0f} TFLOP/s (cuBLAS bf16 8192^3) | torch {torch.__version__} | "
-          f"commit {commit}")
+          f"commit {commit} | grouped_mm combine {args.gmm_combine}")
     print(HEADER)
     rows = []
     grids = ([] if args.ep_only else [False]) + ([True] if args.ep or args.ep_only else [])
@@ -333,7 +333,7 @@ def run_gpu(args) -> int:
             num_local = model.experts // EP_DEGREE if ep else model.experts
             started = time.perf_counter()
             w1, w2 = make_weights(model, num_local, "cuda", seed=list(MODELS).index(model_name))
-            gmm = baselines.GroupedMmMoe(w1, w2)
+            gmm = baselines.GroupedMmMoe(w1, w2, combine=args.gmm_combine)
             for num_tokens in args.tokens:
                 row = bench_point(model, ep, num_tokens, w1, w2, gmm, fusedmoe, timer, args, bw,
                                   peak)
@@ -371,6 +371,7 @@ def run_gpu(args) -> int:
                   "bw_bytes_per_s": bw, "peak_flop_per_s": peak,
                   "fusedmoe_available": fusedmoe is not None, "fusedmoe_absent_reason": why_absent,
                   "warmup": args.warmup, "reps": args.reps, "loop_budget_s": args.loop_budget,
+                  "gmm_combine": args.gmm_combine,
                   "geomean_x_grouped_mm": mean, "rows": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -405,7 +406,7 @@ def run_cpu(args) -> int:
         for ep in (False, True):
             num_local = max(1, model.experts // EP_DEGREE) if ep else model.experts
             w1, w2 = make_weights(model, num_local, "cpu", seed=7)
-            gmm = baselines.GroupedMmMoe(w1, w2)
+            gmm = baselines.GroupedMmMoe(w1, w2, combine=args.gmm_combine)
             for num_tokens in (1, 7, 33):
                 logits, bias, x = make_inputs(model, num_tokens, "cpu", seed=num_tokens)
                 ids, weights = route_for(model, logits, bias)
@@ -466,6 +467,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--loop-budget", type=float, default=1.0,
                         help="seconds of eager timing allowed per point for the per-expert loop")
     parser.add_argument("--no-loop", action="store_true", help="do not time the per-expert loop")
+    parser.add_argument("--gmm-combine", default="bmm", choices=baselines.GroupedMmMoe.COMBINES,
+                        help="how the grouped_mm baseline sums a token's K expert outputs")
     parser.add_argument("--cpu", action="store_true",
                         help="no-GPU mode: check fusedmoe's CPU reference path on small problems")
     args = parser.parse_args(argv)
