@@ -1,0 +1,208 @@
+// A plain GPU reference of the operator after routing, for shapes too large for the CPU
+// reference: per-expert cuBLAS GEMMs (cublasGemmEx) on the reference's routing and permutation
+// (src/reference/), plus small SIMT kernels for the gather, SwiGLU and finalize. It computes two
+// results from the same bf16 inputs:
+//   * design: the roundings of docs/DESIGN.md (act and y in bf16, fma chain in ascending k, bf16
+//     output) - what run_reference computes, up to the GEMMs' summation order;
+//   * truth:  fp32 GEMMs (bf16 inputs widened exactly) with no intermediate rounding and an fp64
+//     weighted sum - the `ref` of STYLE.md's tolerance rule.
+// The test suite checks this reference itself against the CPU reference on small shapes.
+// Header-only; include from .cu tests only (it defines kernels).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "common/gpu_buffers.h"
+#include "fusedmoe/fusedmoe.h"
+#include "reference/reference.h"
+
+namespace fusedmoe::test {
+
+struct GpuReferenceResult {
+  std::vector<uint16_t> out_design;  // [T, H] bf16 bits
+  std::vector<double> out_truth;     // [T, H]
+  std::vector<uint16_t> y_design;    // [P, H] bf16 bits (only when asked for)
+  std::vector<double> y_truth;       // [P, H]
+};
+
+namespace gpu_ref_detail {
+
+inline void check_cublas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(std::string(what) + ": cuBLAS status " +
+                             std::to_string(static_cast<int>(status)));
+  }
+}
+
+__global__ void gather_kernel(const uint16_t* x, const int32_t* tokens, int64_t rows,
+                              int64_t hidden_size, uint16_t* out) {
+  const int64_t total = rows * hidden_size;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t row = i / hidden_size, h = i % hidden_size;
+    out[i] = x[static_cast<int64_t>(tokens[row]) * hidden_size + h];
+  }
+}
+
+// g [rows, 2I] fp32 -> act_design bf16 = bf16(silu(gate) * up), act_truth fp32 (no rounding).
+__global__ void swiglu_kernel(const float* g_design, const float* g_truth, int64_t rows,
+                              int64_t inter, uint16_t* act_design, float* act_truth) {
+  const int64_t total = rows * inter;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t row = i / inter, j = i % inter;
+    const float up = g_design[row * 2 * inter + j], gate = g_design[row * 2 * inter + inter + j];
+    const float silu = gate / (1.0f + expf(-gate));
+    act_design[i] = __bfloat16_as_ushort(__float2bfloat16_rn(__fmul_rn(silu, up)));
+    const double up_t = g_truth[row * 2 * inter + j];
+    const double gate_t = g_truth[row * 2 * inter + inter + j];
+    act_truth[i] = static_cast<float>(gate_t / (1.0 + exp(-gate_t)) * up_t);
+  }
+}
+
+__global__ void bf16_to_fp32_kernel(const uint16_t* in, int64_t count, float* out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    out[i] = __bfloat162float(__ushort_as_bfloat16(in[i]));
+  }
+}
+
+__global__ void fp32_to_bf16_kernel(const float* in, int64_t count, uint16_t* out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(in[i]));
+  }
+}
+
+__global__ void finalize_kernel(const uint16_t* y_design, const float* y_truth,
+                                const int32_t* permuted_idx, const float* weights,
+                                int64_t num_tokens, int32_t top_k, int64_t hidden_size,
+                                uint16_t* out_design, double* out_truth) {
+  const int64_t total = num_tokens * hidden_size;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t t = i / hidden_size, h = i % hidden_size;
+    float acc = 0.0f;
+    double truth = 0.0;
+    for (int32_t k = 0; k < top_k; ++k) {
+      const int32_t row = permuted_idx[t * top_k + k];
+      if (row < 0) continue;
+      const float w = weights[t * top_k + k];
+      const int64_t at = static_cast<int64_t>(row) * hidden_size + h;
+      acc = __fmaf_rn(w, __bfloat162float(__ushort_as_bfloat16(y_design[at])), acc);
+      truth += static_cast<double>(w) * y_truth[at];
+    }
+    out_design[i] = __bfloat16_as_ushort(__float2bfloat16_rn(acc));
+    out_truth[i] = truth;
+  }
+}
+
+constexpr int kBlocks = 1024, kThreads = 256;
+
+}  // namespace gpu_ref_detail
+
+// d_x [T, H], d_w1 [E_loc, 2I, H], d_w2 [E_loc, H, I]: device bf16. routing/permutation: the
+// reference's (host). with_rows: also return the permuted rows y (for the do_finalize=false triple).
+inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d_x,
+                                        const uint16_t* d_w1, const uint16_t* d_w2,
+                                        const ref::Routing& routing,
+                                        const ref::Permutation& permutation, bool with_rows) {
+  using namespace gpu_ref_detail;
+  const int64_t T = shape.num_tokens, H = shape.hidden_size, I = shape.intermediate_size;
+  const int32_t K = shape.top_k;
+  const int64_t P = permutation.num_local();
+  const int64_t rows_alloc = std::max<int64_t>(P, 1);
+
+  std::vector<int32_t> tokens(rows_alloc, 0);
+  for (int64_t p = 0; p < P; ++p) tokens[p] = permutation.permuted_slots[p] / K;
+  DeviceArray<int32_t> d_tokens(tokens);
+  DeviceArray<int32_t> d_map(permutation.expanded_idx_to_permuted_idx);
+  DeviceArray<float> d_weights(routing.weights);
+  DeviceArray<uint16_t> x_rows(rows_alloc * H);
+  DeviceArray<float> g(rows_alloc * 2 * I);
+  DeviceArray<uint16_t> act_design(rows_alloc * I);
+  DeviceArray<float> act_truth(rows_alloc * I);
+  DeviceArray<float> y_acc(rows_alloc * H);
+  DeviceArray<uint16_t> y_design(rows_alloc * H);
+  DeviceArray<float> y_truth(rows_alloc * H);
+  DeviceArray<float> w2_fp32(H * I);
+
+  cublasHandle_t handle;
+  check_cublas(cublasCreate(&handle), "cublasCreate");
+  const float alpha = 1.0f, beta = 0.0f;
+  if (P > 0) {
+    gather_kernel<<<kBlocks, kThreads>>>(d_x, d_tokens.get(), P, H, x_rows.get());
+    // g = x_rows . W1[e]^T per expert (fp32 out). bf16 x bf16 products are exact in fp32, so
+    // the same g serves both results.
+    for (int32_t e = 0; e + 1 < static_cast<int32_t>(permutation.expert_offsets.size()); ++e) {
+      const int64_t begin = permutation.expert_offsets[e];
+      const int64_t n = permutation.expert_offsets[e + 1] - begin;
+      if (n == 0) continue;
+      check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(2 * I),
+                                static_cast<int>(n), static_cast<int>(H), &alpha,
+                                d_w1 + e * 2 * I * H, CUDA_R_16BF, static_cast<int>(H),
+                                x_rows.get() + begin * H, CUDA_R_16BF, static_cast<int>(H),
+                                &beta, g.get() + begin * 2 * I, CUDA_R_32F,
+                                static_cast<int>(2 * I), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT),
+                   "gemm1");
+    }
+    swiglu_kernel<<<kBlocks, kThreads>>>(g.get(), g.get(), P, I, act_design.get(),
+                                         act_truth.get());
+    for (int32_t e = 0; e + 1 < static_cast<int32_t>(permutation.expert_offsets.size()); ++e) {
+      const int64_t begin = permutation.expert_offsets[e];
+      const int64_t n = permutation.expert_offsets[e + 1] - begin;
+      if (n == 0) continue;
+      const uint16_t* w2 = d_w2 + e * H * I;
+      check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(H),
+                                static_cast<int>(n), static_cast<int>(I), &alpha, w2,
+                                CUDA_R_16BF, static_cast<int>(I), act_design.get() + begin * I,
+                                CUDA_R_16BF, static_cast<int>(I), &beta, y_acc.get() + begin * H,
+                                CUDA_R_32F, static_cast<int>(H), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT),
+                   "gemm2 design");
+      bf16_to_fp32_kernel<<<kBlocks, kThreads>>>(w2, H * I, w2_fp32.get());
+      check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(H),
+                                static_cast<int>(n), static_cast<int>(I), &alpha, w2_fp32.get(),
+                                CUDA_R_32F, static_cast<int>(I), act_truth.get() + begin * I,
+                                CUDA_R_32F, static_cast<int>(I), &beta, y_truth.get() + begin * H,
+                                CUDA_R_32F, static_cast<int>(H), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT),
+                   "gemm2 truth");
+    }
+    fp32_to_bf16_kernel<<<kBlocks, kThreads>>>(y_acc.get(), P * H, y_design.get());
+  }
+  DeviceArray<uint16_t> out_design(std::max<int64_t>(T * H, 1));
+  DeviceArray<double> out_truth(std::max<int64_t>(T * H, 1));
+  finalize_kernel<<<kBlocks, kThreads>>>(y_design.get(), y_truth.get(), d_map.get(),
+                                         d_weights.get(), T, K, H, out_design.get(),
+                                         out_truth.get());
+  check_cuda(cudaGetLastError(), "gpu_reference kernels");
+  check_cuda(cudaDeviceSynchronize(), "gpu_reference");
+  cublasDestroy(handle);
+
+  GpuReferenceResult result;
+  result.out_design = out_design.download();
+  result.out_truth = out_truth.download();
+  result.out_design.resize(T * H);
+  result.out_truth.resize(T * H);
+  if (with_rows) {
+    result.y_design = y_design.download();
+    result.y_design.resize(P * H);
+    const std::vector<float> y = y_truth.download();
+    result.y_truth.assign(y.begin(), y.begin() + P * H);
+  }
+  return result;
+}
+
+}  // namespace fusedmoe::test

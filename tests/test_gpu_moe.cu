@@ -1,0 +1,700 @@
+// GPU test suite of the whole operator (run()): every routing method and input mode, the SPEC
+// shapes, expert parallelism, hostile ids, determinism, CUDA graph replay and the
+// do_finalize=false triple. Skips when no GPU is present.
+//
+// The truth is the CPU reference (src/reference/): its routing and permutation are compared
+// bitwise (ids, permutation) or to the last ulp (weights, whose exp may differ by one rounding
+// from the host's expf). The expert MLPs are compared by STYLE.md's tolerance rule against a
+// cuBLAS reference (tests/common/gpu_reference.h) fed with the CPU reference's routing and
+// permutation, since most SPEC shapes are far too large for the CPU; that GPU reference is itself
+// checked against the CPU reference on a small shape. Inputs are fresh random data per case;
+// outputs are poisoned (0xFF bytes: bf16 0xFFFF NaN, int -1) before every run.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/gpu_buffers.h"
+#include "common/gpu_reference.h"
+#include "common/host_data.h"
+#include "common/moe_case.h"
+#include "common/tolerance.h"
+#include "fusedmoe/fusedmoe.h"
+#include "reference/bf16.h"
+#include "reference/reference.h"
+
+namespace fusedmoe::test {
+namespace {
+
+#define FUSEDMOE_SKIP_WITHOUT_GPU() \
+  if (!gpu_available()) GTEST_SKIP() << "no CUDA device"
+
+// ------------------------------------------------------------------------------------------------
+// One operator call on the device: inputs, outputs and its MoeArguments.
+// ------------------------------------------------------------------------------------------------
+struct CaseSpec {
+  std::string name;
+  int64_t num_tokens;
+  int64_t hidden_size;
+  int64_t intermediate_size;
+  int32_t num_experts;
+  int32_t top_k;
+  int32_t local_num_experts = 0;  // 0 = all experts local
+  int32_t local_expert_offset = 0;
+  RoutingInput input = RoutingInput::kLogits;
+  RoutingMethod method = RoutingMethod::kDefault;
+  DType logits_dtype = DType::kFP32;
+  bool with_bias = false;
+  DType bias_dtype = DType::kFP32;
+  int32_t n_group = 0;
+  int32_t topk_group = 0;
+  float routed_scaling_factor = 1.0f;
+  DType weights_dtype = DType::kBF16;  // expert_weights_dtype (= routed weights dtype)
+  bool do_finalize = true;
+  bool with_replay = true;
+};
+
+class GpuCase {
+ public:
+  GpuCase(const CaseSpec& spec, uint64_t seed) : spec_(spec) {
+    shape_.num_tokens = spec.num_tokens;
+    shape_.hidden_size = spec.hidden_size;
+    shape_.intermediate_size = spec.intermediate_size;
+    shape_.num_experts = spec.num_experts;
+    shape_.top_k = spec.top_k;
+    shape_.local_num_experts = spec.local_num_experts ? spec.local_num_experts : spec.num_experts;
+    shape_.local_expert_offset = spec.local_expert_offset;
+    const int64_t T = shape_.num_tokens, H = shape_.hidden_size, I = shape_.intermediate_size;
+    const int64_t E_loc = shape_.local_num_experts, K = shape_.top_k;
+
+    w1_.resize(E_loc * 2 * I * H);
+    w2_.resize(E_loc * H * I);
+    const float w1_scale = 2.0f / std::sqrt(static_cast<float>(H));
+    const float w2_scale = 2.0f / std::sqrt(static_cast<float>(I));
+    fill_uniform_bf16(w1_, seed * 3 + 1, -w1_scale, w1_scale);
+    fill_uniform_bf16(w2_, seed * 3 + 2, -w2_scale, w2_scale);
+    x_.resize(T * H);
+    new_inputs(seed);
+
+    output_.resize(T * H);
+    gemm2_output_.resize(permuted_capacity(T, shape_.top_k, shape_.local_num_experts) * H);
+    expert_weights_.resize(T * K);  // 4 bytes per element: fits bf16 and fp32
+    permuted_idx_.resize(T * K);
+    replay_.resize(T * K);
+  }
+
+  // Fresh hidden states and routing input in the same device buffers (graph replay).
+  void new_inputs(uint64_t seed) {
+    const int64_t T = shape_.num_tokens, E = shape_.num_experts, K = shape_.top_k;
+    fill_uniform_bf16(x_, seed * 3 + 3, -1.0f, 1.0f);
+    Rng rng(seed);
+    if (spec_.input == RoutingInput::kLogits) {
+      logits_fp32_ = random_fp32(rng, T * E, -4.0f, 4.0f);
+      if (spec_.logits_dtype == DType::kBF16) {
+        logits_bf16_ = float_to_bf16(logits_fp32_);
+        d_logits_bf16_.upload(logits_bf16_);
+      } else {
+        d_logits_fp32_.upload(logits_fp32_);
+      }
+      if (spec_.with_bias) {
+        bias_fp32_ = random_fp32(rng, E, -0.5f, 0.5f);
+        if (spec_.bias_dtype == DType::kBF16) {
+          bias_bf16_ = float_to_bf16(bias_fp32_);
+          d_bias_bf16_.upload(bias_bf16_);
+        } else {
+          d_bias_fp32_.upload(bias_fp32_);
+        }
+      }
+    } else {
+      set_routed(random_distinct_ids(rng, T, K, static_cast<int32_t>(E)),
+                 random_fp32(rng, T * K, 0.05f, 1.0f));
+    }
+  }
+
+  // Routed input from plain ids and fp32 weights, encoded as the spec's input asks.
+  void set_routed(const std::vector<int32_t>& ids, const std::vector<float>& weights) {
+    if (spec_.input == RoutingInput::kPacked) {
+      topk_ids_.resize(ids.size());
+      for (size_t i = 0; i < ids.size(); ++i) {
+        topk_ids_[i] = pack_topk(ids[i], float_to_bf16_bits(weights[i]));
+      }
+    } else {
+      topk_ids_ = ids;
+      if (spec_.weights_dtype == DType::kBF16) {
+        topk_weights_bf16_ = float_to_bf16(weights);
+        d_topk_weights_bf16_.upload(topk_weights_bf16_);
+      } else {
+        topk_weights_fp32_ = weights;
+        d_topk_weights_fp32_.upload(topk_weights_fp32_);
+      }
+    }
+    d_topk_ids_.upload(topk_ids_);
+  }
+
+  void poison_outputs() {
+    output_.fill_bytes(0xFF);
+    gemm2_output_.fill_bytes(0xFF);
+    expert_weights_.fill_bytes(0xFF);
+    permuted_idx_.fill_bytes(0xFF);
+    replay_.fill_bytes(0xFF);
+  }
+
+  // MoeArguments on the device buffers (host = false) or on the host copies of the routing
+  // inputs (host = true, for the CPU reference's routing only).
+  MoeArguments arguments(bool host = false) {
+    MoeArguments args;
+    args.shape = shape_;
+    args.hidden_states = x_.get();
+    args.gemm1_weights = w1_.get();
+    args.gemm2_weights = w2_.get();
+    args.expert_weights_dtype = spec_.weights_dtype;
+    if (spec_.input == RoutingInput::kLogits) {
+      const bool bf16 = spec_.logits_dtype == DType::kBF16;
+      args.logits.logits = host ? (bf16 ? static_cast<const void*>(logits_bf16_.data())
+                                        : static_cast<const void*>(logits_fp32_.data()))
+                                : (bf16 ? static_cast<const void*>(d_logits_bf16_.get())
+                                        : static_cast<const void*>(d_logits_fp32_.get()));
+      args.logits.logits_dtype = spec_.logits_dtype;
+      if (spec_.with_bias) {
+        const bool bias_bf16 = spec_.bias_dtype == DType::kBF16;
+        args.logits.bias = host ? (bias_bf16 ? static_cast<const void*>(bias_bf16_.data())
+                                             : static_cast<const void*>(bias_fp32_.data()))
+                                : (bias_bf16 ? static_cast<const void*>(d_bias_bf16_.get())
+                                             : static_cast<const void*>(d_bias_fp32_.get()));
+        args.logits.bias_dtype = spec_.bias_dtype;
+      }
+      args.logits.method = spec_.method;
+      args.logits.n_group = spec_.n_group;
+      args.logits.topk_group = spec_.topk_group;
+      args.logits.routed_scaling_factor = spec_.routed_scaling_factor;
+    } else {
+      args.routed.topk_ids = host ? topk_ids_.data() : d_topk_ids_.get();
+      if (spec_.input == RoutingInput::kUnpacked) {
+        const bool bf16 = spec_.weights_dtype == DType::kBF16;
+        args.routed.topk_weights =
+            host ? (bf16 ? static_cast<const void*>(topk_weights_bf16_.data())
+                         : static_cast<const void*>(topk_weights_fp32_.data()))
+                 : (bf16 ? static_cast<const void*>(d_topk_weights_bf16_.get())
+                         : static_cast<const void*>(d_topk_weights_fp32_.get()));
+        args.routed.weights_dtype = spec_.weights_dtype;
+      }
+    }
+    args.do_finalize = spec_.do_finalize;
+    if (spec_.do_finalize) {
+      args.output = output_.get();
+    } else {
+      args.gemm2_output = gemm2_output_.get();
+      args.expert_weights = expert_weights_.get();
+      args.expanded_idx_to_permuted_idx = permuted_idx_.get();
+    }
+    if (spec_.with_replay) args.routing_replay_out = replay_.get();
+    return args;
+  }
+
+  // The CPU reference's routing and permutation of the current inputs.
+  ref::Routing reference_routing() {
+    const MoeArguments host = arguments(true);
+    if (spec_.input == RoutingInput::kLogits) {
+      return ref::route_reference(host.logits, shape_.num_tokens, shape_.num_experts,
+                                  shape_.top_k, spec_.weights_dtype);
+    }
+    return ref::decode_routed_reference(host.routed, shape_.num_tokens, shape_.top_k);
+  }
+
+  const CaseSpec& spec() const { return spec_; }
+  const MoeShape& shape() const { return shape_; }
+  const uint16_t* x() const { return x_.get(); }
+  const uint16_t* w1() const { return w1_.get(); }
+  const uint16_t* w2() const { return w2_.get(); }
+  DeviceArray<uint16_t>& output() { return output_; }
+  DeviceArray<uint16_t>& gemm2_output() { return gemm2_output_; }
+  DeviceArray<uint32_t>& expert_weights() { return expert_weights_; }
+  DeviceArray<int32_t>& permuted_idx() { return permuted_idx_; }
+  DeviceArray<int16_t>& replay() { return replay_; }
+
+ private:
+  CaseSpec spec_;
+  MoeShape shape_;
+  DeviceArray<uint16_t> x_, w1_, w2_;
+  std::vector<float> logits_fp32_, bias_fp32_, topk_weights_fp32_;
+  std::vector<uint16_t> logits_bf16_, bias_bf16_, topk_weights_bf16_;
+  std::vector<int32_t> topk_ids_;
+  DeviceArray<float> d_logits_fp32_, d_bias_fp32_, d_topk_weights_fp32_;
+  DeviceArray<uint16_t> d_logits_bf16_, d_bias_bf16_, d_topk_weights_bf16_;
+  DeviceArray<int32_t> d_topk_ids_;
+  DeviceArray<uint16_t> output_, gemm2_output_;
+  DeviceArray<uint32_t> expert_weights_;
+  DeviceArray<int32_t> permuted_idx_;
+  DeviceArray<int16_t> replay_;
+};
+
+// run() with a workspace sized by workspace_size(), then a sync.
+Status run_on_device(const MoeArguments& args, bool enable_pdl = false) {
+  size_t bytes = 0;
+  if (Status s = workspace_size(args.shape, &bytes); !s.ok()) return s;
+  DeviceArray<uint8_t> workspace(bytes);
+  workspace.fill_bytes(0xFF);  // the pipeline must not depend on a clean workspace
+  MoeArguments with_pdl = args;
+  with_pdl.enable_pdl = enable_pdl;
+  const Status status = run(with_pdl, workspace.get(), bytes, nullptr);
+  check_cuda(cudaGetLastError(), "run");
+  check_cuda(cudaDeviceSynchronize(), "run (async)");
+  return status;
+}
+
+// Distance in units in the last place between two finite values of the same dtype.
+int64_t ulp_distance_bits(int64_t a, int64_t b) { return a > b ? a - b : b - a; }
+int64_t ordered_bf16(uint16_t bits) {
+  return (bits & 0x8000) ? -static_cast<int64_t>(bits & 0x7FFF) : static_cast<int64_t>(bits);
+}
+int64_t ordered_fp32(uint32_t bits) {
+  return (bits & 0x80000000u) ? -static_cast<int64_t>(bits & 0x7FFFFFFFu)
+                              : static_cast<int64_t>(bits);
+}
+
+// The returned expert_weights against the reference's: bitwise for routed input (passed through),
+// within one ulp for logits input (exp rounding may differ from the host's expf).
+void expect_weights(GpuCase& c, const ref::Routing& routing) {
+  const int64_t num_slots = c.shape().num_tokens * c.shape().top_k;
+  const std::vector<uint32_t> raw = c.expert_weights().download();
+  const bool bf16 = c.spec().weights_dtype == DType::kBF16;
+  const int64_t max_ulps = c.spec().input == RoutingInput::kLogits ? 1 : 0;
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < num_slots; ++i) {
+    int64_t ulps;
+    if (bf16) {
+      const uint16_t ours = reinterpret_cast<const uint16_t*>(raw.data())[i];
+      ulps = ulp_distance_bits(ordered_bf16(ours),
+                               ordered_bf16(float_to_bf16_bits(routing.weights[i])));
+    } else {
+      uint32_t ref_bits;
+      std::memcpy(&ref_bits, &routing.weights[i], 4);
+      ulps = ulp_distance_bits(ordered_fp32(raw[i]), ordered_fp32(ref_bits));
+    }
+    if (ulps > 0) ++mismatches;
+    ASSERT_LE(ulps, max_ulps) << "expert_weights[" << i << "]";
+  }
+  // A last-bit difference is a rare rounding event, never a pattern.
+  EXPECT_LE(mismatches, std::max<int64_t>(2, num_slots / 1000)) << "expert_weights off by one ulp";
+}
+
+// Runs a case once and checks every output against the references.
+void check_case(const CaseSpec& spec, uint64_t seed) {
+  SCOPED_TRACE(spec.name);
+  GpuCase c(spec, seed);
+  const MoeShape& shape = c.shape();
+  const int64_t T = shape.num_tokens, H = shape.hidden_size, K = shape.top_k;
+  const ref::Routing routing = c.reference_routing();
+  const ref::Permutation perm =
+      ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
+
+  c.poison_outputs();
+  const Status status = run_on_device(c.arguments());
+  ASSERT_TRUE(status.ok()) << status.message;
+
+  if (spec.with_replay) {
+    const std::vector<int16_t> replay = c.replay().download();
+    for (int64_t i = 0; i < T * K; ++i) {
+      ASSERT_EQ(replay[i], static_cast<int16_t>(routing.ids[i])) << "routing id of slot " << i;
+    }
+  }
+  const GpuReferenceResult expected =
+      gpu_reference(shape, c.x(), c.w1(), c.w2(), routing, perm, !spec.do_finalize);
+  if (spec.do_finalize) {
+    expect_close(c.output().download(), expected.out_truth, expected.out_design, "output");
+    return;
+  }
+
+  // The triple: permutation bitwise, weights, rows by the rule, and its reduction.
+  EXPECT_EQ(first_difference(c.permuted_idx().download(), perm.expanded_idx_to_permuted_idx), -1)
+      << "expanded_idx_to_permuted_idx";
+  expect_weights(c, routing);
+  std::vector<uint16_t> rows = c.gemm2_output().download();
+  rows.resize(perm.num_local() * H);
+  expect_close(rows, expected.y_truth, expected.y_design, "gemm2_output");
+
+  // Reduce the triple the documented way; it must match the reference output by the rule.
+  std::vector<uint16_t> reduced(T * H);
+  const std::vector<int32_t> map = c.permuted_idx().download();
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t h = 0; h < H; ++h) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t row = map[t * K + k];
+        if (row < 0) continue;
+        acc = std::fma(routing.weights[t * K + k], bf16_bits_to_float(rows[row * H + h]), acc);
+      }
+      reduced[t * H + h] = float_to_bf16_bits(acc);
+    }
+  }
+  expect_close(reduced, expected.out_truth, expected.out_design, "reduced triple");
+}
+
+// ------------------------------------------------------------------------------------------------
+// The covering set: every method and input mode, each SPEC shape, T, E and K value at least once.
+// ------------------------------------------------------------------------------------------------
+std::vector<CaseSpec> covering_cases() {
+  using RM = RoutingMethod;
+  std::vector<CaseSpec> cases;
+  auto add = [&cases](CaseSpec spec) { cases.push_back(std::move(spec)); };
+  CaseSpec s;
+
+  s = {"default_fp32_E128_K8", 128, 2048, 768, 128, 8};
+  s.method = RM::kDefault;
+  add(s);
+
+  s = {"renormalize_bf16_mixtral", 989, 4096, 14336, 8, 2};  // the small-E (4096, 14336) shape
+  s.method = RM::kRenormalize;
+  s.logits_dtype = DType::kBF16;
+  add(s);
+
+  s = {"deepseekv3_groups_shard", 128, 7168, 2048, 256, 8, 32, 64};
+  s.method = RM::kDeepSeekV3;
+  s.with_bias = true;
+  s.n_group = 8;
+  s.topk_group = 4;
+  s.routed_scaling_factor = 2.5f;
+  add(s);
+
+  s = {"deepseekv3_nogroup_bf16", 7, 2048, 768, 8, 2};
+  s.method = RM::kDeepSeekV3;
+  s.logits_dtype = DType::kBF16;
+  s.with_bias = true;
+  s.bias_dtype = DType::kBF16;
+  add(s);
+
+  s = {"llama4_bf16_T1", 1, 4096, 1536, 128, 1};
+  s.method = RM::kLlama4;
+  s.logits_dtype = DType::kBF16;
+  add(s);
+
+  s = {"renormalize_naive_E1024_K32", 19, 2048, 768, 1024, 32, 256, 512};
+  s.method = RM::kRenormalizeNaive;
+  add(s);
+
+  s = {"topk_raw_negative_weights", 7, 2880, 2880, 128, 4};
+  s.method = RM::kTopK;
+  s.logits_dtype = DType::kBF16;
+  s.do_finalize = false;
+  add(s);
+
+  s = {"sigmoid_renorm_T4096", 4096, 4096, 1536, 128, 8};
+  s.method = RM::kSigmoidRenorm;
+  s.with_replay = false;
+  add(s);
+
+  s = {"minimax2_bf16_bias", 128, 2048, 768, 256, 8};
+  s.method = RM::kMiniMax2;
+  s.logits_dtype = DType::kBF16;
+  s.with_bias = true;
+  s.bias_dtype = DType::kBF16;
+  s.routed_scaling_factor = 1.7f;
+  add(s);
+
+  s = {"sigmoid_K10", 19, 2880, 2880, 128, 10};
+  s.method = RM::kSigmoid;
+  add(s);
+
+  s = {"topk_sigmoid_fp32_weights_triple", 989, 2048, 768, 1024, 10, 128, 0};
+  s.method = RM::kTopKSigmoid;
+  s.weights_dtype = DType::kFP32;
+  s.do_finalize = false;
+  add(s);
+
+  s = {"default_fp32_weights_E256", 128, 2048, 768, 256, 8, 64, 192};
+  s.method = RM::kDefault;
+  s.weights_dtype = DType::kFP32;
+  add(s);
+
+  s = {"packed_dsv3_shape_T4096_shard", 4096, 7168, 2048, 256, 8, 8, 248};
+  s.input = RoutingInput::kPacked;
+  s.with_replay = false;
+  add(s);
+
+  s = {"packed_K32_E1024_shard_triple", 19, 2048, 768, 1024, 32, 64, 960};
+  s.input = RoutingInput::kPacked;
+  s.do_finalize = false;
+  add(s);
+
+  s = {"unpacked_bf16_gptoss", 128, 2880, 2880, 128, 4};
+  s.input = RoutingInput::kUnpacked;
+  add(s);
+
+  s = {"unpacked_fp32_triple", 989, 2048, 768, 8, 2};
+  s.input = RoutingInput::kUnpacked;
+  s.weights_dtype = DType::kFP32;
+  s.do_finalize = false;
+  add(s);
+
+  s = {"unpacked_fp32_K1_T1", 1, 2048, 768, 8, 1};
+  s.input = RoutingInput::kUnpacked;
+  s.weights_dtype = DType::kFP32;
+  add(s);
+  return cases;
+}
+
+class CoveringSet : public ::testing::TestWithParam<CaseSpec> {};
+
+TEST_P(CoveringSet, MatchesReference) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  check_case(GetParam(), /*seed=*/1000 + std::hash<std::string>{}(GetParam().name) % 1000);
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, CoveringSet, ::testing::ValuesIn(covering_cases()),
+                         [](const ::testing::TestParamInfo<CaseSpec>& info) {
+                           return info.param.name;
+                         });
+
+// ------------------------------------------------------------------------------------------------
+// The GPU reference against the CPU reference, and the operator against the CPU directly.
+// ------------------------------------------------------------------------------------------------
+TEST(GpuMoe, GpuReferenceAndOperatorMatchCpuReference) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  CaseSpec spec{"cpu_check", 19, 2048, 768, 8, 2};
+  spec.method = RoutingMethod::kRenormalize;
+  GpuCase c(spec, 7);
+  const MoeShape& shape = c.shape();
+  const ref::Routing routing = c.reference_routing();
+  const ref::Permutation perm =
+      ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
+  const GpuReferenceResult gpu = gpu_reference(shape, c.x(), c.w1(), c.w2(), routing, perm, true);
+
+  const std::vector<uint16_t> x = download(c.x(), shape.num_tokens * shape.hidden_size);
+  const std::vector<uint16_t> w1 = download(
+      c.w1(), int64_t{shape.local_num_experts} * 2 * shape.intermediate_size * shape.hidden_size);
+  const std::vector<uint16_t> w2 = download(
+      c.w2(), int64_t{shape.local_num_experts} * shape.hidden_size * shape.intermediate_size);
+  const std::vector<uint16_t> act = ref::activation_reference(
+      x.data(), w1.data(), shape.hidden_size, shape.intermediate_size, shape.top_k, perm);
+  const std::vector<uint16_t> y =
+      ref::gemm2_reference(act, w2.data(), shape.hidden_size, shape.intermediate_size, perm);
+  const std::vector<uint16_t> cpu_out = ref::finalize_reference(routing, perm, y, shape.hidden_size);
+
+  // The cuBLAS reference's design path and the CPU reference differ only in summation order.
+  expect_close(gpu.out_design, gpu.out_truth, cpu_out, "gpu reference vs cpu reference");
+  expect_close(gpu.y_design, gpu.y_truth, y, "gpu reference rows vs cpu reference rows");
+
+  c.poison_outputs();
+  const Status status = run_on_device(c.arguments());
+  ASSERT_TRUE(status.ok()) << status.message;
+  expect_close(c.output().download(), gpu.out_truth, cpu_out, "operator vs cpu reference");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Routing corner cases: empty experts, one hot expert, hostile ids.
+// ------------------------------------------------------------------------------------------------
+TEST(GpuMoe, EmptyExpertAndAllTokensOnOneExpert) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  CaseSpec spec{"skewed", 989, 2048, 768, 8, 4};
+  spec.input = RoutingInput::kUnpacked;
+  spec.do_finalize = false;
+  GpuCase c(spec, 11);
+  // Slot 0 of every token goes to expert 2; experts 5 and 7 never get a token.
+  Rng rng(12);
+  std::vector<int32_t> ids;
+  const std::vector<int32_t> others = {0, 1, 3, 4, 6};
+  for (int64_t t = 0; t < spec.num_tokens; ++t) {
+    std::vector<int32_t> pool = others;
+    std::shuffle(pool.begin(), pool.end(), rng.engine());
+    ids.push_back(2);
+    for (int k = 1; k < spec.top_k; ++k) ids.push_back(pool[k - 1]);
+  }
+  c.set_routed(ids, random_fp32(rng, ids.size(), 0.05f, 1.0f));
+  const ref::Routing routing = c.reference_routing();
+  const ref::Permutation perm = ref::permute_reference(routing.ids, 0, spec.num_experts);
+  ASSERT_EQ(perm.expert_offsets[6] - perm.expert_offsets[5], 0);
+  c.poison_outputs();
+  const Status status = run_on_device(c.arguments());
+  ASSERT_TRUE(status.ok()) << status.message;
+  EXPECT_EQ(first_difference(c.permuted_idx().download(), perm.expanded_idx_to_permuted_idx), -1);
+  const GpuReferenceResult expected =
+      gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), routing, perm, true);
+  std::vector<uint16_t> rows = c.gemm2_output().download();
+  rows.resize(perm.num_local() * spec.hidden_size);
+  expect_close(rows, expected.y_truth, expected.y_design, "gemm2_output");
+
+  // K = 1: every token on a single expert.
+  CaseSpec one{"one_expert", 989, 2880, 2880, 128, 1};
+  one.input = RoutingInput::kPacked;
+  GpuCase d(one, 13);
+  d.set_routed(std::vector<int32_t>(one.num_tokens, 77),
+               random_fp32(rng, one.num_tokens, 0.05f, 1.0f));
+  const ref::Routing routing_d = d.reference_routing();
+  const ref::Permutation perm_d = ref::permute_reference(routing_d.ids, 0, one.num_experts);
+  d.poison_outputs();
+  ASSERT_TRUE(run_on_device(d.arguments()).ok());
+  const GpuReferenceResult expected_d =
+      gpu_reference(d.shape(), d.x(), d.w1(), d.w2(), routing_d, perm_d, false);
+  expect_close(d.output().download(), expected_d.out_truth, expected_d.out_design, "one expert");
+}
+
+TEST(GpuMoe, HostileIdsAreNonLocalAndReported) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  CaseSpec spec{"hostile", 128, 2048, 768, 64, 4, 16, 16};
+  spec.input = RoutingInput::kPacked;
+  GpuCase c(spec, 21);
+  Rng rng(22);
+  std::vector<int32_t> ids = random_distinct_ids(rng, spec.num_tokens, spec.top_k, 64);
+  const int32_t hostile[] = {-1, 64, 32767, -32768, 1000};
+  for (int i = 0; i < 5; ++i) ids[37 + 50 * i] = hostile[i];  // first bad slot: 37
+  c.set_routed(ids, random_fp32(rng, ids.size(), -1.0f, 1.0f));  // negative weights too
+  const ref::Routing routing = c.reference_routing();
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(routing.ids[37 + 50 * i], hostile[i]) << "packing";
+  const ref::Permutation perm = ref::permute_reference(routing.ids, 16, 16);
+  c.poison_outputs();
+  ASSERT_TRUE(run_on_device(c.arguments()).ok());
+  const GpuReferenceResult expected =
+      gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), routing, perm, false);
+  expect_close(c.output().download(), expected.out_truth, expected.out_design, "hostile ids");
+
+  // validate_routing (device) agrees with the host helper.
+  MoeArguments args = c.arguments();
+  RoutingCheck device_check, host_check;
+  ASSERT_TRUE(validate_routing(args.routed.topk_ids, spec.num_tokens, spec.top_k, 64, true,
+                               &device_check, nullptr)
+                  .ok());
+  std::vector<int32_t> packed(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) packed[i] = pack_topk(ids[i], 0x3F80);
+  ASSERT_TRUE(
+      validate_routing_host(packed.data(), spec.num_tokens, spec.top_k, 64, true, &host_check).ok());
+  EXPECT_EQ(device_check.first_bad_slot, 37);
+  EXPECT_EQ(device_check.bad_id, -1);
+  EXPECT_EQ(device_check.first_bad_slot, host_check.first_bad_slot);
+
+  // Plain ids: a valid tensor reports none.
+  DeviceArray<int32_t> plain(random_distinct_ids(rng, 19, 8, 256));
+  RoutingCheck clean;
+  ASSERT_TRUE(validate_routing(plain.get(), 19, 8, 256, false, &clean, nullptr).ok());
+  EXPECT_EQ(clean.first_bad_slot, -1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Execution contract: T = 0, workspace checks, determinism, graph capture and replay.
+// ------------------------------------------------------------------------------------------------
+TEST(GpuMoe, ZeroTokensWritesNothing) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  CaseSpec spec{"t0", 0, 2048, 768, 128, 8};
+  GpuCase c(spec, 31);
+  DeviceArray<uint16_t> sentinel(16);
+  sentinel.fill_bytes(0xFF);
+  MoeArguments args = c.arguments();
+  args.output = sentinel.get();
+  size_t bytes = 1;
+  ASSERT_TRUE(workspace_size(args.shape, &bytes).ok());
+  EXPECT_TRUE(run(args, nullptr, bytes, nullptr).ok());
+  check_cuda(cudaDeviceSynchronize(), "sync");
+  for (uint16_t v : sentinel.download()) EXPECT_EQ(v, 0xFFFF);
+}
+
+TEST(GpuMoe, WorkspaceSizeIsMonotoneAndChecked) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  MoeShape shape = make_shape(0, 7168, 2048, 256, 8);
+  size_t previous = 0;
+  for (int64_t t : {0, 1, 7, 19, 127, 128, 129, 989, 1024, 4096, 4097, 16384}) {
+    shape.num_tokens = t;
+    size_t bytes = 0;
+    ASSERT_TRUE(workspace_size(shape, &bytes).ok());
+    EXPECT_GE(bytes, previous) << "T = " << t;
+    previous = bytes;
+  }
+  shape.hidden_size = 7;
+  size_t bytes = 0;
+  EXPECT_EQ(workspace_size(shape, &bytes).code, StatusCode::kInvalidArgument);
+
+  // Too small a workspace: rejected, nothing written.
+  CaseSpec spec{"small_ws", 19, 2048, 768, 8, 2};
+  GpuCase c(spec, 32);
+  c.poison_outputs();
+  MoeArguments args = c.arguments();
+  ASSERT_TRUE(workspace_size(args.shape, &bytes).ok());
+  DeviceArray<uint8_t> workspace(bytes);
+  EXPECT_EQ(run(args, workspace.get(), bytes - 1, nullptr).code, StatusCode::kWorkspaceTooSmall);
+  check_cuda(cudaDeviceSynchronize(), "sync");
+  for (uint16_t v : c.output().download()) ASSERT_EQ(v, 0xFFFF);
+  // A workspace sized for a larger T serves this T.
+  args.shape.num_tokens = 4096;
+  size_t big = 0;
+  ASSERT_TRUE(workspace_size(args.shape, &big).ok());
+  args.shape.num_tokens = spec.num_tokens;
+  DeviceArray<uint8_t> big_workspace(big);
+  EXPECT_TRUE(run(args, big_workspace.get(), big, nullptr).ok());
+  check_cuda(cudaDeviceSynchronize(), "sync");
+  for (uint16_t v : c.output().download()) ASSERT_FALSE(is_poison_bf16(v) || v == 0xFFFF);
+}
+
+TEST(GpuMoe, RerunsAreBitwiseIdenticalWithAndWithoutPdl) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  for (bool finalize : {true, false}) {
+    CaseSpec spec{"rerun", 989, 2048, 768, 256, 8};
+    spec.method = RoutingMethod::kDeepSeekV3;
+    spec.with_bias = true;
+    spec.n_group = 8;
+    spec.topk_group = 4;
+    spec.do_finalize = finalize;
+    GpuCase c(spec, 41);
+    std::vector<uint64_t> sums;
+    for (int rep = 0; rep < 3; ++rep) {
+      c.poison_outputs();
+      ASSERT_TRUE(run_on_device(c.arguments(), /*enable_pdl=*/rep == 1).ok());
+      const uint64_t sum = finalize ? checksum(c.output().download())
+                                    : checksum(c.gemm2_output().download()) ^
+                                          checksum(c.permuted_idx().download()) ^
+                                          checksum(c.expert_weights().download());
+      sums.push_back(sum ^ checksum(c.replay().download()));
+    }
+    EXPECT_EQ(sums[0], sums[1]) << "finalize " << finalize;
+    EXPECT_EQ(sums[0], sums[2]) << "finalize " << finalize;
+  }
+}
+
+TEST(GpuMoe, GraphCaptureReplaysWithNewInputs) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  for (bool pdl : {false, true}) {
+    CaseSpec spec{"graph", 128, 2048, 768, 128, 8};
+    spec.method = RoutingMethod::kDefault;
+    GpuCase c(spec, 51);
+    size_t bytes = 0;
+    ASSERT_TRUE(workspace_size(c.shape(), &bytes).ok());
+    DeviceArray<uint8_t> workspace(bytes);
+    MoeArguments args = c.arguments();
+    args.enable_pdl = pdl;
+
+    cudaStream_t stream;
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+    const Status status = run(args, workspace.get(), bytes, stream);
+    check_cuda(cudaStreamEndCapture(stream, &graph), "end capture");
+    ASSERT_TRUE(status.ok()) << status.message;
+    check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+
+    for (uint64_t round = 0; round < 3; ++round) {
+      c.new_inputs(60 + round);  // same buffers, new contents
+      c.poison_outputs();
+      check_cuda(cudaDeviceSynchronize(), "inputs ready");  // they went in on the legacy stream
+      check_cuda(cudaGraphLaunch(exec, stream), "graph launch");
+      check_cuda(cudaStreamSynchronize(stream), "graph sync");
+      const ref::Routing routing = c.reference_routing();
+      const ref::Permutation perm = ref::permute_reference(routing.ids, 0, spec.num_experts);
+      const std::vector<int16_t> replay = c.replay().download();
+      for (int64_t i = 0; i < spec.num_tokens * spec.top_k; ++i) {
+        ASSERT_EQ(replay[i], routing.ids[i]) << "round " << round << " slot " << i;
+      }
+      const GpuReferenceResult expected =
+          gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), routing, perm, false);
+      expect_close(c.output().download(), expected.out_truth, expected.out_design, "graph");
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
+}  // namespace
+}  // namespace fusedmoe::test
