@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The one script run on the GPU machine (the device tool): build, GPU tests, SASS check, then the
+# Python tests and the benchmark. Logs go to $OUT (at most 8 files come back). Usage, from here:
+#   mkdir -p .deps && cp -r /usr/src/googletest .deps/      (once; .deps is git-ignored)
+#   run: command "bash scripts/device_check.sh", carry [".deps"]
+# Optional: FUSEDMOE_GTEST_FILTER narrows the GPU tests; FUSEDMOE_SKIP_CPU_TESTS=1 skips the CPU ones.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/build-device/out}"
+BUILD="${FUSEDMOE_BUILD_DIR:-build-device}"
+mkdir -p "$OUT"
+export PATH="$PATH:/usr/local/cuda/bin"
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+# ---- 1. configure and build (Release, googletest from .deps) ------------------------------------
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1
+note "device: $(head -1 "$OUT/device.txt")"
+start=$SECONDS
+if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DFUSEDMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest" > "$OUT/build.log" 2>&1 &&
+   cmake --build "$BUILD" -j "$(nproc)" >> "$OUT/build.log" 2>&1; then
+  note "build: ok ($((SECONDS - start)) s)"
+else
+  note "build: FAILED (see build.log)"
+  tail -40 "$OUT/build.log"
+  printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+  exit 1
+fi
+
+# ---- 2. GPU tests (tests/test_*.cu), then the CPU tests -----------------------------------------
+: > "$OUT/tests.log"
+run_test() {  # name, timeout in seconds
+  local name=$1 limit=$2 t0=$SECONDS
+  local bin="$BUILD/tests/$name"
+  [[ -x $bin ]] || { note "$name: not built"; return; }
+  echo "######## $name" >> "$OUT/tests.log"
+  if timeout "$limit" "$bin" --gtest_color=no ${FUSEDMOE_GTEST_FILTER:+--gtest_filter="$FUSEDMOE_GTEST_FILTER"} \
+      >> "$OUT/tests.log" 2>&1; then
+    note "$name: passed ($((SECONDS - t0)) s, $(grep -c '^\[       OK \]' <(sed -n "/######## $name/,\$p" "$OUT/tests.log")) tests)"
+  else
+    note "$name: FAILED (rc $?, $((SECONDS - t0)) s): $(sed -n "/######## $name/,\$p" "$OUT/tests.log" | grep '^\[  FAILED  \]' | sort -u | head -12 | tr '\n' ' ')"
+  fi
+}
+for source in tests/test_*.cu; do run_test "$(basename "$source" .cu)" 400; done
+if [[ "${FUSEDMOE_SKIP_CPU_TESTS:-0}" != 1 ]]; then
+  for source in tests/test_*.cc; do run_test "$(basename "$source" .cc)" 120; done
+fi
+
+# ---- 3. SASS: HGMMA instructions per kernel (a GEMM without them is on a slow path) -------------
+cuobjdump --dump-sass "$BUILD/libfusedmoe.a" 2>/dev/null | awk '
+  /Function :/ { name = $3; seen[name] = 1 }
+  /HGMMA/ { count[name]++ }
+  END { for (f in seen) printf "%6d %s\n", count[f] + 0, f }' | sort -rn > "$OUT/sass_hgmma.txt"
+while read -r count name; do
+  case "$name" in *gemm*) note "HGMMA $count in $(c++filt <<< "$name" | cut -c1-100)";; esac
+done < "$OUT/sass_hgmma.txt"
+[[ -s "$OUT/sass_hgmma.txt" ]] || note "sass: no kernels found in $BUILD/libfusedmoe.a"
+
+# ---- 4. HOOK (team lead): Python tests and the benchmark ----------------------------------------
+# Fill in below: build/install the Python package, run its tests into $OUT/python.log and the
+# benchmark into $OUT/bench.log, and add one `note` line each for the summary.
+# ---- end of hook --------------------------------------------------------------------------------
+
+# ---- 5. summary ---------------------------------------------------------------------------------
+echo
+echo "================ device_check summary ================"
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+! grep -q "FAILED" "$OUT/summary.txt"
