@@ -116,6 +116,19 @@ class GpuCase {
     }
   }
 
+  // Replaces the logits (given in fp32; rounded to bf16 when the spec asks for bf16 logits).
+  void set_logits(const std::vector<float>& logits) {
+    logits_fp32_ = logits;
+    if (spec_.logits_dtype == DType::kBF16) {
+      logits_bf16_ = float_to_bf16(logits_fp32_);
+      logits_fp32_ = bf16_to_float(logits_bf16_);
+      d_logits_bf16_.upload(logits_bf16_);
+    } else {
+      d_logits_fp32_.upload(logits_fp32_);
+    }
+  }
+  const std::vector<float>& logits() const { return logits_fp32_; }
+
   // Routed input from plain ids and fp32 weights, encoded as the spec's input asks.
   void set_routed(const std::vector<int32_t>& ids, const std::vector<float>& weights) {
     if (spec_.input == RoutingInput::kPacked) {
@@ -267,6 +280,14 @@ void expect_weights(GpuCase& c, const ref::Routing& routing) {
   int64_t mismatches = 0;
   for (int64_t i = 0; i < num_slots; ++i) {
     int64_t ulps;
+    const bool ref_nan = std::isnan(routing.weights[i]);
+    if (ref_nan) {
+      const bool ours_nan = bf16 ? std::isnan(bf16_bits_to_float(
+                                       reinterpret_cast<const uint16_t*>(raw.data())[i]))
+                                 : std::isnan(fp32_from_bits(raw[i]));
+      ASSERT_TRUE(ours_nan) << "expert_weights[" << i << "]: reference NaN";
+      continue;
+    }
     if (bf16) {
       const uint16_t ours = reinterpret_cast<const uint16_t*>(raw.data())[i];
       ulps = ulp_distance_bits(ordered_bf16(ours),
@@ -483,6 +504,183 @@ TEST(GpuMoe, GpuReferenceAndOperatorMatchCpuReference) {
   const Status status = run_on_device(c.arguments());
   ASSERT_TRUE(status.ok()) << status.message;
   expect_close(c.output().download(), gpu.out_truth, cpu_out, "operator vs cpu reference");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Routing alone, every method and logits dtype, with NaN, +-inf and exact ties mixed in: ids and
+// permutation bitwise, weights to the last ulp (tiny H and I: the GEMMs are not the subject).
+// ------------------------------------------------------------------------------------------------
+struct RoutingShape {
+  int32_t num_experts, top_k;
+};
+
+TEST(GpuMoe, RoutingEveryMethodAndDtypeWithSpecialValues) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  const RoutingShape shapes[] = {{8, 2}, {128, 8}, {256, 8}, {1024, 32}, {128, 10}, {1024, 4}};
+  int variant = 0;
+  for (int m = 0; m < kNumRoutingMethods; ++m) {
+    for (DType logits_dtype : {DType::kFP32, DType::kBF16}) {
+      const RoutingMethod method = static_cast<RoutingMethod>(m);
+      RoutingShape rs = shapes[variant % 6];
+      CaseSpec spec{"routing", 989, 128, 64, rs.num_experts, rs.top_k};
+      spec.method = method;
+      spec.logits_dtype = logits_dtype;
+      spec.do_finalize = false;
+      spec.weights_dtype = variant % 3 == 2 ? DType::kFP32 : DType::kBF16;
+      if (method == RoutingMethod::kLlama4) spec.top_k = 1;
+      if (method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2) {
+        spec.with_bias = true;
+        spec.bias_dtype = variant % 2 ? DType::kBF16 : DType::kFP32;
+        spec.routed_scaling_factor = 2.5f;
+      }
+      if (method == RoutingMethod::kDeepSeekV3 && logits_dtype == DType::kFP32) {
+        spec.num_experts = 256;
+        spec.top_k = 8;
+        spec.n_group = 8;
+        spec.topk_group = 4;
+      }
+      // Expert-parallel shard: half the experts, starting a quarter in.
+      spec.local_num_experts = spec.num_experts / 2;
+      spec.local_expert_offset = spec.num_experts / 4;
+      spec.name = std::string(routing_method_name(method)) + "/" + dtype_name(logits_dtype);
+      SCOPED_TRACE(spec.name);
+      ++variant;
+
+      GpuCase c(spec, 500 + variant);
+      std::vector<float> logits = c.logits();
+      Rng rng(600 + variant);
+      const int32_t E = spec.num_experts;
+      for (int64_t t = 0; t < spec.num_tokens; ++t) {
+        float* row = logits.data() + t * E;
+        if (t % 7 == 0) {
+          for (int i = 0; i < 3; ++i) row[rng.integer(0, E - 1)] = std::nanf("");
+        }
+        if (t % 11 == 0) {
+          row[rng.integer(0, E - 1)] = INFINITY;
+          row[rng.integer(0, E - 1)] = -INFINITY;
+        }
+        if (t % 5 == 0) {
+          for (int i = 0; i < 4; ++i) row[rng.integer(0, E - 1)] = row[rng.integer(0, E - 1)];
+        }
+        if (t % 13 == 0) row[rng.integer(0, E - 1)] = -0.0f;
+      }
+      c.set_logits(logits);
+      const ref::Routing routing = c.reference_routing();
+      const ref::Permutation perm = ref::permute_reference(
+          routing.ids, spec.local_expert_offset, spec.local_num_experts);
+
+      c.poison_outputs();
+      const Status status = run_on_device(c.arguments(), /*enable_pdl=*/variant % 2 == 0);
+      ASSERT_TRUE(status.ok()) << status.message;
+      const std::vector<int16_t> replay = c.replay().download();
+      for (size_t i = 0; i < routing.ids.size(); ++i) {
+        ASSERT_GE(routing.ids[i], 0);
+        ASSERT_EQ(replay[i], static_cast<int16_t>(routing.ids[i])) << "routing id of slot " << i;
+      }
+      EXPECT_EQ(first_difference(c.permuted_idx().download(), perm.expanded_idx_to_permuted_idx),
+                -1);
+      expect_weights(c, routing);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The checks can fail: a wrong weight or a wrong expert on one token breaks the rule.
+// ------------------------------------------------------------------------------------------------
+TEST(GpuMoe, ToleranceRuleCatchesOneWrongSlot) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  CaseSpec spec{"negative_control", 128, 2048, 768, 128, 8};
+  GpuCase c(spec, 71);
+  const ref::Routing routing = c.reference_routing();
+  const ref::Permutation perm = ref::permute_reference(routing.ids, 0, spec.num_experts);
+  c.poison_outputs();
+  ASSERT_TRUE(run_on_device(c.arguments()).ok());
+  const std::vector<double> ours = bf16_to_double(c.output().download());
+
+  const GpuReferenceResult right =
+      gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), routing, perm, false);
+  EXPECT_TRUE(close_by_bf16_rule(ours, right.out_truth, bf16_to_double(right.out_design)));
+
+  ref::Routing wrong_weight = routing;
+  wrong_weight.weights[5 * spec.top_k + 3] *= 1.25f;  // token 5, slot 3
+  const GpuReferenceResult a =
+      gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), wrong_weight, perm, false);
+  EXPECT_FALSE(close_by_bf16_rule(ours, a.out_truth, bf16_to_double(a.out_design)));
+
+  ref::Routing wrong_expert = routing;
+  wrong_expert.ids[9 * spec.top_k] = (wrong_expert.ids[9 * spec.top_k] + 1) % spec.num_experts;
+  const ref::Permutation wrong_perm = ref::permute_reference(wrong_expert.ids, 0, spec.num_experts);
+  const GpuReferenceResult b =
+      gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), wrong_expert, wrong_perm, false);
+  EXPECT_FALSE(close_by_bf16_rule(ours, b.out_truth, bf16_to_double(b.out_design)));
+}
+
+// ------------------------------------------------------------------------------------------------
+// The public CPU entry point run_reference() against run(), do_finalize=false triple included.
+// ------------------------------------------------------------------------------------------------
+TEST(GpuMoe, TripleMatchesRunReference) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  CaseSpec spec{"run_reference", 128, 2048, 768, 128, 8, 64, 32};
+  spec.method = RoutingMethod::kDeepSeekV3;
+  spec.with_bias = true;
+  spec.n_group = 4;
+  spec.topk_group = 2;
+  spec.routed_scaling_factor = 2.5f;
+  spec.do_finalize = false;
+  GpuCase c(spec, 81);
+  const MoeShape& shape = c.shape();
+  const int64_t T = shape.num_tokens, H = shape.hidden_size, K = shape.top_k;
+
+  // Host copies of everything run_reference reads; host outputs poisoned.
+  const std::vector<uint16_t> x = download(c.x(), T * H);
+  const std::vector<uint16_t> w1 = download(
+      c.w1(), int64_t{shape.local_num_experts} * 2 * shape.intermediate_size * H);
+  const std::vector<uint16_t> w2 = download(
+      c.w2(), int64_t{shape.local_num_experts} * H * shape.intermediate_size);
+  std::vector<uint16_t> ref_rows(T * K * H);
+  std::vector<uint16_t> ref_weights(T * K);
+  std::vector<int32_t> ref_map(T * K);
+  std::vector<int16_t> ref_replay(T * K);
+  poison(ref_rows);
+  poison(ref_weights);
+  poison(ref_map);
+  poison(ref_replay);
+  MoeArguments host = c.arguments(/*host=*/true);
+  host.hidden_states = x.data();
+  host.gemm1_weights = w1.data();
+  host.gemm2_weights = w2.data();
+  host.gemm2_output = ref_rows.data();
+  host.expert_weights = ref_weights.data();
+  host.expanded_idx_to_permuted_idx = ref_map.data();
+  host.routing_replay_out = ref_replay.data();
+  const Status ref_status = run_reference(host);
+  ASSERT_TRUE(ref_status.ok()) << ref_status.message;
+
+  c.poison_outputs();
+  const Status status = run_on_device(c.arguments());
+  ASSERT_TRUE(status.ok()) << status.message;
+
+  EXPECT_EQ(first_difference(c.replay().download(), ref_replay), -1) << "routing_replay_out";
+  EXPECT_EQ(first_difference(c.permuted_idx().download(), ref_map), -1)
+      << "expanded_idx_to_permuted_idx";
+  const std::vector<uint32_t> raw_weights = c.expert_weights().download();
+  std::vector<uint16_t> ours_weights(T * K);
+  std::memcpy(ours_weights.data(), raw_weights.data(), T * K * sizeof(uint16_t));
+  int64_t weight_ulps = 0;
+  for (int64_t i = 0; i < T * K; ++i) {
+    weight_ulps = std::max(weight_ulps, ulp_distance_bits(ordered_bf16(ours_weights[i]),
+                                                          ordered_bf16(ref_weights[i])));
+  }
+  EXPECT_LE(weight_ulps, 1) << "expert_weights";
+
+  const ref::Routing routing = c.reference_routing();
+  const ref::Permutation perm = ref::permute_reference(routing.ids, shape.local_expert_offset,
+                                                       shape.local_num_experts);
+  const GpuReferenceResult gpu = gpu_reference(shape, c.x(), c.w1(), c.w2(), routing, perm, true);
+  std::vector<uint16_t> rows = c.gemm2_output().download();
+  rows.resize(perm.num_local() * H);
+  ref_rows.resize(perm.num_local() * H);
+  expect_close(rows, gpu.y_truth, ref_rows, "gemm2_output vs run_reference");
 }
 
 // ------------------------------------------------------------------------------------------------
