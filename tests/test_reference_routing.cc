@@ -100,6 +100,12 @@ TEST(ReferenceRouting, DeepSeekV3GroupScoreIsSumOfTopTwo) {
   EXPECT_EQ(r.ids, (std::vector<int32_t>{0, 1}));
   expect_weights(r, {1.5, 1.5});  // 0.5 * 3 / (0.5 + 0.5)
 
+  // The best single expert does not decide either: group 0 b = {1.0, 0.1, 0.1} (top-1 1.0,
+  // top-2 1.1), group 1 b = {0.8, 0.8, 0.8} (top-2 1.6) -> group 1.
+  const Routed second = route(RoutingMethod::kDeepSeekV3, logits, 2,
+                              {0.5f, -0.4f, -0.4f, 0.3f, 0.3f, 0.3f}, 2, 1, 1.0f);
+  EXPECT_EQ(second.ids, (std::vector<int32_t>{3, 4}));
+
   // Equal group scores: the lower group wins; K spans the kept groups (K = 4 of 2 * 2 experts).
   // b = {0.625, 0.75, 0.5, 0.5, 0.75, 0.625, 0.875, 0.5} (exact in binary); group scores
   // {1.375, 1.0, 1.375, 1.375}: groups 0 and 2 are kept, then experts 1, 4 (0.75), 0, 5 (0.625).
