@@ -2,12 +2,12 @@
 // round-trips every id in [0, E) including 0 and E - 1 with any weight (negative, -0, inf, NaN),
 // where FlashInfer's sign-extending idiom corrupts the id; decode_routed_reference reads the same;
 // bf16 rounding is round-to-nearest-even with NaN kept.
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "common/host_data.h"
 #include "reference/reference.h"
@@ -25,9 +25,14 @@ TEST(Packing, RoundTripKeepsIdsAndWeightBits) {
   const int32_t E = 1024;
   const std::vector<int32_t> ids = {0, 1, 511, E - 2, E - 1};
   const std::vector<uint16_t> weights = {
-      test::float_to_bf16_bits(0.75f), test::float_to_bf16_bits(-0.75f), 0x8000 /* -0 */,
-      test::float_to_bf16_bits(-std::numeric_limits<float>::infinity()), 0xFFC1 /* -NaN */,
-      test::float_to_bf16_bits(-1e-30f), 0x0001 /* smallest subnormal */, 0xFFFF};
+      test::float_to_bf16_bits(0.75f),
+      test::float_to_bf16_bits(-0.75f),
+      0x8000 /* -0 */,
+      test::float_to_bf16_bits(-std::numeric_limits<float>::infinity()),
+      0xFFC1 /* -NaN */,
+      test::float_to_bf16_bits(-1e-30f),
+      0x0001 /* smallest subnormal */,
+      0xFFFF};
   for (const int32_t id : ids) {
     for (const uint16_t w : weights) {
       const int32_t word = pack_topk(id, w);
@@ -56,7 +61,8 @@ TEST(Packing, DecodeRoutedReferenceReadsPackedAndUnpacked) {
   const std::vector<int32_t> ids = test::random_distinct_ids(rng, T, K, E);
   const std::vector<float> weights = test::random_fp32(rng, T * K, -2.0f, 2.0f);
   std::vector<int32_t> words(T * K);
-  for (int64_t i = 0; i < T * K; ++i) words[i] = pack_topk(ids[i], test::float_to_bf16_bits(weights[i]));
+  for (int64_t i = 0; i < T * K; ++i)
+    words[i] = pack_topk(ids[i], test::float_to_bf16_bits(weights[i]));
 
   RoutedTopK packed;
   packed.topk_ids = words.data();

@@ -3,12 +3,12 @@
 // do_finalize = false triple reducing to the output, routed input reproducing the logits path,
 // expert-parallel shards summing to the unsharded output, zero rows for tokens with no local
 // expert, out-of-range ids as non-local, T = 0, and inputs never written.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "common/host_data.h"
 #include "common/moe_case.h"
@@ -107,13 +107,20 @@ struct MathCase {
 
 TEST(ReferenceMoe, MatchesDoublePrecisionModel) {
   const MathCase cases[] = {
-      {"renormalize fp32", 19, 64, 40, 6, 3, 0, 6, RoutingInput::kLogits, RoutingMethod::kRenormalize, DType::kFP32},
-      {"deepseek bf16 window", 33, 128, 96, 16, 4, 4, 8, RoutingInput::kLogits, RoutingMethod::kDeepSeekV3, DType::kBF16},
-      {"topk negative weights", 7, 2880, 64, 4, 2, 0, 4, RoutingInput::kLogits, RoutingMethod::kTopK, DType::kFP32},
-      {"one of everything", 1, 8, 8, 1, 1, 0, 1, RoutingInput::kLogits, RoutingMethod::kDefault, DType::kBF16},
-      {"packed", 19, 64, 48, 8, 2, 2, 4, RoutingInput::kPacked, RoutingMethod::kDefault, DType::kBF16},
-      {"unpacked fp32", 12, 96, 40, 8, 3, 0, 8, RoutingInput::kUnpacked, RoutingMethod::kDefault, DType::kFP32},
-      {"unpacked bf16", 12, 96, 40, 8, 3, 3, 5, RoutingInput::kUnpacked, RoutingMethod::kDefault, DType::kBF16},
+      {"renormalize fp32", 19, 64, 40, 6, 3, 0, 6, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, DType::kFP32},
+      {"deepseek bf16 window", 33, 128, 96, 16, 4, 4, 8, RoutingInput::kLogits,
+       RoutingMethod::kDeepSeekV3, DType::kBF16},
+      {"topk negative weights", 7, 2880, 64, 4, 2, 0, 4, RoutingInput::kLogits,
+       RoutingMethod::kTopK, DType::kFP32},
+      {"one of everything", 1, 8, 8, 1, 1, 0, 1, RoutingInput::kLogits, RoutingMethod::kDefault,
+       DType::kBF16},
+      {"packed", 19, 64, 48, 8, 2, 2, 4, RoutingInput::kPacked, RoutingMethod::kDefault,
+       DType::kBF16},
+      {"unpacked fp32", 12, 96, 40, 8, 3, 0, 8, RoutingInput::kUnpacked, RoutingMethod::kDefault,
+       DType::kFP32},
+      {"unpacked bf16", 12, 96, 40, 8, 3, 3, 5, RoutingInput::kUnpacked, RoutingMethod::kDefault,
+       DType::kBF16},
   };
   uint64_t seed = 100;
   for (const MathCase& mc : cases) {
@@ -195,8 +202,8 @@ TEST(ReferenceMoe, ExpertParallelShardsSumToUnsharded) {
         sum_abs[i] += std::abs(v);
       }
     }
-    // Each shard's output and the full one carry one bf16 rounding (half an ulp, <= 2^-8 relative); the fp32
-    // partial sums differ in rounding order only (~1e-6 relative).
+    // Each shard's output and the full one carry one bf16 rounding (half an ulp, <= 2^-8 relative);
+    // the fp32 partial sums differ in rounding order only (~1e-6 relative).
     for (int64_t i = 0; i < T * H; ++i) {
       const double out = test::bf16_bits_to_float(full.output[i]);
       const double bound = std::ldexp(sum_abs[i] + std::abs(out), -8) + 1e-6 * sum_abs[i] + 1e-30;
@@ -234,7 +241,8 @@ TEST(ReferenceMoe, RoutedInputFromLogitsRoutingIsBitwiseEqual) {
   for (const Variant v : {Variant{RoutingInput::kPacked, DType::kBF16},
                           Variant{RoutingInput::kUnpacked, DType::kBF16},
                           Variant{RoutingInput::kUnpacked, DType::kFP32}}) {
-    MoeCaseConfig cfg = config(23, 64, 40, 12, 4, RoutingInput::kLogits, 31 + static_cast<int>(v.dtype));
+    MoeCaseConfig cfg =
+        config(23, 64, 40, 12, 4, RoutingInput::kLogits, 31 + static_cast<int>(v.dtype));
     cfg.method = RoutingMethod::kMiniMax2;
     cfg.with_bias = true;
     cfg.routed_scaling_factor = 1.5f;
@@ -256,7 +264,8 @@ TEST(ReferenceMoe, RoutedInputFromLogitsRoutingIsBitwiseEqual) {
     routed.hidden_states = logits.hidden_states;
     routed.gemm1_weights = logits.gemm1_weights;
     routed.gemm2_weights = logits.gemm2_weights;
-    const std::vector<int32_t> ids(logits.routing_replay_out.begin(), logits.routing_replay_out.end());
+    const std::vector<int32_t> ids(logits.routing_replay_out.begin(),
+                                   logits.routing_replay_out.end());
     routed.set_routing(ids, unfinalized.expert_weights_as_float());
     run_and_check_inputs(routed);
     EXPECT_EQ(test::first_difference(routed.output, logits.output), -1)
@@ -316,7 +325,8 @@ TEST(ReferenceMoe, UnfinalizedTripleReducesBitwiseToOutput) {
         for (int64_t k = 0; k < K; ++k) {
           const int32_t row = triple.expanded_idx_to_permuted_idx[t * K + k];
           if (row < 0) continue;
-          acc = std::fma(w[t * K + k], test::bf16_bits_to_float(triple.gemm2_output[row * H + h]), acc);
+          acc = std::fma(w[t * K + k], test::bf16_bits_to_float(triple.gemm2_output[row * H + h]),
+                         acc);
         }
         reduced[t * H + h] = test::float_to_bf16_bits(acc);
       }
@@ -345,7 +355,8 @@ TEST(ReferenceMoe, OutOfRangeIdsAreNonLocal) {
 }
 
 TEST(ReferenceMoe, ZeroTokens) {
-  for (const RoutingInput input : {RoutingInput::kLogits, RoutingInput::kPacked, RoutingInput::kUnpacked}) {
+  for (const RoutingInput input :
+       {RoutingInput::kLogits, RoutingInput::kPacked, RoutingInput::kUnpacked}) {
     for (const bool finalize : {true, false}) {
       MoeCaseConfig cfg = config(0, 64, 32, 8, 2, input, 61);
       cfg.do_finalize = finalize;

@@ -2,11 +2,11 @@
 // the lowest index, negative and all-negative rows, NaN logits, DeepSeekV3 group selection
 // (top-2 group score, exclusion as -inf under negative biased scores, n_group = 1), bias only
 // where the method reads it, fp32 vs bf16 logits and the bf16 rounding of the weights.
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "common/host_data.h"
 #include "common/tolerance.h"
@@ -30,8 +30,8 @@ Routed route(RoutingMethod method, const std::vector<float>& logits, int32_t top
              float scale = 1.0f) {
   Routed r{std::vector<int32_t>(top_k, -1), std::vector<float>(top_k, -7.0f)};
   ref::route_token(logits.data(), bias.empty() ? nullptr : bias.data(),
-                   static_cast<int32_t>(logits.size()), top_k, method, {n_group, topk_group},
-                   scale, r.ids.data(), r.weights.data());
+                   static_cast<int32_t>(logits.size()), top_k, method, {n_group, topk_group}, scale,
+                   r.ids.data(), r.weights.data());
   return r;
 }
 
@@ -164,7 +164,8 @@ TEST(ReferenceRouting, EqualLogitsSelectTheLowestIdsForEveryMethod) {
   for (int m = 0; m < kNumRoutingMethods; ++m) {
     const auto method = static_cast<RoutingMethod>(m);
     const int32_t K = method == RoutingMethod::kLlama4 ? 1 : 3;
-    const Routed r = route(method, std::vector<float>(8, 0.25f), K, std::vector<float>(8, 0.0f), 4, 2);
+    const Routed r =
+        route(method, std::vector<float>(8, 0.25f), K, std::vector<float>(8, 0.0f), 4, 2);
     for (int32_t k = 0; k < K; ++k) EXPECT_EQ(r.ids[k], k) << routing_method_name(method);
   }
 }
@@ -181,7 +182,8 @@ TEST(ReferenceRouting, NaNLogitsRankLowestAndIdsStayValid) {
     for (int trial = 0; trial < 20; ++trial) {
       std::vector<float> logits = test::random_fp32(rng, E, -3.0f, 3.0f);
       for (int n = 0; n < 5; ++n) logits[rng.integer(0, E - 1)] = kNaN;
-      const Routed routed = route(method, logits, k_method, test::random_fp32(rng, E, -0.2f, 0.2f), 4, 2);
+      const Routed routed =
+          route(method, logits, k_method, test::random_fp32(rng, E, -0.2f, 0.2f), 4, 2);
       std::vector<bool> seen(E, false);
       for (int32_t id : routed.ids) {
         ASSERT_TRUE(id >= 0 && id < E) << routing_method_name(method) << " id " << id;
@@ -191,10 +193,11 @@ TEST(ReferenceRouting, NaNLogitsRankLowestAndIdsStayValid) {
       // Where the ranking score of an expert is NaN only for a NaN logit (all methods but the
       // softmax-over-all ones, whose probabilities all become NaN, and the grouped DeepSeekV3),
       // a NaN-logit expert is never chosen while 11 numbers remain.
-      const bool softmax_all = method == RoutingMethod::kDefault ||
-                               method == RoutingMethod::kRenormalizeNaive;
+      const bool softmax_all =
+          method == RoutingMethod::kDefault || method == RoutingMethod::kRenormalizeNaive;
       if (!softmax_all && method != RoutingMethod::kDeepSeekV3) {
-        for (int32_t id : routed.ids) EXPECT_FALSE(std::isnan(logits[id])) << routing_method_name(method);
+        for (int32_t id : routed.ids)
+          EXPECT_FALSE(std::isnan(logits[id])) << routing_method_name(method);
       }
     }
   }
@@ -225,8 +228,10 @@ TEST(ReferenceRouting, Bf16LogitsAreWidenedExactlyAndFp32IsHonoured) {
     const std::vector<uint16_t> bias_bf16 = test::random_bf16(rng, E, -0.5f, 0.5f);
     const std::vector<float> bias_fp32 = test::bf16_to_float(bias_bf16);
 
-    LogitsRouting bf{logits_bf16.data(), DType::kBF16, bias_bf16.data(), DType::kBF16, method, 4, 2, 1.75f};
-    LogitsRouting fp{logits_fp32.data(), DType::kFP32, bias_fp32.data(), DType::kFP32, method, 4, 2, 1.75f};
+    LogitsRouting bf{
+        logits_bf16.data(), DType::kBF16, bias_bf16.data(), DType::kBF16, method, 4, 2, 1.75f};
+    LogitsRouting fp{
+        logits_fp32.data(), DType::kFP32, bias_fp32.data(), DType::kFP32, method, 4, 2, 1.75f};
     const ref::Routing a = ref::route_reference(bf, T, E, k_method, DType::kFP32);
     const ref::Routing b = ref::route_reference(fp, T, E, k_method, DType::kFP32);
     EXPECT_EQ(a.ids, b.ids) << routing_method_name(method);
@@ -256,7 +261,8 @@ TEST(ReferenceRouting, BiasIsReadOnlyByDeepSeekV3AndMiniMax2) {
     without.bias = nullptr;
     const ref::Routing a = ref::route_reference(with, T, E, k_method, DType::kFP32);
     const ref::Routing b = ref::route_reference(without, T, E, k_method, DType::kFP32);
-    const bool reads_bias = method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
+    const bool reads_bias =
+        method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
     if (reads_bias) {
       EXPECT_NE(a.ids, b.ids) << routing_method_name(method) << ": the bias should matter here";
     } else {

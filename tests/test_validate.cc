@@ -1,13 +1,13 @@
 // validate(), validate_shape(), validate_routing_host() and the enum names: every rule rejects
 // with its own message "<argument>: expected <x>, got <y>" naming the API argument; a rejected
 // run_reference writes no output (poisoned beforehand) and no input; valid edge cases pass.
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <functional>
 #include <limits>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "common/host_data.h"
 #include "common/moe_case.h"
@@ -29,15 +29,24 @@ MoeCaseConfig base_config(Base base, uint64_t seed) {
   cfg.with_bias = true;
   cfg.with_replay = true;
   switch (base) {
-    case Base::kLogits: break;
+    case Base::kLogits:
+      break;
     case Base::kDeepSeek:
       cfg.method = RoutingMethod::kDeepSeekV3;
       cfg.n_group = 4;
       cfg.topk_group = 2;
       break;
-    case Base::kUnfinalized: cfg.do_finalize = false; break;
-    case Base::kPacked: cfg.routing_input = RoutingInput::kPacked; cfg.with_bias = false; break;
-    case Base::kUnpackedBf16: cfg.routing_input = RoutingInput::kUnpacked; cfg.with_bias = false; break;
+    case Base::kUnfinalized:
+      cfg.do_finalize = false;
+      break;
+    case Base::kPacked:
+      cfg.routing_input = RoutingInput::kPacked;
+      cfg.with_bias = false;
+      break;
+    case Base::kUnpackedBf16:
+      cfg.routing_input = RoutingInput::kUnpacked;
+      cfg.with_bias = false;
+      break;
     case Base::kUnpackedFp32:
       cfg.routing_input = RoutingInput::kUnpacked;
       cfg.with_bias = false;
@@ -61,55 +70,125 @@ const float kInf = std::numeric_limits<float>::infinity();
 
 const std::vector<Rule>& rules() {
   static const std::vector<Rule> all = {
-      {"negative T", Base::kLogits, [](MoeArguments& a) { a.shape.num_tokens = -1; }, "shape.num_tokens", "-1"},
-      {"H not multiple of 8", Base::kLogits, [](MoeArguments& a) { a.shape.hidden_size = 12; }, "shape.hidden_size", "12"},
-      {"H zero", Base::kLogits, [](MoeArguments& a) { a.shape.hidden_size = 0; }, "shape.hidden_size", "0"},
-      {"I not multiple of 8", Base::kLogits, [](MoeArguments& a) { a.shape.intermediate_size = 20; }, "shape.intermediate_size", "20"},
-      {"I negative", Base::kLogits, [](MoeArguments& a) { a.shape.intermediate_size = -8; }, "shape.intermediate_size", "-8"},
-      {"E zero", Base::kLogits, [](MoeArguments& a) { a.shape.num_experts = 0; }, "shape.num_experts", "0"},
-      {"E too large", Base::kLogits, [](MoeArguments& a) { a.shape.num_experts = 1025; }, "shape.num_experts", "1025"},
+      {"negative T", Base::kLogits, [](MoeArguments& a) { a.shape.num_tokens = -1; },
+       "shape.num_tokens", "-1"},
+      {"H not multiple of 8", Base::kLogits, [](MoeArguments& a) { a.shape.hidden_size = 12; },
+       "shape.hidden_size", "12"},
+      {"H zero", Base::kLogits, [](MoeArguments& a) { a.shape.hidden_size = 0; },
+       "shape.hidden_size", "0"},
+      {"I not multiple of 8", Base::kLogits,
+       [](MoeArguments& a) { a.shape.intermediate_size = 20; }, "shape.intermediate_size", "20"},
+      {"I negative", Base::kLogits, [](MoeArguments& a) { a.shape.intermediate_size = -8; },
+       "shape.intermediate_size", "-8"},
+      {"E zero", Base::kLogits, [](MoeArguments& a) { a.shape.num_experts = 0; },
+       "shape.num_experts", "0"},
+      {"E too large", Base::kLogits, [](MoeArguments& a) { a.shape.num_experts = 1025; },
+       "shape.num_experts", "1025"},
       {"K zero", Base::kLogits, [](MoeArguments& a) { a.shape.top_k = 0; }, "shape.top_k", "0"},
-      {"K too large", Base::kLogits, [](MoeArguments& a) { a.shape.num_experts = 64; a.shape.top_k = 33; }, "shape.top_k", "33"},
+      {"K too large", Base::kLogits,
+       [](MoeArguments& a) {
+         a.shape.num_experts = 64;
+         a.shape.top_k = 33;
+       },
+       "shape.top_k", "33"},
       {"K above E", Base::kLogits, [](MoeArguments& a) { a.shape.top_k = 9; }, "shape.top_k", "9"},
-      {"E_loc zero", Base::kLogits, [](MoeArguments& a) { a.shape.local_num_experts = 0; }, "shape.local_num_experts", "0"},
-      {"negative offset", Base::kLogits, [](MoeArguments& a) { a.shape.local_expert_offset = -1; }, "shape.local_expert_offset", "-1"},
-      {"window past E", Base::kLogits, [](MoeArguments& a) { a.shape.local_expert_offset = 1; }, "shape.local_expert_offset", "1"},
-      {"weight layout", Base::kLogits, [](MoeArguments& a) { a.weight_layout = static_cast<WeightLayout>(1); }, "weight_layout", "1"},
-      {"expert_weights_dtype enum", Base::kLogits, [](MoeArguments& a) { a.expert_weights_dtype = static_cast<DType>(2); }, "expert_weights_dtype", "DType(2)"},
-      {"both routing inputs", Base::kLogits, [](MoeArguments& a) { a.routed.topk_ids = kSomeIds.data(); }, "logits.logits", "both"},
-      {"no routing input", Base::kLogits, [](MoeArguments& a) { a.logits.logits = nullptr; }, "logits.logits", "neither"},
-      {"weights without ids", Base::kLogits, [](MoeArguments& a) { a.routed.topk_weights = kSomeIds.data(); }, "routed.topk_weights", "a pointer"},
-      {"method 10", Base::kLogits, [](MoeArguments& a) { a.logits.method = static_cast<RoutingMethod>(10); }, "logits.method", "10"},
-      {"method -1", Base::kLogits, [](MoeArguments& a) { a.logits.method = static_cast<RoutingMethod>(-1); }, "logits.method", "-1"},
-      {"logits dtype", Base::kLogits, [](MoeArguments& a) { a.logits.logits_dtype = static_cast<DType>(3); }, "logits.logits_dtype", "DType(3)"},
-      {"bias dtype", Base::kLogits, [](MoeArguments& a) { a.logits.bias_dtype = static_cast<DType>(4); }, "logits.bias_dtype", "DType(4)"},
-      {"scale NaN", Base::kLogits, [](MoeArguments& a) { a.logits.routed_scaling_factor = kNaN; }, "logits.routed_scaling_factor", "nan"},
-      {"scale inf", Base::kLogits, [](MoeArguments& a) { a.logits.routed_scaling_factor = -kInf; }, "logits.routed_scaling_factor", "-inf"},
-      {"Llama4 K 2", Base::kLogits, [](MoeArguments& a) { a.logits.method = RoutingMethod::kLlama4; }, "shape.top_k", "2"},
-      {"n_group negative", Base::kDeepSeek, [](MoeArguments& a) { a.logits.n_group = -1; }, "logits.n_group", "-1"},
-      {"n_group not dividing E", Base::kDeepSeek, [](MoeArguments& a) { a.logits.n_group = 3; a.logits.topk_group = 1; }, "logits.n_group", "3"},
-      {"topk_group above n_group", Base::kDeepSeek, [](MoeArguments& a) { a.logits.topk_group = 5; }, "logits.topk_group", "5"},
-      {"topk_group negative", Base::kDeepSeek, [](MoeArguments& a) { a.logits.topk_group = -2; }, "logits.topk_group", "-2"},
-      {"K above kept experts", Base::kDeepSeek, [](MoeArguments& a) { a.logits.topk_group = 1; a.shape.top_k = 3; }, "shape.top_k", "3"},
-      {"bias with routed input", Base::kPacked, [](MoeArguments& a) { a.logits.bias = kSomeIds.data(); }, "logits.bias", "a pointer"},
-      {"packed fp32 weights", Base::kPacked, [](MoeArguments& a) { a.expert_weights_dtype = DType::kFP32; }, "expert_weights_dtype", "fp32"},
-      {"routed weights dtype", Base::kUnpackedBf16, [](MoeArguments& a) { a.routed.weights_dtype = static_cast<DType>(5); }, "routed.weights_dtype", "DType(5)"},
-      {"unpacked bf16 to fp32", Base::kUnpackedBf16, [](MoeArguments& a) { a.expert_weights_dtype = DType::kFP32; }, "expert_weights_dtype", "fp32"},
-      {"unpacked fp32 to bf16", Base::kUnpackedFp32, [](MoeArguments& a) { a.expert_weights_dtype = DType::kBF16; }, "expert_weights_dtype", "bf16"},
-      {"no hidden_states", Base::kLogits, [](MoeArguments& a) { a.hidden_states = nullptr; }, "hidden_states", "nullptr"},
-      {"no gemm1_weights", Base::kLogits, [](MoeArguments& a) { a.gemm1_weights = nullptr; }, "gemm1_weights", "nullptr"},
-      {"no gemm1_weights T 0", Base::kLogits, [](MoeArguments& a) { a.shape.num_tokens = 0; a.gemm1_weights = nullptr; }, "gemm1_weights", "nullptr"},
-      {"no gemm2_weights", Base::kPacked, [](MoeArguments& a) { a.gemm2_weights = nullptr; }, "gemm2_weights", "nullptr"},
-      {"no output", Base::kLogits, [](MoeArguments& a) { a.output = nullptr; }, "output", "nullptr"},
-      {"no gemm2_output", Base::kUnfinalized, [](MoeArguments& a) { a.gemm2_output = nullptr; }, "gemm2_output", "nullptr"},
-      {"no expert_weights", Base::kUnfinalized, [](MoeArguments& a) { a.expert_weights = nullptr; }, "expert_weights", "nullptr"},
-      {"no map", Base::kUnfinalized, [](MoeArguments& a) { a.expanded_idx_to_permuted_idx = nullptr; }, "expanded_idx_to_permuted_idx", "nullptr"},
+      {"E_loc zero", Base::kLogits, [](MoeArguments& a) { a.shape.local_num_experts = 0; },
+       "shape.local_num_experts", "0"},
+      {"negative offset", Base::kLogits, [](MoeArguments& a) { a.shape.local_expert_offset = -1; },
+       "shape.local_expert_offset", "-1"},
+      {"window past E", Base::kLogits, [](MoeArguments& a) { a.shape.local_expert_offset = 1; },
+       "shape.local_expert_offset", "1"},
+      {"weight layout", Base::kLogits,
+       [](MoeArguments& a) { a.weight_layout = static_cast<WeightLayout>(1); }, "weight_layout",
+       "1"},
+      {"expert_weights_dtype enum", Base::kLogits,
+       [](MoeArguments& a) { a.expert_weights_dtype = static_cast<DType>(2); },
+       "expert_weights_dtype", "DType(2)"},
+      {"both routing inputs", Base::kLogits,
+       [](MoeArguments& a) { a.routed.topk_ids = kSomeIds.data(); }, "logits.logits", "both"},
+      {"no routing input", Base::kLogits, [](MoeArguments& a) { a.logits.logits = nullptr; },
+       "logits.logits", "neither"},
+      {"weights without ids", Base::kLogits,
+       [](MoeArguments& a) { a.routed.topk_weights = kSomeIds.data(); }, "routed.topk_weights",
+       "a pointer"},
+      {"method 10", Base::kLogits,
+       [](MoeArguments& a) { a.logits.method = static_cast<RoutingMethod>(10); }, "logits.method",
+       "10"},
+      {"method -1", Base::kLogits,
+       [](MoeArguments& a) { a.logits.method = static_cast<RoutingMethod>(-1); }, "logits.method",
+       "-1"},
+      {"logits dtype", Base::kLogits,
+       [](MoeArguments& a) { a.logits.logits_dtype = static_cast<DType>(3); },
+       "logits.logits_dtype", "DType(3)"},
+      {"bias dtype", Base::kLogits,
+       [](MoeArguments& a) { a.logits.bias_dtype = static_cast<DType>(4); }, "logits.bias_dtype",
+       "DType(4)"},
+      {"scale NaN", Base::kLogits, [](MoeArguments& a) { a.logits.routed_scaling_factor = kNaN; },
+       "logits.routed_scaling_factor", "nan"},
+      {"scale inf", Base::kLogits, [](MoeArguments& a) { a.logits.routed_scaling_factor = -kInf; },
+       "logits.routed_scaling_factor", "-inf"},
+      {"Llama4 K 2", Base::kLogits,
+       [](MoeArguments& a) { a.logits.method = RoutingMethod::kLlama4; }, "shape.top_k", "2"},
+      {"n_group negative", Base::kDeepSeek, [](MoeArguments& a) { a.logits.n_group = -1; },
+       "logits.n_group", "-1"},
+      {"n_group not dividing E", Base::kDeepSeek,
+       [](MoeArguments& a) {
+         a.logits.n_group = 3;
+         a.logits.topk_group = 1;
+       },
+       "logits.n_group", "3"},
+      {"topk_group above n_group", Base::kDeepSeek,
+       [](MoeArguments& a) { a.logits.topk_group = 5; }, "logits.topk_group", "5"},
+      {"topk_group negative", Base::kDeepSeek, [](MoeArguments& a) { a.logits.topk_group = -2; },
+       "logits.topk_group", "-2"},
+      {"K above kept experts", Base::kDeepSeek,
+       [](MoeArguments& a) {
+         a.logits.topk_group = 1;
+         a.shape.top_k = 3;
+       },
+       "shape.top_k", "3"},
+      {"bias with routed input", Base::kPacked,
+       [](MoeArguments& a) { a.logits.bias = kSomeIds.data(); }, "logits.bias", "a pointer"},
+      {"packed fp32 weights", Base::kPacked,
+       [](MoeArguments& a) { a.expert_weights_dtype = DType::kFP32; }, "expert_weights_dtype",
+       "fp32"},
+      {"routed weights dtype", Base::kUnpackedBf16,
+       [](MoeArguments& a) { a.routed.weights_dtype = static_cast<DType>(5); },
+       "routed.weights_dtype", "DType(5)"},
+      {"unpacked bf16 to fp32", Base::kUnpackedBf16,
+       [](MoeArguments& a) { a.expert_weights_dtype = DType::kFP32; }, "expert_weights_dtype",
+       "fp32"},
+      {"unpacked fp32 to bf16", Base::kUnpackedFp32,
+       [](MoeArguments& a) { a.expert_weights_dtype = DType::kBF16; }, "expert_weights_dtype",
+       "bf16"},
+      {"no hidden_states", Base::kLogits, [](MoeArguments& a) { a.hidden_states = nullptr; },
+       "hidden_states", "nullptr"},
+      {"no gemm1_weights", Base::kLogits, [](MoeArguments& a) { a.gemm1_weights = nullptr; },
+       "gemm1_weights", "nullptr"},
+      {"no gemm1_weights T 0", Base::kLogits,
+       [](MoeArguments& a) {
+         a.shape.num_tokens = 0;
+         a.gemm1_weights = nullptr;
+       },
+       "gemm1_weights", "nullptr"},
+      {"no gemm2_weights", Base::kPacked, [](MoeArguments& a) { a.gemm2_weights = nullptr; },
+       "gemm2_weights", "nullptr"},
+      {"no output", Base::kLogits, [](MoeArguments& a) { a.output = nullptr; }, "output",
+       "nullptr"},
+      {"no gemm2_output", Base::kUnfinalized, [](MoeArguments& a) { a.gemm2_output = nullptr; },
+       "gemm2_output", "nullptr"},
+      {"no expert_weights", Base::kUnfinalized, [](MoeArguments& a) { a.expert_weights = nullptr; },
+       "expert_weights", "nullptr"},
+      {"no map", Base::kUnfinalized,
+       [](MoeArguments& a) { a.expanded_idx_to_permuted_idx = nullptr; },
+       "expanded_idx_to_permuted_idx", "nullptr"},
   };
   return all;
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 TEST(Validate, EveryRuleRejectsWithItsOwnMessageAndWritesNothing) {
@@ -146,9 +225,17 @@ TEST(Validate, ValidEdgeCasesPass) {
          a.hidden_states = nullptr;
          a.output = nullptr;
        }},
-      {"n_group 0 and topk_group 0", [](MoeArguments& a) { a.logits.n_group = 0; a.logits.topk_group = 0; }},
+      {"n_group 0 and topk_group 0",
+       [](MoeArguments& a) {
+         a.logits.n_group = 0;
+         a.logits.topk_group = 0;
+       }},
       {"K equals kept experts", [](MoeArguments& a) { a.logits.topk_group = 1; }},  // 1 * 8/4 = 2
-      {"single group given", [](MoeArguments& a) { a.logits.n_group = 1; a.logits.topk_group = 1; }},
+      {"single group given",
+       [](MoeArguments& a) {
+         a.logits.n_group = 1;
+         a.logits.topk_group = 1;
+       }},
   };
   for (const auto& [name, edit] : edits) {
     SCOPED_TRACE(name);
@@ -233,9 +320,9 @@ TEST(Names, EnumsAndCapacity) {
   EXPECT_STREQ(status_code_name(StatusCode::kWorkspaceTooSmall), "workspace_too_small");
   EXPECT_STREQ(dtype_name(DType::kBF16), "bf16");
   EXPECT_STREQ(dtype_name(DType::kFP32), "fp32");
-  const char* expected[kNumRoutingMethods] = {"Default", "Renormalize", "DeepSeekV3", "Llama4",
-                                              "RenormalizeNaive", "TopK", "SigmoidRenorm",
-                                              "MiniMax2", "Sigmoid", "TopKSigmoid"};
+  const char* expected[kNumRoutingMethods] = {
+      "Default", "Renormalize",   "DeepSeekV3", "Llama4",  "RenormalizeNaive",
+      "TopK",    "SigmoidRenorm", "MiniMax2",   "Sigmoid", "TopKSigmoid"};
   for (int m = 0; m < kNumRoutingMethods; ++m) {
     EXPECT_STREQ(routing_method_name(static_cast<RoutingMethod>(m)), expected[m]);
   }

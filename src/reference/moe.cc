@@ -1,5 +1,6 @@
 // CPU reference of the operator after routing: permutation, the two expert GEMMs with SwiGLU,
-// finalize, and run_reference() which strings the pieces together (SPEC "The math", docs/DESIGN.md).
+// finalize, and run_reference() which strings the pieces together (SPEC "The math",
+// docs/DESIGN.md).
 //
 // Speed without cleverness: rows are processed expert by expert; each weight row is widened to
 // fp32 once and dotted with every row of that expert (it stays in L1, the rows in L2), and dot

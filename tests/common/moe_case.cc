@@ -59,8 +59,8 @@ MoeCase::MoeCase(const MoeCaseConfig& config) : config_(config) {
       }
     }
   } else {
-    const std::vector<int32_t> ids = random_distinct_ids(rng, T, static_cast<int32_t>(K),
-                                                         static_cast<int32_t>(E));
+    const std::vector<int32_t> ids =
+        random_distinct_ids(rng, T, static_cast<int32_t>(K), static_cast<int32_t>(E));
     set_routing(ids, random_fp32(rng, T * K, 0.05f, 1.0f));
   }
 
@@ -94,9 +94,12 @@ int64_t MoeCase::permuted_rows() const {
 
 DType MoeCase::expert_weights_dtype() const {
   switch (config_.routing_input) {
-    case RoutingInput::kLogits: return config_.expert_weights_dtype;
-    case RoutingInput::kPacked: return DType::kBF16;
-    case RoutingInput::kUnpacked: return config_.routed_weights_dtype;
+    case RoutingInput::kLogits:
+      return config_.expert_weights_dtype;
+    case RoutingInput::kPacked:
+      return DType::kBF16;
+    case RoutingInput::kUnpacked:
+      return config_.routed_weights_dtype;
   }
   return DType::kBF16;
 }
@@ -112,7 +115,8 @@ void MoeCase::set_routing(const std::vector<int32_t>& ids, const std::vector<flo
   topk_weights_fp32.clear();
   topk_weights_bf16.clear();
   if (config_.routing_input == RoutingInput::kPacked) {
-    for (size_t i = 0; i < ids.size(); ++i) topk_ids[i] = pack_topk(ids[i], float_to_bf16_bits(weights[i]));
+    for (size_t i = 0; i < ids.size(); ++i)
+      topk_ids[i] = pack_topk(ids[i], float_to_bf16_bits(weights[i]));
     return;
   }
   topk_ids = ids;
