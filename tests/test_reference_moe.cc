@@ -121,6 +121,8 @@ TEST(ReferenceMoe, MatchesDoublePrecisionModel) {
        DType::kFP32},
       {"unpacked bf16", 12, 96, 40, 8, 3, 3, 5, RoutingInput::kUnpacked, RoutingMethod::kDefault,
        DType::kBF16},
+      {"989 tokens", 989, 16, 8, 32, 8, 8, 16, RoutingInput::kLogits,
+       RoutingMethod::kRenormalizeNaive, DType::kBF16},
   };
   uint64_t seed = 100;
   for (const MathCase& mc : cases) {
@@ -334,6 +336,22 @@ TEST(ReferenceMoe, UnfinalizedTripleReducesBitwiseToOutput) {
     EXPECT_EQ(test::first_difference(reduced, finalized.output), -1) << dtype_name(ew);
     EXPECT_EQ(finalized.routing_replay_out, triple.routing_replay_out);
   }
+}
+
+TEST(ReferenceMoe, AllTokensOnOneExpertOthersEmpty) {
+  MoeCaseConfig cfg = config(21, 32, 24, 4, 1, RoutingInput::kUnpacked, 81);
+  cfg.routed_weights_dtype = DType::kFP32;
+  MoeCase c(cfg);
+  test::Rng rng(82);
+  const std::vector<int32_t> ids(21, 2);
+  const std::vector<float> weights = test::random_fp32(rng, 21, 0.1f, 2.0f);
+  c.set_routing(ids, weights);
+  run_and_check_inputs(c);
+  const DoubleModel model = moe_double(c, ids, weights);
+  test::expect_close(test::bf16_to_double(c.output), model.exact, model.rounded, "one expert");
+
+  const ref::Permutation p = ref::permute_reference(ids, 0, 4);
+  EXPECT_EQ(p.expert_offsets, (std::vector<int32_t>{0, 0, 0, 21, 21}));
 }
 
 TEST(ReferenceMoe, OutOfRangeIdsAreNonLocal) {
