@@ -2,7 +2,7 @@
 
 FlashInfer-compatible entry points ``trtllm_bf16_moe`` (routing from logits) and
 ``trtllm_bf16_routed_moe`` (routing given), registered as torch.library custom ops
-(``torch.ops.fusedmoe.moe`` / ``moe_out``) so ``torch.compile(fullgraph=True)`` and CUDA graphs
+(``torch.ops.fusedmoe.moe_out`` / ``moe_unfinalized``) so ``torch.compile(fullgraph=True)`` and CUDA graphs
 work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. See docs/python.md.
 """
 

@@ -1,9 +1,12 @@
 """The operator as torch.library custom ops (namespace ``fusedmoe``), with fake implementations.
 
 Two ops share one argument list:
-  * ``fusedmoe::moe`` returns fresh outputs: ``[output]`` when do_finalize, else
-    ``[gemm2_output, expert_weights, expanded_idx_to_permuted_idx]``;
-  * ``fusedmoe::moe_out`` writes the finalized output into a caller tensor (declared mutated).
+  * ``fusedmoe::moe_out`` writes the finalized output into ``output`` (declared mutated; the
+    Python API allocates it when the caller gives none). Not a functional op returning a fresh
+    tensor: torch 2.15's inductor fails to lower a mutating custom op with a single Tensor return
+    when all its mutable arguments are None ("getitem is not an OpOverload").
+  * ``fusedmoe::moe_unfinalized`` returns fresh
+    ``(gemm2_output, expert_weights, expanded_idx_to_permuted_idx)`` (do_finalize=False).
 Both may also write ``routing_replay_out`` and a caller ``workspace`` (declared mutated).
 
 Tensors reach the C++ layer (``fusedmoe._ext``) as DLPack views. CUDA tensors run ``run()`` on
@@ -11,7 +14,7 @@ the current stream of their device; CPU tensors run ``run_reference()``. Nothing
 beyond the outputs and, when the caller passes no ``workspace``, one cached workspace per device.
 """
 
-from typing import List, Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -75,6 +78,11 @@ def _launch(
         shape = (hidden_size, intermediate_size, num_experts, top_k, local_expert_offset,
                  local_num_experts)
         needed = _workspace_bytes(num_tokens, *shape)
+        if workspace is not None and workspace.numel() < needed:
+            raise ValueError(
+                f"workspace: expected >= {needed} bytes (workspace_size for {num_tokens} tokens), "
+                f"got {workspace.numel()}"
+            )
         if workspace is None:
             sizing = _workspace_bytes(max(num_tokens, tune_max_num_tokens), *shape)
             workspace = cached_workspace(device, needed, sizing)
@@ -120,9 +128,11 @@ def _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, do_fin
     ]
 
 
-# ---- fusedmoe::moe ------------------------------------------------------------------------------
-@torch.library.custom_op("fusedmoe::moe", mutates_args=("routing_replay_out", "workspace"))
-def moe(
+# ---- fusedmoe::moe_unfinalized -------------------------------------------------------------------
+@torch.library.custom_op(
+    "fusedmoe::moe_unfinalized", mutates_args=("routing_replay_out", "workspace")
+)
+def moe_unfinalized(
     hidden_states: torch.Tensor,
     gemm1_weights: torch.Tensor,
     gemm2_weights: torch.Tensor,
@@ -140,34 +150,29 @@ def moe(
     topk_group: int,
     routed_scaling_factor: float,
     expert_weights_fp32: bool,
-    do_finalize: bool,
     enable_pdl: bool,
     tune_max_num_tokens: int,
     routing_replay_out: Optional[torch.Tensor],
     workspace: Optional[torch.Tensor],
-) -> List[torch.Tensor]:
-    """The operator on pre-checked tensors, returning fresh outputs (see module docstring)."""
-    outputs = _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, do_finalize)
-    finalized = outputs if do_finalize else [None]
-    unfinalized = [None, None, None] if do_finalize else outputs
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The do_finalize=False operator: (gemm2_output, expert_weights, expanded_idx_to_permuted_idx)."""
+    outputs = _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, False)
     _launch(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
-        expert_weights_fp32, do_finalize, enable_pdl, tune_max_num_tokens, finalized[0],
-        *unfinalized, routing_replay_out, workspace,
+        expert_weights_fp32, False, enable_pdl, tune_max_num_tokens, None, *outputs,
+        routing_replay_out, workspace,
     )
-    return outputs
+    return tuple(outputs)
 
 
-@moe.register_fake
-def _moe_fake(
-    hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
-    topk_weights, intermediate_size, num_experts, top_k, local_expert_offset, local_num_experts,
-    routing_method, n_group, topk_group, routed_scaling_factor, expert_weights_fp32, do_finalize,
-    enable_pdl, tune_max_num_tokens, routing_replay_out, workspace,
-):
-    return _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, do_finalize)
+@moe_unfinalized.register_fake
+def _moe_unfinalized_fake(hidden_states, gemm1_weights, gemm2_weights, routing_logits,
+                          routing_bias, topk_ids, topk_weights, intermediate_size, num_experts,
+                          top_k, local_expert_offset, local_num_experts, routing_method, n_group,
+                          topk_group, routed_scaling_factor, expert_weights_fp32, *rest):
+    return tuple(_new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, False))
 
 
 # ---- fusedmoe::moe_out --------------------------------------------------------------------------
@@ -203,7 +208,8 @@ def moe_out(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
-        expert_weights_fp32, True, enable_pdl, tune_max_num_tokens, output, None, None, None, routing_replay_out, workspace,
+        expert_weights_fp32, True, enable_pdl, tune_max_num_tokens, output, None, None, None,
+        routing_replay_out, workspace,
     )
 
 

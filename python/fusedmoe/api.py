@@ -177,20 +177,17 @@ def _run(
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method_type, n_group, topk_group, routed_scaling_factor,
     )
-    if output is not None:
-        if not do_finalize:
+    tail = (expert_weights_fp32, bool(enable_pdl), tune_max_num_tokens)
+    if not do_finalize:
+        if output is not None:
             raise ValueError("output: expected None when do_finalize=False (the outputs are returned)")
+        return list(torch.ops.fusedmoe.moe_unfinalized(*args, *tail, routing_replay_out, workspace))
+    if output is None:
+        output = hidden_states.new_empty((num_tokens, hidden_size))
+    else:
         _checks.check_tensor("output", output, (torch.bfloat16,), (num_tokens, hidden_size), device)
-        torch.ops.fusedmoe.moe_out(
-            *args, expert_weights_fp32, bool(enable_pdl), tune_max_num_tokens, output,
-            routing_replay_out, workspace,
-        )
-        return output
-    outputs = torch.ops.fusedmoe.moe(
-        *args, expert_weights_fp32, bool(do_finalize), bool(enable_pdl), tune_max_num_tokens,
-        routing_replay_out, workspace,
-    )
-    return outputs[0] if do_finalize else list(outputs)
+    torch.ops.fusedmoe.moe_out(*args, *tail, output, routing_replay_out, workspace)
+    return output
 
 
 def trtllm_bf16_moe(

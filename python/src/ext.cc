@@ -53,7 +53,12 @@ fusedmoe::DType to_dtype(const Array& array, const char* argument) {
   throw nb::type_error((std::string(argument) + ": expected bfloat16 or float32").c_str());
 }
 
-void* data_of(const OptArray& array) { return array ? array->data() : nullptr; }
+// A tensor with no elements (T == 0) may export a null data pointer, but MoeArguments tells a
+// given input from a missing one by its pointer: a given empty tensor gets this never-read address.
+alignas(16) char g_empty_tensor[16];
+
+void* data_of(const Array& array) { return array.data() ? array.data() : g_empty_tensor; }
+void* data_of(const OptArray& array) { return array ? data_of(*array) : nullptr; }
 
 fusedmoe::MoeShape make_shape(int64_t num_tokens, int64_t hidden_size, int64_t intermediate_size,
                               int64_t num_experts, int64_t top_k, int64_t local_expert_offset,
@@ -84,16 +89,16 @@ void moe(const Array& hidden_states, const Array& gemm1_weights, const Array& ge
   args.shape = make_shape(static_cast<int64_t>(hidden_states.shape(0)),
                           static_cast<int64_t>(hidden_states.shape(1)), intermediate_size,
                           num_experts, top_k, local_expert_offset, local_num_experts);
-  args.hidden_states = hidden_states.data();
-  args.gemm1_weights = gemm1_weights.data();
-  args.gemm2_weights = gemm2_weights.data();
+  args.hidden_states = data_of(hidden_states);
+  args.gemm1_weights = data_of(gemm1_weights);
+  args.gemm2_weights = data_of(gemm2_weights);
   args.weight_layout = fusedmoe::WeightLayout::kCanonical;
 
   if (routing_logits) {
-    args.logits.logits = routing_logits->data();
+    args.logits.logits = data_of(routing_logits);
     args.logits.logits_dtype = to_dtype(*routing_logits, "routing_logits");
     if (routing_bias) {
-      args.logits.bias = routing_bias->data();
+      args.logits.bias = data_of(routing_bias);
       args.logits.bias_dtype = to_dtype(*routing_bias, "routing_bias");
     }
     args.logits.method = static_cast<fusedmoe::RoutingMethod>(routing_method);
@@ -102,9 +107,9 @@ void moe(const Array& hidden_states, const Array& gemm1_weights, const Array& ge
     args.logits.routed_scaling_factor = static_cast<float>(routed_scaling_factor);
   }
   if (topk_ids) {
-    args.routed.topk_ids = static_cast<const int32_t*>(topk_ids->data());
+    args.routed.topk_ids = static_cast<const int32_t*>(data_of(topk_ids));
     if (topk_weights) {
-      args.routed.topk_weights = topk_weights->data();
+      args.routed.topk_weights = data_of(topk_weights);
       args.routed.weights_dtype = to_dtype(*topk_weights, "topk_weights");
     }
   }
@@ -150,7 +155,7 @@ int64_t workspace_size(int64_t num_tokens, int64_t hidden_size, int64_t intermed
 nb::tuple validate_routing(const Array& topk_ids, int64_t num_experts, bool packed, bool on_gpu,
                            uintptr_t stream) {
   fusedmoe::RoutingCheck check;
-  const auto* ids = static_cast<const int32_t*>(topk_ids.data());
+  const auto* ids = static_cast<const int32_t*>(data_of(topk_ids));
   const auto num_tokens = static_cast<int64_t>(topk_ids.shape(0));
   const auto top_k = static_cast<int32_t>(topk_ids.shape(1));
   fusedmoe::Status status;

@@ -1,0 +1,202 @@
+"""Plain-PyTorch reference of SPEC for the Python tests: routing in fp32, the MoE in float64.
+
+Written from SPEC and docs/DESIGN.md, independently of the C++ reference. Everything runs on the
+CPU (inputs are moved there), one expert at a time.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+NUM_METHODS = 10
+BF16_EPS = 2.0**-8  # relative spacing of bf16 (8 significant bits)
+
+
+def fresh_generator() -> torch.Generator:
+    """A generator seeded from the OS: fresh random inputs on every run (the seed is in failures)."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class Problem:
+    """One random MoE problem on the CPU (bf16 inputs), moved to a device with ``to``."""
+
+    hidden_states: torch.Tensor  # [T, H] bf16
+    gemm1_weights: torch.Tensor  # [E, 2I, H] bf16 (all experts: shards slice it)
+    gemm2_weights: torch.Tensor  # [E, H, I] bf16
+    routing_logits: torch.Tensor  # [T, E] fp32 or bf16
+    routing_bias: Optional[torch.Tensor]  # [E]
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+    seed: int
+
+    def to(self, device) -> "Problem":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Problem(
+            move(self.hidden_states), move(self.gemm1_weights), move(self.gemm2_weights),
+            move(self.routing_logits), move(self.routing_bias), self.num_experts, self.top_k,
+            self.intermediate_size, self.seed,
+        )
+
+
+def make_problem(
+    num_tokens: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_experts: int,
+    top_k: int,
+    logits_dtype=torch.float32,
+    bias_dtype=None,
+    generator: Optional[torch.Generator] = None,
+) -> Problem:
+    """Random bf16 inputs scaled so every stage stays O(1) (no zeros, no overflow)."""
+    g = generator if generator is not None else fresh_generator()
+    randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    x = randn(num_tokens, hidden_size).to(torch.bfloat16)
+    w1 = (randn(num_experts, 2 * intermediate_size, hidden_size) / hidden_size**0.5).to(torch.bfloat16)
+    w2 = (randn(num_experts, hidden_size, intermediate_size) / intermediate_size**0.5).to(torch.bfloat16)
+    logits = (2.0 * randn(num_tokens, num_experts)).to(logits_dtype)
+    bias = None if bias_dtype is None else (0.5 * randn(num_experts)).to(bias_dtype)
+    return Problem(x, w1, w2, logits, bias, num_experts, top_k, intermediate_size, g.initial_seed())
+
+
+# ---- routing (fp32, SPEC "Routing methods", DESIGN "Routing details") ------------------------------
+def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores per row, descending; ties to the lower index."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+
+
+def route(
+    logits: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    method: int,
+    top_k: int,
+    n_group: int = 0,
+    topk_group: int = 0,
+    routed_scaling_factor: float = 1.0,
+):
+    """Returns (ids int64 [T, K], weights fp32 [T, K]) as SPEC defines them."""
+    z = logits.detach().cpu().float()
+    num_tokens, num_experts = z.shape
+    b = torch.zeros(num_experts) if bias is None else bias.detach().cpu().float()
+    gather = lambda values, ids: torch.gather(values, 1, ids)  # noqa: E731
+    if method == 0:  # Default
+        p = torch.softmax(z, dim=-1)
+        ids = _top_k(p, top_k)
+        return ids, gather(p, ids)
+    if method == 1:  # Renormalize
+        ids = _top_k(z, top_k)
+        return ids, torch.softmax(gather(z, ids), dim=-1)
+    if method == 2:  # DeepSeekV3
+        s = torch.sigmoid(z)
+        biased = s + b
+        groups = n_group if n_group > 0 else 1
+        kept_groups = topk_group if topk_group > 0 else groups
+        if groups > 1:
+            per_group = biased.view(num_tokens, groups, num_experts // groups)
+            top2 = min(2, per_group.shape[-1])
+            group_scores = torch.sort(per_group, dim=-1, descending=True).values[..., :top2].sum(-1)
+            keep = _top_k(group_scores, kept_groups)
+            mask = torch.zeros(num_tokens, groups, dtype=torch.bool)
+            mask.scatter_(1, keep, True)
+            mask = mask.repeat_interleave(num_experts // groups, dim=1)
+            biased = biased.masked_fill(~mask, float("-inf"))
+        ids = _top_k(biased, top_k)
+        chosen = gather(s, ids)
+        return ids, chosen * routed_scaling_factor / (chosen.sum(-1, keepdim=True) + 1e-20)
+    if method == 3:  # Llama4
+        ids = _top_k(z, 1)
+        return ids, torch.sigmoid(gather(z, ids))
+    if method == 4:  # RenormalizeNaive
+        p = torch.softmax(z, dim=-1)
+        ids = _top_k(p, top_k)
+        chosen = gather(p, ids)
+        return ids, chosen / chosen.sum(-1, keepdim=True)
+    if method == 5:  # TopK
+        ids = _top_k(z, top_k)
+        return ids, gather(z, ids)
+    if method == 6:  # SigmoidRenorm
+        s = torch.sigmoid(z)
+        ids = _top_k(s, top_k)
+        chosen = gather(s, ids)
+        return ids, chosen / chosen.sum(-1, keepdim=True)
+    if method == 7:  # MiniMax2
+        s = torch.sigmoid(z)
+        ids = _top_k(s + b, top_k)
+        chosen = gather(s, ids)
+        return ids, chosen * routed_scaling_factor / (chosen.sum(-1, keepdim=True) + 1e-20)
+    if method == 8:  # Sigmoid
+        s = torch.sigmoid(z)
+        ids = _top_k(s, top_k)
+        return ids, gather(s, ids)
+    if method == 9:  # TopKSigmoid
+        ids = _top_k(z, top_k)
+        return ids, torch.sigmoid(gather(z, ids))
+    raise ValueError(f"unknown method {method}")
+
+
+# ---- the MoE (SPEC "The math") -----------------------------------------------------------------------
+def moe_reference(
+    hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset=0, bf16_stages=False
+) -> torch.Tensor:
+    """Output [T, H] float64 of the local experts (gemm weights hold the local experts only).
+
+    ``bf16_stages`` False: everything in float64 from the bf16 inputs (the truth). True: the same
+    math with DESIGN's roundings (fp32 GEMMs, a and y rounded to bf16, fp32 sum, bf16 output), the
+    error scale of the tolerance rule.
+    """
+    compute = torch.float32 if bf16_stages else torch.float64
+    x = hidden_states.detach().cpu().to(compute)
+    ids = ids.detach().cpu().long()
+    w = weights.detach().cpu().to(compute)
+    num_tokens, hidden_size = x.shape
+    num_local, two_i, _ = gemm1_weights.shape
+    inter = two_i // 2
+    out = torch.zeros(num_tokens, hidden_size, dtype=compute)
+    for e in range(num_local):
+        tokens, slots = torch.nonzero(ids == local_expert_offset + e, as_tuple=True)
+        if tokens.numel() == 0:
+            continue
+        w1 = gemm1_weights[e].detach().cpu().to(compute)
+        w2 = gemm2_weights[e].detach().cpu().to(compute)
+        g = x[tokens] @ w1.T
+        up, gate = g[:, :inter], g[:, inter:]
+        a = gate / (1 + torch.exp(-gate)) * up
+        if bf16_stages:
+            a = a.to(torch.bfloat16).to(compute)
+        y = a @ w2.T
+        if bf16_stages:
+            y = y.to(torch.bfloat16).to(compute)
+        out.index_add_(0, tokens, w[tokens, slots, None] * y)
+    if bf16_stages:
+        out = out.to(torch.bfloat16)
+    return out.double()
+
+
+def assert_close_to_reference(ours, hidden_states, gemm1_weights, gemm2_weights, ids, weights,
+                              local_expert_offset=0, seed=None, atol=1e-3):
+    """STYLE.md's rule: max|ours - ref| <= 2 * max|bf16_ref - ref| + atol."""
+    ref = moe_reference(hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset)
+    bf16_ref = moe_reference(
+        hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset, bf16_stages=True
+    )
+    num_local = gemm1_weights.shape[0]
+    has_local = ((ids >= local_expert_offset) & (ids < local_expert_offset + num_local)).any()
+    assert not has_local or ref.abs().max() > 0, f"degenerate reference (seed {seed})"
+    ours64 = ours.detach().cpu().double()
+    assert torch.isfinite(ours64).all(), f"non-finite output (seed {seed})"
+    error = (ours64 - ref).abs().max().item() if ref.numel() else 0.0
+    bound = 2 * ((bf16_ref - ref).abs().max().item() if ref.numel() else 0.0) + atol
+    assert error <= bound, f"max|ours - ref| = {error:.3e} > {bound:.3e} (seed {seed})"
+
+
+def assert_weights_match(ours_bf16, weights_fp32, seed=None):
+    """Returned bf16 routing weights equal fp32 ones rounded once (one ulp of slack at a tie)."""
+    ours = ours_bf16.detach().cpu().float()
+    slack = BF16_EPS * weights_fp32.abs() + 1e-6
+    worst = ((ours - weights_fp32).abs() - slack).max().item() if ours.numel() else -1.0
+    assert worst <= 0, f"expert_weights differ from SPEC's weights beyond one bf16 ulp (seed {seed})"

@@ -1,0 +1,328 @@
+"""The Python API end to end on CPU tensors (the CPU reference behind it): runs in CI."""
+
+import pytest
+import torch
+
+import fusedmoe
+import reference_moe as ref
+from conftest import poison
+from moe_cases import METHOD_PARAMS, replay_buffer, routing_kwargs, run_logits, run_routed
+
+H, I, E = 64, 32, 16
+
+
+def make(num_tokens, method=0, generator=None, logits_dtype=torch.float32, bias_dtype=torch.float32):
+    params = METHOD_PARAMS[method]
+    return ref.make_problem(
+        num_tokens, H, I, E, params["top_k"], logits_dtype,
+        bias_dtype if params.get("bias") else None, generator,
+    )
+
+
+def expected_routing(problem, method):
+    routing = routing_kwargs(method)
+    return ref.route(
+        problem.routing_logits, problem.routing_bias, method, problem.top_k,
+        routing["n_group"] or 0, routing["topk_group"] or 0, routing["routed_scaling_factor"] or 1.0,
+    )
+
+
+# ---- every routing method against the float64 reference -----------------------------------------
+@pytest.mark.parametrize("method", list(fusedmoe.RoutingMethod))
+@pytest.mark.parametrize("num_tokens", [1, 19])
+def test_every_method_matches_reference(method, num_tokens, generator):
+    # Alternate the logits / bias dtypes so both are exercised for every method across the grid.
+    logits_dtype = torch.bfloat16 if (int(method) + num_tokens) % 2 else torch.float32
+    problem = make(num_tokens, method, generator, logits_dtype, torch.bfloat16)
+    ids, weights = expected_routing(problem, method)
+
+    replay = replay_buffer(problem)
+    gemm2_output, expert_weights, permuted = run_logits(
+        problem, method, do_finalize=False, routing_replay_out=replay
+    )
+    assert torch.equal(replay.long(), ids), f"selected ids differ (seed {problem.seed})"
+    ref.assert_weights_match(expert_weights, weights, problem.seed)
+
+    output = run_logits(problem, method, routing_replay_out=replay_buffer(problem))
+    assert output.shape == (num_tokens, H) and output.dtype == torch.bfloat16
+    ref.assert_close_to_reference(
+        output, problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights, ids,
+        expert_weights, seed=problem.seed,
+    )
+
+
+@pytest.mark.parametrize("num_tokens", [0, 7])
+def test_default_method_is_the_default(num_tokens, generator):
+    problem = make(num_tokens, 0, generator)
+    w1, w2 = problem.gemm1_weights, problem.gemm2_weights
+    output = fusedmoe.trtllm_bf16_moe(
+        problem.routing_logits, None, problem.hidden_states, w1, w2, E, problem.top_k, None, None,
+        I, 0, E,
+    )
+    assert output.shape == (num_tokens, H)
+    if num_tokens:
+        assert torch.equal(output, run_logits(problem, 0)), f"seed {problem.seed}"
+        ids, _ = expected_routing(problem, 0)
+        _, expert_weights, _ = run_logits(problem, 0, do_finalize=False)
+        ref.assert_close_to_reference(output, problem.hidden_states, w1, w2, ids, expert_weights,
+                                      seed=problem.seed)
+
+
+def test_all_tokens_on_one_expert(generator):
+    problem = make(7, 5, generator)
+    problem.routing_logits[:, 3] = 50.0  # TopK: expert 3 first for every token
+    ids, _ = expected_routing(problem, 5)
+    assert (ids[:, 0] == 3).all()
+    _, expert_weights, _ = run_logits(problem, 5, do_finalize=False)
+    ref.assert_close_to_reference(
+        run_logits(problem, 5), problem.hidden_states, problem.gemm1_weights,
+        problem.gemm2_weights, ids, expert_weights, seed=problem.seed,
+    )
+
+
+# ---- routed input --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", [0, 2, 7])
+def test_routed_matches_logits_bitwise(method, generator):
+    problem = make(19, method, generator)
+    replay = replay_buffer(problem)
+    _, expert_weights, _ = run_logits(problem, method, do_finalize=False, routing_replay_out=replay)
+    ids = replay.to(torch.int32)
+    from_logits = run_logits(problem, method)
+
+    packed = fusedmoe.pack_topk(ids, expert_weights)
+    routed_replay = replay_buffer(problem)
+    from_packed = run_routed(problem, packed, routing_replay_out=routed_replay)
+    from_pair = run_routed(problem, (ids, expert_weights))
+    assert torch.equal(from_packed, from_logits), f"packed routed != logits (seed {problem.seed})"
+    assert torch.equal(from_pair, from_logits), f"(ids, weights) routed != logits (seed {problem.seed})"
+    assert torch.equal(routed_replay, replay)
+
+
+def test_routed_fp32_weights_stay_fp32(generator):
+    problem = make(19, 0, generator)
+    ids = torch.stack([torch.randperm(E, generator=generator)[:4] for _ in range(19)]).to(torch.int32)
+    weights = torch.rand(19, 4, generator=generator) + 0.1  # fp32, not bf16-representable
+    gemm2_output, expert_weights, _ = run_routed(problem, (ids, weights), do_finalize=False)
+    assert expert_weights.dtype == torch.float32
+    assert torch.equal(expert_weights, weights)
+    ref.assert_close_to_reference(
+        run_routed(problem, (ids, weights)), problem.hidden_states, problem.gemm1_weights,
+        problem.gemm2_weights, ids, weights, seed=problem.seed,
+    )
+
+
+def test_routed_negative_weights_and_out_of_range_ids(generator):
+    problem = make(7, 0, generator)
+    ids = torch.stack([torch.randperm(E, generator=generator)[:4] for _ in range(7)]).to(torch.int32)
+    weights = (torch.randn(7, 4, generator=generator) - 0.5).to(torch.bfloat16)
+    ids[2, 1] = E + 5  # out of range: contributes nothing, never read out of bounds
+    ids[4, 0] = -3
+    packed = fusedmoe.pack_topk(ids, weights)
+    assert fusedmoe.validate_routing(packed, E) == (2 * 4 + 1, E + 5)
+    assert fusedmoe.validate_routing((ids, weights), E) == (2 * 4 + 1, E + 5)
+    output = run_routed(problem, packed)
+    ref.assert_close_to_reference(
+        output, problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights, ids, weights,
+        seed=problem.seed,
+    )
+
+
+def test_pack_unpack_round_trip(generator):
+    ids = torch.randint(-1024, 1024, (9, 5), generator=generator, dtype=torch.int32)
+    weights = torch.randn(9, 5, generator=generator).to(torch.bfloat16)
+    weights[0, 0] = -1.0
+    ids[0, 0] = 5
+    packed = fusedmoe.pack_topk(ids, weights)
+    assert packed.dtype == torch.int32 and packed.shape == (9, 5)
+    assert packed[0, 0].item() == (5 << 16) | 0xBF80  # the mask keeps -1.0's sign out of the id
+    back_ids, back_weights = fusedmoe.unpack_topk(packed)
+    assert torch.equal(back_ids, ids)
+    assert torch.equal(back_weights.view(torch.int16), weights.view(torch.int16))
+
+
+# ---- expert parallelism --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", [1, 2])
+def test_expert_parallel_shards_sum_to_whole(method, generator):
+    problem = make(19, method, generator)
+    ids, _ = expected_routing(problem, method)
+    _, expert_weights, _ = run_logits(problem, method, do_finalize=False)
+    total = torch.zeros(19, H, dtype=torch.float64)
+    for offset in range(0, E, 4):
+        shard = run_logits(problem, method, offset=offset, num_local=4)
+        local = (ids >= offset) & (ids < offset + 4)
+        w1 = problem.gemm1_weights[offset : offset + 4]
+        w2 = problem.gemm2_weights[offset : offset + 4]
+        ref.assert_close_to_reference(shard, problem.hidden_states, w1, w2, ids, expert_weights,
+                                      offset, seed=problem.seed)
+        no_local = ~local.any(dim=1)
+        assert (shard[no_local] == 0).all(), f"a token without local slot is not zero (seed {problem.seed})"
+        total += shard.double()
+    ref.assert_close_to_reference(
+        total, problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights, ids,
+        expert_weights, seed=problem.seed, atol=4e-3,
+    )
+
+
+# ---- do_finalize=False -----------------------------------------------------------------------------
+def test_unfinalized_shapes_order_and_reduction(generator):
+    problem = make(19, 1, generator)
+    num_tokens, top_k, offset, num_local = 19, problem.top_k, 4, 8
+    result = run_logits(problem, 1, offset=offset, num_local=num_local, do_finalize=False)
+    assert isinstance(result, list) and len(result) == 3
+    gemm2_output, expert_weights, permuted = result
+    capacity = fusedmoe.permuted_capacity(num_tokens, top_k, num_local)
+    assert capacity == num_tokens * top_k
+    assert gemm2_output.shape == (capacity, H) and gemm2_output.dtype == torch.bfloat16
+    assert expert_weights.shape == (num_tokens, top_k) and expert_weights.dtype == torch.bfloat16
+    assert permuted.shape == (num_tokens * top_k,) and permuted.dtype == torch.int32
+
+    ids, _ = expected_routing(problem, 1)
+    local = ((ids >= offset) & (ids < offset + num_local)).flatten()
+    assert (permuted[~local] == -1).all()
+    rows = permuted[local]
+    assert torch.equal(rows.sort().values, torch.arange(int(local.sum()), dtype=torch.int32))
+    # Rows are expert-sorted, slots ascending within an expert (DESIGN "Permutation").
+    slots = torch.nonzero(local).flatten()
+    order = sorted(slots.tolist(), key=lambda s: (int(ids.flatten()[s]), s))
+    assert [int(permuted[s]) for s in order] == list(range(len(order)))
+
+    # out[t] = bf16(sum over local k, ascending, of fp32(w) * fp32(y)): bitwise the finalized output.
+    finalized = run_logits(problem, 1, offset=offset, num_local=num_local)
+    acc = torch.zeros(num_tokens, H, dtype=torch.float32)
+    for k in range(top_k):
+        slot_rows = permuted.view(num_tokens, top_k)[:, k]
+        has = slot_rows >= 0
+        acc[has] += expert_weights[has, k, None].float() * gemm2_output[slot_rows[has].long()].float()
+    assert torch.equal(acc.to(torch.bfloat16), finalized), f"seed {problem.seed}"
+
+
+def test_output_in_place_and_replay(generator):
+    problem = make(7, 2, generator)
+    output = poison(torch.empty(7, H, dtype=torch.bfloat16))
+    replay = replay_buffer(problem)
+    returned = run_logits(problem, 2, output=output, routing_replay_out=replay)
+    assert returned is output
+    assert torch.equal(output, run_logits(problem, 2)), f"seed {problem.seed}"
+    ids, _ = expected_routing(problem, 2)
+    assert torch.equal(replay.long(), ids)
+
+
+def test_fp32_expert_weights_on_request(generator):
+    problem = make(7, 6, generator)
+    _, weights = expected_routing(problem, 6)
+    _, expert_weights, _ = run_logits(problem, 6, do_finalize=False, expert_weights_dtype=torch.float32)
+    assert expert_weights.dtype == torch.float32
+    assert torch.allclose(expert_weights, weights, rtol=1e-5, atol=1e-7), f"seed {problem.seed}"
+
+
+def test_reruns_are_bitwise_identical(generator):
+    problem = make(19, 0, generator)
+    assert torch.equal(run_logits(problem, 0), run_logits(problem, 0))
+
+
+def test_prepare_weights_returns_canonical(generator):
+    problem = make(1, 0, generator)
+    w1, w2 = fusedmoe.prepare_weights(problem.gemm1_weights, problem.gemm2_weights)
+    assert w1 is problem.gemm1_weights and w2 is problem.gemm2_weights
+    with pytest.raises(ValueError, match="gemm2_weights"):
+        fusedmoe.prepare_weights(problem.gemm1_weights, problem.gemm2_weights[:, :, :8].contiguous())
+    with pytest.raises(ValueError, match="weight_layout"):
+        fusedmoe.prepare_weights(problem.gemm1_weights, problem.gemm2_weights, weight_layout=2)
+
+
+def test_routing_method_enum_numbering():
+    names = ["Default", "Renormalize", "DeepSeekV3", "Llama4", "RenormalizeNaive", "TopK",
+             "SigmoidRenorm", "MiniMax2", "Sigmoid", "TopKSigmoid"]
+    assert [(m.name, int(m)) for m in fusedmoe.RoutingMethod] == [(n, i) for i, n in enumerate(names)]
+
+
+# ---- errors name the argument, before anything is written -------------------------------------------
+def _bad_calls():
+    """(id, mutation of the keyword arguments, exception type, argument named in the message)."""
+    t = lambda *shape, dtype=torch.bfloat16: torch.randn(*shape).to(dtype)  # noqa: E731
+    return [
+        ("hidden_dtype", dict(hidden_states=t(7, H, dtype=torch.float32)), TypeError, "hidden_states"),
+        ("hidden_noncontig", dict(hidden_states=t(H, 7).T), ValueError, "hidden_states"),
+        ("hidden_size", dict(hidden_states=t(7, H + 4)), ValueError, "hidden_states"),
+        ("gemm1_shape", dict(gemm1_weights=t(E, I, H)), ValueError, "gemm1_weights"),
+        ("gemm2_dtype", dict(gemm2_weights=t(E, H, I, dtype=torch.float16)), TypeError, "gemm2_weights"),
+        ("gemm2_strided", dict(gemm2_weights=t(E, I, H).transpose(1, 2)), ValueError, "gemm2_weights"),
+        ("logits_shape", dict(routing_logits=t(7, E + 1)), ValueError, "routing_logits"),
+        ("logits_dtype", dict(routing_logits=t(7, E, dtype=torch.float16)), TypeError, "routing_logits"),
+        ("logits_device", dict(routing_logits=torch.empty(7, E, device="meta")), ValueError, "routing_logits"),
+        ("bias_shape", dict(routing_bias=t(E - 1)), ValueError, "routing_bias"),
+        ("not_tensor", dict(hidden_states=[[1.0]]), TypeError, "hidden_states"),
+        ("top_k_zero", dict(top_k=0), ValueError, "top_k"),
+        ("top_k_big", dict(top_k=33), ValueError, "top_k"),
+        ("num_experts", dict(num_experts=2000), ValueError, "num_experts"),
+        ("intermediate", dict(intermediate_size=I + 8), ValueError, "gemm1_weights"),
+        ("intermediate_mult", dict(intermediate_size=I + 1), ValueError, "intermediate_size"),
+        ("offset", dict(local_expert_offset=4), ValueError, "local_expert_offset"),
+        ("method", dict(routing_method_type=42), ValueError, "routing_method_type"),
+        ("shuffled", dict(use_shuffled_weight=True), ValueError, "use_shuffled_weight"),
+        ("layout", dict(weight_layout=2), ValueError, "weight_layout"),
+        ("activation", dict(activation_type=0), ValueError, "activation_type"),
+        ("norm_topk", dict(norm_topk_prob=False), ValueError, "norm_topk_prob"),
+        ("replay_dtype", dict(routing_replay_out=torch.zeros(7, 4, dtype=torch.int32)), TypeError,
+         "routing_replay_out"),
+        ("output_shape", dict(output=torch.zeros(7, H + 8, dtype=torch.bfloat16)), ValueError, "output"),
+        ("output_unfinalized", dict(output=torch.zeros(7, H, dtype=torch.bfloat16), do_finalize=False),
+         ValueError, "output"),
+        ("workspace_cpu", dict(workspace=torch.zeros(64, dtype=torch.uint8)), ValueError, "workspace"),
+        ("llama4_k", dict(routing_method_type=3), ValueError, "top_k"),  # C++ Status -> ValueError
+        ("n_group", dict(routing_method_type=2, n_group=3, topk_group=1), ValueError, "n_group"),
+        ("topk_group", dict(routing_method_type=2, n_group=4, topk_group=5), ValueError, "topk_group"),
+    ]
+
+
+@pytest.mark.parametrize("mutation,error,argument", [c[1:] for c in _bad_calls()],
+                         ids=[c[0] for c in _bad_calls()])
+def test_errors_name_the_argument(mutation, error, argument, generator):
+    problem = make(7, 0, generator)
+    kwargs = dict(
+        routing_logits=problem.routing_logits, routing_bias=None,
+        hidden_states=problem.hidden_states, gemm1_weights=problem.gemm1_weights,
+        gemm2_weights=problem.gemm2_weights, num_experts=E, top_k=4, n_group=None,
+        topk_group=None, intermediate_size=I, local_expert_offset=0, local_num_experts=E,
+    )
+    output = mutation.get("output")
+    if output is not None:
+        poison(output)
+    kwargs.update(mutation)
+    with pytest.raises(error, match=argument):
+        fusedmoe.trtllm_bf16_moe(**kwargs)
+    if output is not None:
+        assert output.isnan().all(), "a rejected call wrote its output"
+
+
+def test_cpp_status_error_leaves_output_untouched(generator):
+    problem = make(7, 0, generator)
+    output = poison(torch.empty(7, H, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="top_k"):  # rejected by the C++ validation (Llama4, K=4)
+        run_logits(problem, 3, output=output)
+    assert output.isnan().all()
+
+
+@pytest.mark.parametrize(
+    "topk_ids,error,argument",
+    [
+        ("wrong_dtype", TypeError, "topk_ids"),
+        ("wrong_shape", ValueError, "topk_ids"),
+        ("triple", ValueError, "topk_ids"),
+        ("weights_dtype", TypeError, "topk_weights"),
+        ("lora", ValueError, "gemm1_lora_delta"),
+    ],
+)
+def test_routed_errors_name_the_argument(topk_ids, error, argument, generator):
+    problem = make(7, 0, generator)
+    ids = torch.randint(0, E, (7, 4), generator=generator, dtype=torch.int32)
+    weights = torch.rand(7, 4, generator=generator).to(torch.bfloat16)
+    routing, extra = {
+        "wrong_dtype": (ids.long(), {}),
+        "wrong_shape": (ids[:, :3].contiguous(), {}),
+        "triple": ((ids, weights, weights), {}),
+        "weights_dtype": ((ids, weights.half()), {}),
+        "lora": (fusedmoe.pack_topk(ids, weights), dict(gemm1_lora_delta=torch.zeros(1))),
+    }[topk_ids]
+    with pytest.raises(error, match=argument):
+        run_routed(problem, routing, **extra)
