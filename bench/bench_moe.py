@@ -467,7 +467,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--loop-budget", type=float, default=1.0,
                         help="seconds of eager timing allowed per point for the per-expert loop")
     parser.add_argument("--no-loop", action="store_true", help="do not time the per-expert loop")
-    parser.add_argument("--gmm-combine", default="bmm", choices=baselines.GroupedMmMoe.COMBINES,
+    parser.add_argument("--gmm-combine", default="auto", choices=baselines.GroupedMmMoe.COMBINES,
                         help="how the grouped_mm baseline sums a token's K expert outputs")
     parser.add_argument("--cpu", action="store_true",
                         help="no-GPU mode: check fusedmoe's CPU reference path on small problems")
