@@ -167,22 +167,22 @@ def bench_point(model: ModelShape, ep: bool, num_tokens: int, w1: torch.Tensor, 
         calls["grouped_mm"] = lambda: gmm(x, ids, weights)
         calls["loop"] = lambda: baselines.moe_loop(x, w1, w2, ids, weights)
         if fusedmoe is not None:
-            calls["fusedmoe"] = lambda: fusedmoe_adapter.moe_routed(
+            calls["fusedmoe"] = lambda output=None: fusedmoe_adapter.moe_routed(
                 fusedmoe, topk_ids=packed, hidden_states=x, gemm1_weights=w1,
                 gemm2_weights=w2, num_experts=model.experts, top_k=model.top_k,
                 intermediate_size=model.inter, local_expert_offset=0,
-                local_num_experts=num_local, routing_method_type=model.method)
+                local_num_experts=num_local, routing_method_type=model.method, output=output)
     else:
         calls["grouped_mm"] = lambda: gmm(x, *route_for(model, logits, bias), all_local=True)
         calls["loop"] = lambda: baselines.moe_loop(x, w1, w2, *route_for(model, logits, bias))
         if fusedmoe is not None:
-            calls["fusedmoe"] = lambda: fusedmoe_adapter.moe_from_logits(
+            calls["fusedmoe"] = lambda output=None: fusedmoe_adapter.moe_from_logits(
                 fusedmoe, routing_logits=logits, routing_bias=bias, hidden_states=x,
                 gemm1_weights=w1, gemm2_weights=w2, num_experts=model.experts,
                 top_k=model.top_k, n_group=model.n_group, topk_group=model.topk_group,
                 intermediate_size=model.inter, local_expert_offset=0,
                 local_num_experts=num_local, routed_scaling_factor=model.scale,
-                routing_method_type=model.method)
+                routing_method_type=model.method, output=output)
 
     for name in IMPLS:
         if name not in calls:
@@ -190,7 +190,13 @@ def bench_point(model: ModelShape, ep: bool, num_tokens: int, w1: torch.Tensor, 
         result = {}
         row["impls"][name] = result
         try:
-            out = loop_out if name == "loop" else calls[name]()
+            if name == "fusedmoe":  # every row must be written: poison the output with NaN
+                poisoned = torch.full_like(x, float("nan"))
+                out = calls[name](output=poisoned)
+                if out.data_ptr() != poisoned.data_ptr():
+                    raise RuntimeError("fusedmoe did not write the output= tensor it was given")
+            else:
+                out = loop_out if name == "loop" else calls[name]()
             result.update(check_output(out, ref32, bf16_error))
             if not result["ok"]:
                 continue  # a wrong output is marked, never timed
@@ -414,13 +420,14 @@ def run_cpu(args) -> int:
                 loop_out = baselines.moe_loop(x, w1, w2, ids, weights)
                 bf16_error = (loop_out.float() - ref32).abs().max().item()
                 outs = {"grouped_mm": lambda: gmm(x, ids, weights, all_local=not ep)}
+                poisoned = torch.full_like(x, float("nan"))  # every row must be written
                 if fusedmoe is not None and ep:
                     outs["fusedmoe"] = lambda: fusedmoe_adapter.moe_routed(
                         fusedmoe, topk_ids=routing.pack_topk(ids, weights), hidden_states=x,
                         gemm1_weights=w1, gemm2_weights=w2, num_experts=model.experts,
                         top_k=model.top_k, intermediate_size=model.inter,
                         local_expert_offset=0, local_num_experts=num_local,
-                        routing_method_type=model.method)
+                        routing_method_type=model.method, output=poisoned)
                 elif fusedmoe is not None:
                     outs["fusedmoe"] = lambda: fusedmoe_adapter.moe_from_logits(
                         fusedmoe, routing_logits=logits, routing_bias=bias, hidden_states=x,
@@ -428,7 +435,7 @@ def run_cpu(args) -> int:
                         top_k=model.top_k, n_group=model.n_group, topk_group=model.topk_group,
                         intermediate_size=model.inter, local_expert_offset=0,
                         local_num_experts=num_local, routed_scaling_factor=model.scale,
-                        routing_method_type=model.method)
+                        routing_method_type=model.method, output=poisoned)
                 for name, call in outs.items():
                     try:
                         check = check_output(call(), ref32, bf16_error)

@@ -31,15 +31,19 @@ def moe_from_logits(fusedmoe: ModuleType, *, routing_logits: torch.Tensor,
                     gemm1_weights: torch.Tensor, gemm2_weights: torch.Tensor, num_experts: int,
                     top_k: int, n_group: int, topk_group: int, intermediate_size: int,
                     local_expert_offset: int, local_num_experts: int,
-                    routed_scaling_factor: float, routing_method_type: int) -> torch.Tensor:
-    """fusedmoe routing from logits (SPEC input 1): returns out [T, H] bf16."""
+                    routed_scaling_factor: float, routing_method_type: int,
+                    output: torch.Tensor | None = None) -> torch.Tensor:
+    """fusedmoe routing from logits (SPEC input 1): returns out [T, H] bf16.
+
+    output, when given, is the [T, H] bf16 tensor to write (the benchmark poisons it first).
+    """
     out = fusedmoe.trtllm_bf16_moe(
         routing_logits=routing_logits, routing_bias=routing_bias, hidden_states=hidden_states,
         gemm1_weights=gemm1_weights, gemm2_weights=gemm2_weights, num_experts=num_experts,
         top_k=top_k, n_group=n_group, topk_group=topk_group,
         intermediate_size=intermediate_size, local_expert_offset=local_expert_offset,
         local_num_experts=local_num_experts, routed_scaling_factor=routed_scaling_factor,
-        routing_method_type=routing_method_type)
+        routing_method_type=routing_method_type, **_extras(hidden_states, output))
     return _output_tensor(out)
 
 
@@ -47,19 +51,30 @@ def moe_routed(fusedmoe: ModuleType, *, topk_ids: torch.Tensor | tuple[torch.Ten
                hidden_states: torch.Tensor, gemm1_weights: torch.Tensor,
                gemm2_weights: torch.Tensor, num_experts: int, top_k: int,
                intermediate_size: int, local_expert_offset: int, local_num_experts: int,
-               routing_method_type: int) -> torch.Tensor:
+               routing_method_type: int, output: torch.Tensor | None = None) -> torch.Tensor:
     """fusedmoe with pre-computed routing (SPEC inputs 2 and 3): returns out [T, H] bf16.
 
     topk_ids is the packed int32 [T, K] tensor or an (ids, weights) tuple. The weights are used as
-    given, so n_group, topk_group and the scaling factor are neutral values.
+    given, so n_group, topk_group and the scaling factor are neutral values. output as above.
     """
     out = fusedmoe.trtllm_bf16_routed_moe(
         topk_ids=topk_ids, hidden_states=hidden_states, gemm1_weights=gemm1_weights,
         gemm2_weights=gemm2_weights, num_experts=num_experts, top_k=top_k, n_group=0,
         topk_group=0, intermediate_size=intermediate_size,
         local_expert_offset=local_expert_offset, local_num_experts=local_num_experts,
-        routed_scaling_factor=1.0, routing_method_type=routing_method_type)
+        routed_scaling_factor=1.0, routing_method_type=routing_method_type,
+        **_extras(hidden_states, output))
     return _output_tensor(out)
+
+
+def _extras(hidden_states: torch.Tensor, output: torch.Tensor | None) -> dict:
+    """fusedmoe's keyword extras: a workspace sized for this T, so that no call grows it (the
+    package sizes its cached workspace for tune_max_num_tokens, default 8192, and the grid goes to
+    16384), and the caller's output tensor when there is one."""
+    extras = {"tune_max_num_tokens": max(8192, hidden_states.shape[0])}
+    if output is not None:
+        extras["output"] = output
+    return extras
 
 
 def _output_tensor(result) -> torch.Tensor:

@@ -24,20 +24,27 @@ IS_STANDIN = True
 def trtllm_bf16_moe(*, routing_logits, routing_bias, hidden_states, gemm1_weights, gemm2_weights,
                     num_experts, top_k, n_group, topk_group, intermediate_size,
                     local_expert_offset, local_num_experts, routed_scaling_factor,
-                    routing_method_type, **_unused) -> torch.Tensor:
+                    routing_method_type, output=None, **_unused) -> torch.Tensor:
     """Routes the logits in torch, then runs the grouped_mm MoE; returns out [T, H] bf16."""
     ids, weights = routing.route(routing_logits, routing_method_type, top_k, routing_bias,
                                  n_group, topk_group, routed_scaling_factor)
     moe = baselines.GroupedMmMoe(gemm1_weights, gemm2_weights, local_expert_offset)
-    return moe(hidden_states, ids, weights)
+    return _into(moe(hidden_states, ids, weights), output)
 
 
 def trtllm_bf16_routed_moe(*, topk_ids, hidden_states, gemm1_weights, gemm2_weights,
-                           local_expert_offset, **_unused) -> torch.Tensor:
+                           local_expert_offset, output=None, **_unused) -> torch.Tensor:
     """Packed int32 ids or an (ids, weights) tuple; returns out [T, H] bf16."""
     if isinstance(topk_ids, tuple):
         ids, weights = topk_ids
     else:
         ids, weights = routing.unpack_topk(topk_ids)
     moe = baselines.GroupedMmMoe(gemm1_weights, gemm2_weights, local_expert_offset)
-    return moe(hidden_states, ids, weights)
+    return _into(moe(hidden_states, ids, weights), output)
+
+
+def _into(result: torch.Tensor, output: torch.Tensor | None) -> torch.Tensor:
+    """Writes result into the caller's output tensor when there is one (the package's output=)."""
+    if output is None:
+        return result
+    return output.copy_(result)
