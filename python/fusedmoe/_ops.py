@@ -21,8 +21,8 @@ import torch
 from . import _ext
 
 # ---- workspace cache ----------------------------------------------------------------------------
-# device index -> uint8 tensor. Grown (never shrunk) when a call needs more; sized at least for
-# `tune_max_num_tokens` tokens so a serving engine allocates once. A workspace used during CUDA
+# device index -> uint8 tensor. Grown (never shrunk) to exactly what a call needs when it needs
+# more; fusedmoe.reserve_workspace() sizes it once for a maximum T. A workspace used during CUDA
 # graph capture is kept alive forever: a captured graph keeps reading its address.
 _WORKSPACES = {}
 _CAPTURED_WORKSPACES = []
@@ -35,8 +35,8 @@ def _workspace_bytes(num_tokens, hidden_size, intermediate_size, num_experts, to
     )
 
 
-def cached_workspace(device: torch.device, needed_bytes: int, sizing_bytes: int) -> torch.Tensor:
-    """The cached workspace of ``device``, grown to ``sizing_bytes`` if smaller than ``needed_bytes``.
+def cached_workspace(device: torch.device, needed_bytes: int) -> torch.Tensor:
+    """The cached workspace of ``device``, grown to ``needed_bytes`` if smaller.
 
     Growth outside graph capture synchronises the device once so that no queued kernel still uses
     the old buffer; growth during capture is refused (warm up first, or pass ``workspace=``).
@@ -49,12 +49,13 @@ def cached_workspace(device: torch.device, needed_bytes: int, sizing_bytes: int)
             have = 0 if workspace is None else workspace.numel()
             raise ValueError(
                 f"workspace: the cached workspace holds {have} bytes, this call needs {needed_bytes}; "
-                "it cannot grow during CUDA graph capture. Run one call eagerly with the largest "
-                "num_tokens (or tune_max_num_tokens >= it) before capturing, or pass workspace="
+                "it cannot grow during CUDA graph capture. Call fusedmoe.reserve_workspace() with "
+                "the largest num_tokens (or run one call eagerly with it) before capturing, or "
+                "pass workspace="
             )
         if workspace is not None and id(workspace) not in _CAPTURED_IDS:
             torch.cuda.synchronize(device)
-        workspace = torch.empty(max(needed_bytes, sizing_bytes), dtype=torch.uint8, device=device)
+        workspace = torch.empty(needed_bytes, dtype=torch.uint8, device=device)
         _WORKSPACES[index] = workspace
     if capturing and id(workspace) not in _CAPTURED_IDS:
         _CAPTURED_IDS.add(id(workspace))
@@ -67,7 +68,7 @@ def _launch(
     hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
     topk_weights, intermediate_size, num_experts, top_k, local_expert_offset, local_num_experts,
     routing_method, n_group, topk_group, routed_scaling_factor, expert_weights_fp32, do_finalize,
-    enable_pdl, tune_max_num_tokens, output, gemm2_output, expert_weights,
+    enable_pdl, output, gemm2_output, expert_weights,
     expanded_idx_to_permuted_idx, routing_replay_out, workspace,
 ):
     device = hidden_states.device
@@ -84,8 +85,7 @@ def _launch(
                 f"got {workspace.numel()}"
             )
         if workspace is None:
-            sizing = _workspace_bytes(max(num_tokens, tune_max_num_tokens), *shape)
-            workspace = cached_workspace(device, needed, sizing)
+            workspace = cached_workspace(device, needed)
         stream = torch.cuda.current_stream(device).cuda_stream
     with torch.cuda.device(device) if on_gpu else _NoDevice():
         _ext.moe(
@@ -151,7 +151,6 @@ def moe_unfinalized(
     routed_scaling_factor: float,
     expert_weights_fp32: bool,
     enable_pdl: bool,
-    tune_max_num_tokens: int,
     routing_replay_out: Optional[torch.Tensor],
     workspace: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,7 +160,7 @@ def moe_unfinalized(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
-        expert_weights_fp32, False, enable_pdl, tune_max_num_tokens, None, *outputs,
+        expert_weights_fp32, False, enable_pdl, None, *outputs,
         routing_replay_out, workspace,
     )
     return tuple(outputs)
@@ -198,7 +197,6 @@ def moe_out(
     routed_scaling_factor: float,
     expert_weights_fp32: bool,
     enable_pdl: bool,
-    tune_max_num_tokens: int,
     output: torch.Tensor,
     routing_replay_out: Optional[torch.Tensor],
     workspace: Optional[torch.Tensor],
@@ -208,7 +206,7 @@ def moe_out(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
-        expert_weights_fp32, True, enable_pdl, tune_max_num_tokens, output, None, None, None,
+        expert_weights_fp32, True, enable_pdl, output, None, None, None,
         routing_replay_out, workspace,
     )
 

@@ -75,6 +75,30 @@ def workspace_size(
     )
 
 
+def reserve_workspace(
+    max_num_tokens: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_experts: int,
+    top_k: int,
+    local_expert_offset: int = 0,
+    local_num_experts: Optional[int] = None,
+    device=None,
+) -> int:
+    """Grows the cached GPU workspace of ``device`` (default: current) for up to ``max_num_tokens``.
+
+    Call it once per process at load time with the largest T (and the largest layer shape) before
+    capturing CUDA graphs: calls then never allocate, and a capture never needs to grow it.
+    Returns the bytes now reserved.
+    """
+    needed = workspace_size(max_num_tokens, hidden_size, intermediate_size, num_experts, top_k,
+                            local_expert_offset, local_num_experts)
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"device: expected a cuda device, got {device}")
+    return _ops.cached_workspace(device, needed).numel()
+
+
 def pack_topk(topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
     """Packs ids [T, K] and weights [T, K] into int32 words: ``(id << 16) | (bf16_bits(w) & 0xFFFF)``.
 
@@ -177,7 +201,7 @@ def _run(
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method_type, n_group, topk_group, routed_scaling_factor,
     )
-    tail = (expert_weights_fp32, bool(enable_pdl), tune_max_num_tokens)
+    tail = (expert_weights_fp32, bool(enable_pdl))
     if not do_finalize:
         if output is not None:
             raise ValueError("output: expected None when do_finalize=False (the outputs are returned)")
@@ -241,8 +265,8 @@ def trtllm_bf16_moe(
             bf16 (unweighted, expert-sorted rows), expert_weights [T, K], expanded_idx_to_permuted_idx
             [T*K] int32 (-1 for a slot routed elsewhere)]``.
         enable_pdl: programmatic dependent launch between the GPU pipeline's kernels.
-        tune_max_num_tokens: the cached GPU workspace is sized for at least this many tokens, so
-            calls up to it (CUDA graph captures included) never grow it.
+        tune_max_num_tokens: accepted for compatibility (FlashInfer's autotuner cap; fusedmoe has
+            no autotuner). For CUDA graphs, size the workspace with ``reserve_workspace``.
         activation_type: must be 3 (SwiGLU). norm_topk_prob: must be True.
         routing_replay_out: optional [T, K] int16, receives the selected global expert ids.
         output: optional [T, H] bf16 tensor written in place and returned (do_finalize only).

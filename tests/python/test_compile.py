@@ -17,7 +17,7 @@ def op_args(problem):
     return (
         problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights,
         problem.routing_logits, problem.routing_bias, None, None, I, E, K, 0, E, 2, 4, 2, 2.5,
-        False, False, 0,
+        False, False,
     )
 
 
