@@ -4,10 +4,10 @@
 //
 // The truth is the CPU reference (src/reference/): its routing and permutation are compared
 // bitwise (ids, permutation) or to the last ulp (weights: the GPU's exp may differ by one rounding
-// from the host's expf; bf16 weights within 1 ulp, fp32 weights within 4). The expert MLPs are compared by STYLE.md's tolerance rule against a
-// cuBLAS reference (tests/common/gpu_reference.h) fed with the CPU reference's routing and
-// permutation, since most SPEC shapes are far too large for the CPU; that GPU reference is itself
-// checked against the CPU reference on a small shape. Inputs are fresh random data per case;
+// from the host's expf; bf16 weights within 1 ulp, fp32 weights within 4). The expert MLPs are
+// compared by STYLE.md's tolerance rule against a cuBLAS reference (tests/common/gpu_reference.h)
+// fed with the CPU reference's routing and permutation, since most SPEC shapes are far too large
+// for the CPU; that GPU reference is itself checked against the CPU reference on a small shape. Inputs are fresh random data per case;
 // outputs are poisoned (0xFF bytes: bf16 0xFFFF NaN, int -1) before every run.
 #include <algorithm>
 #include <cmath>
@@ -499,7 +499,8 @@ TEST(GpuMoe, GpuReferenceAndOperatorMatchCpuReference) {
       x.data(), w1.data(), shape.hidden_size, shape.intermediate_size, shape.top_k, perm);
   const std::vector<uint16_t> y =
       ref::gemm2_reference(act, w2.data(), shape.hidden_size, shape.intermediate_size, perm);
-  const std::vector<uint16_t> cpu_out = ref::finalize_reference(routing, perm, y, shape.hidden_size);
+  const std::vector<uint16_t> cpu_out =
+      ref::finalize_reference(routing, perm, y, shape.hidden_size);
 
   // The cuBLAS reference's design path and the CPU reference differ only in summation order.
   expect_close(gpu.out_design, gpu.out_truth, cpu_out, "gpu reference vs cpu reference");
@@ -763,8 +764,9 @@ TEST(GpuMoe, HostileIdsAreNonLocalAndReported) {
                   .ok());
   std::vector<int32_t> packed(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) packed[i] = pack_topk(ids[i], 0x3F80);
-  ASSERT_TRUE(
-      validate_routing_host(packed.data(), spec.num_tokens, spec.top_k, 64, true, &host_check).ok());
+  ASSERT_TRUE(validate_routing_host(packed.data(), spec.num_tokens, spec.top_k, 64, true,
+                                    &host_check)
+                  .ok());
   EXPECT_EQ(device_check.first_bad_slot, 37);
   EXPECT_EQ(device_check.bad_id, -1);
   EXPECT_EQ(device_check.first_bad_slot, host_check.first_bad_slot);

@@ -4,9 +4,9 @@
 // Slots are the T * K (token, k) pairs, numbered slot = t * K + k. Routing turns each slot into a
 // key (its local expert id, or E_loc for a non-local slot) and a weight; the permutation sorts the
 // local slots by (key, slot) with a stable, deterministic counting sort in three kernels:
-//   count   per chunk of kPermuteChunk slots, a histogram of keys     -> chunk_prefix [chunks, E_loc]
-//   offsets per expert, an exclusive scan over chunks, then experts   -> chunk_prefix, expert_offsets
-//   permute per slot, its stable rank inside its chunk                -> gather_rows, permuted_idx
+//   count    per chunk of kPermuteChunk slots, a key histogram  -> chunk_prefix [chunks, E_loc]
+//   offsets  per expert, a scan over chunks, then over experts  -> chunk_prefix, expert_offsets
+//   permute  per slot, its stable rank inside its chunk         -> gather_rows, permuted_idx
 #pragma once
 
 #include <cstddef>
@@ -73,7 +73,7 @@ cudaError_t launch_permute(const int32_t* slot_key, int64_t num_slots, int32_t t
                            const int32_t* expert_offsets, int32_t* gather_rows,
                            int32_t* permuted_idx, bool enable_pdl, cudaStream_t stream);
 
-// out[t, :] = bf16( sum over local k ascending of slot_weight[t*K+k] * float(y[permuted_idx[t*K+k], :]) )
+// out[t, :] = bf16(fma chain over local k ascending of slot_weight[t*K+k] * y[permuted_idx[t*K+k]])
 cudaError_t launch_finalize(const __nv_bfloat16* y, const float* slot_weight,
                             const int32_t* permuted_idx, int64_t num_tokens, int32_t top_k,
                             int64_t hidden_size, __nv_bfloat16* output, bool enable_pdl,

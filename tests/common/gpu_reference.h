@@ -112,7 +112,7 @@ constexpr int kBlocks = 1024, kThreads = 256;
 }  // namespace gpu_ref_detail
 
 // d_x [T, H], d_w1 [E_loc, 2I, H], d_w2 [E_loc, H, I]: device bf16. routing/permutation: the
-// reference's (host). with_rows: also return the permuted rows y (for the do_finalize=false triple).
+// reference's (host). with_rows: also return the permuted rows y (the do_finalize=false triple).
 inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d_x,
                                         const uint16_t* d_w1, const uint16_t* d_w2,
                                         const ref::Routing& routing,
