@@ -10,6 +10,7 @@
 // the rest from expert_offsets, so run() enqueues a fixed sequence of kernels: no allocation,
 // no synchronisation, no host read of device data, and a captured graph replays with new inputs.
 #include <cstdint>
+#include <string>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -56,6 +57,15 @@ Status cuda_status(cudaError_t error, const char* what) {
                            cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ")");
 }
 
+// Rows, tokens and offsets are int32 on the device: T * K must stay below 2^31.
+Status check_slot_count(const MoeShape& shape) {
+  constexpr int64_t kMaxSlots = INT32_MAX;
+  if (shape.num_tokens <= kMaxSlots / shape.top_k) return Status::Ok();
+  return invalid_argument("shape.num_tokens",
+                          "num_tokens * top_k <= " + std::to_string(kMaxSlots) + " on the GPU",
+                          std::to_string(shape.num_tokens));
+}
+
 }  // namespace
 
 size_t workspace_layout_bytes(const MoeShape& shape) {
@@ -88,6 +98,7 @@ Workspace carve_workspace(const MoeShape& shape, void* base) {
 
 Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
   if (Status s = detail::validate_shape(shape); !s.ok()) return s;
+  if (Status s = detail::check_slot_count(shape); !s.ok()) return s;
   if (workspace_bytes == nullptr) {
     return detail::invalid_argument("workspace_bytes", "a pointer", "nullptr");
   }
@@ -100,6 +111,7 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   using namespace detail;
   if (Status s = validate(args); !s.ok()) return s;
   const MoeShape& shape = args.shape;
+  if (Status s = check_slot_count(shape); !s.ok()) return s;
   const size_t needed_bytes = workspace_layout_bytes(shape);
   if (workspace_bytes < needed_bytes) {
     return Status::Error(StatusCode::kWorkspaceTooSmall,
