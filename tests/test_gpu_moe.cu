@@ -833,6 +833,27 @@ TEST(GpuMoe, WorkspaceSizeIsMonotoneAndChecked) {
   for (uint16_t v : c.output().download()) ASSERT_FALSE(is_poison_bf16(v) || v == 0xFFFF);
 }
 
+// An output pointer off the 16-byte grid takes finalize's scalar path; same bits as the vector one.
+TEST(GpuMoe, UnalignedOutputMatchesAligned) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  CaseSpec spec{"unaligned", 19, 2880, 2880, 128, 4};
+  spec.method = RoutingMethod::kSigmoidRenorm;
+  GpuCase c(spec, 45);
+  c.poison_outputs();
+  ASSERT_TRUE(run_on_device(c.arguments()).ok());
+  const std::vector<uint16_t> aligned = c.output().download();
+
+  DeviceArray<uint16_t> shifted(aligned.size() + 1);
+  shifted.fill_bytes(0xFF);
+  MoeArguments args = c.arguments();
+  args.output = shifted.get() + 1;  // 2-byte aligned only
+  ASSERT_TRUE(run_on_device(args).ok());
+  std::vector<uint16_t> unaligned = shifted.download();
+  EXPECT_EQ(unaligned[0], 0xFFFF) << "wrote before the output";
+  unaligned.erase(unaligned.begin());
+  EXPECT_EQ(first_difference(unaligned, aligned), -1);
+}
+
 TEST(GpuMoe, RerunsAreBitwiseIdenticalWithAndWithoutPdl) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
   for (bool finalize : {true, false}) {
