@@ -39,6 +39,8 @@ __global__ void __launch_bounds__(DecodeTopKConfig::kThreads)
     decode_topk_kernel(const DecodeTopKParams params) {
   // PDL: the ids may come from the kernel before us.
   cudaGridDependencySynchronize();
+  // The next kernel may start its prologue now; its own wait covers our writes.
+  cudaTriggerProgrammaticLaunchCompletion();
 
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t slot = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -31,6 +31,8 @@ __global__ void __launch_bounds__(ExpertCountConfig::kThreads)
 
   // PDL: slot_key comes from the routing kernel.
   cudaGridDependencySynchronize();
+  // The next kernel may start its prologue now; its own wait covers our writes.
+  cudaTriggerProgrammaticLaunchCompletion();
 
   const int64_t slot = static_cast<int64_t>(blockIdx.x) * kPermuteChunk + threadIdx.x;
   if (slot < num_slots) {

@@ -29,6 +29,8 @@ __global__ void __launch_bounds__(ExpertOffsetsConfig::kThreads)
 
   // PDL: the counts come from the count kernel.
   cudaGridDependencySynchronize();
+  // The next kernel may start its prologue now; its own wait covers our writes.
+  cudaTriggerProgrammaticLaunchCompletion();
 
   const int expert = threadIdx.x;
   int32_t total = 0;

@@ -34,6 +34,8 @@ __global__ void __launch_bounds__(PermuteConfig::kThreads)
 
   // PDL: all inputs come from the previous two kernels.
   cudaGridDependencySynchronize();
+  // The next kernel may start its prologue now; its own wait covers our writes.
+  cudaTriggerProgrammaticLaunchCompletion();
 
   const int64_t chunk = blockIdx.x;
   const int32_t* g_prefix = chunk_prefix + chunk * num_local;  // (E_loc)

@@ -132,6 +132,8 @@ __global__ void __launch_bounds__(RouteConfig::kThreads)
 
   // PDL: the logits may come from the kernel before us.
   cudaGridDependencySynchronize();
+  // The next kernel may start its prologue now; its own wait covers our writes.
+  cudaTriggerProgrammaticLaunchCompletion();
 
   const int warp_idx = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
