@@ -86,12 +86,14 @@ Status validate_shape(const MoeShape& shape) {
   if (shape.num_tokens < 0) {
     return invalid_argument("shape.num_tokens", ">= 0", str(shape.num_tokens));
   }
-  if (shape.hidden_size <= 0 || shape.hidden_size % kSizeMultiple != 0) {
-    return invalid_argument("shape.hidden_size", "a positive multiple of 8",
+  if (shape.hidden_size <= 0 || shape.hidden_size % kSizeMultiple != 0 ||
+      shape.hidden_size > kMaxFeatureSize) {
+    return invalid_argument("shape.hidden_size", "a positive multiple of 8 up to 1048576",
                             str(shape.hidden_size));
   }
-  if (shape.intermediate_size <= 0 || shape.intermediate_size % kSizeMultiple != 0) {
-    return invalid_argument("shape.intermediate_size", "a positive multiple of 8",
+  if (shape.intermediate_size <= 0 || shape.intermediate_size % kSizeMultiple != 0 ||
+      shape.intermediate_size > kMaxFeatureSize) {
+    return invalid_argument("shape.intermediate_size", "a positive multiple of 8 up to 1048576",
                             str(shape.intermediate_size));
   }
   if (shape.num_experts < 1 || shape.num_experts > kMaxNumExperts) {
@@ -103,6 +105,13 @@ Status validate_shape(const MoeShape& shape) {
   if (shape.top_k > shape.num_experts) {
     return invalid_argument("shape.top_k", "<= shape.num_experts (" + str(shape.num_experts) + ")",
                             str(shape.top_k));
+  }
+  if (shape.num_tokens > kMaxNumSlots / shape.top_k) {  // T * K would pass 2^30
+    return invalid_argument("shape.num_tokens",
+                            "num_tokens * top_k <= 2^30 (at most " +
+                                str(kMaxNumSlots / shape.top_k) + " tokens for top_k " +
+                                str(shape.top_k) + ")",
+                            str(shape.num_tokens));
   }
   if (shape.local_num_experts < 1) {
     return invalid_argument("shape.local_num_experts", ">= 1", str(shape.local_num_experts));

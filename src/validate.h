@@ -4,6 +4,7 @@
 // (e.g. "shape.hidden_size", "logits.n_group", "routed.topk_ids").
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "fusedmoe/fusedmoe.h"
@@ -14,8 +15,17 @@ namespace fusedmoe::detail {
 Status invalid_argument(const std::string& argument, const std::string& expected,
                         const std::string& got);
 
+// Size limits that keep every index and byte count in range (docs/reliability.md, "64-bit
+// index policy"): slots t*K+k, permuted rows, expert offsets and the map are int32 (SPEC's map
+// is int32), and the grouped GEMMs compute row + 127 and M-block round-ups in int32, hence a
+// 2^30 bound on T * K with headroom; H and I up to 2^20 keep workspace_size() (< 2^53 bytes)
+// and the TMA coordinates (< 2^22) far from overflow. Real models sit far below all three.
+constexpr int64_t kMaxNumSlots = int64_t{1} << 30;    // T * K
+constexpr int64_t kMaxFeatureSize = int64_t{1} << 20;  // H and I
+
 // The MoeShape rules of SPEC: T >= 0; H, I > 0 and multiples of 8; 1 <= E <= 1024;
-// 1 <= K <= 32; K <= E; E_loc >= 1; offset >= 0; offset + E_loc <= E.
+// 1 <= K <= 32; K <= E; E_loc >= 1; offset >= 0; offset + E_loc <= E; plus the size limits
+// above (H, I <= kMaxFeatureSize; T * K <= kMaxNumSlots).
 Status validate_shape(const MoeShape& shape);
 
 // The DeepSeekV3 group parameters with their defaults applied (0 means "not given").

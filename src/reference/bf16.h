@@ -31,6 +31,14 @@ inline uint16_t float_to_bf16_bits(float value) {
   return static_cast<uint16_t>(word >> 16);
 }
 
+// The bits of a float that already holds a bf16 value (its lower half is zero): the upper half,
+// exactly, NaN sign and payload included (float_to_bf16_bits would make a NaN canonical).
+inline uint16_t bf16_value_to_bits(float value) {
+  uint32_t word;
+  std::memcpy(&word, &value, sizeof(word));
+  return static_cast<uint16_t>(word >> 16);
+}
+
 // fp32 -> bf16 -> fp32: the value a bf16 store keeps.
 inline float round_to_bf16(float value) { return bf16_bits_to_float(float_to_bf16_bits(value)); }
 

@@ -187,8 +187,10 @@ Status run_reference(const MoeArguments& args) {
       if (args.expert_weights_dtype == DType::kFP32) {
         static_cast<float*>(args.expert_weights)[i] = routing.weights[i];
       } else {
+        // The weights are bf16 values here, so the upper half is exact and keeps a given
+        // NaN's sign and payload (routed weights are returned bit for bit, as the GPU does).
         static_cast<uint16_t*>(args.expert_weights)[i] =
-            detail::float_to_bf16_bits(routing.weights[i]);
+            detail::bf16_value_to_bits(routing.weights[i]);
       }
       args.expanded_idx_to_permuted_idx[i] = perm.expanded_idx_to_permuted_idx[i];
     }
