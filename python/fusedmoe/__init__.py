@@ -6,7 +6,7 @@ FlashInfer-compatible entry points ``trtllm_bf16_moe`` (routing from logits) and
 work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. See docs/python.md.
 """
 
-import torch  # loads libcudart before the extension needs it
+import torch  # noqa: F401  (loads the CUDA runtime the extension links against)
 
 from . import _ext, _ops  # noqa: F401  (_ops registers the custom ops)
 from .api import (

@@ -14,6 +14,7 @@ the current stream of their device; CPU tensors run ``run_reference()``. Nothing
 beyond the outputs and, when the caller passes no ``workspace``, one cached workspace per device.
 """
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -71,6 +72,8 @@ def _launch(
     enable_pdl, output, gemm2_output, expert_weights,
     expanded_idx_to_permuted_idx, routing_replay_out, workspace,
 ):
+    """Calls fusedmoe._ext.moe: run() on the current stream for CUDA tensors (with the caller's
+    or the cached workspace), run_reference() for CPU tensors."""
     device = hidden_states.device
     on_gpu = device.type == "cuda"
     stream = 0
@@ -87,7 +90,7 @@ def _launch(
         if workspace is None:
             workspace = cached_workspace(device, needed)
         stream = torch.cuda.current_stream(device).cuda_stream
-    with torch.cuda.device(device) if on_gpu else _NoDevice():
+    with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():
         _ext.moe(
             hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
             topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
@@ -98,14 +101,6 @@ def _launch(
         )
 
 
-class _NoDevice:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def expert_weights_dtype(topk_weights: Optional[torch.Tensor], expert_weights_fp32: bool) -> torch.dtype:
     """dtype of the returned expert_weights: fp32 on request or for fp32 unpacked weights (SPEC)."""
     if topk_weights is not None:
@@ -113,19 +108,18 @@ def expert_weights_dtype(topk_weights: Optional[torch.Tensor], expert_weights_fp
     return torch.float32 if expert_weights_fp32 else torch.bfloat16
 
 
-def _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, do_finalize):
+def _unfinalized_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32):
+    """Fresh (gemm2_output, expert_weights, expanded_idx_to_permuted_idx), real or fake."""
     # P = permuted_capacity(T, K, E_loc) = T * K (docs/DESIGN.md "Permutation"); written out here
     # so the fake implementation works with symbolic T. tests/python checks the two agree.
     num_tokens, hidden_size = hidden_states.shape
-    if do_finalize:
-        return [hidden_states.new_empty((num_tokens, hidden_size), dtype=torch.bfloat16)]
-    return [
+    return (
         hidden_states.new_empty((num_tokens * top_k, hidden_size), dtype=torch.bfloat16),
         hidden_states.new_empty(
             (num_tokens, top_k), dtype=expert_weights_dtype(topk_weights, expert_weights_fp32)
         ),
         hidden_states.new_empty((num_tokens * top_k,), dtype=torch.int32),
-    ]
+    )
 
 
 # ---- fusedmoe::moe_unfinalized -------------------------------------------------------------------
@@ -155,7 +149,7 @@ def moe_unfinalized(
     workspace: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The do_finalize=False operator: (gemm2_output, expert_weights, expanded_idx_to_permuted_idx)."""
-    outputs = _new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, False)
+    outputs = _unfinalized_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32)
     _launch(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
@@ -163,7 +157,7 @@ def moe_unfinalized(
         expert_weights_fp32, False, enable_pdl, None, *outputs,
         routing_replay_out, workspace,
     )
-    return tuple(outputs)
+    return outputs
 
 
 @moe_unfinalized.register_fake
@@ -171,7 +165,7 @@ def _moe_unfinalized_fake(hidden_states, gemm1_weights, gemm2_weights, routing_l
                           routing_bias, topk_ids, topk_weights, intermediate_size, num_experts,
                           top_k, local_expert_offset, local_num_experts, routing_method, n_group,
                           topk_group, routed_scaling_factor, expert_weights_fp32, *rest):
-    return tuple(_new_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32, False))
+    return _unfinalized_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32)
 
 
 # ---- fusedmoe::moe_out --------------------------------------------------------------------------
