@@ -62,9 +62,10 @@ def _moe_layer(x, logits, bias, w1, w2):
                                     routed_scaling_factor=2.5, routing_method_type=2)
 
 
-def _moe_layer_unfinalized(x, logits, w1, w2):
+def _moe_layer_unfinalized(x, logits, w1, w2, replay):
     gemm2_output, weights, permuted = fusedmoe.trtllm_bf16_moe(
-        logits, None, x, w1, w2, E, K, None, None, I, 0, E, routing_method_type=1, do_finalize=False
+        logits, None, x, w1, w2, E, K, None, None, I, 0, E, routing_method_type=1,
+        do_finalize=False, routing_replay_out=replay,
     )
     return gemm2_output.float().sum(dim=1), weights, permuted
 
@@ -86,10 +87,15 @@ def test_torch_compile_fullgraph(backend, generator):
 
     unfinalized_args = (problem.hidden_states, problem.routing_logits, problem.gemm1_weights,
                         problem.gemm2_weights)
-    eager = _moe_layer_unfinalized(*unfinalized_args)
-    traced = torch.compile(_moe_layer_unfinalized, fullgraph=True, backend=backend)(*unfinalized_args)
+    replay_eager, replay_traced = replay_buffer(problem), replay_buffer(problem)
+    eager = _moe_layer_unfinalized(*unfinalized_args, replay_eager)
+    traced = torch.compile(_moe_layer_unfinalized, fullgraph=True, backend=backend)(
+        *unfinalized_args, replay_traced
+    )
     for a, b in zip(eager, traced):
         assert torch.equal(a, b)
+    assert torch.equal(replay_traced, replay_eager), "routing_replay_out not written under compile"
+    assert (replay_eager >= 0).all()
 
     ids = torch.stack([torch.randperm(E, generator=generator)[:K] for _ in range(9)]).to(torch.int32)
     weights = torch.rand(9, K, generator=generator).to(torch.bfloat16)
