@@ -20,6 +20,7 @@
 
 #include "common/host_data.h"
 #include "common/tolerance.h"
+#include "heuristics.h"
 #include "launch/grouped_gemm.h"
 
 namespace fusedmoe::test {
@@ -121,6 +122,7 @@ struct GemmCase {
   int64_t extra_rows;  // poisoned rows past the experts (max_rows = total + extra_rows)
   int64_t num_tokens;
   bool enable_pdl;
+  int expected_cluster_m;  // the path the case must exercise (heuristics.h)
 };
 
 std::vector<double> round_all_to_bf16(const std::vector<double>& values) {
@@ -153,6 +155,7 @@ void run_case(const GemmCase& c) {
   const int64_t total = offsets[num_experts];
   const int64_t max_rows = total + c.extra_rows;
   const int64_t h = c.hidden, inter = c.inter;
+  ASSERT_EQ(heuristics::grouped_gemm_cluster_m(max_rows, num_experts), c.expected_cluster_m);
 
   // Inputs: fresh random bf16, weights scaled so that g and y stay O(1).
   const std::vector<uint16_t> x = random_bf16(rng, c.num_tokens * h, -1.0f, 1.0f);
@@ -240,15 +243,21 @@ class GroupedGemm : public ::testing::Test {
 TEST_F(GroupedGemm, RaggedExpertsWithKAndNTails) {
   // H = 296 = 4 * 64 + 40 (K tail of GEMM1, N tail of GEMM2), I = 200 = 128 + 72 (N tail of
   // GEMM1, K tail of GEMM2); experts of 0, 1, 63, 64, 65, 1000 and 129 rows.
-  run_case({"ragged", 296, 200, {0, 1, 63, 64, 65, 1000, 129, 0}, 37, 777, false});
+  run_case({"ragged", 296, 200, {0, 1, 63, 64, 65, 1000, 129, 0}, 37, 777, false, 1});
+}
+
+TEST_F(GroupedGemm, RaggedExpertsInClustersOfTwo) {
+  // The same with max_rows large enough for 2-CTA clusters: odd M block counts give the second
+  // CTA of a pair an empty tile, which must still feed its peer's B and write nothing.
+  run_case({"ragged, clusters", 296, 200, {0, 1, 63, 64, 65, 1000, 129, 0}, 800, 777, false, 2});
 }
 
 TEST_F(GroupedGemm, ModelShape2048x768WithPdl) {
-  run_case({"2048x768", 2048, 768, {300, 0, 700, 129}, 5, 600, true});
+  run_case({"2048x768", 2048, 768, {300, 0, 700, 129}, 5, 600, true, 2});
 }
 
 TEST_F(GroupedGemm, Shape2880NotATileMultiple) {
-  run_case({"2880x2880", 2880, 2880, {250, 131}, 3, 300, false});
+  run_case({"2880x2880", 2880, 2880, {250, 131}, 3, 300, false, 1});
 }
 
 TEST_F(GroupedGemm, ManySmallExpertsTinyIntermediate) {
@@ -256,24 +265,24 @@ TEST_F(GroupedGemm, ManySmallExpertsTinyIntermediate) {
   std::vector<int32_t> sizes(300);
   Rng rng(std::random_device{}());
   for (int32_t& s : sizes) s = rng.integer(0, 20);
-  run_case({"300 experts, I=8", 136, 8, sizes, 11, 50, false});
+  run_case({"300 experts, I=8", 136, 8, sizes, 11, 50, false, 1});
 }
 
 TEST_F(GroupedGemm, ThousandExpertsFewRows) {
   std::vector<int32_t> sizes(1024);
   Rng rng(std::random_device{}());
   for (int32_t& s : sizes) s = rng.integer(0, 3);
-  run_case({"1024 experts", 64, 72, sizes, 1, 40, false});
+  run_case({"1024 experts", 64, 72, sizes, 1, 40, false, 1});
 }
 
 TEST_F(GroupedGemm, AllRowsOnOneExpertOfMany) {
   std::vector<int32_t> sizes(16, 0);
   sizes[9] = 2000;
-  run_case({"one busy expert", 512, 384, sizes, 64, 2000, false});
+  run_case({"one busy expert", 512, 384, sizes, 2100, 2000, false, 2});
 }
 
 TEST_F(GroupedGemm, NoRowsAtAll) {
-  run_case({"no rows", 128, 128, {0, 0, 0}, 17, 4, false});
+  run_case({"no rows", 128, 128, {0, 0, 0}, 17, 4, false, 1});
 }
 
 // ---- throughput experiment (FUSEDMOE_GEMM_BENCH=1) ---------------------------------------------

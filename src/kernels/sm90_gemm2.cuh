@@ -29,6 +29,8 @@ struct Gemm2Params {
   __nv_bfloat16* y;                  // [max_rows, H]
 };
 
+// kClusterM: 1, or 2 CTAs on adjacent M blocks sharing B by multicast (launched as a cluster).
+template <int kClusterM>
 __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
     sm90_gemm2_kernel(const __grid_constant__ CUtensorMap tmap_w2, const Gemm2Params params) {
   using Config = device::GroupedGemmConfig;
@@ -41,29 +43,34 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
   const auto role = threadIdx.x < 128 ? WarpRole::kProducer : WarpRole::kConsumer;
   if (threadIdx.x == 0) {
     ptx::tma_prefetch_descriptor(&tmap_w2);
-    device::init_barriers(smem);
+    device::init_barriers<kClusterM>(smem);
   }
-  __syncthreads();
+  if constexpr (kClusterM == 1) {
+    __syncthreads();
+  } else {
+    ptx::cluster_sync();  // the peer's barriers are ready before any multicast lands in them
+  }
   ptx::griddepcontrol_wait();  // expert_offsets and act come from earlier kernels
   const device::GroupedOperands& op = params.operands;
 
   if (role == WarpRole::kProducer) {
     // ---- producer ---------------------------------------------------------------------------
     ptx::setmaxnreg_dec<Config::kProducerRegs>();
-    device::run_producer(smem, op, &tmap_w2);
+    device::run_producer<kClusterM>(smem, op, &tmap_w2);
   } else {
     // ---- consumers' mainloop ------------------------------------------------------------------
     ptx::setmaxnreg_inc<Config::kConsumerRegs>();
     const int consumer_idx = threadIdx.x / 128 - 1;
     const device::FragmentCoords coords(consumer_idx);
-    device::GroupedTileScheduler<Config::kBlockM> scheduler(op.expert_offsets, op.num_experts,
-                                                            op.num_n_blocks);
+    const device::ClusterCoords<kClusterM> cluster;
+    device::GroupedTileScheduler<Config::kBlockM, kClusterM> scheduler(
+        op.expert_offsets, op.num_experts, op.num_n_blocks, cluster.rank);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (int32_t tile_idx = blockIdx.x; scheduler.get(tile_idx, &tile);
-         tile_idx += gridDim.x) {
-      float acc[2][64];  // (box, fragment): columns n0 + 128 box + ...
-      device::consume_tile(smem, op, consumer_idx, pipe, acc[0], acc[1]);
+    for (int32_t tile_idx = cluster.first_tile; scheduler.get(tile_idx, &tile);
+         tile_idx += cluster.tile_stride) {
+      float acc[128];  // fragment order: acc[4 i + 2 h + v] is column n0 + col0 + 8 i + v
+      device::consume_tile<kClusterM>(smem, op, consumer_idx, pipe, acc);
 
       // ---- epilogue: bf16, masked stores ----------------------------------------------------
       const int64_t n0 = int64_t(tile.n_block) * 2 * Config::kHalfN;
@@ -73,19 +80,18 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
         if (p >= tile.row_end) continue;
         __nv_bfloat16* y_row = params.y + int64_t(p) * params.hidden_size + n0;
 #pragma unroll
-        for (int box = 0; box < 2; ++box) {
-#pragma unroll
-          for (int i = 0; i < 16; ++i) {
-            const int col = box * Config::kHalfN + coords.col0 + 8 * i;
-            if (n0 + col >= params.hidden_size) continue;  // H % 8 == 0: pairs never straddle
-            *reinterpret_cast<__nv_bfloat162*>(y_row + col) =
-                __floats2bfloat162_rn(acc[box][4 * i + 2 * h], acc[box][4 * i + 2 * h + 1]);
-          }
+        for (int i = 0; i < 2 * Config::kHalfN / 8; ++i) {
+          const int col = coords.col0 + 8 * i;
+          if (n0 + col >= params.hidden_size) continue;  // H % 8 == 0: pairs never straddle
+          *reinterpret_cast<__nv_bfloat162*>(y_row + col) =
+              __floats2bfloat162_rn(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
         }
       }
     }
   }
   ptx::griddepcontrol_launch_dependents();
+  // No CTA leaves while its peer may still multicast into its smem or arrive on its barriers.
+  if constexpr (kClusterM > 1) ptx::cluster_sync();
 }
 
 }  // namespace fusedmoe::kernels
