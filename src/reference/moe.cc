@@ -181,8 +181,9 @@ Status run_reference(const MoeArguments& args) {
     const std::vector<uint16_t> out = ref::finalize_reference(routing, perm, y, H);
     std::memcpy(args.output, out.data(), out.size() * sizeof(uint16_t));
   } else {
-    // Rows [0, num_local) of gemm2_output; the rest of the capacity is left as it was.
-    std::memcpy(args.gemm2_output, y.data(), y.size() * sizeof(uint16_t));
+    // Rows [0, num_local) of gemm2_output; the rest of the capacity is left as it was. (No
+    // local slot: y is empty and its data() may be null, which memcpy must not see.)
+    if (!y.empty()) std::memcpy(args.gemm2_output, y.data(), y.size() * sizeof(uint16_t));
     for (int64_t i = 0; i < T * K; ++i) {
       if (args.expert_weights_dtype == DType::kFP32) {
         static_cast<float*>(args.expert_weights)[i] = routing.weights[i];
