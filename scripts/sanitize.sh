@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# compute-sanitizer over the GPU test executables (issue 7): memcheck, racecheck, synccheck and
+# initcheck, one summary line per tool with its error count; exits non-zero on any sanitizer
+# error, any failed test or a timeout. Run it on the GPU machine after a build:
+#   bash scripts/sanitize.sh [BUILD_DIR] [TOOL ...]
+#     BUILD_DIR  default build-device (scripts/device_check.sh's); its tests/test_gpu_* are run
+#     TOOL       any of memcheck racecheck synccheck initcheck (default: all four, in that order)
+# A device command has a 10-minute limit: memcheck in one call, the other three in another, e.g.
+#   bash scripts/device_check.sh && bash scripts/sanitize.sh build-device memcheck
+#   bash scripts/sanitize.sh build-device racecheck synccheck initcheck
+# Environment:
+#   FUSEDMOE_SANITIZE_FILTER_MEMCHECK  gtest filter for memcheck (default: all but the largest
+#                                      shapes and the benchmark)
+#   FUSEDMOE_SANITIZE_FILTER_SLOW      gtest filter for racecheck/synccheck/initcheck, whose
+#                                      instrumentation of every shared-memory access is 10-100x
+#                                      slower (default: hostile inputs and small shapes)
+#   FUSEDMOE_SANITIZE_TIMEOUT          seconds per executable and tool (default 500)
+#   OUT                                where logs go (default BUILD_DIR/sanitize)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+build="${1:-build-device}"
+shift || true
+tools=("$@")
+(( ${#tools[@]} )) || tools=(memcheck racecheck synccheck initcheck)
+out="${OUT:-$build/sanitize}"
+mkdir -p "$out"
+limit="${FUSEDMOE_SANITIZE_TIMEOUT:-500}"
+
+sanitizer=$(command -v compute-sanitizer || true)
+for candidate in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+  [[ -z $sanitizer && -x $candidate ]] && sanitizer=$candidate
+done
+[[ -n $sanitizer ]] || { echo "sanitize: compute-sanitizer not found" >&2; exit 2; }
+
+mapfile -t executables < <(find "$build/tests" -maxdepth 1 -type f -name 'test_gpu_*' -perm -u+x | sort)
+(( ${#executables[@]} )) || { echo "sanitize: no $build/tests/test_gpu_* executables (build first)" >&2; exit 2; }
+
+filter_memcheck="${FUSEDMOE_SANITIZE_FILTER_MEMCHECK:-*-GroupedGemmBench.*:GpuSizes.*:*T4096*:*mixtral*}"
+filter_slow="${FUSEDMOE_SANITIZE_FILTER_SLOW:-GpuHostile.*:GpuMoe.ZeroTokensWritesNothing:GpuMoe.HostileIdsAreNonLocalAndReported:GpuMoe.WorkspaceSizeIsMonotoneAndChecked:GpuMoe.GraphCaptureReplaysWithNewInputs:Gpu/CoveringSet.MatchesReference/unpacked_fp32_K1_T1:Gpu/CoveringSet.MatchesReference/llama4_bf16_T1:Gpu/CoveringSet.MatchesReference/deepseekv3_nogroup_bf16:GroupedGemm.RaggedExpertsWithKAndNTails:GroupedGemm.RaggedExpertsInClustersOfTwo:GroupedGemm.NoRowsAtAll:GroupedGemm.ManySmallExpertsTinyIntermediate-GpuHostile.BatchInvariance}"
+
+status=0
+summary=()
+for tool in "${tools[@]}"; do
+  case "$tool" in
+    memcheck) filter=$filter_memcheck; options=(--leak-check no) ;;
+    racecheck) filter=$filter_slow; options=(--racecheck-report all) ;;
+    synccheck | initcheck) filter=$filter_slow; options=() ;;
+    *) echo "sanitize: unknown tool $tool" >&2; exit 2 ;;
+  esac
+  errors=0 warnings=0 failed=0 timeouts=0 tests=0 start=$SECONDS
+  for exe in "${executables[@]}"; do
+    name=$(basename "$exe")
+    log="$out/$tool.$name.log"
+    timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" --print-limit 50 \
+      "$exe" --gtest_color=no --gtest_brief=1 --gtest_filter="$filter" > "$log" 2>&1
+    rc=$?
+    # "========= ERROR SUMMARY: N errors" (every tool); racecheck also prints
+    # "RACECHECK SUMMARY: ... (N errors, M warnings)".
+    n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+    w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
+    ran=$(grep -Eo '^\[==========\] [0-9]+ tests? from' "$log" | grep -Eo '[0-9]+' | head -1)
+    errors=$((errors + n)) warnings=$((warnings + w)) tests=$((tests + ${ran:-0}))
+    if (( rc == 124 || rc == 137 )); then
+      timeouts=$((timeouts + 1))
+      echo "== $tool $name: timed out after ${limit} s (log: $log)"
+    elif grep -q '^\[  FAILED  \]' "$log" || { (( rc != 0 )) && (( n == 0 )); }; then
+      failed=$((failed + 1))
+      echo "== $tool $name: test failure or crash, rc $rc (log: $log)"
+      grep -E '^\[  FAILED  \]' "$log" | sort -u | head -10
+    fi
+    if (( n > 0 )); then
+      echo "== $tool $name: $n errors; first reports:"
+      grep -E '^========= (Invalid|Program hit|Race|Barrier|Uninitialized|.*[Hh]azard|Error)' "$log" | sort | uniq -c | sort -rn | head -8
+    fi
+  done
+  line="$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables, $failed failed, $timeouts timed out ($((SECONDS - start)) s)"
+  summary+=("$line")
+  (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
+done
+
+echo
+echo "================ sanitize summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)) ================"
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+exit $status
