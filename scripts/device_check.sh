@@ -45,7 +45,7 @@ run_test() {  # name, timeout in seconds
       >> "$OUT/tests.log" 2>&1; then
     note "$name: passed ($((SECONDS - t0)) s, $(grep -c '^\[       OK \]' <(sed -n "/######## $name/,\$p" "$OUT/tests.log")) tests)"
   else
-    note "$name: FAILED (rc $?, $((SECONDS - t0)) s): $(sed -n "/######## $name/,\$p" "$OUT/tests.log" | grep '^\[  FAILED  \]' | sort -u | head -12 | tr '\n' ' ')"
+    note "$name: FAILED (rc $?, $((SECONDS - t0)) s): $(sed -n "/######## $name/,\$p" "$OUT/tests.log" | grep '^\[  FAILED  \] [A-Za-z]' | sed 's/^\[  FAILED  \] //; s/ (.*//' | sort -u | head -12 | tr '\n' ' ')"
   fi
 }
 for source in tests/test_*.cu; do run_test "$(basename "$source" .cu)" 400; done
