@@ -11,6 +11,8 @@
 //     and into gemm2_output against the CPU reference computed for just those tokens.
 // Outputs are poisoned before every run; each case runs twice and must repeat bit for bit; the
 // device inputs are checked unchanged. Skips when no GPU is present.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -19,8 +21,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "common/gpu_buffers.h"
 #include "common/gpu_reference.h"
@@ -193,10 +193,9 @@ void run_twice(MoeCase& c, DeviceCase& d) {
 std::pair<ref::Routing, ref::Permutation> reference_routing(MoeCase& c) {
   const MoeArguments a = c.arguments();
   const MoeShape& s = c.shape();
-  ref::Routing r = a.logits.logits
-                       ? ref::route_reference(a.logits, s.num_tokens, s.num_experts, s.top_k,
-                                              a.expert_weights_dtype)
-                       : ref::decode_routed_reference(a.routed, s.num_tokens, s.top_k);
+  ref::Routing r = a.logits.logits ? ref::route_reference(a.logits, s.num_tokens, s.num_experts,
+                                                          s.top_k, a.expert_weights_dtype)
+                                   : ref::decode_routed_reference(a.routed, s.num_tokens, s.top_k);
   ref::Permutation p = ref::permute_reference(r.ids, s.local_expert_offset, s.local_num_experts);
   return {std::move(r), std::move(p)};
 }
@@ -268,20 +267,38 @@ TEST(GpuHostile, RoutedIdsAndWeightsMatchReference) {
       std::vector<int32_t> ids = random_distinct_ids(rng, T, K, E);
       std::vector<float> w = random_fp32(rng, T * K, 0.05f, 1.0f);
       for (float& v : w) v = round_to_bf16(v);
-      const std::vector<int32_t>& bad = enc.input == RoutingInput::kPacked ? packed_bad
-                                                                           : unpacked_bad;
+      const std::vector<int32_t>& bad =
+          enc.input == RoutingInput::kPacked ? packed_bad : unpacked_bad;
       for (int64_t t = 0; t < T; ++t) {
         int32_t* id = ids.data() + t * K;
         float* wt = w.data() + t * K;
         switch (t % 8) {
-          case 0: id[1] = bad[t % bad.size()]; break;
-          case 1: id[1] = id[3] = id[0]; break;  // three slots on one expert
-          case 2: wt[0] = kNaN; break;
-          case 3: wt[2] = kInf; wt[3] = -kInf; break;
-          case 4: wt[0] = wt[1] = 0.0f; wt[2] = -0.0f; wt[3] = -wt[3]; break;
-          case 5: break;  // NaN with payload below
-          case 6: for (int k = 0; k < K; ++k) id[k] = bad[(t + k) % bad.size()]; break;
-          default: for (int k = 0; k < K; ++k) wt[k] = -wt[k]; break;
+          case 0:
+            id[1] = bad[t % bad.size()];
+            break;
+          case 1:
+            id[1] = id[3] = id[0];
+            break;  // three slots on one expert
+          case 2:
+            wt[0] = kNaN;
+            break;
+          case 3:
+            wt[2] = kInf;
+            wt[3] = -kInf;
+            break;
+          case 4:
+            wt[0] = wt[1] = 0.0f;
+            wt[2] = -0.0f;
+            wt[3] = -wt[3];
+            break;
+          case 5:
+            break;  // NaN with payload below
+          case 6:
+            for (int k = 0; k < K; ++k) id[k] = bad[(t + k) % bad.size()];
+            break;
+          default:
+            for (int k = 0; k < K; ++k) wt[k] = -wt[k];
+            break;
         }
       }
       c.set_routing(ids, w);
@@ -309,8 +326,7 @@ TEST(GpuHostile, RoutedIdsAndWeightsMatchReference) {
         expect_output(c.output, expected, "output");
         continue;
       }
-      EXPECT_EQ(first_difference(c.expanded_idx_to_permuted_idx,
-                                 perm.expanded_idx_to_permuted_idx),
+      EXPECT_EQ(first_difference(c.expanded_idx_to_permuted_idx, perm.expanded_idx_to_permuted_idx),
                 -1);
       for (int64_t slot = 0; slot < T * K; ++slot) {
         ASSERT_EQ(weight_bits(c, slot, true), weight_bits(c, slot, false)) << "slot " << slot;
@@ -365,11 +381,11 @@ TEST(GpuHostile, LogitsWholeRowsOfNaNAndInfinity) {
     int32_t num_experts, top_k, n_group, topk_group;
   };
   const MethodShape methods[] = {
-      {RoutingMethod::kDefault, 16, 4, 0, 0},        {RoutingMethod::kRenormalize, 128, 8, 0, 0},
-      {RoutingMethod::kDeepSeekV3, 256, 8, 8, 4},    {RoutingMethod::kDeepSeekV3, 16, 4, 0, 0},
-      {RoutingMethod::kLlama4, 16, 1, 0, 0},         {RoutingMethod::kRenormalizeNaive, 64, 4, 0, 0},
-      {RoutingMethod::kTopK, 16, 4, 0, 0},           {RoutingMethod::kSigmoidRenorm, 1024, 32, 0, 0},
-      {RoutingMethod::kMiniMax2, 256, 8, 0, 0},      {RoutingMethod::kSigmoid, 16, 4, 0, 0},
+      {RoutingMethod::kDefault, 16, 4, 0, 0},       {RoutingMethod::kRenormalize, 128, 8, 0, 0},
+      {RoutingMethod::kDeepSeekV3, 256, 8, 8, 4},   {RoutingMethod::kDeepSeekV3, 16, 4, 0, 0},
+      {RoutingMethod::kLlama4, 16, 1, 0, 0},        {RoutingMethod::kRenormalizeNaive, 64, 4, 0, 0},
+      {RoutingMethod::kTopK, 16, 4, 0, 0},          {RoutingMethod::kSigmoidRenorm, 1024, 32, 0, 0},
+      {RoutingMethod::kMiniMax2, 256, 8, 0, 0},     {RoutingMethod::kSigmoid, 16, 4, 0, 0},
       {RoutingMethod::kTopKSigmoid, 128, 10, 0, 0},
   };
   uint64_t seed = 1200;
@@ -400,13 +416,26 @@ TEST(GpuHostile, LogitsWholeRowsOfNaNAndInfinity) {
         for (int64_t t = 0; t < T; ++t) {
           float* row = logits.data() + t * E;
           switch (t % 7) {
-            case 0: std::fill(row, row + E, kNaN); break;
-            case 1: std::fill(row, row + E, -kInf); break;
-            case 2: std::fill(row, row + E, kInf); break;
-            case 3: row[rng.integer(0, E - 1)] = kInf; break;
-            case 4: for (int i = 0; i < 5; ++i) row[rng.integer(0, E - 1)] = kNaN; break;
-            case 5: for (int i = 0; i < E; i += 2) row[i] = -kInf; break;
-            default: break;
+            case 0:
+              std::fill(row, row + E, kNaN);
+              break;
+            case 1:
+              std::fill(row, row + E, -kInf);
+              break;
+            case 2:
+              std::fill(row, row + E, kInf);
+              break;
+            case 3:
+              row[rng.integer(0, E - 1)] = kInf;
+              break;
+            case 4:
+              for (int i = 0; i < 5; ++i) row[rng.integer(0, E - 1)] = kNaN;
+              break;
+            case 5:
+              for (int i = 0; i < E; i += 2) row[i] = -kInf;
+              break;
+            default:
+              break;
           }
         }
         if (logits_dtype == DType::kFP32) {
@@ -428,9 +457,9 @@ TEST(GpuHostile, LogitsWholeRowsOfNaNAndInfinity) {
           expect_output(c.output, expected, "output");
           continue;
         }
-        EXPECT_EQ(first_difference(c.expanded_idx_to_permuted_idx,
-                                   perm.expanded_idx_to_permuted_idx),
-                  -1);
+        EXPECT_EQ(
+            first_difference(c.expanded_idx_to_permuted_idx, perm.expanded_idx_to_permuted_idx),
+            -1);
         for (int64_t slot = 0; slot < T * m.top_k; ++slot) {  // bf16 weights: NaN alike, else
           const float ours = bf16_bits_to_float(c.expert_weights_bf16[slot]);  // within 1 ulp
           const float want = routing.weights[slot];
@@ -528,8 +557,8 @@ TEST(GpuHostile, ValidateRoutingRejectsBadArguments) {
     int64_t T;
     int32_t K, E;
   };
-  const Bad cases[] = {{"num_tokens", ids.get(), -1, 2, 8}, {"top_k", ids.get(), 8, 0, 8},
-                       {"top_k", ids.get(), 8, 33, 64},      {"num_experts", ids.get(), 8, 2, 0},
+  const Bad cases[] = {{"num_tokens", ids.get(), -1, 2, 8},    {"top_k", ids.get(), 8, 0, 8},
+                       {"top_k", ids.get(), 8, 33, 64},        {"num_experts", ids.get(), 8, 2, 0},
                        {"num_experts", ids.get(), 8, 2, 1025}, {"topk_ids", nullptr, 8, 2, 8}};
   for (const Bad& bad : cases) {
     RoutingCheck check = untouched;

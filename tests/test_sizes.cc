@@ -28,7 +28,8 @@ struct Bounds {
 };
 Bounds workspace_bounds(const MoeShape& s) {
   const u128 slots = static_cast<u128>(s.num_tokens) * static_cast<u128>(s.top_k);
-  const u128 dense = slots * 16 + slots * static_cast<u128>(s.hidden_size + s.intermediate_size) * 2 +
+  const u128 dense = slots * 16 +
+                     slots * static_cast<u128>(s.hidden_size + s.intermediate_size) * 2 +
                      static_cast<u128>(s.local_num_experts + 1) * 4;
   const u128 chunks = (slots + 1023) / 1024;
   return {dense, dense + chunks * static_cast<u128>(s.local_num_experts) * 4 + 8 * 256};
@@ -60,8 +61,8 @@ TEST(Sizes, WorkspaceAtDeepSeekScaleHasNoOverflowAndIsMonotoneInT) {
           EXPECT_EQ(permuted_capacity(65536, K, E_loc), int64_t{65536} * K);
 
           size_t previous = 0;
-          for (const int64_t T : {0, 1, 2, 7, 19, 127, 128, 129, 1023, 1024, 1025, 4095, 4096,
-                                  4097, 16384, 65535, 65536, 65537, 1 << 20}) {
+          for (const int64_t T : {0, 1, 2, 7, 19, 127, 128, 129, 1023, 1024, 1025, 4095, 4096, 4097,
+                                  16384, 65535, 65536, 65537, 1 << 20}) {
             shape.num_tokens = T;
             size_t at_t = 0;
             ASSERT_TRUE(workspace_size(shape, &at_t).ok()) << "T " << T;

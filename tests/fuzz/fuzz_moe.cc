@@ -38,8 +38,8 @@ using namespace fusedmoe;
   std::fprintf(stderr, "fuzz_moe property failed: %s %s\n", what, detail.c_str());
   std::abort();
 }
-#define FUZZ_CHECK(cond, ...) \
-  do {                        \
+#define FUZZ_CHECK(cond, ...)                \
+  do {                                       \
     if (!(cond)) fail(#cond, ##__VA_ARGS__); \
   } while (0)
 
@@ -122,22 +122,60 @@ bool expected_valid(const MoeArguments& a) {
 }
 
 void fuzz_validate(Bytes& in) {
-  static const int64_t kSizes[] = {0, 1, 7, 8, 16, 2880, 7168, -8, -1, (1 << 20), (1 << 20) + 8,
-                                   int64_t{1} << 40, std::numeric_limits<int64_t>::max(),
+  static const int64_t kSizes[] = {0,
+                                   1,
+                                   7,
+                                   8,
+                                   16,
+                                   2880,
+                                   7168,
+                                   -8,
+                                   -1,
+                                   (1 << 20),
+                                   (1 << 20) + 8,
+                                   int64_t{1} << 40,
+                                   std::numeric_limits<int64_t>::max(),
                                    std::numeric_limits<int64_t>::min()};
-  static const int64_t kTokens[] = {0, 1, 5, 65536, (int64_t{1} << 25), (int64_t{1} << 25) + 1,
-                                    (int64_t{1} << 30), (int64_t{1} << 30) + 1, -1,
+  static const int64_t kTokens[] = {0,
+                                    1,
+                                    5,
+                                    65536,
+                                    (int64_t{1} << 25),
+                                    (int64_t{1} << 25) + 1,
+                                    (int64_t{1} << 30),
+                                    (int64_t{1} << 30) + 1,
+                                    -1,
                                     std::numeric_limits<int64_t>::max()};
-  static const int32_t kSmall[] = {0, 1, 2, 3, 4, 8, 31, 32, 33, 64, 256, 1023, 1024, 1025, -1,
+  static const int32_t kSmall[] = {0,
+                                   1,
+                                   2,
+                                   3,
+                                   4,
+                                   8,
+                                   31,
+                                   32,
+                                   33,
+                                   64,
+                                   256,
+                                   1023,
+                                   1024,
+                                   1025,
+                                   -1,
                                    std::numeric_limits<int32_t>::max(),
                                    std::numeric_limits<int32_t>::min()};
-  static const float kScales[] = {1.0f, 2.5f, 0.0f, -1.0f, 1e30f,
+  static const float kScales[] = {1.0f,
+                                  2.5f,
+                                  0.0f,
+                                  -1.0f,
+                                  1e30f,
                                   std::numeric_limits<float>::infinity(),
                                   -std::numeric_limits<float>::infinity(),
                                   std::numeric_limits<float>::quiet_NaN()};
   static const int kEnums[] = {0, 1, 2, 3, 5, 9, 10, -1, 255};
   static int32_t dummy[4];  // non-null, never dereferenced by validate()
-  auto pointer = [&](int null_odds) -> void* { return in.range(0, null_odds) == 0 ? nullptr : dummy; };
+  auto pointer = [&](int null_odds) -> void* {
+    return in.range(0, null_odds) == 0 ? nullptr : dummy;
+  };
 
   MoeArguments a;
   a.shape.num_tokens = in.flag() ? in.pick(kTokens) : in.range(0, 64);
@@ -148,21 +186,25 @@ void fuzz_validate(Bytes& in) {
   a.shape.local_num_experts = in.flag() ? in.pick(kSmall) : a.shape.num_experts;
   a.shape.local_expert_offset = in.flag() ? in.pick(kSmall) : 0;
   a.weight_layout = static_cast<WeightLayout>(in.range(0, 8) == 0 ? in.pick(kEnums) : 0);
-  a.expert_weights_dtype = static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 1));
+  a.expert_weights_dtype =
+      static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 1));
   a.hidden_states = pointer(8);
   a.gemm1_weights = pointer(8);
   a.gemm2_weights = pointer(8);
   a.logits.logits = pointer(1);
-  a.logits.logits_dtype = static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 1));
+  a.logits.logits_dtype =
+      static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 1));
   a.logits.bias = pointer(2);
   a.logits.bias_dtype = static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 1));
-  a.logits.method = static_cast<RoutingMethod>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 9));
+  a.logits.method =
+      static_cast<RoutingMethod>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 9));
   a.logits.n_group = in.flag() ? in.pick(kSmall) : static_cast<int32_t>(in.range(0, 8));
   a.logits.topk_group = in.flag() ? in.pick(kSmall) : static_cast<int32_t>(in.range(0, 8));
   a.logits.routed_scaling_factor = in.pick(kScales);
   a.routed.topk_ids = static_cast<const int32_t*>(pointer(1));
   a.routed.topk_weights = pointer(1);
-  a.routed.weights_dtype = static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 1));
+  a.routed.weights_dtype =
+      static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : in.range(0, 1));
   a.do_finalize = in.flag();
   a.output = pointer(8);
   a.gemm2_output = pointer(8);
@@ -190,8 +232,8 @@ constexpr size_t kGuard = 64;  // elements of guard on each side of every output
 template <typename T>
 class Guarded {
  public:
-  Guarded(size_t count, T poison) : buffer_(count + 2 * kGuard, poison), count_(count),
-                                    poison_(poison) {}
+  Guarded(size_t count, T poison)
+      : buffer_(count + 2 * kGuard, poison), count_(count), poison_(poison) {}
   T* data() { return buffer_.data() + kGuard; }
   const T& operator[](size_t i) const { return buffer_[kGuard + i]; }
   size_t size() const { return count_; }
@@ -213,8 +255,8 @@ class Guarded {
 };
 
 uint16_t hostile_bf16(Bytes& in) {
-  static const uint16_t kSpecial[] = {0x7FC0, 0xFFC1, 0x7F80, 0xFF80, 0x0000, 0x8000, 0x0001,
-                                      0x7F7F, 0xFF7F, 0x3F80, 0xBF80};
+  static const uint16_t kSpecial[] = {0x7FC0, 0xFFC1, 0x7F80, 0xFF80, 0x0000, 0x8000,
+                                      0x0001, 0x7F7F, 0xFF7F, 0x3F80, 0xBF80};
   return in.range(0, 3) == 0 ? in.pick(kSpecial) : static_cast<uint16_t>(in.bits(2));
 }
 float hostile_fp32(Bytes& in) {
@@ -245,7 +287,8 @@ void fuzz_reference(Bytes& in) {
     if (l.method == RoutingMethod::kLlama4) K = 1;
     if (l.method == RoutingMethod::kDeepSeekV3) {
       std::vector<int32_t> divisors;
-      for (int32_t g = 1; g <= E; ++g) if (E % g == 0) divisors.push_back(g);
+      for (int32_t g = 1; g <= E; ++g)
+        if (E % g == 0) divisors.push_back(g);
       l.n_group = in.flag() ? 0 : divisors[in.range(0, static_cast<int64_t>(divisors.size()) - 1)];
       const int32_t groups = l.n_group ? l.n_group : 1;
       l.topk_group = static_cast<int32_t>(in.range(0, groups));
@@ -264,7 +307,8 @@ void fuzz_reference(Bytes& in) {
   // Inputs: x and weights ordinary (bf16 in [-1, 1]); the routing is the hostile part.
   std::vector<uint16_t> x(std::max<int64_t>(T * H, 1)), w1(E_loc * 2 * I * H), w2(E_loc * H * I);
   for (auto* v : {&x, &w1, &w2}) {
-    for (uint16_t& e : *v) e = detail::float_to_bf16_bits((static_cast<float>(in.range(0, 255)) - 128.0f) / 128.0f);
+    for (uint16_t& e : *v)
+      e = detail::float_to_bf16_bits((static_cast<float>(in.range(0, 255)) - 128.0f) / 128.0f);
   }
   std::vector<float> logits_fp32, bias_fp32, weights_fp32;
   std::vector<uint16_t> logits_bf16, bias_bf16, weights_bf16;
@@ -290,8 +334,8 @@ void fuzz_reference(Bytes& in) {
     }
   } else {
     for (int64_t i = 0; i < slots; ++i) {
-      const int32_t id = in.flag() ? static_cast<int32_t>(in.range(-2, E + 1))
-                                   : static_cast<int32_t>(in.bits(4));
+      const int32_t id =
+          in.flag() ? static_cast<int32_t>(in.range(-2, E + 1)) : static_cast<int32_t>(in.bits(4));
       ids[i] = mode == 1 ? pack_topk(id, hostile_bf16(in)) : id;
     }
     a.routed.topk_ids = ids.data();
@@ -334,7 +378,8 @@ void fuzz_reference(Bytes& in) {
   const std::vector<int32_t> ids0 = ids;
   const std::vector<float> lf0 = logits_fp32, bf0 = bias_fp32, wf0 = weights_fp32;
   const auto same_bytes = [](const std::vector<float>& p, const std::vector<float>& q) {
-    return p.size() == q.size() && (p.empty() || std::memcmp(p.data(), q.data(), p.size() * 4) == 0);
+    return p.size() == q.size() &&
+           (p.empty() || std::memcmp(p.data(), q.data(), p.size() * 4) == 0);
   };
   const Status status = run_reference(a);
   FUZZ_CHECK(status.ok(), status.message);
@@ -365,7 +410,8 @@ void fuzz_reference(Bytes& in) {
     }
   }
   if (a.do_finalize) {
-    for (size_t i = 0; i < output.size(); ++i) FUZZ_CHECK(!output.untouched(i), "output row unwritten");
+    for (size_t i = 0; i < output.size(); ++i)
+      FUZZ_CHECK(!output.untouched(i), "output row unwritten");
   } else {
     int64_t num_local = 0;
     std::vector<bool> row_taken(slots, false);
@@ -452,7 +498,8 @@ int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   uint64_t runs = 0;
   std::vector<uint8_t> input;
-  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds) {
+  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
+         seconds) {
     input.resize(rng() % 2048);
     for (uint8_t& b : input) b = static_cast<uint8_t>(rng());
     LLVMFuzzerTestOneInput(input.data(), input.size());
