@@ -7,8 +7,7 @@
 //   GEMM2:          the two boxes are rows [n0, n0+128) and [n0+128, n0+256) of w2[e]; N blocks
 //                   = ceil(H / 256).
 // Tiles are enumerated expert by expert, N block outer, M block inner, and a persistent grid
-// strides over them. With enough rows per expert, CTAs pair up in clusters of 2 on adjacent M
-// blocks and share B by TMA multicast (each loads one box for both): a third less L2 traffic.
+// strides over them.
 #pragma once
 
 #include <algorithm>
@@ -36,25 +35,17 @@ constexpr int64_t gemm2_num_n_blocks(int64_t hidden_size) {
 // K blocks of either GEMM (the K tail is zero-filled on load).
 constexpr int64_t grouped_num_k_blocks(int64_t k) { return ceil_div(k, kGroupedBlockK); }
 
-// CTAs per cluster along M: 2 (B shared by multicast) once experts average two M blocks, since
-// a cluster pair whose second M block lies past its expert computes an empty tile; else 1.
-constexpr int grouped_gemm_cluster_m(int64_t max_rows, int64_t num_experts) {
-  return max_rows >= 2 * kGroupedBlockM * num_experts ? 2 : 1;
+// Upper bound on the M blocks of all experts together when they hold at most max_rows rows:
+// sum_e ceil(r_e / M) <= max_rows / M + (number of non-empty experts).
+constexpr int64_t max_grouped_m_blocks(int64_t max_rows, int64_t num_experts) {
+  return ceil_div(max_rows, kGroupedBlockM) + std::min(num_experts, max_rows);
 }
 
-// Upper bound on the groups of cluster_m M blocks of all experts together when they hold at most
-// max_rows rows: sum_e ceil(r_e / (c M)) <= max_rows / (c M) + (number of non-empty experts).
-constexpr int64_t max_grouped_m_groups(int64_t max_rows, int64_t num_experts, int cluster_m) {
-  return ceil_div(max_rows, int64_t(cluster_m) * kGroupedBlockM) + std::min(num_experts, max_rows);
-}
-
-// Persistent grid: max_ctas (one CTA per SM, a multiple of cluster_m), fewer when the whole
-// problem has fewer tiles; always a multiple of cluster_m.
-constexpr int grouped_gemm_grid_size(int max_ctas, int64_t max_rows, int64_t num_experts,
-                                     int64_t num_n_blocks, int cluster_m) {
-  const int64_t max_tiles = max_grouped_m_groups(max_rows, num_experts, cluster_m) * num_n_blocks;
-  const int64_t clusters = std::max<int64_t>(1, std::min<int64_t>(max_ctas / cluster_m, max_tiles));
-  return static_cast<int>(clusters * cluster_m);
+// Persistent grid: one CTA per SM, fewer when the whole problem has fewer tiles.
+constexpr int grouped_gemm_grid_size(int num_sms, int64_t max_rows, int64_t num_experts,
+                                     int64_t num_n_blocks) {
+  const int64_t max_tiles = max_grouped_m_blocks(max_rows, num_experts) * num_n_blocks;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_sms, max_tiles)));
 }
 
 }  // namespace fusedmoe::heuristics

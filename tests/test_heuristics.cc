@@ -30,45 +30,29 @@ TEST(Heuristics, MBlockBoundHoldsForRandomRaggedExperts) {
   for (int trial = 0; trial < 2000; ++trial) {
     const int num_experts = std::uniform_int_distribution<int>(1, 1024)(rng);
     const int max_per_expert = std::uniform_int_distribution<int>(0, 700)(rng);
-    int64_t rows = 0, m_blocks = 0, m_groups = 0;
+    int64_t rows = 0, m_blocks = 0;
     for (int e = 0; e < num_experts; ++e) {
       const int r = std::uniform_int_distribution<int>(0, max_per_expert)(rng);
       rows += r;
       m_blocks += ceil_div(r, kGroupedBlockM);
-      m_groups += ceil_div(r, 2 * kGroupedBlockM);
     }
     const int64_t slack = std::uniform_int_distribution<int>(0, 100)(rng);
-    EXPECT_GE(max_grouped_m_groups(rows + slack, num_experts, 1), m_blocks)
-        << "experts " << num_experts << " rows " << rows;
-    EXPECT_GE(max_grouped_m_groups(rows + slack, num_experts, 2), m_groups)
+    EXPECT_GE(max_grouped_m_blocks(rows + slack, num_experts), m_blocks)
         << "experts " << num_experts << " rows " << rows;
   }
 }
 
 TEST(Heuristics, GridIsPersistentAndNeverLargerThanTheWork) {
-  EXPECT_EQ(grouped_gemm_grid_size(132, 1 << 20, 8, 112, 1), 132);
-  EXPECT_EQ(grouped_gemm_grid_size(132, 1 << 20, 8, 112, 2), 132);
-  EXPECT_EQ(grouped_gemm_grid_size(132, 1, 256, 12, 1), 24);  // one row: <= 2 M blocks x 12
-  EXPECT_EQ(grouped_gemm_grid_size(132, 1, 256, 12, 2), 48);  // 24 cluster tiles x 2 CTAs
-  EXPECT_EQ(grouped_gemm_grid_size(132, 0, 8, 12, 1), 1);
-  EXPECT_EQ(grouped_gemm_grid_size(132, 0, 8, 12, 2), 2);
-  for (int cluster_m : {1, 2}) {
-    for (int max_ctas : {2, 78, 132}) {
-      for (int64_t rows : {1, 100, 5000}) {
-        const int grid = grouped_gemm_grid_size(max_ctas, rows, 64, 3, cluster_m);
-        EXPECT_GE(grid, cluster_m);
-        EXPECT_LE(grid, max_ctas);
-        EXPECT_EQ(grid % cluster_m, 0);
-      }
+  EXPECT_EQ(grouped_gemm_grid_size(132, 1 << 20, 8, 112), 132);
+  EXPECT_EQ(grouped_gemm_grid_size(132, 1, 256, 12), 24);  // one row: <= 2 M blocks x 12
+  EXPECT_EQ(grouped_gemm_grid_size(132, 0, 8, 12), 1);
+  for (int sms : {1, 78, 132}) {
+    for (int64_t rows : {1, 100, 5000}) {
+      const int grid = grouped_gemm_grid_size(sms, rows, 64, 3);
+      EXPECT_GE(grid, 1);
+      EXPECT_LE(grid, sms);
     }
   }
-}
-
-TEST(Heuristics, ClustersOnlyWhenExpertsAverageTwoMBlocks) {
-  EXPECT_EQ(grouped_gemm_cluster_m(128 * 256, 128), 2);  // 256 rows per expert
-  EXPECT_EQ(grouped_gemm_cluster_m(8 * 4096, 8), 2);
-  EXPECT_EQ(grouped_gemm_cluster_m(256 * 64, 256), 1);  // 64 rows per expert
-  EXPECT_EQ(grouped_gemm_cluster_m(1, 1), 1);
 }
 
 }  // namespace

@@ -4,11 +4,10 @@
 //
 //   mbarrier      init / arrive / arrive.expect_tx / try_wait.parity (phase-parity waits)
 //   cp.async      16-byte copies with zero fill, completing on an mbarrier (.noinc arrive)
-//   TMA           cp.async.bulk.tensor 3-D tile loads completing on an mbarrier (complete_tx),
-//                 also multicast to the CTAs of a cluster
-//   clusters      CTA rank, cluster-wide barrier, arrivals on a peer CTA's mbarrier
+//   TMA           cp.async.bulk.tensor 3-D tile loads completing on an mbarrier (complete_tx)
 //   fences        fence.proxy.async (generic-proxy writes -> async-proxy readers), barrier init
 //   wgmma         fence / commit_group / wait_group, smem descriptors, m64n256k16 bf16 -> fp32
+//   stmatrix      accumulator fragments -> smem staging of the epilogue
 //   setmaxnreg    per-warpgroup register budgets (needs __launch_bounds__(threads, 1))
 //   griddepcontrol programmatic dependent launch (no-ops when launched without PDL)
 #pragma once
@@ -67,20 +66,6 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t phase_pari
   }
 }
 
-// Arrives on the barrier at the same smem offset in CTA `cta_rank` of this cluster (this CTA's
-// own rank included). Release at CTA scope, as CUTLASS and DeepGEMM do: the arrival only says
-// "this smem slot is free", and a .release.cluster arrive here cost ~35 % of the throughput.
-__device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t cta_rank) {
-  asm volatile(
-      "{\n"
-      ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
-      "}\n" ::"r"(smem_u32(bar)),
-      "r"(cta_rank)
-      : "memory");
-}
-
 // ---- cp.async (16 bytes, zero fill) -----------------------------------------------------------
 // Copies 16 bytes when `valid`, else writes 16 zero bytes without reading gmem (gmem must still
 // be a mapped address; callers pass the tensor base).
@@ -111,33 +96,6 @@ __device__ __forceinline__ void tma_load_3d(void* smem_dst, const CUtensorMap* m
       " [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(smem_u32(smem_dst)),
       "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
       : "memory");
-}
-
-// The same load delivered to every CTA of the cluster named in cta_mask, at the same smem offset,
-// each completing on its own barrier at the offset of `bar`.
-__device__ __forceinline__ void tma_load_3d_multicast(void* smem_dst, const CUtensorMap* map,
-                                                      uint64_t* bar, uint16_t cta_mask,
-                                                      int32_t c0, int32_t c1, int32_t c2) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      ".multicast::cluster [%0], [%1, {%2, %3, %4}], [%5], %6;" ::"r"(smem_u32(smem_dst)),
-      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar)), "h"(cta_mask)
-      : "memory");
-}
-
-// ---- clusters ---------------------------------------------------------------------------------
-__device__ __forceinline__ uint32_t cluster_cta_rank() {
-  uint32_t rank;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-  return rank;
-}
-
-// All threads of all CTAs of the cluster: orders everything before against everything after.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile(
-      "barrier.cluster.arrive.release.aligned;\n"
-      "barrier.cluster.wait.acquire.aligned;" ::
-          : "memory");
 }
 
 // ---- fences -----------------------------------------------------------------------------------
@@ -208,6 +166,18 @@ __device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t 
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// ---- stmatrix ---------------------------------------------------------------------------------
+// Stores four 8x8 bf16 matrices: register m of lane t holds row t / 4, columns 2 (t % 4) + {0, 1}
+// of matrix m (a wgmma accumulator fragment, packed); lane 8 m + r gives the smem address of row
+// r of matrix m (16 bytes, 16-byte aligned).
+__device__ __forceinline__ void stmatrix_x4(void* smem_row, uint32_t m0, uint32_t m1, uint32_t m2,
+                                            uint32_t m3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(
+                   smem_u32(smem_row)),
+               "r"(m0), "r"(m1), "r"(m2), "r"(m3)
+               : "memory");
 }
 
 // ---- registers and launch control --------------------------------------------------------------

@@ -12,7 +12,8 @@
 // both only reach columns j >= I, which are never stored.
 // Warp roles, registers, smem and pipeline: device/grouped_mainloop.cuh (1 producer warpgroup at
 // 40 registers, 2 consumer warpgroups at 232, 4 stages x 48 KiB).
-// Epilogue: masked bf16x2 stores straight from the fragments (rows < expert end, columns < I).
+// Epilogue: per warp, 16 rows x 128 act columns through a 4 KiB smem staging buffer (stmatrix),
+// then row-contiguous 16-byte stores masked to rows < expert end, columns < I.
 // Expected limiter: tensor cores at large rows per expert; weight bandwidth at few rows.
 #pragma once
 
@@ -36,8 +37,6 @@ struct Gemm1SwigluParams {
 // difference (a few fp32 ulp) vanishes in the bf16 rounding of act. v < -88: exp = inf, result -0.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
-// kClusterM: 1, or 2 CTAs on adjacent M blocks sharing B by multicast (launched as a cluster).
-template <int kClusterM>
 __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
     sm90_gemm1_swiglu_kernel(const __grid_constant__ CUtensorMap tmap_w1,
                              const Gemm1SwigluParams params) {
@@ -51,58 +50,49 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
   const auto role = threadIdx.x < 128 ? WarpRole::kProducer : WarpRole::kConsumer;
   if (threadIdx.x == 0) {
     ptx::tma_prefetch_descriptor(&tmap_w1);
-    device::init_barriers<kClusterM>(smem);
+    device::init_barriers(smem);
   }
-  if constexpr (kClusterM == 1) {
-    __syncthreads();
-  } else {
-    ptx::cluster_sync();  // the peer's barriers are ready before any multicast lands in them
-  }
+  __syncthreads();
   ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and x come from earlier kernels
   const device::GroupedOperands& op = params.operands;
 
   if (role == WarpRole::kProducer) {
     // ---- producer ---------------------------------------------------------------------------
     ptx::setmaxnreg_dec<Config::kProducerRegs>();
-    device::run_producer<kClusterM>(smem, op, &tmap_w1);
+    device::run_producer(smem, op, &tmap_w1);
   } else {
     // ---- consumers' mainloop ------------------------------------------------------------------
     ptx::setmaxnreg_inc<Config::kConsumerRegs>();
     const int consumer_idx = threadIdx.x / 128 - 1;
-    const device::FragmentCoords coords(consumer_idx);
-    const device::ClusterCoords<kClusterM> cluster;
-    device::GroupedTileScheduler<Config::kBlockM, kClusterM> scheduler(
-        op.expert_offsets, op.num_experts, op.num_n_blocks, cluster.rank);
+    const device::WarpBlock block(consumer_idx);
+    const bool act_aligned = reinterpret_cast<uintptr_t>(params.act) % 16 == 0;
+    device::GroupedTileScheduler<Config::kBlockM> scheduler(op.expert_offsets, op.num_experts,
+                                                            op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (int32_t tile_idx = cluster.first_tile; scheduler.get(tile_idx, &tile);
-         tile_idx += cluster.tile_stride) {
+    for (int32_t tile_idx = blockIdx.x; scheduler.get(tile_idx, &tile);
+         tile_idx += gridDim.x) {
       float acc[128];  // [0, 64): up columns of the tile, [64, 128): gate, same fragment layout
-      device::consume_tile<kClusterM>(smem, op, consumer_idx, pipe, acc);
+      device::consume_tile(smem, op, consumer_idx, pipe, acc);
 
-      // ---- epilogue: SwiGLU, bf16, masked stores --------------------------------------------
-      const int64_t j0 = int64_t(tile.n_block) * Config::kHalfN;
+      // ---- epilogue: SwiGLU, bf16, staged through smem, masked 16-byte stores ------------
+      uint32_t packed[16][2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int32_t p = tile.row_begin + coords.row0 + 8 * h;
-        if (p >= tile.row_end) continue;
-        __nv_bfloat16* act_row = params.act + int64_t(p) * params.intermediate_size + j0;
+      for (int i = 0; i < 16; ++i) {
 #pragma unroll
-        for (int i = 0; i < 16; ++i) {
-          const int col = coords.col0 + 8 * i;
-          if (j0 + col >= params.intermediate_size) continue;  // I % 8 == 0: pairs never straddle
+        for (int h = 0; h < 2; ++h) {
           const float* up = &acc[4 * i + 2 * h];
           const float* gate = &acc[64 + 4 * i + 2 * h];
-          const float a0 = silu(gate[0]) * up[0];
-          const float a1 = silu(gate[1]) * up[1];
-          *reinterpret_cast<__nv_bfloat162*>(act_row + col) = __floats2bfloat162_rn(a0, a1);
+          packed[i][h] = device::pack_bf16x2(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
         }
       }
+      device::store_warp_block_16x128(smem.staging[block.warp_idx], packed, params.act,
+                                      params.intermediate_size, tile.row_begin + block.row0,
+                                      tile.row_end, int64_t(tile.n_block) * Config::kHalfN,
+                                      params.intermediate_size, act_aligned);
     }
   }
   ptx::griddepcontrol_launch_dependents();
-  // No CTA leaves while its peer may still multicast into its smem or arrive on its barriers.
-  if constexpr (kClusterM > 1) ptx::cluster_sync();
 }
 
 }  // namespace fusedmoe::kernels

@@ -10,7 +10,8 @@
 // [n0+128, n0+256); rows past H are zero-filled by TMA and never stored. K = I, tail zero-filled.
 // Warp roles, registers, smem and pipeline: device/grouped_mainloop.cuh (1 producer warpgroup at
 // 40 registers, 2 consumer warpgroups at 232, 4 stages x 48 KiB).
-// Epilogue: masked bf16x2 stores straight from the fragments (rows < expert end, columns < H).
+// Epilogue: per warp, 16 rows x 128 columns at a time through a 4 KiB smem staging buffer
+// (stmatrix), then row-contiguous 16-byte stores masked to rows < expert end, columns < H.
 // Expected limiter: tensor cores at large rows per expert; weight bandwidth at few rows.
 #pragma once
 
@@ -29,8 +30,6 @@ struct Gemm2Params {
   __nv_bfloat16* y;                  // [max_rows, H]
 };
 
-// kClusterM: 1, or 2 CTAs on adjacent M blocks sharing B by multicast (launched as a cluster).
-template <int kClusterM>
 __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
     sm90_gemm2_kernel(const __grid_constant__ CUtensorMap tmap_w2, const Gemm2Params params) {
   using Config = device::GroupedGemmConfig;
@@ -43,55 +42,52 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
   const auto role = threadIdx.x < 128 ? WarpRole::kProducer : WarpRole::kConsumer;
   if (threadIdx.x == 0) {
     ptx::tma_prefetch_descriptor(&tmap_w2);
-    device::init_barriers<kClusterM>(smem);
+    device::init_barriers(smem);
   }
-  if constexpr (kClusterM == 1) {
-    __syncthreads();
-  } else {
-    ptx::cluster_sync();  // the peer's barriers are ready before any multicast lands in them
-  }
+  __syncthreads();
   ptx::griddepcontrol_wait();  // expert_offsets and act come from earlier kernels
   const device::GroupedOperands& op = params.operands;
 
   if (role == WarpRole::kProducer) {
     // ---- producer ---------------------------------------------------------------------------
     ptx::setmaxnreg_dec<Config::kProducerRegs>();
-    device::run_producer<kClusterM>(smem, op, &tmap_w2);
+    device::run_producer(smem, op, &tmap_w2);
   } else {
     // ---- consumers' mainloop ------------------------------------------------------------------
     ptx::setmaxnreg_inc<Config::kConsumerRegs>();
     const int consumer_idx = threadIdx.x / 128 - 1;
-    const device::FragmentCoords coords(consumer_idx);
-    const device::ClusterCoords<kClusterM> cluster;
-    device::GroupedTileScheduler<Config::kBlockM, kClusterM> scheduler(
-        op.expert_offsets, op.num_experts, op.num_n_blocks, cluster.rank);
+    const device::WarpBlock block(consumer_idx);
+    const bool y_aligned = reinterpret_cast<uintptr_t>(params.y) % 16 == 0;
+    device::GroupedTileScheduler<Config::kBlockM> scheduler(op.expert_offsets, op.num_experts,
+                                                            op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (int32_t tile_idx = cluster.first_tile; scheduler.get(tile_idx, &tile);
-         tile_idx += cluster.tile_stride) {
+    for (int32_t tile_idx = blockIdx.x; scheduler.get(tile_idx, &tile);
+         tile_idx += gridDim.x) {
       float acc[128];  // fragment order: acc[4 i + 2 h + v] is column n0 + col0 + 8 i + v
-      device::consume_tile<kClusterM>(smem, op, consumer_idx, pipe, acc);
+      device::consume_tile(smem, op, consumer_idx, pipe, acc);
 
-      // ---- epilogue: bf16, masked stores ----------------------------------------------------
+      // ---- epilogue: bf16, staged through smem, masked 16-byte stores --------------------
       const int64_t n0 = int64_t(tile.n_block) * 2 * Config::kHalfN;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int32_t p = tile.row_begin + coords.row0 + 8 * h;
-        if (p >= tile.row_end) continue;
-        __nv_bfloat16* y_row = params.y + int64_t(p) * params.hidden_size + n0;
+      for (int half = 0; half < 2; ++half) {  // 128 of the tile's 256 columns at a time
+        uint32_t packed[16][2];
 #pragma unroll
-        for (int i = 0; i < 2 * Config::kHalfN / 8; ++i) {
-          const int col = coords.col0 + 8 * i;
-          if (n0 + col >= params.hidden_size) continue;  // H % 8 == 0: pairs never straddle
-          *reinterpret_cast<__nv_bfloat162*>(y_row + col) =
-              __floats2bfloat162_rn(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
+        for (int i = 0; i < 16; ++i) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float* v = &acc[4 * (16 * half + i) + 2 * h];
+            packed[i][h] = device::pack_bf16x2(v[0], v[1]);
+          }
         }
+        device::store_warp_block_16x128(smem.staging[block.warp_idx], packed, params.y,
+                                        params.hidden_size, tile.row_begin + block.row0,
+                                        tile.row_end, n0 + half * Config::kHalfN,
+                                        params.hidden_size, y_aligned);
       }
     }
   }
   ptx::griddepcontrol_launch_dependents();
-  // No CTA leaves while its peer may still multicast into its smem or arrive on its barriers.
-  if constexpr (kClusterM > 1) ptx::cluster_sync();
 }
 
 }  // namespace fusedmoe::kernels

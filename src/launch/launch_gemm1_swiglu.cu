@@ -1,5 +1,5 @@
 // Host launcher of GEMM1 + SwiGLU (kernels/sm90_gemm1_swiglu.cuh): tensor map of w1 and
-// parameters; cluster size, grid, smem and PDL in launch/grouped_gemm_launch.h.
+// parameters; grid, smem and PDL in launch/grouped_gemm_launch.h.
 #include "launch/grouped_gemm.h"
 
 #include "heuristics.h"
@@ -15,6 +15,8 @@ cudaError_t launch_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
                                 __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream) {
   using Config = device::GroupedGemmConfig;
   if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;  // no row to compute
+  // A rows are copied 16 bytes at a time (cp.async); weights need 16-byte aligned tensor maps.
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return cudaErrorMisalignedAddress;
 
   CUtensorMap tmap_w1;
   // [E_loc, 2I, H], boxes of (64 of H, 128 rows, 1 expert)
@@ -38,8 +40,8 @@ cudaError_t launch_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
   params.intermediate_size = intermediate_size;
   params.act = act;
 
-  return launch_grouped_gemm(kernels::sm90_gemm1_swiglu_kernel<1>, kernels::sm90_gemm1_swiglu_kernel<2>,
-                             tmap_w1, params, rows.max_rows, rows.num_experts, enable_pdl, stream);
+  return launch_grouped_gemm(kernels::sm90_gemm1_swiglu_kernel, tmap_w1, params, rows.max_rows,
+                             rows.num_experts, enable_pdl, stream);
 }
 
 }  // namespace fusedmoe::detail

@@ -1,5 +1,5 @@
 // Host launcher of GEMM2 (kernels/sm90_gemm2.cuh): tensor map of w2 and
-// parameters; cluster size, grid, smem and PDL in launch/grouped_gemm_launch.h.
+// parameters; grid, smem and PDL in launch/grouped_gemm_launch.h.
 #include "launch/grouped_gemm.h"
 
 #include "heuristics.h"
@@ -15,6 +15,8 @@ cudaError_t launch_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
                          cudaStream_t stream) {
   using Config = device::GroupedGemmConfig;
   if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;  // no row to compute
+  // A rows are copied 16 bytes at a time (cp.async); weights need 16-byte aligned tensor maps.
+  if (reinterpret_cast<uintptr_t>(act) % 16 != 0) return cudaErrorMisalignedAddress;
 
   CUtensorMap tmap_w2;
   // [E_loc, H, I], boxes of (64 of I, 128 rows, 1 expert)
@@ -38,8 +40,8 @@ cudaError_t launch_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
   params.hidden_size = hidden_size;
   params.y = y;
 
-  return launch_grouped_gemm(kernels::sm90_gemm2_kernel<1>, kernels::sm90_gemm2_kernel<2>,
-                             tmap_w2, params, rows.max_rows, rows.num_experts, enable_pdl, stream);
+  return launch_grouped_gemm(kernels::sm90_gemm2_kernel, tmap_w2, params, rows.max_rows,
+                             rows.num_experts, enable_pdl, stream);
 }
 
 }  // namespace fusedmoe::detail
