@@ -1,0 +1,109 @@
+// Decode GEMM1 + SwiGLU: the few-rows-per-expert form of sm90_gemm1_swiglu.cuh, same math:
+//   g[p, :]   = x[gather_rows[p], :] . w1[e]^T           fp32 accumulation, g is [2I]
+//   act[p, j] = bf16( silu(g[p, I + j]) * g[p, j] )      silu(v) = v / (1 + exp(-v)) in fp32
+// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])).
+// Shapes: x [T, H] bf16; gather_rows [max_rows] int32; w1 [E_loc, 2I, H] bf16 (H contiguous,
+// rows [0, I) up, [I, 2I) gate); act [max_rows, I] bf16. H, I multiples of 8; pointers 16-byte
+// aligned.
+//
+// Grid (ceil(I / 16), min(E_loc, max_rows)): CTA (x, y) takes act columns [16 x, 16 x + 16) of
+// the y-th non-empty expert (y past the last one: exits at once). Its m16 tile m holds up rows
+// j0 + 8m .. +8 as fragment rows 0..7 and the matching gate rows I + j0 + 8m .. as rows 8..15,
+// so a lane's accumulators hold up[j] and gate[j] of the same tokens: SwiGLU in registers.
+// Warps: 4, all alike, splitting K = H (sm90_decode_mainloop.cuh); rows loop in chunks of 32
+// (the weights are re-read per chunk: meant for <= 32 rows per expert). Registers ~170, smem
+// 12 KiB (cross-warp partial sums). Epilogue: warp 0, 2-byte stores (act is ~1/100 of the bytes).
+// Expected limiter: HBM (weights read once; ~0.5 us of expert lookup per CTA, overlapped).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+#include "device/ptx.cuh"
+#include "kernels/sm90_decode_mainloop.cuh"
+
+namespace fusedmoe::kernels {
+
+struct DecodeGemm1Params {
+  const int32_t* expert_offsets;  // [E_loc + 1]
+  int32_t num_experts;            // E_loc
+  const __nv_bfloat16* x;         // [T, H]
+  const int32_t* gather_rows;     // [max_rows]
+  const __nv_bfloat16* w1;        // [E_loc, 2I, H]
+  __nv_bfloat16* act;             // [max_rows, I]
+  int64_t hidden_size;            // H
+  int64_t intermediate_size;      // I
+};
+
+// Act columns per CTA: a tile's 16 rows are 8 up + 8 gate rows.
+constexpr int kDecodeGemm1ColsPerCta = 8 * DecodeGemmConfig::kTilesM;
+
+// The fast silu of the prefill GEMM1 (sm90_gemm1_swiglu.cuh), so both paths round alike.
+__device__ __forceinline__ float decode_silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+
+__global__ void __launch_bounds__(DecodeGemmConfig::kThreads, DecodeGemmConfig::kMinCtasPerSm)
+    sm90_decode_gemm1_swiglu_kernel(const DecodeGemm1Params params) {
+  using Config = DecodeGemmConfig;
+  __shared__ DecodeSharedStorage smem;
+
+  // ---- prologue: which expert, which rows -----------------------------------------------------
+  ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and x come from earlier kernels
+  ptx::griddepcontrol_launch_dependents();
+  const int32_t expert = find_nonempty_expert(params.expert_offsets, params.num_experts,
+                                              int32_t(blockIdx.y), smem);
+  if (expert < 0) return;
+  const int32_t row_begin = params.expert_offsets[expert];
+  const int32_t row_end = params.expert_offsets[expert + 1];
+  const int64_t h = params.hidden_size, inter = params.intermediate_size;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t j0 = int64_t(blockIdx.x) * kDecodeGemm1ColsPerCta;
+
+  // This lane's weight rows: tile m, half 0 = up row j, half 1 = gate row I + j.
+  const __nv_bfloat16* w_row[Config::kTilesM][2];
+  bool w_ok[Config::kTilesM][2];
+  const __nv_bfloat16* w1_expert = params.w1 + int64_t(expert) * 2 * inter * h;
+#pragma unroll
+  for (int m = 0; m < Config::kTilesM; ++m) {
+    const int64_t j = j0 + 8 * m + g;
+    w_ok[m][0] = w_ok[m][1] = j < inter;
+    w_row[m][0] = w1_expert + j * h;
+    w_row[m][1] = w1_expert + (inter + j) * h;
+  }
+
+  // ---- mainloop over chunks of rows -------------------------------------------------------------
+  for (int32_t chunk = row_begin; chunk < row_end; chunk += Config::kChunkRows) {
+    const int n_active = (min(Config::kChunkRows, row_end - chunk) + 7) / 8;
+    const __nv_bfloat16* b_row[Config::kNTiles];  // x row of token 8 n + g of the chunk
+    bool b_ok[Config::kNTiles];
+#pragma unroll
+    for (int n = 0; n < Config::kNTiles; ++n) {
+      const int32_t p = chunk + 8 * n + g;
+      b_ok[n] = p < row_end;
+      b_row[n] = params.x + (b_ok[n] ? int64_t(params.gather_rows[p]) * h : 0);
+    }
+    float acc[Config::kTilesM][Config::kNTiles][4] = {};
+    decode_warp_mainloop(w_row, w_ok, b_row, b_ok, n_active, h, acc);
+    decode_reduce_warps(acc, smem);
+
+    // ---- epilogue: SwiGLU, bf16, masked stores (warp 0) ---------------------------------------
+    if (threadIdx.x >= 32) continue;
+#pragma unroll
+    for (int m = 0; m < Config::kTilesM; ++m) {
+      const int64_t j = j0 + 8 * m + g;
+      if (j >= inter) continue;
+#pragma unroll
+      for (int n = 0; n < Config::kNTiles; ++n) {
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+          const int32_t p = chunk + 8 * n + 2 * t + v;
+          if (p >= row_end) continue;
+          const float up = acc[m][n][v], gate = acc[m][n][2 + v];
+          params.act[int64_t(p) * inter + j] = __float2bfloat16_rn(decode_silu(gate) * up);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace fusedmoe::kernels

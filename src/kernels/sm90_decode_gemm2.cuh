@@ -1,0 +1,105 @@
+// Decode GEMM2: the few-rows-per-expert form of sm90_gemm2.cuh, same math:
+//   y[p, n] = bf16( act[p, :] . w2[e][n, :] )      fp32 accumulation
+// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])).
+// Shapes: act [max_rows, I] bf16; w2 [E_loc, H, I] bf16 (I contiguous); y [max_rows, H] bf16.
+// H, I multiples of 8; pointers 16-byte aligned.
+//
+// Grid (ceil(H / 32), min(E_loc, max_rows)): CTA (x, y) takes output columns [32 x, 32 x + 32)
+// (w2 rows) of the y-th non-empty expert (y past the last one: exits at once); m16 tile m holds
+// w2 rows n0 + 16 m .. +16. Warps: 4, all alike, splitting K = I (sm90_decode_mainloop.cuh); rows
+// loop in chunks of 32 (the weights are re-read per chunk: meant for <= 32 rows per expert).
+// Registers ~170, smem 12 KiB (cross-warp partial sums). Epilogue: warp 0, 2-byte stores.
+// Expected limiter: HBM (weights read once; ~0.5 us of expert lookup per CTA, overlapped).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+#include "device/ptx.cuh"
+#include "kernels/sm90_decode_mainloop.cuh"
+
+namespace fusedmoe::kernels {
+
+struct DecodeGemm2Params {
+  const int32_t* expert_offsets;  // [E_loc + 1]
+  int32_t num_experts;            // E_loc
+  const __nv_bfloat16* act;       // [max_rows, I]
+  const __nv_bfloat16* w2;        // [E_loc, H, I]
+  __nv_bfloat16* y;               // [max_rows, H]
+  int64_t hidden_size;            // H
+  int64_t intermediate_size;      // I
+};
+
+// Output columns (w2 rows) per CTA.
+constexpr int kDecodeGemm2ColsPerCta = DecodeGemmConfig::kRowsM;
+
+__global__ void __launch_bounds__(DecodeGemmConfig::kThreads, DecodeGemmConfig::kMinCtasPerSm)
+    sm90_decode_gemm2_kernel(const DecodeGemm2Params params) {
+  using Config = DecodeGemmConfig;
+  __shared__ DecodeSharedStorage smem;
+
+  // ---- prologue: which expert, which rows -----------------------------------------------------
+  ptx::griddepcontrol_wait();  // expert_offsets and act come from earlier kernels
+  ptx::griddepcontrol_launch_dependents();
+  const int32_t expert = find_nonempty_expert(params.expert_offsets, params.num_experts,
+                                              int32_t(blockIdx.y), smem);
+  if (expert < 0) return;
+  const int32_t row_begin = params.expert_offsets[expert];
+  const int32_t row_end = params.expert_offsets[expert + 1];
+  const int64_t h = params.hidden_size, inter = params.intermediate_size;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t n0 = int64_t(blockIdx.x) * kDecodeGemm2ColsPerCta;
+
+  // This lane's weight rows: tile m, half hf = w2 row n0 + 16 m + 8 hf + g.
+  const __nv_bfloat16* w_row[Config::kTilesM][2];
+  bool w_ok[Config::kTilesM][2];
+  const __nv_bfloat16* w2_expert = params.w2 + int64_t(expert) * h * inter;
+#pragma unroll
+  for (int m = 0; m < Config::kTilesM; ++m) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int64_t n = n0 + 16 * m + 8 * hf + g;
+      w_ok[m][hf] = n < h;
+      w_row[m][hf] = w2_expert + n * inter;
+    }
+  }
+
+  // ---- mainloop over chunks of rows -------------------------------------------------------------
+  for (int32_t chunk = row_begin; chunk < row_end; chunk += Config::kChunkRows) {
+    const int n_active = (min(Config::kChunkRows, row_end - chunk) + 7) / 8;
+    const __nv_bfloat16* b_row[Config::kNTiles];  // act row of token 8 n + g of the chunk
+    bool b_ok[Config::kNTiles];
+#pragma unroll
+    for (int n = 0; n < Config::kNTiles; ++n) {
+      const int32_t p = chunk + 8 * n + g;
+      b_ok[n] = p < row_end;
+      b_row[n] = params.act + (b_ok[n] ? int64_t(p) * inter : 0);
+    }
+    float acc[Config::kTilesM][Config::kNTiles][4] = {};
+    decode_warp_mainloop(w_row, w_ok, b_row, b_ok, n_active, inter, acc);
+    decode_reduce_warps(acc, smem);
+
+    // ---- epilogue: bf16, masked stores (warp 0) -----------------------------------------------
+    if (threadIdx.x >= 32) continue;
+#pragma unroll
+    for (int m = 0; m < Config::kTilesM; ++m) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int64_t n = n0 + 16 * m + 8 * hf + g;
+        if (n >= h) continue;
+#pragma unroll
+        for (int nt = 0; nt < Config::kNTiles; ++nt) {
+#pragma unroll
+          for (int v = 0; v < 2; ++v) {
+            const int32_t p = chunk + 8 * nt + 2 * t + v;
+            if (p >= row_end) continue;
+            params.y[int64_t(p) * h + n] = __float2bfloat16_rn(acc[m][nt][2 * hf + v]);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace fusedmoe::kernels

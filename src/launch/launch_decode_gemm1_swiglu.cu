@@ -1,0 +1,42 @@
+// Host launcher of the decode GEMM1 + SwiGLU (kernels/sm90_decode_gemm1_swiglu.cuh): a grid of
+// (act column slices, expert slots), optional PDL.
+#include <algorithm>
+#include <cstdint>
+
+#include "decode_heuristics.h"
+#include "kernels/sm90_decode_gemm1_swiglu.cuh"
+#include "launch/decode_gemm.h"
+#include "launch/pipeline.h"
+
+namespace fusedmoe::detail {
+
+cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
+                                       const int32_t* gather_rows, int64_t hidden_size,
+                                       int64_t intermediate_size, const __nv_bfloat16* w1,
+                                       __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream) {
+  if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;  // no row to compute
+  if (!heuristics::decode_aligned_16(x) || !heuristics::decode_aligned_16(w1) ||
+      !heuristics::decode_aligned_16(act)) {
+    return cudaErrorMisalignedAddress;
+  }
+  const int64_t slots = heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
+  if (slots > 65535) return cudaErrorInvalidConfiguration;  // E_loc <= 1024 by validation
+  const dim3 grid(
+      static_cast<unsigned>(heuristics::ceil_div_decode(intermediate_size,
+                                                         kernels::kDecodeGemm1ColsPerCta)),
+      static_cast<unsigned>(slots));
+
+  kernels::DecodeGemm1Params params;
+  params.expert_offsets = rows.expert_offsets;
+  params.num_experts = rows.num_experts;
+  params.x = x;
+  params.gather_rows = gather_rows;
+  params.w1 = w1;
+  params.act = act;
+  params.hidden_size = hidden_size;
+  params.intermediate_size = intermediate_size;
+  LaunchConfig launch(grid, dim3(kernels::DecodeGemmConfig::kThreads), 0, enable_pdl, stream);
+  return cudaLaunchKernelEx(&launch.config, kernels::sm90_decode_gemm1_swiglu_kernel, params);
+}
+
+}  // namespace fusedmoe::detail

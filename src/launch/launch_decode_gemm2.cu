@@ -1,0 +1,41 @@
+// Host launcher of the decode GEMM2 (kernels/sm90_decode_gemm2.cuh): a grid of (output column
+// slices, expert slots), optional PDL.
+#include <algorithm>
+#include <cstdint>
+
+#include "decode_heuristics.h"
+#include "kernels/sm90_decode_gemm2.cuh"
+#include "launch/decode_gemm.h"
+#include "launch/pipeline.h"
+
+namespace fusedmoe::detail {
+
+cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
+                                int64_t intermediate_size, int64_t hidden_size,
+                                const __nv_bfloat16* w2, __nv_bfloat16* y, bool enable_pdl,
+                                cudaStream_t stream) {
+  if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;  // no row to compute
+  if (!heuristics::decode_aligned_16(act) || !heuristics::decode_aligned_16(w2) ||
+      !heuristics::decode_aligned_16(y)) {
+    return cudaErrorMisalignedAddress;
+  }
+  const int64_t slots = heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
+  if (slots > 65535) return cudaErrorInvalidConfiguration;  // E_loc <= 1024 by validation
+  const dim3 grid(
+      static_cast<unsigned>(heuristics::ceil_div_decode(hidden_size,
+                                                         kernels::kDecodeGemm2ColsPerCta)),
+      static_cast<unsigned>(slots));
+
+  kernels::DecodeGemm2Params params;
+  params.expert_offsets = rows.expert_offsets;
+  params.num_experts = rows.num_experts;
+  params.act = act;
+  params.w2 = w2;
+  params.y = y;
+  params.hidden_size = hidden_size;
+  params.intermediate_size = intermediate_size;
+  LaunchConfig launch(grid, dim3(kernels::DecodeGemmConfig::kThreads), 0, enable_pdl, stream);
+  return cudaLaunchKernelEx(&launch.config, kernels::sm90_decode_gemm2_kernel, params);
+}
+
+}  // namespace fusedmoe::detail

@@ -1,0 +1,448 @@
+// GPU tests of the decode GEMMs (src/launch/decode_gemm.h): GEMM1 + SwiGLU with gathered rows,
+// and GEMM2, against an fp64-accumulating SIMT reference on the same bf16 inputs, by STYLE's
+// tolerance rule. Ragged experts (0, 1, 3, 8, 17, 33, 64 rows), all rows on one expert of many,
+// K and N tails (H, I = 8 * odd), 1024 experts, PDL between the two, poisoned outputs whose rows
+// past the experts must stay untouched, garbage gather indices and NaN act rows past the experts
+// (must never be read), bitwise reruns.
+// Set FUSEDMOE_DECODE_BENCH=1 to run the bandwidth experiment (DecodeGemmBench): weights GB/s of
+// the decode pair at the BENCH.md model shapes for T = 1, 16, 64, 256 beside a device-to-device
+// copy and the prefill pair (launch/grouped_gemm.h), all in the same process; skipped otherwise.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include "common/host_data.h"
+#include "common/tolerance.h"
+#include "decode_heuristics.h"
+#include "launch/decode_gemm.h"
+#include "launch/grouped_gemm.h"
+
+namespace fusedmoe::test {
+namespace {
+
+#define FUSEDMOE_ASSERT_CUDA(expr) ASSERT_EQ(cudaSuccess, (expr)) << #expr
+
+bool has_sm90_gpu() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) return false;
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return false;
+  return prop.major == 9 && prop.minor == 0;
+}
+
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t count) : count_(count) {
+    if (cudaMalloc(&ptr_, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) ptr_ = nullptr;
+  }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void upload(const std::vector<T>& host) {
+    cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  std::vector<T> download() const {
+    std::vector<T> host(count_);
+    cudaMemcpy(host.data(), ptr_, count_ * sizeof(T), cudaMemcpyDeviceToHost);
+    return host;
+  }
+  T* get() const { return ptr_; }
+  template <typename U>
+  U* as() const { return reinterpret_cast<U*>(ptr_); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t count_;
+};
+
+// ---- reference kernels: one thread per output element, fp64 accumulation ----------------------
+__device__ int expert_of_row(const int32_t* offsets, int num_experts, int p) {
+  int lo = 0, hi = num_experts;  // offsets[lo] <= p < offsets[hi]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (offsets[mid] <= p) lo = mid; else hi = mid;
+  }
+  return lo;
+}
+
+// ref[p, j] = silu(g[I + j]) * g[j], g = x[gather[p]] . w1[e]^T, for p < offsets[E].
+__global__ void reference_gemm1_swiglu(const int32_t* offsets, int num_experts,
+                                       const __nv_bfloat16* x, const int32_t* gather, int64_t h,
+                                       int64_t inter, const __nv_bfloat16* w1, double* ref) {
+  const int64_t total = offsets[num_experts];
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= total * inter) return;
+  const int p = static_cast<int>(idx / inter);
+  const int64_t j = idx % inter;
+  const int e = expert_of_row(offsets, num_experts, p);
+  const __nv_bfloat16* xr = x + int64_t(gather[p]) * h;
+  const __nv_bfloat16* wu = w1 + (int64_t(e) * 2 * inter + j) * h;
+  const __nv_bfloat16* wg = wu + inter * h;
+  double up = 0.0, gate = 0.0;
+  for (int64_t k = 0; k < h; ++k) {
+    const double xv = __bfloat162float(xr[k]);
+    up += xv * double(__bfloat162float(wu[k]));
+    gate += xv * double(__bfloat162float(wg[k]));
+  }
+  ref[idx] = gate / (1.0 + exp(-gate)) * up;
+}
+
+// ref[p, n] = act[p] . w2[e][n], for p < offsets[E].
+__global__ void reference_gemm2(const int32_t* offsets, int num_experts, const __nv_bfloat16* act,
+                                int64_t inter, int64_t h, const __nv_bfloat16* w2, double* ref) {
+  const int64_t total = offsets[num_experts];
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= total * h) return;
+  const int p = static_cast<int>(idx / h);
+  const int64_t n = idx % h;
+  const int e = expert_of_row(offsets, num_experts, p);
+  const __nv_bfloat16* ar = act + int64_t(p) * inter;
+  const __nv_bfloat16* wr = w2 + (int64_t(e) * h + n) * inter;
+  double acc = 0.0;
+  for (int64_t k = 0; k < inter; ++k) {
+    acc += double(__bfloat162float(ar[k])) * double(__bfloat162float(wr[k]));
+  }
+  ref[idx] = acc;
+}
+
+// ---- one case --------------------------------------------------------------------------------
+struct DecodeCase {
+  const char* name;
+  int64_t hidden;
+  int64_t inter;
+  std::vector<int32_t> rows_per_expert;
+  int64_t extra_rows;  // poisoned rows past the experts (max_rows = total + extra_rows)
+  int64_t num_tokens;
+  bool enable_pdl;
+};
+
+std::vector<double> round_all_to_bf16(const std::vector<double>& values) {
+  std::vector<double> rounded(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    rounded[i] = bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(values[i])));
+  }
+  return rounded;
+}
+
+std::vector<double> rows_as_double(const std::vector<uint16_t>& bits, int64_t total, int64_t width) {
+  return bf16_to_double(std::vector<uint16_t>(bits.begin(), bits.begin() + total * width));
+}
+
+void expect_rows_poisoned(const std::vector<uint16_t>& bits, int64_t first_row, int64_t width,
+                          const char* what) {
+  int64_t written = 0;
+  for (size_t i = first_row * width; i < bits.size(); ++i) written += bits[i] != kPoisonBf16;
+  EXPECT_EQ(written, 0) << what << ": elements written in rows past the experts";
+}
+
+void run_case(const DecodeCase& c) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(std::string(c.name) + " seed " + std::to_string(seed));
+  Rng rng(seed);
+  const int32_t num_experts = static_cast<int32_t>(c.rows_per_expert.size());
+  std::vector<int32_t> offsets(num_experts + 1, 0);
+  for (int32_t e = 0; e < num_experts; ++e) offsets[e + 1] = offsets[e] + c.rows_per_expert[e];
+  const int64_t total = offsets[num_experts];
+  const int64_t max_rows = total + c.extra_rows;
+  const int64_t h = c.hidden, inter = c.inter;
+
+  // Inputs: fresh random bf16, weights scaled so that g and y stay O(1).
+  const std::vector<uint16_t> x = random_bf16(rng, c.num_tokens * h, -1.0f, 1.0f);
+  const float w1_scale = 2.0f / std::sqrt(float(h));
+  const float w2_scale = 2.0f / std::sqrt(float(inter));
+  const std::vector<uint16_t> w1 =
+      random_bf16(rng, size_t(num_experts) * 2 * inter * h, -w1_scale, w1_scale);
+  const std::vector<uint16_t> w2 =
+      random_bf16(rng, size_t(num_experts) * h * inter, -w2_scale, w2_scale);
+  std::vector<int32_t> gather(max_rows);
+  for (int64_t p = 0; p < max_rows; ++p) {
+    // Past the experts: an index that faults if the kernel ever reads it.
+    gather[p] = p < total ? rng.integer(0, static_cast<int32_t>(c.num_tokens) - 1) : 0x3FFFFFFF;
+  }
+  // GEMM2's input: random rows inside the experts, NaN rows past them (never to be read).
+  std::vector<uint16_t> act_in = random_bf16(rng, max_rows * inter, -1.0f, 1.0f);
+  std::fill(act_in.begin() + total * inter, act_in.end(), uint16_t(0x7FC0));
+
+  DeviceBuffer<int32_t> d_offsets(offsets), d_gather(gather);
+  DeviceBuffer<uint16_t> d_x(x), d_w1(w1), d_w2(w2), d_act_in(act_in);
+  DeviceBuffer<uint16_t> d_act(max_rows * inter), d_y(max_rows * h);
+  DeviceBuffer<double> d_ref1(std::max<int64_t>(total * inter, 1));
+  DeviceBuffer<double> d_ref2(std::max<int64_t>(total * h, 1));
+  ASSERT_NE(d_w1.get(), nullptr);
+  ASSERT_NE(d_y.get(), nullptr);
+
+  std::vector<uint16_t> poisoned_act(max_rows * inter), poisoned_y(max_rows * h);
+  poison(poisoned_act);
+  poison(poisoned_y);
+
+  detail::GroupedRows rows;
+  rows.expert_offsets = d_offsets.get();
+  rows.num_experts = num_experts;
+  rows.max_rows = max_rows;
+  auto run_both = [&] {
+    d_act.upload(poisoned_act);
+    d_y.upload(poisoned_y);
+    ASSERT_EQ(cudaSuccess, detail::launch_decode_gemm1_swiglu(
+                               rows, d_x.as<__nv_bfloat16>(), d_gather.get(), h, inter,
+                               d_w1.as<__nv_bfloat16>(), d_act.as<__nv_bfloat16>(),
+                               c.enable_pdl, nullptr));
+    ASSERT_EQ(cudaSuccess, detail::launch_decode_gemm2(
+                               rows, d_act_in.as<__nv_bfloat16>(), inter, h,
+                               d_w2.as<__nv_bfloat16>(), d_y.as<__nv_bfloat16>(), c.enable_pdl,
+                               nullptr));
+    ASSERT_EQ(cudaSuccess, cudaDeviceSynchronize());
+  };
+  run_both();
+  const std::vector<uint16_t> act = d_act.download();
+  const std::vector<uint16_t> y = d_y.download();
+
+  if (total > 0) {
+    reference_gemm1_swiglu<<<unsigned((total * inter + 255) / 256), 256>>>(
+        d_offsets.get(), num_experts, d_x.as<__nv_bfloat16>(), d_gather.get(), h, inter,
+        d_w1.as<__nv_bfloat16>(), d_ref1.get());
+    reference_gemm2<<<unsigned((total * h + 255) / 256), 256>>>(
+        d_offsets.get(), num_experts, d_act_in.as<__nv_bfloat16>(), inter, h,
+        d_w2.as<__nv_bfloat16>(), d_ref2.get());
+    FUSEDMOE_ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<double> ref1 = d_ref1.download(), ref2 = d_ref2.download();
+    ref1.resize(total * inter);
+    ref2.resize(total * h);
+    EXPECT_TRUE(close_by_bf16_rule(rows_as_double(act, total, inter), ref1, round_all_to_bf16(ref1)))
+        << "decode gemm1+swiglu";
+    EXPECT_TRUE(close_by_bf16_rule(rows_as_double(y, total, h), ref2, round_all_to_bf16(ref2)))
+        << "decode gemm2";
+  }
+  expect_rows_poisoned(act, total, inter, "decode gemm1+swiglu");
+  expect_rows_poisoned(y, total, h, "decode gemm2");
+
+  // Deterministic: a rerun into freshly poisoned outputs gives the same bits.
+  run_both();
+  EXPECT_EQ(first_difference(act, d_act.download()), -1) << "gemm1 rerun differs";
+  EXPECT_EQ(first_difference(y, d_y.download()), -1) << "gemm2 rerun differs";
+}
+
+class DecodeGemm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!has_sm90_gpu()) GTEST_SKIP() << "needs an sm_90 GPU";
+  }
+};
+
+TEST_F(DecodeGemm, RaggedExpertsWithKAndNTails) {
+  // H = 296 = 8 * 37 (K tail of GEMM1: 296 = 256 + 40; N tail of GEMM2: 296 = 9 * 32 + 8),
+  // I = 200 = 8 * 25 (N tail of GEMM1: 200 = 12 * 16 + 8, the last CTA's second tile empty).
+  run_case({"ragged", 296, 200, {0, 1, 3, 8, 17, 0, 64, 33, 2}, 37, 91, false});
+}
+
+TEST_F(DecodeGemm, RaggedExpertsWithPdl) {
+  run_case({"ragged, pdl", 296, 200, {5, 0, 0, 31, 32, 1}, 5, 40, true});
+}
+
+TEST_F(DecodeGemm, AllRowsOnOneExpertOfMany) {
+  // 8 chunks of 32 rows + 1: the weights stream once per chunk, every chunk must land.
+  std::vector<int32_t> sizes(16, 0);
+  sizes[11] = 257;
+  run_case({"one busy expert", 520, 136, sizes, 3, 257, false});
+}
+
+TEST_F(DecodeGemm, ModelShape2048x768Decode) {
+  // qwen3-30b-a3b at T = 2: 16 slots over 8 of 128 experts, the rest empty.
+  std::vector<int32_t> sizes(128, 0);
+  for (int e : {3, 17, 40, 41, 77, 100, 101, 127}) sizes[e] = 2;
+  run_case({"2048x768", 2048, 768, sizes, 0, 2, true});
+}
+
+TEST_F(DecodeGemm, ThousandExpertsFewRows) {
+  std::vector<int32_t> sizes(1024);
+  Rng rng(std::random_device{}());
+  for (int32_t& s : sizes) s = rng.integer(0, 3);
+  run_case({"1024 experts", 64, 72, sizes, 1, 40, false});
+}
+
+TEST_F(DecodeGemm, TinyIntermediate) {
+  // I = 8: one tile of 8 up + 8 gate rows per CTA, the second tile past I; H = 8: one k load.
+  run_case({"I = 8", 8, 8, {2, 0, 9, 1}, 4, 6, false});
+}
+
+TEST_F(DecodeGemm, NoRowsAtAll) {
+  run_case({"no rows", 128, 128, {0, 0, 0}, 17, 4, false});
+}
+
+TEST_F(DecodeGemm, RejectsMisalignedPointers) {
+  DeviceBuffer<int32_t> d_offsets(std::vector<int32_t>{0, 1});
+  DeviceBuffer<uint16_t> buf(4096);
+  detail::GroupedRows rows{d_offsets.get(), 1, 1};
+  const auto* base = buf.as<__nv_bfloat16>();
+  EXPECT_EQ(cudaErrorMisalignedAddress,
+            detail::launch_decode_gemm2(rows, base + 1, 8, 8, base, buf.as<__nv_bfloat16>(),
+                                        false, nullptr));
+  EXPECT_EQ(cudaErrorMisalignedAddress,
+            detail::launch_decode_gemm1_swiglu(rows, base, d_offsets.get(), 8, 8, base + 4,
+                                               buf.as<__nv_bfloat16>(), false, nullptr));
+}
+
+// ---- bandwidth experiment (FUSEDMOE_DECODE_BENCH=1) --------------------------------------------
+__global__ void fill_random_bf16(__nv_bfloat16* data, size_t count, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t v = uint32_t(i) * 2654435761u ^ seed;
+    v ^= v >> 15;
+    v *= 2246822519u;
+    v ^= v >> 13;
+    data[i] = __float2bfloat16(scale * (float(v & 0xFFFF) / 32768.0f - 1.0f));
+  }
+}
+
+// Median of `reps` event-timed runs of `launch`, each after a 256 MiB write that evicts L2.
+template <typename Launch>
+double median_us(Launch&& launch, void* flush, size_t flush_bytes, int reps) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  launch();
+  std::vector<float> times;
+  for (int i = 0; i < reps; ++i) {
+    cudaMemsetAsync(flush, i & 0xFF, flush_bytes);
+    cudaEventRecord(start);
+    launch();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return 1e3 * times[times.size() / 2];
+}
+
+double max_rel_diff(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, size_t n) {
+  double max_ref = 0.0, max_diff = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const double va = bf16_bits_to_float(a[i]), vb = bf16_bits_to_float(b[i]);
+    max_ref = std::max(max_ref, std::abs(vb));
+    const double d = std::abs(va - vb);
+    max_diff = (d == d) ? std::max(max_diff, d) : INFINITY;
+  }
+  return max_diff / std::max(max_ref, 1e-30);
+}
+
+TEST(DecodeGemmBench, WeightBandwidth) {
+  if (std::getenv("FUSEDMOE_DECODE_BENCH") == nullptr) GTEST_SKIP() << "set FUSEDMOE_DECODE_BENCH=1";
+  if (!has_sm90_gpu()) GTEST_SKIP() << "needs an sm_90 GPU";
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  const int reps = 15;
+  const size_t flush_bytes = size_t(256) << 20;
+  DeviceBuffer<uint8_t> flush(flush_bytes);
+
+  double copy_gbs = 0.0;
+  {  // device-to-device copy: bytes read + written over time
+    const size_t bytes = size_t(1) << 30;
+    DeviceBuffer<uint8_t> src(bytes), dst(bytes);
+    cudaMemset(src.get(), 1, bytes);
+    const double us = median_us([&] { cudaMemcpyAsync(dst.get(), src.get(), bytes,
+                                                      cudaMemcpyDeviceToDevice); },
+                                flush.get(), flush_bytes, 10);
+    copy_gbs = 2.0 * bytes / us / 1e3;
+  }
+  std::printf("device: %s, %d SMs, L2 %d MiB; D2D copy %.0f GB/s (read + write)\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
+  std::printf("%-14s %4s | %4s %5s | %8s | %8s %8s %8s %6s %5s | %8s %6s | %s\n", "model", "T",
+              "hit", "max_r", "w MB", "dec g1", "dec g2", "dec us", "GB/s", "%copy",
+              "pre us", "x pre", "heuristic");
+
+  struct Model { const char* name; int64_t h, inter; int e, k; };
+  for (const Model md : {Model{"qwen3-30b-a3b", 2048, 768, 128, 8},
+                         Model{"deepseek-v3", 7168, 2048, 256, 8},
+                         Model{"mixtral-8x7b", 4096, 14336, 8, 2},
+                         Model{"llama4-scout", 5120, 8192, 16, 1}}) {
+    const int64_t h = md.h, inter = md.inter;
+    const size_t w1_count = size_t(md.e) * 2 * inter * h, w2_count = size_t(md.e) * h * inter;
+    DeviceBuffer<uint16_t> w1(w1_count), w2(w2_count);
+    ASSERT_NE(w1.get(), nullptr) << md.name;
+    ASSERT_NE(w2.get(), nullptr) << md.name;
+    fill_random_bf16<<<4096, 256>>>(w1.as<__nv_bfloat16>(), w1_count, 4, 2.0f / std::sqrt(float(h)));
+    fill_random_bf16<<<4096, 256>>>(w2.as<__nv_bfloat16>(), w2_count, 5,
+                                    2.0f / std::sqrt(float(inter)));
+    for (const int64_t t : {1, 16, 64, 256}) {
+      // Uniform routing: each token picks K distinct experts; rows sorted by (expert, slot).
+      Rng rng(1000 + t);
+      const std::vector<int32_t> ids = random_distinct_ids(rng, t, md.k, md.e);
+      std::vector<int32_t> slots(t * md.k);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::stable_sort(slots.begin(), slots.end(),
+                       [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
+      std::vector<int32_t> offsets(md.e + 1, 0), gather(t * md.k);
+      for (int32_t id : ids) ++offsets[id + 1];
+      for (int e = 0; e < md.e; ++e) offsets[e + 1] += offsets[e];
+      for (size_t p = 0; p < slots.size(); ++p) gather[p] = slots[p] / md.k;
+      int hit = 0, max_r = 0;
+      for (int e = 0; e < md.e; ++e) {
+        hit += offsets[e + 1] > offsets[e];
+        max_r = std::max(max_r, offsets[e + 1] - offsets[e]);
+      }
+      const int64_t rows_total = t * md.k;
+      DeviceBuffer<int32_t> d_offsets(offsets), d_gather(gather);
+      DeviceBuffer<uint16_t> x(t * h), act_dec(rows_total * inter), act_pre(rows_total * inter),
+          y_dec(rows_total * h), y_pre(rows_total * h);
+      fill_random_bf16<<<256, 256>>>(x.as<__nv_bfloat16>(), t * h, 3 + uint32_t(t), 1.0f);
+      detail::GroupedRows rows{d_offsets.get(), md.e, rows_total};
+      auto* xb = x.as<__nv_bfloat16>();
+      auto* w1b = w1.as<__nv_bfloat16>();
+      auto* w2b = w2.as<__nv_bfloat16>();
+      auto dec1 = [&] {
+        detail::launch_decode_gemm1_swiglu(rows, xb, d_gather.get(), h, inter, w1b,
+                                           act_dec.as<__nv_bfloat16>(), true, nullptr);
+      };
+      auto dec2 = [&] {
+        detail::launch_decode_gemm2(rows, act_dec.as<__nv_bfloat16>(), inter, h, w2b,
+                                    y_dec.as<__nv_bfloat16>(), true, nullptr);
+      };
+      auto pre = [&] {
+        detail::launch_gemm1_swiglu(rows, xb, d_gather.get(), h, inter, w1b,
+                                    act_pre.as<__nv_bfloat16>(), true, nullptr);
+        detail::launch_gemm2(rows, act_pre.as<__nv_bfloat16>(), inter, h, w2b,
+                             y_pre.as<__nv_bfloat16>(), true, nullptr);
+      };
+      auto dec = [&] { dec1(); dec2(); };
+      // Interleaved: the pair, then each GEMM alone, then the prefill pair (same clocks).
+      const double us_dec = median_us(dec, flush.get(), flush_bytes, reps);
+      const double us_g1 = median_us(dec1, flush.get(), flush_bytes, reps);
+      const double us_g2 = median_us(dec2, flush.get(), flush_bytes, reps);
+      const double us_pre = median_us(pre, flush.get(), flush_bytes, reps);
+      ASSERT_EQ(cudaSuccess, cudaDeviceSynchronize()) << md.name << " T " << t;
+
+      // Check before trusting: the two paths compute the same function (different fp32 orders).
+      const double d_act = max_rel_diff(act_dec.download(), act_pre.download(), rows_total * inter);
+      const double d_y = max_rel_diff(y_dec.download(), y_pre.download(), rows_total * h);
+      EXPECT_LT(d_act, 2e-2) << md.name << " T " << t << ": act differs from the prefill path";
+      EXPECT_LT(d_y, 2e-2) << md.name << " T " << t << ": y differs from the prefill path";
+
+      const double weight_bytes = double(hit) * 3.0 * h * inter * 2.0;
+      const double gbs = weight_bytes / us_dec / 1e3;
+      const bool decode = heuristics::use_decode_gemms(t, md.k, md.e, h, inter,
+                                                       prop.multiProcessorCount);
+      std::printf("%-14s %4lld | %4d %5d | %8.1f | %8.1f %8.1f %8.1f %6.0f %5.1f | %8.1f %6.2f | %s%s\n",
+                  md.name, (long long)t, hit, max_r, weight_bytes / 1e6, us_g1, us_g2, us_dec,
+                  gbs, 100.0 * gbs / copy_gbs, us_pre, us_pre / us_dec,
+                  decode ? "decode" : "prefill",
+                  (decode == (us_dec < us_pre)) ? "" : " (MISPICK)");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fusedmoe::test
