@@ -8,20 +8,11 @@
 # reference; that is a correctness check, not a benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py="${PYTHON:-python3}"
-
-if ! "$py" -c "import torch" 2>/dev/null; then
-  echo "bench.sh: torch is not installed for $py (pip install torch)" >&2
-  exit 1
-fi
-if ! "$py" -c "import fusedmoe" 2>/dev/null; then
-  if [[ -f pyproject.toml || -f setup.py ]]; then
-    echo "bench.sh: fusedmoe does not import; installing it (pip install --no-build-isolation .)"
-    "$py" -m pip install --no-build-isolation . ||
-      echo "bench.sh: installing fusedmoe FAILED; only the baselines can run" >&2
-  else
-    echo "bench.sh: fusedmoe does not import and there is no pyproject.toml to install it from" >&2
-  fi
+# An interpreter with torch (a venv from PyPI on a fresh machine), then the package.
+source scripts/python_env.sh
+# Always (re)installed, so the benchmark never times a stale build; FUSEDMOE_SKIP_INSTALL=1 skips.
+if [[ "${FUSEDMOE_SKIP_INSTALL:-0}" != 1 ]]; then
+  fusedmoe_install || echo "bench.sh: installing fusedmoe FAILED; only the baselines can run" >&2
 fi
 if [[ -z "${FUSEDMOE_COMMIT:-}" ]] && command -v git >/dev/null; then
   FUSEDMOE_COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"

@@ -60,6 +60,10 @@ struct CaseSpec {
   bool with_replay = true;
 };
 
+// Printed as its name (gtest would otherwise dump the struct's bytes in every listing).
+void PrintTo(const CaseSpec& spec, std::ostream* os) { *os << spec.name; }
+
+
 class GpuCase {
  public:
   GpuCase(const CaseSpec& spec, uint64_t seed) : spec_(spec) {
