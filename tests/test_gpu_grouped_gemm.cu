@@ -133,7 +133,8 @@ std::vector<double> round_all_to_bf16(const std::vector<double>& values) {
 }
 
 // ours[p, :] for p < total, as doubles.
-std::vector<double> rows_as_double(const std::vector<uint16_t>& bits, int64_t total, int64_t width) {
+std::vector<double> rows_as_double(const std::vector<uint16_t>& bits, int64_t total,
+                                   int64_t width) {
   return bf16_to_double(std::vector<uint16_t>(bits.begin(), bits.begin() + total * width));
 }
 
@@ -178,7 +179,8 @@ void run_case(const GemmCase& c) {
   DeviceBuffer<uint16_t> d_act(off + max_rows * inter), d_y(off + max_rows * h);
   __nv_bfloat16* act_out = d_act.as<__nv_bfloat16>() + off;
   __nv_bfloat16* y_out = d_y.as<__nv_bfloat16>() + off;
-  DeviceBuffer<double> d_ref1(std::max<int64_t>(total * inter, 1)), d_ref2(std::max<int64_t>(total * h, 1));
+  DeviceBuffer<double> d_ref1(std::max<int64_t>(total * inter, 1));
+  DeviceBuffer<double> d_ref2(std::max<int64_t>(total * h, 1));
   ASSERT_NE(d_y.get(), nullptr);
 
   std::vector<uint16_t> poisoned_act(off + max_rows * inter), poisoned_y(off + max_rows * h);
@@ -218,7 +220,8 @@ void run_case(const GemmCase& c) {
     std::vector<double> ref1 = d_ref1.download(), ref2 = d_ref2.download();
     ref1.resize(total * inter);
     ref2.resize(total * h);
-    EXPECT_TRUE(close_by_bf16_rule(rows_as_double(act, total, inter), ref1, round_all_to_bf16(ref1)))
+    EXPECT_TRUE(close_by_bf16_rule(rows_as_double(act, total, inter), ref1,
+                                   round_all_to_bf16(ref1)))
         << "gemm1+swiglu";
     EXPECT_TRUE(close_by_bf16_rule(rows_as_double(y, total, h), ref2, round_all_to_bf16(ref2)))
         << "gemm2";
@@ -369,7 +372,8 @@ TEST(GroupedGemmBench, Throughput) {
         dense_out(rows_total * std::max(2 * inter, h));
     ASSERT_NE(dense_out.get(), nullptr);
     fill_random_bf16<<<1024, 256>>>(x.as<__nv_bfloat16>(), rows_total * h, 3, 1.0f);
-    fill_random_bf16<<<1024, 256>>>(w1.as<__nv_bfloat16>(), bc.num_experts * 2 * inter * h, 4, 0.05f);
+    fill_random_bf16<<<1024, 256>>>(w1.as<__nv_bfloat16>(), bc.num_experts * 2 * inter * h, 4,
+                                    0.05f);
     fill_random_bf16<<<1024, 256>>>(w2.as<__nv_bfloat16>(), bc.num_experts * h * inter, 5, 0.05f);
     detail::GroupedRows rows{d_offsets.get(), int32_t(bc.num_experts), rows_total};
 

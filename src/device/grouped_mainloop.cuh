@@ -17,7 +17,8 @@
 //      ((c ^ (r % 8)) * 16)
 //   b  (2, HALF_N=128, BLOCK_K=64) bf16, 2 x 16 KiB, the same swizzle (written by TMA)
 //   staging  (8 consumer warps, 16 rows x 256 bytes): device/epilogue.cuh
-// Expected limiter: tensor cores for >= a few hundred rows per expert, B bandwidth below.
+// Expected limiter: tensor cores at >= ~256 rows per expert (ncu: 84 % busy at 4096 rows, the
+// rest is the serial drain + epilogue per tile); weight bandwidth from HBM at fewer rows.
 #pragma once
 
 #include <cstdint>
@@ -65,11 +66,14 @@ enum class WarpRole : int { kProducer = 0, kConsumer = 1 };
 
 struct SharedStorage {
   using Config = GroupedGemmConfig;
-  alignas(1024) __nv_bfloat16 a[Config::kStages][Config::kBlockM * Config::kBlockK];  // (M, K) x stages
-  alignas(1024) __nv_bfloat16 b[Config::kStages][2][Config::kHalfN * Config::kBlockK];  // (2, N/2, K) x stages
-  alignas(128) uint8_t staging[4 * Config::kNumConsumerWarpgroups][kStagingBytesPerWarp];  // epilogue
-  alignas(8) uint64_t full[Config::kStages];
-  alignas(8) uint64_t empty[Config::kStages];
+  // (stages, BLOCK_M, BLOCK_K), 128-byte swizzle
+  alignas(1024) __nv_bfloat16 a[Config::kStages][Config::kBlockM * Config::kBlockK];
+  // (stages, 2 boxes, HALF_N, BLOCK_K), 128-byte swizzle
+  alignas(1024) __nv_bfloat16 b[Config::kStages][2][Config::kHalfN * Config::kBlockK];
+  // (consumer warps, 16 rows x 256 bytes), XOR-swizzled 16-byte chunks (device/epilogue.cuh)
+  alignas(128) uint8_t staging[4 * Config::kNumConsumerWarpgroups][kStagingBytesPerWarp];
+  alignas(8) uint64_t full[Config::kStages];   // stage loaded: A (cp.async) + B (TMA)
+  alignas(8) uint64_t empty[Config::kStages];  // stage consumed by both consumer warpgroups
 };
 
 // What the mainloop reads. A is [*, k] bf16 row-major (row p of the tile is a[gather(p)]), B is

@@ -8,8 +8,8 @@
 //
 // Tile: 128 rows x 128 act columns j0 = 128 n: B box 0 = up rows [j0, j0+128), box 1 = gate rows
 // [I+j0, I+j0+128); one wgmma n256 covers both, so a thread holds up[j] and gate[j] (64
-// accumulators apart) and applies SwiGLU in registers. Up rows past I read gate rows and gate rows past 2I read zeros:
-// both only reach columns j >= I, which are never stored.
+// accumulators apart) and applies SwiGLU in registers. Up rows past I read gate rows and gate
+// rows past 2I read zeros: both only reach columns j >= I, which are never stored.
 // Warp roles, registers, smem and pipeline: device/grouped_mainloop.cuh (1 producer warpgroup at
 // 40 registers, 2 consumer warpgroups at 232, 4 stages x 48 KiB).
 // Epilogue: per warp, 16 rows x 128 act columns through a 4 KiB smem staging buffer (stmatrix),
@@ -33,8 +33,9 @@ struct Gemm1SwigluParams {
 };
 
 // silu(v) = v / (1 + exp(-v)) with the fast exp and divide: 4 instructions instead of ~40 for
-// expf and IEEE division, which cost ~2 us of issue per 128 x 256 tile (~4 % at H = 4096); the
-// difference (a few fp32 ulp) vanishes in the bf16 rounding of act. v < -88: exp = inf, result -0.
+// expf and IEEE division (GEMM1 gained 5-6 % with this and the n256 wgmma, GEMM2 nothing from the
+// latter: bench/NOTES.md step 2); the difference, a few fp32 ulp, vanishes in the bf16 rounding
+// of act. v < -88: exp(-v) = inf and the result is -0.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
 __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
