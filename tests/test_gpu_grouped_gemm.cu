@@ -285,6 +285,14 @@ TEST_F(GroupedGemm, ThousandExpertsFewRows) {
   run_case({"1024 experts", 64, 72, sizes, 1, 40, false});
 }
 
+TEST_F(GroupedGemm, OnlyTheLastOfAThousandExperts) {
+  // The scheduler's warp-wide walk crosses 31 all-empty groups of 32 experts, then finds the
+  // rows in a last group that is only partly inside E_loc (1000 = 31 * 32 + 8).
+  std::vector<int32_t> sizes(1000, 0);
+  sizes[999] = 300;
+  run_case({"last of 1000 experts", 64, 136, sizes, 9, 100, false});
+}
+
 TEST_F(GroupedGemm, AllRowsOnOneExpertOfMany) {
   std::vector<int32_t> sizes(16, 0);
   sizes[9] = 2000;
@@ -356,14 +364,19 @@ TEST(GroupedGemmBench, Throughput) {
     std::printf("cuBLAS dense 8192^3: %.3f ms, %.1f TFLOP/s\n", ms, 2.0 * n * n * n / ms / 1e9);
   }
 
-  struct BenchCase { int64_t num_experts, rows_per_expert, hidden, inter; };
-  for (const BenchCase bc : {BenchCase{128, 256, 4096, 1536}, BenchCase{8, 4096, 4096, 14336},
-                             BenchCase{256, 64, 7168, 2048}, BenchCase{16, 2048, 5120, 8192}}) {
-    const int64_t rows_total = bc.num_experts * bc.rows_per_expert;
+  // active_stride: only experts e % active_stride == 0 get rows (decode-like sparse routing).
+  struct BenchCase { int64_t num_experts, rows_per_expert, hidden, inter, active_stride; };
+  for (const BenchCase bc :
+       {BenchCase{128, 256, 4096, 1536, 1}, BenchCase{8, 4096, 4096, 14336, 1},
+        BenchCase{256, 64, 7168, 2048, 1}, BenchCase{16, 2048, 5120, 8192, 1},
+        BenchCase{1024, 8, 2048, 768, 8}}) {
     const int64_t h = bc.hidden, inter = bc.inter;
-    std::vector<int32_t> offsets(bc.num_experts + 1);
+    std::vector<int32_t> offsets(bc.num_experts + 1, 0);
+    for (int64_t e = 0; e < bc.num_experts; ++e) {
+      offsets[e + 1] = offsets[e] + int32_t(e % bc.active_stride == 0 ? bc.rows_per_expert : 0);
+    }
+    const int64_t rows_total = offsets[bc.num_experts];
     std::vector<int32_t> gather(rows_total);
-    for (int64_t e = 0; e <= bc.num_experts; ++e) offsets[e] = int32_t(e * bc.rows_per_expert);
     Rng rng(7);
     for (int32_t& g : gather) g = rng.integer(0, int32_t(rows_total) - 1);
     DeviceBuffer<int32_t> d_offsets(offsets), d_gather(gather);
@@ -407,10 +420,10 @@ TEST(GroupedGemmBench, Throughput) {
     const double ms1 = t1[1], ms2 = t2[1], dense_ms1 = d1[1], dense_ms2 = d2[1];
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     std::printf(
-        "E=%lld x %lld rows, H=%lld I=%lld | gemm1+swiglu %.3f ms %.1f TFLOP/s = %.0f %% of "
+        "E=%lld x %lld rows (1 in %lld active), H=%lld I=%lld | gemm1+swiglu %.3f ms %.1f TFLOP/s = %.0f %% of "
         "cuBLAS dense same shape (%.1f) | gemm2 %.3f ms %.1f TFLOP/s = %.0f %% of cuBLAS (%.1f)\n",
-        (long long)bc.num_experts, (long long)bc.rows_per_expert, (long long)h, (long long)inter,
-        ms1, flops1 / ms1 / 1e9, 100.0 * dense_ms1 / ms1, flops1 / dense_ms1 / 1e9, ms2,
+        (long long)bc.num_experts, (long long)bc.rows_per_expert, (long long)bc.active_stride,
+        (long long)h, (long long)inter, ms1, flops1 / ms1 / 1e9, 100.0 * dense_ms1 / ms1, flops1 / dense_ms1 / 1e9, ms2,
         flops2 / ms2 / 1e9, 100.0 * dense_ms2 / ms2, flops2 / dense_ms2 / 1e9);
   }
   cublasDestroy(handle);
