@@ -57,13 +57,13 @@ Status cuda_status(cudaError_t error, const char* what) {
                            cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ")");
 }
 
-// Rows, tokens and offsets are int32 on the device: T * K must stay below 2^31.
-Status check_slot_count(const MoeShape& shape) {
-  constexpr int64_t kMaxSlots = INT32_MAX;
-  if (shape.num_tokens <= kMaxSlots / shape.top_k) return Status::Ok();
-  return invalid_argument("shape.num_tokens",
-                          "num_tokens * top_k <= " + std::to_string(kMaxSlots) + " on the GPU",
-                          std::to_string(shape.num_tokens));
+Status check_aligned(const void* pointer, const char* name) {
+  constexpr uintptr_t kAlignment = 16;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(pointer);
+  if (address % kAlignment == 0) return Status::Ok();
+  return invalid_argument(name, "a 16-byte aligned address on the GPU path",
+                          "an address " + std::to_string(address % kAlignment) +
+                              " bytes past a 16-byte boundary");
 }
 
 }  // namespace
@@ -98,7 +98,6 @@ Workspace carve_workspace(const MoeShape& shape, void* base) {
 
 Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
   if (Status s = detail::validate_shape(shape); !s.ok()) return s;
-  if (Status s = detail::check_slot_count(shape); !s.ok()) return s;
   if (workspace_bytes == nullptr) {
     return detail::invalid_argument("workspace_bytes", "a pointer", "nullptr");
   }
@@ -111,7 +110,6 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   using namespace detail;
   if (Status s = validate(args); !s.ok()) return s;
   const MoeShape& shape = args.shape;
-  if (Status s = check_slot_count(shape); !s.ok()) return s;
   const size_t needed_bytes = workspace_layout_bytes(shape);
   if (workspace_bytes < needed_bytes) {
     return Status::Error(StatusCode::kWorkspaceTooSmall,
@@ -122,6 +120,11 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   }
   if (shape.num_tokens == 0) return Status::Ok();
   if (workspace == nullptr) return invalid_argument("workspace", "a pointer", "nullptr");
+  // The GEMMs read x and the weights with 16-byte copies (cp.async, TMA): checked here, before
+  // anything is enqueued, so a rejected call writes nothing.
+  if (Status s = check_aligned(args.hidden_states, "hidden_states"); !s.ok()) return s;
+  if (Status s = check_aligned(args.gemm1_weights, "gemm1_weights"); !s.ok()) return s;
+  if (Status s = check_aligned(args.gemm2_weights, "gemm2_weights"); !s.ok()) return s;
 
   const Workspace ws = carve_workspace(shape, workspace);
   const int64_t num_slots = shape.num_tokens * shape.top_k;

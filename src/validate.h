@@ -20,8 +20,8 @@ Status invalid_argument(const std::string& argument, const std::string& expected
 // is int32), and the grouped GEMMs compute row + 127 and M-block round-ups in int32, hence a
 // 2^30 bound on T * K with headroom; H and I up to 2^20 keep workspace_size() (< 2^53 bytes)
 // and the TMA coordinates (< 2^22) far from overflow. Real models sit far below all three.
-constexpr int64_t kMaxNumSlots = int64_t{1} << 30;    // T * K
-constexpr int64_t kMaxFeatureSize = int64_t{1} << 20;  // H and I
+using fusedmoe::kMaxNumSlots;    // T * K (public header)
+using fusedmoe::kMaxFeatureSize;  // H and I (public header)
 
 // The MoeShape rules of SPEC: T >= 0; H, I > 0 and multiples of 8; 1 <= E <= 1024;
 // 1 <= K <= 32; K <= E; E_loc >= 1; offset >= 0; offset + E_loc <= E; plus the size limits

@@ -76,6 +76,10 @@ enum class WeightLayout : int { kCanonical = 0 };
 constexpr int kMaxTopK = 32;
 constexpr int kMaxNumExperts = 1024;
 constexpr int kSizeMultiple = 8;  // H and I must be multiples of this
+// Index-width limits (beyond SPEC): device rows are int32, so T * K <= 2^30 keeps every row and
+// tile index with headroom, and H, I <= 2^20 keep workspace_size() far from wrapping size_t.
+constexpr int64_t kMaxNumSlots = int64_t{1} << 30;    // T * K
+constexpr int64_t kMaxFeatureSize = int64_t{1} << 20;  // H and I
 
 // ----------------------------------------------------------------------------------------------
 // Packed top-k routing: bits 31..16 = expert id as signed int16, bits 15..0 = bf16 weight bits.
