@@ -2,10 +2,9 @@
 // (launch/grouped_gemm.h), and the decode launchers' grid arithmetic: pure host functions of
 // host-known values, tested on the CPU (tests/test_decode_heuristics.cc).
 //
-// The decode kernels stream each hit expert's weights once per chunk of 32 rows, on every SM
-// (a CTA per 32 weight rows); the prefill kernels run one 128-row x 256-column tile per SM and
-// compute 128 rows whatever the expert holds. Measured in bench/NOTES.md ("Decode GEMMs
-// (issue 6)"), which sets the thresholds below.
+// The decode kernels stream each hit expert's weights once per chunk of 16 rows, on every SM
+// (a CTA per 32 weight rows); the prefill kernels run one 128-row x 256-weight-row tile per SM
+// at a time. Measured in bench/NOTES.md ("Decode GEMMs (issue 6)"), which sets the thresholds.
 #pragma once
 
 #include <algorithm>
@@ -25,31 +24,43 @@ inline bool decode_aligned_16(const void* ptr) {
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
 }
 
-// Rows a hit local expert holds on average when T * K slots pick uniformly among E_loc experts:
-// slots / E_loc (1 - (1 - 1/E_loc)^slots). An upper bound under expert parallelism, where only
-// a share of the slots is local.
-inline double expected_rows_per_hit_expert(int64_t num_tokens, int top_k,
-                                           int local_num_experts) {
-  const double slots = double(num_tokens) * top_k;
-  const double e = local_num_experts;
-  if (slots <= 0 || e <= 0) return 0.0;
-  const double hit = e * -std::expm1(slots * std::log1p(-1.0 / e));  // e (1 - (1 - 1/e)^slots)
-  return slots / std::max(hit, 1.0);
+// Warps per CTA of the decode kernels (they split K): 8 when the grid at 4 warps would place
+// fewer than 2.5 CTAs per SM, else 4. H200: llama4-scout GEMM2 at T = 1 (160 CTAs) 51.8 -> 36.9
+// us with 8; qwen3-30b GEMM1 at T = 1 (384 CTAs) 25.6 -> 27.3 us, so 4 there.
+constexpr int decode_warps_per_cta(int64_t num_ctas, int num_sms) {
+  return 2 * num_ctas < 5 * int64_t(num_sms) ? 8 : 4;
 }
 
-// Decode GEMMs while a hit expert averages at most this many rows: one 32-row chunk per
-// expert keeps the weights read once (bench/NOTES.md, "Decode GEMMs (issue 6)").
-constexpr double kDecodeMaxRowsPerExpert = 24.0;
+// Experts hit on average when `slots` slots pick uniformly among `num_experts`:
+// E (1 - (1 - 1/E)^slots). An upper bound under expert parallelism (only a share is local).
+inline double expected_hit_experts(int64_t slots, int num_experts) {
+  if (slots <= 0 || num_experts <= 0) return 0.0;
+  const double e = num_experts;
+  return e * -std::expm1(double(slots) * std::log1p(-1.0 / e));
+}
+
+// Prefill GEMM tiles (launch/grouped_gemm.h, heuristics.h: 128 rows x 128 act columns for
+// GEMM1, x 256 output columns for GEMM2) over the expected hit experts, one M block each.
+inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int local_num_experts,
+                                     int64_t n_columns, int64_t tile_n) {
+  return expected_hit_experts(num_tokens * top_k, local_num_experts) *
+         double(ceil_div_decode(n_columns, tile_n));
+}
 
 // The pipeline's choice: true = launch_decode_gemm1_swiglu + launch_decode_gemm2.
-inline bool use_decode_gemms(int64_t num_tokens, int top_k, int local_num_experts,
-                             int64_t hidden, int64_t inter, int num_sms) {
-  (void)hidden;
-  (void)inter;
-  (void)num_sms;
-  if (num_tokens <= 0 || top_k <= 0 || local_num_experts <= 0) return false;
-  return expected_rows_per_hit_expert(num_tokens, top_k, local_num_experts) <=
-         kDecodeMaxRowsPerExpert;
+// The prefill GEMMs stream weights at ~100 % of a copy's bandwidth once their tiles fill the
+// SMs (H200: 4.3 TB/s on deepseek-v3 from T = 16), so the decode GEMMs pay only when one of the
+// prefill GEMMs leaves most SMs idle: its expected tiles <= num_sms / 2. Measured (H200, one
+// call, decode pair vs prefill pair, bench/NOTES.md): qwen3-30b T=1 (47 GEMM1 tiles) 1.24x,
+// mixtral T=1 (30 GEMM2 tiles) 1.36x, llama4-scout T=1 (20) 1.62x, gpt-oss T=1 (47) 1.01x;
+// deepseek-v3 T=1 (126) 0.86x, qwen3-235b T=1 (93) 0.94x, mixtral T=4 (84) 0.86x, llama4-scout
+// T=4 (73) 0.87x; the one miss is qwen3-30b T=4 (170 tiles, decode 1.02x), by 2 %.
+inline bool use_decode_gemms(int64_t num_tokens, int top_k, int local_num_experts, int64_t hidden,
+                             int64_t inter, int num_sms) {
+  if (num_tokens <= 0 || top_k <= 0 || local_num_experts <= 0 || num_sms <= 0) return false;
+  const double tiles1 = expected_prefill_tiles(num_tokens, top_k, local_num_experts, inter, 128);
+  const double tiles2 = expected_prefill_tiles(num_tokens, top_k, local_num_experts, hidden, 256);
+  return std::min(tiles1, tiles2) <= 0.5 * num_sms;
 }
 
 }  // namespace fusedmoe::heuristics

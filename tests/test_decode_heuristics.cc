@@ -1,46 +1,61 @@
 // CPU tests of src/decode_heuristics.h: the decode/prefill choice and the decode grid arithmetic.
-#include "decode_heuristics.h"
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 
-#include <gtest/gtest.h>
+#include "decode_heuristics.h"
 
 namespace fusedmoe::heuristics {
 namespace {
 
-TEST(DecodeHeuristics, ExpectedRowsPerHitExpert) {
-  // One slot: one row on one expert. Slots << E: ~1 row per hit expert.
-  EXPECT_DOUBLE_EQ(expected_rows_per_hit_expert(1, 1, 16), 1.0);
-  EXPECT_NEAR(expected_rows_per_hit_expert(1, 8, 128), 1.0, 0.03);
-  // Slots >> E: every expert hit, slots / E rows each.
-  EXPECT_NEAR(expected_rows_per_hit_expert(4096, 2, 8), 1024.0, 1e-6);
-  // qwen3-30b at T = 16: 128 slots hit ~81 of 128 experts.
-  EXPECT_NEAR(expected_rows_per_hit_expert(16, 8, 128), 128.0 / (128.0 * (1 - std::pow(127.0 / 128.0, 128))), 1e-9);
-  EXPECT_EQ(expected_rows_per_hit_expert(0, 8, 128), 0.0);
-  EXPECT_EQ(expected_rows_per_hit_expert(5, 8, 0), 0.0);
-}
-
-TEST(DecodeHeuristics, RowsPerExpertGrowWithTokens) {
+TEST(DecodeHeuristics, ExpectedHitExperts) {
+  EXPECT_NEAR(expected_hit_experts(1, 16), 1.0, 1e-12);
+  EXPECT_NEAR(expected_hit_experts(8, 128), 128.0 * (1 - std::pow(127.0 / 128.0, 8)), 1e-9);
+  EXPECT_NEAR(expected_hit_experts(8192, 8), 8.0, 1e-9);  // slots >> E: every expert
+  EXPECT_EQ(expected_hit_experts(0, 128), 0.0);
+  EXPECT_EQ(expected_hit_experts(5, 0), 0.0);
   double previous = 0.0;
-  for (int64_t t = 1; t <= 65536; t *= 2) {
-    const double rows = expected_rows_per_hit_expert(t, 8, 256);
-    EXPECT_GE(rows, previous) << "T " << t;
-    previous = rows;
+  for (int64_t slots = 1; slots <= 65536; slots *= 2) {
+    const double hit = expected_hit_experts(slots, 256);
+    EXPECT_GE(hit, previous) << slots;
+    EXPECT_LE(hit, std::min<double>(double(slots), 256.0) + 1e-9) << slots;
+    previous = hit;
   }
 }
 
-TEST(DecodeHeuristics, DecodeAtSmallTPrefillAtLargeT) {
-  struct Model { int64_t h, inter; int e, k; };
-  for (const Model m : {Model{2048, 768, 128, 8}, Model{4096, 1536, 128, 8},
-                        Model{7168, 2048, 256, 8}, Model{2880, 2880, 128, 4},
-                        Model{4096, 14336, 8, 2}, Model{5120, 8192, 16, 1}}) {
-    SCOPED_TRACE(m.h);
-    EXPECT_TRUE(use_decode_gemms(1, m.k, m.e, m.h, m.inter, 132));
-    EXPECT_TRUE(use_decode_gemms(4, m.k, m.e, m.h, m.inter, 132));
+TEST(DecodeHeuristics, ExpectedPrefillTiles) {
+  // qwen3-30b T=1: ~7.8 experts x 6 GEMM1 tiles (I = 768 / 128), x 8 GEMM2 tiles (2048 / 256).
+  const double hit = expected_hit_experts(8, 128);
+  EXPECT_NEAR(expected_prefill_tiles(1, 8, 128, 768, 128), 6 * hit, 1e-9);
+  EXPECT_NEAR(expected_prefill_tiles(1, 8, 128, 2048, 256), 8 * hit, 1e-9);
+  EXPECT_NEAR(expected_prefill_tiles(1, 8, 128, 2880, 256), 12 * hit, 1e-9);  // a partial tile
+}
+
+TEST(DecodeHeuristics, MeasuredPicks) {
+  // The H200 measurements behind the rule (bench/NOTES.md, "Decode GEMMs (issue 6)").
+  EXPECT_TRUE(use_decode_gemms(1, 8, 128, 2048, 768, 132));    // qwen3-30b T=1: 1.24x
+  EXPECT_TRUE(use_decode_gemms(1, 2, 8, 4096, 14336, 132));    // mixtral T=1: 1.36x
+  EXPECT_TRUE(use_decode_gemms(1, 1, 16, 5120, 8192, 132));    // llama4-scout T=1: 1.62x
+  EXPECT_FALSE(use_decode_gemms(1, 8, 256, 7168, 2048, 132));  // deepseek-v3 T=1: 0.86x
+  EXPECT_FALSE(use_decode_gemms(4, 2, 8, 4096, 14336, 132));   // mixtral T=4: 0.86x
+  EXPECT_FALSE(use_decode_gemms(4, 1, 16, 5120, 8192, 132));   // llama4-scout T=4: 0.87x
+  EXPECT_FALSE(use_decode_gemms(16, 8, 128, 2048, 768, 132));  // qwen3-30b T=16: 0.95x
+  EXPECT_FALSE(use_decode_gemms(1, 8, 128, 4096, 1536, 132));  // qwen3-235b T=1: 0.94x
+}
+
+TEST(DecodeHeuristics, PrefillAtLargeTAndMonotoneInT) {
+  struct Model {
+    int64_t h, inter;
+    int e, k;
+  };
+  for (const Model m :
+       {Model{2048, 768, 128, 8}, Model{4096, 1536, 128, 8}, Model{7168, 2048, 256, 8},
+        Model{2880, 2880, 128, 4}, Model{4096, 14336, 8, 2}, Model{5120, 8192, 16, 1},
+        Model{2048, 768, 16, 8}, Model{7168, 2048, 32, 8}}) {
+    SCOPED_TRACE(m.h * 1000 + m.e);
     EXPECT_FALSE(use_decode_gemms(16384, m.k, m.e, m.h, m.inter, 132));
-    // Monotone: once prefill, prefill for every larger T.
-    bool seen_prefill = false;
+    bool seen_prefill = false;  // once prefill, prefill for every larger T
     for (int64_t t = 1; t <= 16384; t *= 2) {
       const bool decode = use_decode_gemms(t, m.k, m.e, m.h, m.inter, 132);
       EXPECT_FALSE(seen_prefill && decode) << "T " << t;
@@ -49,10 +64,24 @@ TEST(DecodeHeuristics, DecodeAtSmallTPrefillAtLargeT) {
   }
 }
 
+TEST(DecodeHeuristics, FewerSmsFavourPrefill) {
+  // qwen3-30b T=1 has 47 expected GEMM1 tiles: decode on 132 SMs, prefill on 66.
+  EXPECT_TRUE(use_decode_gemms(1, 8, 128, 2048, 768, 132));
+  EXPECT_FALSE(use_decode_gemms(1, 8, 128, 2048, 768, 66));
+}
+
+TEST(DecodeHeuristics, WarpsPerCta) {
+  EXPECT_EQ(decode_warps_per_cta(160, 132), 8);  // llama4-scout GEMM2, T=1
+  EXPECT_EQ(decode_warps_per_cta(256, 132), 8);  // mixtral GEMM2, T=1
+  EXPECT_EQ(decode_warps_per_cta(384, 132), 4);  // qwen3-30b GEMM1, T=1
+  EXPECT_EQ(decode_warps_per_cta(1024, 132), 4);
+}
+
 TEST(DecodeHeuristics, DegenerateShapesTakeThePrefillPath) {
   EXPECT_FALSE(use_decode_gemms(0, 8, 128, 2048, 768, 132));
   EXPECT_FALSE(use_decode_gemms(4, 0, 128, 2048, 768, 132));
   EXPECT_FALSE(use_decode_gemms(4, 8, 0, 2048, 768, 132));
+  EXPECT_FALSE(use_decode_gemms(4, 8, 128, 2048, 768, 0));
 }
 
 TEST(DecodeHeuristics, GridArithmetic) {

@@ -5,8 +5,12 @@
 // past the experts must stay untouched, garbage gather indices and NaN act rows past the experts
 // (must never be read), bitwise reruns.
 // Set FUSEDMOE_DECODE_BENCH=1 to run the bandwidth experiment (DecodeGemmBench): weights GB/s of
-// the decode pair at the BENCH.md model shapes for T = 1, 16, 64, 256 beside a device-to-device
+// the decode pair at the BENCH.md model shapes for T = 1, 4, 16, 64, 256 beside a device-to-device
 // copy and the prefill pair (launch/grouped_gemm.h), all in the same process; skipped otherwise.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -16,13 +20,11 @@
 #include <string>
 #include <vector>
 
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <gtest/gtest.h>
-
 #include "common/host_data.h"
 #include "common/tolerance.h"
 #include "decode_heuristics.h"
+#include "kernels/sm90_decode_gemm1_swiglu.cuh"
+#include "kernels/sm90_decode_gemm2.cuh"
 #include "launch/decode_gemm.h"
 #include "launch/grouped_gemm.h"
 
@@ -59,7 +61,9 @@ class DeviceBuffer {
   }
   T* get() const { return ptr_; }
   template <typename U>
-  U* as() const { return reinterpret_cast<U*>(ptr_); }
+  U* as() const {
+    return reinterpret_cast<U*>(ptr_);
+  }
 
  private:
   T* ptr_ = nullptr;
@@ -71,7 +75,10 @@ __device__ int expert_of_row(const int32_t* offsets, int num_experts, int p) {
   int lo = 0, hi = num_experts;  // offsets[lo] <= p < offsets[hi]
   while (hi - lo > 1) {
     const int mid = (lo + hi) / 2;
-    if (offsets[mid] <= p) lo = mid; else hi = mid;
+    if (offsets[mid] <= p)
+      lo = mid;
+    else
+      hi = mid;
   }
   return lo;
 }
@@ -125,7 +132,15 @@ struct DecodeCase {
   int64_t extra_rows;  // poisoned rows past the experts (max_rows = total + extra_rows)
   int64_t num_tokens;
   bool enable_pdl;
+  int expected_warps = 0;  // the CTA size both GEMMs must take (decode_heuristics.h), 0: either
 };
+
+int num_sms() {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return sms;
+}
 
 std::vector<double> round_all_to_bf16(const std::vector<double>& values) {
   std::vector<double> rounded(values.size());
@@ -135,7 +150,8 @@ std::vector<double> round_all_to_bf16(const std::vector<double>& values) {
   return rounded;
 }
 
-std::vector<double> rows_as_double(const std::vector<uint16_t>& bits, int64_t total, int64_t width) {
+std::vector<double> rows_as_double(const std::vector<uint16_t>& bits, int64_t total,
+                                   int64_t width) {
   return bf16_to_double(std::vector<uint16_t>(bits.begin(), bits.begin() + total * width));
 }
 
@@ -156,6 +172,14 @@ void run_case(const DecodeCase& c) {
   const int64_t total = offsets[num_experts];
   const int64_t max_rows = total + c.extra_rows;
   const int64_t h = c.hidden, inter = c.inter;
+  if (c.expected_warps != 0) {
+    const int64_t slots = heuristics::decode_expert_slots(max_rows, num_experts);
+    const int64_t ctas1 =
+        heuristics::ceil_div_decode(inter, kernels::kDecodeGemm1ColsPerCta) * slots;
+    const int64_t ctas2 = heuristics::ceil_div_decode(h, kernels::kDecodeGemm2ColsPerCta) * slots;
+    ASSERT_EQ(heuristics::decode_warps_per_cta(ctas1, num_sms()), c.expected_warps);
+    ASSERT_EQ(heuristics::decode_warps_per_cta(ctas2, num_sms()), c.expected_warps);
+  }
 
   // Inputs: fresh random bf16, weights scaled so that g and y stay O(1).
   const std::vector<uint16_t> x = random_bf16(rng, c.num_tokens * h, -1.0f, 1.0f);
@@ -193,14 +217,14 @@ void run_case(const DecodeCase& c) {
   auto run_both = [&] {
     d_act.upload(poisoned_act);
     d_y.upload(poisoned_y);
-    ASSERT_EQ(cudaSuccess, detail::launch_decode_gemm1_swiglu(
-                               rows, d_x.as<__nv_bfloat16>(), d_gather.get(), h, inter,
-                               d_w1.as<__nv_bfloat16>(), d_act.as<__nv_bfloat16>(),
-                               c.enable_pdl, nullptr));
-    ASSERT_EQ(cudaSuccess, detail::launch_decode_gemm2(
-                               rows, d_act_in.as<__nv_bfloat16>(), inter, h,
-                               d_w2.as<__nv_bfloat16>(), d_y.as<__nv_bfloat16>(), c.enable_pdl,
-                               nullptr));
+    ASSERT_EQ(cudaSuccess,
+              detail::launch_decode_gemm1_swiglu(rows, d_x.as<__nv_bfloat16>(), d_gather.get(), h,
+                                                 inter, d_w1.as<__nv_bfloat16>(),
+                                                 d_act.as<__nv_bfloat16>(), c.enable_pdl, nullptr));
+    ASSERT_EQ(cudaSuccess,
+              detail::launch_decode_gemm2(rows, d_act_in.as<__nv_bfloat16>(), inter, h,
+                                          d_w2.as<__nv_bfloat16>(), d_y.as<__nv_bfloat16>(),
+                                          c.enable_pdl, nullptr));
     ASSERT_EQ(cudaSuccess, cudaDeviceSynchronize());
   };
   run_both();
@@ -218,7 +242,8 @@ void run_case(const DecodeCase& c) {
     std::vector<double> ref1 = d_ref1.download(), ref2 = d_ref2.download();
     ref1.resize(total * inter);
     ref2.resize(total * h);
-    EXPECT_TRUE(close_by_bf16_rule(rows_as_double(act, total, inter), ref1, round_all_to_bf16(ref1)))
+    EXPECT_TRUE(
+        close_by_bf16_rule(rows_as_double(act, total, inter), ref1, round_all_to_bf16(ref1)))
         << "decode gemm1+swiglu";
     EXPECT_TRUE(close_by_bf16_rule(rows_as_double(y, total, h), ref2, round_all_to_bf16(ref2)))
         << "decode gemm2";
@@ -242,7 +267,8 @@ class DecodeGemm : public ::testing::Test {
 TEST_F(DecodeGemm, RaggedExpertsWithKAndNTails) {
   // H = 296 = 8 * 37 (K tail of GEMM1: 296 = 256 + 40; N tail of GEMM2: 296 = 9 * 32 + 8),
   // I = 200 = 8 * 25 (N tail of GEMM1: 200 = 12 * 16 + 8, the last CTA's second tile empty).
-  run_case({"ragged", 296, 200, {0, 1, 3, 8, 17, 0, 64, 33, 2}, 37, 91, false});
+  // Small grids (13 x 9 and 10 x 9 CTAs): 8-warp CTAs.
+  run_case({"ragged", 296, 200, {0, 1, 3, 8, 17, 0, 64, 33, 2}, 37, 91, false, 8});
 }
 
 TEST_F(DecodeGemm, RaggedExpertsWithPdl) {
@@ -260,14 +286,15 @@ TEST_F(DecodeGemm, ModelShape2048x768Decode) {
   // qwen3-30b-a3b at T = 2: 16 slots over 8 of 128 experts, the rest empty.
   std::vector<int32_t> sizes(128, 0);
   for (int e : {3, 17, 40, 41, 77, 100, 101, 127}) sizes[e] = 2;
-  run_case({"2048x768", 2048, 768, sizes, 0, 2, true});
+  // 48 x 16 and 64 x 16 CTAs: 4-warp CTAs.
+  run_case({"2048x768", 2048, 768, sizes, 0, 2, true, 4});
 }
 
 TEST_F(DecodeGemm, ThousandExpertsFewRows) {
   std::vector<int32_t> sizes(1024);
   Rng rng(std::random_device{}());
   for (int32_t& s : sizes) s = rng.integer(0, 3);
-  run_case({"1024 experts", 64, 72, sizes, 1, 40, false});
+  run_case({"1024 experts", 64, 72, sizes, 1, 40, false, 4});
 }
 
 TEST_F(DecodeGemm, TinyIntermediate) {
@@ -275,9 +302,7 @@ TEST_F(DecodeGemm, TinyIntermediate) {
   run_case({"I = 8", 8, 8, {2, 0, 9, 1}, 4, 6, false});
 }
 
-TEST_F(DecodeGemm, NoRowsAtAll) {
-  run_case({"no rows", 128, 128, {0, 0, 0}, 17, 4, false});
-}
+TEST_F(DecodeGemm, NoRowsAtAll) { run_case({"no rows", 128, 128, {0, 0, 0}, 17, 4, false}); }
 
 TEST_F(DecodeGemm, RejectsMisalignedPointers) {
   DeviceBuffer<int32_t> d_offsets(std::vector<int32_t>{0, 1});
@@ -285,8 +310,8 @@ TEST_F(DecodeGemm, RejectsMisalignedPointers) {
   detail::GroupedRows rows{d_offsets.get(), 1, 1};
   const auto* base = buf.as<__nv_bfloat16>();
   EXPECT_EQ(cudaErrorMisalignedAddress,
-            detail::launch_decode_gemm2(rows, base + 1, 8, 8, base, buf.as<__nv_bfloat16>(),
-                                        false, nullptr));
+            detail::launch_decode_gemm2(rows, base + 1, 8, 8, base, buf.as<__nv_bfloat16>(), false,
+                                        nullptr));
   EXPECT_EQ(cudaErrorMisalignedAddress,
             detail::launch_decode_gemm1_swiglu(rows, base, d_offsets.get(), 8, 8, base + 4,
                                                buf.as<__nv_bfloat16>(), false, nullptr));
@@ -340,7 +365,8 @@ double max_rel_diff(const std::vector<uint16_t>& a, const std::vector<uint16_t>&
 }
 
 TEST(DecodeGemmBench, WeightBandwidth) {
-  if (std::getenv("FUSEDMOE_DECODE_BENCH") == nullptr) GTEST_SKIP() << "set FUSEDMOE_DECODE_BENCH=1";
+  if (std::getenv("FUSEDMOE_DECODE_BENCH") == nullptr)
+    GTEST_SKIP() << "set FUSEDMOE_DECODE_BENCH=1";
   if (!has_sm90_gpu()) GTEST_SKIP() << "needs an sm_90 GPU";
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
@@ -353,31 +379,36 @@ TEST(DecodeGemmBench, WeightBandwidth) {
     const size_t bytes = size_t(1) << 30;
     DeviceBuffer<uint8_t> src(bytes), dst(bytes);
     cudaMemset(src.get(), 1, bytes);
-    const double us = median_us([&] { cudaMemcpyAsync(dst.get(), src.get(), bytes,
-                                                      cudaMemcpyDeviceToDevice); },
-                                flush.get(), flush_bytes, 10);
+    const double us =
+        median_us([&] { cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice); },
+                  flush.get(), flush_bytes, 10);
     copy_gbs = 2.0 * bytes / us / 1e3;
   }
   std::printf("device: %s, %d SMs, L2 %d MiB; D2D copy %.0f GB/s (read + write)\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_gbs);
-  std::printf("%-14s %4s | %4s %5s | %8s | %8s %8s %8s %6s %5s | %8s %6s | %s\n", "model", "T",
-              "hit", "max_r", "w MB", "dec g1", "dec g2", "dec us", "GB/s", "%copy",
-              "pre us", "x pre", "heuristic");
+  std::printf("%-14s %4s | %4s %5s | %8s | %8s %8s %8s %6s %5s | %8s %8s %8s %6s | %s\n", "model",
+              "T", "hit", "max_r", "w MB", "dec g1", "dec g2", "dec us", "GB/s", "%copy", "pre g1",
+              "pre g2", "pre us", "x pre", "heuristic");
 
-  struct Model { const char* name; int64_t h, inter; int e, k; };
-  for (const Model md : {Model{"qwen3-30b-a3b", 2048, 768, 128, 8},
-                         Model{"deepseek-v3", 7168, 2048, 256, 8},
-                         Model{"mixtral-8x7b", 4096, 14336, 8, 2},
-                         Model{"llama4-scout", 5120, 8192, 16, 1}}) {
+  struct Model {
+    const char* name;
+    int64_t h, inter;
+    int e, k;
+  };
+  for (const Model md :
+       {Model{"qwen3-30b-a3b", 2048, 768, 128, 8}, Model{"qwen3-235b", 4096, 1536, 128, 8},
+        Model{"gpt-oss-120b", 2880, 2880, 128, 4}, Model{"deepseek-v3", 7168, 2048, 256, 8},
+        Model{"mixtral-8x7b", 4096, 14336, 8, 2}, Model{"llama4-scout", 5120, 8192, 16, 1}}) {
     const int64_t h = md.h, inter = md.inter;
     const size_t w1_count = size_t(md.e) * 2 * inter * h, w2_count = size_t(md.e) * h * inter;
     DeviceBuffer<uint16_t> w1(w1_count), w2(w2_count);
     ASSERT_NE(w1.get(), nullptr) << md.name;
     ASSERT_NE(w2.get(), nullptr) << md.name;
-    fill_random_bf16<<<4096, 256>>>(w1.as<__nv_bfloat16>(), w1_count, 4, 2.0f / std::sqrt(float(h)));
+    fill_random_bf16<<<4096, 256>>>(w1.as<__nv_bfloat16>(), w1_count, 4,
+                                    2.0f / std::sqrt(float(h)));
     fill_random_bf16<<<4096, 256>>>(w2.as<__nv_bfloat16>(), w2_count, 5,
                                     2.0f / std::sqrt(float(inter)));
-    for (const int64_t t : {1, 16, 64, 256}) {
+    for (const int64_t t : {1, 4, 16, 64, 256}) {
       // Uniform routing: each token picks K distinct experts; rows sorted by (expert, slot).
       Rng rng(1000 + t);
       const std::vector<int32_t> ids = random_distinct_ids(rng, t, md.k, md.e);
@@ -411,18 +442,29 @@ TEST(DecodeGemmBench, WeightBandwidth) {
         detail::launch_decode_gemm2(rows, act_dec.as<__nv_bfloat16>(), inter, h, w2b,
                                     y_dec.as<__nv_bfloat16>(), true, nullptr);
       };
-      auto pre = [&] {
+      auto pre1 = [&] {
         detail::launch_gemm1_swiglu(rows, xb, d_gather.get(), h, inter, w1b,
                                     act_pre.as<__nv_bfloat16>(), true, nullptr);
+      };
+      auto pre2 = [&] {
         detail::launch_gemm2(rows, act_pre.as<__nv_bfloat16>(), inter, h, w2b,
                              y_pre.as<__nv_bfloat16>(), true, nullptr);
       };
-      auto dec = [&] { dec1(); dec2(); };
+      auto pre = [&] {
+        pre1();
+        pre2();
+      };
+      auto dec = [&] {
+        dec1();
+        dec2();
+      };
       // Interleaved: the pair, then each GEMM alone, then the prefill pair (same clocks).
       const double us_dec = median_us(dec, flush.get(), flush_bytes, reps);
       const double us_g1 = median_us(dec1, flush.get(), flush_bytes, reps);
       const double us_g2 = median_us(dec2, flush.get(), flush_bytes, reps);
       const double us_pre = median_us(pre, flush.get(), flush_bytes, reps);
+      const double us_p1 = median_us(pre1, flush.get(), flush_bytes, reps);
+      const double us_p2 = median_us(pre2, flush.get(), flush_bytes, reps);
       ASSERT_EQ(cudaSuccess, cudaDeviceSynchronize()) << md.name << " T " << t;
 
       // Check before trusting: the two paths compute the same function (different fp32 orders).
@@ -433,13 +475,14 @@ TEST(DecodeGemmBench, WeightBandwidth) {
 
       const double weight_bytes = double(hit) * 3.0 * h * inter * 2.0;
       const double gbs = weight_bytes / us_dec / 1e3;
-      const bool decode = heuristics::use_decode_gemms(t, md.k, md.e, h, inter,
-                                                       prop.multiProcessorCount);
-      std::printf("%-14s %4lld | %4d %5d | %8.1f | %8.1f %8.1f %8.1f %6.0f %5.1f | %8.1f %6.2f | %s%s\n",
-                  md.name, (long long)t, hit, max_r, weight_bytes / 1e6, us_g1, us_g2, us_dec,
-                  gbs, 100.0 * gbs / copy_gbs, us_pre, us_pre / us_dec,
-                  decode ? "decode" : "prefill",
-                  (decode == (us_dec < us_pre)) ? "" : " (MISPICK)");
+      const bool decode =
+          heuristics::use_decode_gemms(t, md.k, md.e, h, inter, prop.multiProcessorCount);
+      std::printf(
+          "%-14s %4lld | %4d %5d | %8.1f | %8.1f %8.1f %8.1f %6.0f %5.1f | %8.1f %8.1f %8.1f %6.2f "
+          "| %s%s\n",
+          md.name, (long long)t, hit, max_r, weight_bytes / 1e6, us_g1, us_g2, us_dec, gbs,
+          100.0 * gbs / copy_gbs, us_p1, us_p2, us_pre, us_pre / us_dec,
+          decode ? "decode" : "prefill", (decode == (us_dec < us_pre)) ? "" : " (MISPICK)");
     }
   }
 }

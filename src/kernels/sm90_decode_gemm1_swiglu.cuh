@@ -10,15 +10,16 @@
 // the y-th non-empty expert (y past the last one: exits at once). Its m16 tile m holds up rows
 // j0 + 8m .. +8 as fragment rows 0..7 and the matching gate rows I + j0 + 8m .. as rows 8..15,
 // so a lane's accumulators hold up[j] and gate[j] of the same tokens: SwiGLU in registers.
-// Warps: 4, all alike, splitting K = H (sm90_decode_mainloop.cuh); rows loop in chunks of 32
-// (the weights are re-read per chunk: meant for <= 32 rows per expert). Registers ~170, smem
-// 12 KiB (cross-warp partial sums). Epilogue: warp 0, 2-byte stores (act is ~1/100 of the bytes).
-// Expected limiter: HBM (weights read once; ~0.5 us of expert lookup per CTA, overlapped).
+// Warps: 4 (8 when the grid is small), all alike, splitting K = H (sm90_decode_mainloop.cuh);
+// rows loop in chunks of 16 (the weights are re-read per chunk: meant for few rows per expert).
+// Registers <= 128 (16 warps per SM), smem 6 / 14 KiB (cross-warp partial sums). Epilogue: warp
+// 0, 2-byte stores (act is < 1 % of the bytes at decode). Expected limiter: HBM; at T = 1 the
+// fixed cost of a launch (expert lookup, first loads, tail: ~10 us) weighs as much as the bytes.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_bf16.h>
+
+#include <cstdint>
 
 #include "device/ptx.cuh"
 #include "kernels/sm90_decode_mainloop.cuh"
@@ -37,21 +38,23 @@ struct DecodeGemm1Params {
 };
 
 // Act columns per CTA: a tile's 16 rows are 8 up + 8 gate rows.
-constexpr int kDecodeGemm1ColsPerCta = 8 * DecodeGemmConfig::kTilesM;
+constexpr int kDecodeGemm1ColsPerCta = 8 * DecodeTile::kTilesM;
 
 // The fast silu of the prefill GEMM1 (sm90_gemm1_swiglu.cuh), so both paths round alike.
 __device__ __forceinline__ float decode_silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
-__global__ void __launch_bounds__(DecodeGemmConfig::kThreads, DecodeGemmConfig::kMinCtasPerSm)
+template <int kWarps>
+__global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
+                                  DecodeGemmConfig<kWarps>::kMinCtasPerSm)
     sm90_decode_gemm1_swiglu_kernel(const DecodeGemm1Params params) {
-  using Config = DecodeGemmConfig;
-  __shared__ DecodeSharedStorage smem;
+  using Config = DecodeGemmConfig<kWarps>;
+  __shared__ DecodeSharedStorage<Config> smem;
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
   ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and x come from earlier kernels
   ptx::griddepcontrol_launch_dependents();
-  const int32_t expert = find_nonempty_expert(params.expert_offsets, params.num_experts,
-                                              int32_t(blockIdx.y), smem);
+  const int32_t expert =
+      find_nonempty_expert(params.expert_offsets, params.num_experts, int32_t(blockIdx.y), smem);
   if (expert < 0) return;
   const int32_t row_begin = params.expert_offsets[expert];
   const int32_t row_end = params.expert_offsets[expert + 1];
@@ -83,7 +86,7 @@ __global__ void __launch_bounds__(DecodeGemmConfig::kThreads, DecodeGemmConfig::
       b_row[n] = params.x + (b_ok[n] ? int64_t(params.gather_rows[p]) * h : 0);
     }
     float acc[Config::kTilesM][Config::kNTiles][4] = {};
-    decode_warp_mainloop(w_row, w_ok, b_row, b_ok, n_active, h, acc);
+    decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, n_active, h, acc);
     decode_reduce_warps(acc, smem);
 
     // ---- epilogue: SwiGLU, bf16, masked stores (warp 0) ---------------------------------------

@@ -6,15 +6,17 @@
 //
 // Grid (ceil(H / 32), min(E_loc, max_rows)): CTA (x, y) takes output columns [32 x, 32 x + 32)
 // (w2 rows) of the y-th non-empty expert (y past the last one: exits at once); m16 tile m holds
-// w2 rows n0 + 16 m .. +16. Warps: 4, all alike, splitting K = I (sm90_decode_mainloop.cuh); rows
-// loop in chunks of 32 (the weights are re-read per chunk: meant for <= 32 rows per expert).
-// Registers ~170, smem 12 KiB (cross-warp partial sums). Epilogue: warp 0, 2-byte stores.
-// Expected limiter: HBM (weights read once; ~0.5 us of expert lookup per CTA, overlapped).
+// w2 rows n0 + 16 m .. +16. Warps: 4 (8 when the grid is small), all alike, splitting K = I
+// (sm90_decode_mainloop.cuh); rows loop in chunks of 16 (the weights are re-read per chunk:
+// meant for few rows per expert). Registers <= 128 (16 warps per SM), smem 6 / 14 KiB
+// (cross-warp partial sums). Epilogue: warp 0, 2-byte stores. Expected limiter: HBM; at T = 1
+// the fixed cost of a launch (expert lookup, first loads, tail: ~10 us) weighs as much as the
+// bytes.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_bf16.h>
+
+#include <cstdint>
 
 #include "device/ptx.cuh"
 #include "kernels/sm90_decode_mainloop.cuh"
@@ -32,18 +34,20 @@ struct DecodeGemm2Params {
 };
 
 // Output columns (w2 rows) per CTA.
-constexpr int kDecodeGemm2ColsPerCta = DecodeGemmConfig::kRowsM;
+constexpr int kDecodeGemm2ColsPerCta = DecodeTile::kRowsM;
 
-__global__ void __launch_bounds__(DecodeGemmConfig::kThreads, DecodeGemmConfig::kMinCtasPerSm)
+template <int kWarps>
+__global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
+                                  DecodeGemmConfig<kWarps>::kMinCtasPerSm)
     sm90_decode_gemm2_kernel(const DecodeGemm2Params params) {
-  using Config = DecodeGemmConfig;
-  __shared__ DecodeSharedStorage smem;
+  using Config = DecodeGemmConfig<kWarps>;
+  __shared__ DecodeSharedStorage<Config> smem;
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
   ptx::griddepcontrol_wait();  // expert_offsets and act come from earlier kernels
   ptx::griddepcontrol_launch_dependents();
-  const int32_t expert = find_nonempty_expert(params.expert_offsets, params.num_experts,
-                                              int32_t(blockIdx.y), smem);
+  const int32_t expert =
+      find_nonempty_expert(params.expert_offsets, params.num_experts, int32_t(blockIdx.y), smem);
   if (expert < 0) return;
   const int32_t row_begin = params.expert_offsets[expert];
   const int32_t row_end = params.expert_offsets[expert + 1];
@@ -77,7 +81,7 @@ __global__ void __launch_bounds__(DecodeGemmConfig::kThreads, DecodeGemmConfig::
       b_row[n] = params.act + (b_ok[n] ? int64_t(p) * inter : 0);
     }
     float acc[Config::kTilesM][Config::kNTiles][4] = {};
-    decode_warp_mainloop(w_row, w_ok, b_row, b_ok, n_active, inter, acc);
+    decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, n_active, inter, acc);
     decode_reduce_warps(acc, smem);
 
     // ---- epilogue: bf16, masked stores (warp 0) -----------------------------------------------

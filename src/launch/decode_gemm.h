@@ -1,16 +1,16 @@
 // Host-side interface of the decode GEMMs: the same arguments and semantics as
 // launch_gemm1_swiglu / launch_gemm2 (launch/grouped_gemm.h), built for a few rows per expert
 // (decode_heuristics.h says when; kernels/sm90_decode_*.cuh say how). Either pair may compute
-// any routing: rows beyond a chunk of 32 per expert re-read the expert's weights, so the
+// any routing: rows beyond a chunk of 16 per expert re-read the expert's weights, so the
 // prefill GEMMs are the faster choice there, never the only correct one.
 // Extra requirement: x, act, w1, w2 and y 16-byte aligned (cudaMalloc'd tensors are); else
 // cudaErrorMisalignedAddress and nothing is launched.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 #include "launch/grouped_gemm.h"
 
