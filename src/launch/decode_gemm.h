@@ -3,7 +3,8 @@
 // (decode_heuristics.h says when; kernels/sm90_decode_*.cuh say how). Either pair may compute
 // any routing: rows beyond a chunk of 16 per expert re-read the expert's weights, so the
 // prefill GEMMs are the faster choice there, never the only correct one.
-// Extra requirement: x, act, w1, w2 and y 16-byte aligned (cudaMalloc'd tensors are); else
+// Extra requirement: the operands read with 16-byte loads, x and w1 (GEMM1), act and w2 (GEMM2),
+// 16-byte aligned (cudaMalloc'd tensors are; act and y may be any bf16 address); else
 // cudaErrorMisalignedAddress and nothing is launched.
 #pragma once
 
