@@ -16,9 +16,20 @@
 #include <cuda_runtime_api.h>
 
 #include "fusedmoe/fusedmoe.h"
+#include "decode_heuristics.h"
+#include "launch/decode_gemm.h"
 #include "launch/grouped_gemm.h"
 #include "launch/pipeline.h"
 #include "validate.h"
+
+// Return early with the failing Status (or a CUDA error turned into one, named by `what`).
+#define FUSEDMOE_RETURN_IF_ERROR(expr)          \
+  do {                                          \
+    if (Status status_ = (expr); !status_.ok()) \
+      return status_;                           \
+  } while (0)
+#define FUSEDMOE_CUDA_RETURN_IF_ERROR(call, what) \
+  FUSEDMOE_RETURN_IF_ERROR(detail::cuda_status((call), (what)))
 
 namespace fusedmoe {
 namespace detail {
@@ -97,7 +108,7 @@ Workspace carve_workspace(const MoeShape& shape, void* base) {
 }  // namespace detail
 
 Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
-  if (Status s = detail::validate_shape(shape); !s.ok()) return s;
+  FUSEDMOE_RETURN_IF_ERROR(detail::validate_shape(shape));
   if (workspace_bytes == nullptr) {
     return detail::invalid_argument("workspace_bytes", "a pointer", "nullptr");
   }
@@ -108,7 +119,7 @@ Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
 Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
            cudaStream_t stream) {
   using namespace detail;
-  if (Status s = validate(args); !s.ok()) return s;
+  FUSEDMOE_RETURN_IF_ERROR(validate(args));
   const MoeShape& shape = args.shape;
   const size_t needed_bytes = workspace_layout_bytes(shape);
   if (workspace_bytes < needed_bytes) {
@@ -122,9 +133,22 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   if (workspace == nullptr) return invalid_argument("workspace", "a pointer", "nullptr");
   // The GEMMs read x and the weights with 16-byte copies (cp.async, TMA): checked here, before
   // anything is enqueued, so a rejected call writes nothing.
-  if (Status s = check_aligned(args.hidden_states, "hidden_states"); !s.ok()) return s;
-  if (Status s = check_aligned(args.gemm1_weights, "gemm1_weights"); !s.ok()) return s;
-  if (Status s = check_aligned(args.gemm2_weights, "gemm2_weights"); !s.ok()) return s;
+  FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.hidden_states, "hidden_states"));
+  FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.gemm1_weights, "gemm1_weights"));
+  FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.gemm2_weights, "gemm2_weights"));
+
+  // Few rows per expert: the weight-streaming decode GEMMs, same arguments (decode_heuristics.h).
+  // The choice depends on host-known sizes only, so a captured graph keeps its path.
+  int device = 0, num_sms = 0;
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device), "cudaGetDevice");
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
+      "cudaDeviceGetAttribute");
+  const bool decode_gemms = heuristics::use_decode_gemms(
+      shape.num_tokens, shape.top_k, shape.local_num_experts, shape.hidden_size,
+      shape.intermediate_size, num_sms);
+  const auto gemm1 = decode_gemms ? launch_decode_gemm1_swiglu : launch_gemm1_swiglu;
+  const auto gemm2 = decode_gemms ? launch_decode_gemm2 : launch_gemm2;
 
   const Workspace ws = carve_workspace(shape, workspace);
   const int64_t num_slots = shape.num_tokens * shape.top_k;
@@ -142,40 +166,25 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   routing.expert_weights_dtype = args.expert_weights_dtype;
   routing.routing_replay_out = args.routing_replay_out;
   if (args.logits.logits) {
-    if (Status s = cuda_status(launch_route(shape, args.logits, routing, pdl, stream),
-                               "launch_route");
-        !s.ok()) {
-      return s;
-    }
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_route(shape, args.logits, routing, pdl, stream),
+                                  "launch_route");
   } else {
-    if (Status s = cuda_status(launch_decode_topk(shape, args.routed, routing, pdl, stream),
-                               "launch_decode_topk");
-        !s.ok()) {
-      return s;
-    }
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_decode_topk(shape, args.routed, routing, pdl, stream),
+                                  "launch_decode_topk");
   }
 
   // 2. Permutation: local slots sorted by (local expert, slot), stable and deterministic.
   // TODO(issue 6): one fused single-block sort when T * K <= kPermuteChunk (decode).
-  if (Status s = cuda_status(
-          launch_expert_count(ws.slot_key, num_slots, num_local, ws.chunk_prefix, pdl, stream),
-          "launch_expert_count");
-      !s.ok()) {
-    return s;
-  }
-  if (Status s = cuda_status(launch_expert_offsets(num_slots, num_local, ws.chunk_prefix,
-                                                   ws.expert_offsets, pdl, stream),
-                             "launch_expert_offsets");
-      !s.ok()) {
-    return s;
-  }
-  if (Status s = cuda_status(launch_permute(ws.slot_key, num_slots, shape.top_k, num_local,
-                                            ws.chunk_prefix, ws.expert_offsets, ws.gather_rows,
-                                            permuted_idx, pdl, stream),
-                             "launch_permute");
-      !s.ok()) {
-    return s;
-  }
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      launch_expert_count(ws.slot_key, num_slots, num_local, ws.chunk_prefix, pdl, stream),
+      "launch_expert_count");
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_expert_offsets(num_slots, num_local, ws.chunk_prefix,
+                                                      ws.expert_offsets, pdl, stream),
+                                "launch_expert_offsets");
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      launch_permute(ws.slot_key, num_slots, shape.top_k, num_local, ws.chunk_prefix,
+                     ws.expert_offsets, ws.gather_rows, permuted_idx, pdl, stream),
+      "launch_permute");
 
   // 3. The grouped GEMMs over the expert-sorted rows.
   GroupedRows rows;
@@ -185,26 +194,20 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   const auto* x = static_cast<const __nv_bfloat16*>(args.hidden_states);
   const auto* w1 = static_cast<const __nv_bfloat16*>(args.gemm1_weights);
   const auto* w2 = static_cast<const __nv_bfloat16*>(args.gemm2_weights);
-  if (Status s = cuda_status(launch_gemm1_swiglu(rows, x, ws.gather_rows, shape.hidden_size,
-                                                 shape.intermediate_size, w1, ws.act, pdl,
-                                                 stream),
-                             "launch_gemm1_swiglu");
-      !s.ok()) {
-    return s;
-  }
-  if (Status s = cuda_status(launch_gemm2(rows, ws.act, shape.intermediate_size,
-                                          shape.hidden_size, w2, y, pdl, stream),
-                             "launch_gemm2");
-      !s.ok()) {
-    return s;
-  }
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(gemm1(rows, x, ws.gather_rows, shape.hidden_size,
+                                      shape.intermediate_size, w1, ws.act, pdl, stream),
+                                "launch_gemm1_swiglu");
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      gemm2(rows, ws.act, shape.intermediate_size, shape.hidden_size, w2, y, pdl, stream),
+      "launch_gemm2");
   if (!args.do_finalize) return Status::Ok();
 
   // 4. Finalize: the weighted sum per token, in ascending k.
-  return cuda_status(launch_finalize(y, ws.slot_weight, ws.permuted_idx, shape.num_tokens,
-                                     shape.top_k, shape.hidden_size,
-                                     static_cast<__nv_bfloat16*>(args.output), pdl, stream),
-                     "launch_finalize");
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      launch_finalize(y, ws.slot_weight, ws.permuted_idx, shape.num_tokens, shape.top_k,
+                      shape.hidden_size, static_cast<__nv_bfloat16*>(args.output), pdl, stream),
+      "launch_finalize");
+  return Status::Ok();
 }
 
 }  // namespace fusedmoe
