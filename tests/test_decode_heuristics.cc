@@ -64,6 +64,18 @@ TEST(DecodeHeuristics, PrefillAtLargeTAndMonotoneInT) {
   }
 }
 
+TEST(DecodeHeuristics, ExpertParallelShardsWithFewExpertsTakePrefillAtLargeT) {
+  // E_loc = E / 8 leaves mixtral and llama4-scout one or two local experts: their tile counts
+  // stay small at every T, but hundreds of rows per expert would make the decode kernels re-read
+  // the weights (H200: 0.21x of torch._grouped_mm at mixtral EP T = 16384 before this rule).
+  for (const int64_t t : {256, 1024, 4096, 16384}) {
+    SCOPED_TRACE(t);
+    EXPECT_FALSE(use_decode_gemms(t, 2, 1, 4096, 14336, 132));  // mixtral shard
+    EXPECT_FALSE(use_decode_gemms(t, 1, 2, 5120, 8192, 132));   // llama4-scout shard
+  }
+  EXPECT_TRUE(use_decode_gemms(1, 2, 1, 4096, 14336, 132));  // one token: one pass over weights
+}
+
 TEST(DecodeHeuristics, FewerSmsFavourPrefill) {
   // qwen3-30b T=1 has 47 expected GEMM1 tiles: decode on 132 SMs, prefill on 66.
   EXPECT_TRUE(use_decode_gemms(1, 8, 128, 2048, 768, 132));

@@ -135,8 +135,12 @@ class DeviceCase {
     if (!host.empty()) device.upload(host);
   }
   template <typename T>
+  // Copies into the existing storage: the host vector's address is the key remap() looks up, so
+  // it must not move (assigning a fresh vector would send host pointers to the next run()).
   static void download_into(const DeviceArray<T>& device, std::vector<T>& host) {
-    if (!host.empty()) host = device.download();
+    if (host.empty()) return;
+    const std::vector<T> copy = device.download();
+    std::copy(copy.begin(), copy.end(), host.begin());
   }
   template <typename T>
   static bool same(const DeviceArray<T>& device, const std::vector<T>& host) {
