@@ -221,8 +221,10 @@ Status validate(const MoeArguments& args) {
                                 args.expanded_idx_to_permuted_idx, "when !do_finalize");
 }
 
-Status validate_routing_host(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
-                             int32_t num_experts, bool packed, RoutingCheck* result) {
+namespace detail {
+
+Status validate_routing_arguments(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
+                                  int32_t num_experts, const RoutingCheck* result) {
   if (num_tokens < 0) return invalid_argument("num_tokens", ">= 0", std::to_string(num_tokens));
   if (top_k < 1 || top_k > kMaxTopK) {
     return invalid_argument("top_k", "in [1, 32]", std::to_string(top_k));
@@ -232,6 +234,18 @@ Status validate_routing_host(const int32_t* topk_ids, int64_t num_tokens, int32_
   }
   if (!result) return invalid_argument("result", "a pointer", "nullptr");
   if (num_tokens > 0 && !topk_ids) return invalid_argument("topk_ids", "a pointer", "nullptr");
+  return Status::Ok();
+}
+
+}  // namespace detail
+
+Status validate_routing_host(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
+                             int32_t num_experts, bool packed, RoutingCheck* result) {
+  if (Status s = detail::validate_routing_arguments(topk_ids, num_tokens, top_k, num_experts,
+                                                    result);
+      !s.ok()) {
+    return s;
+  }
 
   *result = RoutingCheck{};
   const int64_t num_slots = num_tokens * top_k;

@@ -28,6 +28,10 @@ using fusedmoe::kMaxFeatureSize;  // H and I (public header)
 // above (H, I <= kMaxFeatureSize; T * K <= kMaxNumSlots).
 Status validate_shape(const MoeShape& shape);
 
+// The argument rules shared by validate_routing_host and validate_routing (device).
+Status validate_routing_arguments(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
+                                  int32_t num_experts, const RoutingCheck* result);
+
 // The DeepSeekV3 group parameters with their defaults applied (0 means "not given").
 struct GroupConfig {
   int32_t n_group = 1;     // >= 1, divides E

@@ -25,16 +25,11 @@ Status cuda_status(cudaError_t error, const char* what) {
 Status validate_routing(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
                         int32_t num_experts, bool packed, RoutingCheck* result,
                         cudaStream_t stream) {
-  using detail::invalid_argument;
-  if (num_tokens < 0) return invalid_argument("num_tokens", ">= 0", std::to_string(num_tokens));
-  if (top_k < 1 || top_k > kMaxTopK) {
-    return invalid_argument("top_k", "in [1, 32]", std::to_string(top_k));
+  if (Status s = detail::validate_routing_arguments(topk_ids, num_tokens, top_k, num_experts,
+                                                    result);
+      !s.ok()) {
+    return s;
   }
-  if (num_experts < 1 || num_experts > kMaxNumExperts) {
-    return invalid_argument("num_experts", "in [1, 1024]", std::to_string(num_experts));
-  }
-  if (!result) return invalid_argument("result", "a pointer", "nullptr");
-  if (num_tokens > 0 && !topk_ids) return invalid_argument("topk_ids", "a pointer", "nullptr");
 
   *result = RoutingCheck{};
   const int64_t num_slots = num_tokens * top_k;
