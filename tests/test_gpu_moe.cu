@@ -784,6 +784,139 @@ TEST(GpuMoe, HostileIdsAreNonLocalAndReported) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Steps 1-2 at decode sizes: at T * K <= 4096 one CTA sorts the slots (and routes them when every
+// logits token gets a warp, always for routed ids: kernels/sm90_route_sort_small.cuh); above, the
+// three-kernel counting sort. Both must give the CPU reference's ids and permutation bitwise.
+// ------------------------------------------------------------------------------------------------
+constexpr int64_t kSmallSortMaxSlots = 4096;  // decode_heuristics.h: kSmallSortMaxSlots
+
+// A do_finalize=false run on the given routed ids (or the case's random ones when ids is empty):
+// permutation and replay ids bitwise, weights passed through, rows by the tolerance rule.
+void check_routed_triple(CaseSpec spec, const std::vector<int32_t>& ids, uint64_t seed) {
+  SCOPED_TRACE(spec.name);
+  spec.do_finalize = false;
+  GpuCase c(spec, seed);
+  if (!ids.empty()) {
+    Rng rng(seed + 1);
+    c.set_routed(ids, random_fp32(rng, ids.size(), 0.05f, 1.0f));
+  }
+  const MoeShape& shape = c.shape();
+  const ref::Routing routing = c.reference_routing();
+  const ref::Permutation perm =
+      ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
+  c.poison_outputs();
+  const Status status = run_on_device(c.arguments(), /*enable_pdl=*/true);
+  ASSERT_TRUE(status.ok()) << status.message;
+  EXPECT_EQ(first_difference(c.permuted_idx().download(), perm.expanded_idx_to_permuted_idx), -1)
+      << "expanded_idx_to_permuted_idx";
+  if (spec.with_replay) {
+    const std::vector<int16_t> replay = c.replay().download();
+    for (int64_t i = 0; i < shape.num_tokens * shape.top_k; ++i) {
+      ASSERT_EQ(replay[i], static_cast<int16_t>(routing.ids[i])) << "routing id of slot " << i;
+    }
+  }
+  expect_weights(c, routing);
+  if (perm.num_local() == 0) return;
+  const GpuReferenceResult expected =
+      gpu_reference(shape, c.x(), c.w1(), c.w2(), routing, perm, true);
+  std::vector<uint16_t> rows = c.gemm2_output().download();
+  rows.resize(perm.num_local() * shape.hidden_size);
+  expect_close(rows, expected.y_truth, expected.y_design, "gemm2_output");
+}
+
+TEST(GpuMoe, SmallSortAtAndAboveItsThreshold) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  // T * K = 4096: the one-CTA sort (routed: with its routing); 4097: the three kernels.
+  CaseSpec at{"small_sort_at_threshold", 512, 2048, 768, 128, 8};
+  at.input = RoutingInput::kPacked;
+  ASSERT_EQ(at.num_tokens * at.top_k, kSmallSortMaxSlots);
+  check_routed_triple(at, {}, 301);
+  CaseSpec above{"small_sort_above_threshold", 241, 2048, 768, 128, 17};
+  above.input = RoutingInput::kUnpacked;
+  ASSERT_EQ(above.num_tokens * above.top_k, kSmallSortMaxSlots + 1);
+  check_routed_triple(above, {}, 302);
+
+  // Logits at the threshold (512 tokens: route_kernel, then the one-CTA sort) and just above it.
+  for (int64_t t : {int64_t{512}, int64_t{513}}) {
+    CaseSpec logits{"small_sort_logits_T" + std::to_string(t), t, 2048, 768, 128, 8};
+    logits.method = RoutingMethod::kRenormalize;
+    logits.do_finalize = false;
+    check_case(logits, 303 + t);
+  }
+  // Logits routed inside the CTA: E = 1024 gives it 5 routing warps, so T = 5 routes there and
+  // T = 6 in route_kernel; E_loc = 1024 gives the sort 8 segments of 1024 counts.
+  for (int64_t t : {int64_t{5}, int64_t{6}}) {
+    CaseSpec wide{"small_route_E1024_T" + std::to_string(t), t, 2048, 768, 1024, 32};
+    wide.method = RoutingMethod::kRenormalizeNaive;
+    wide.do_finalize = false;
+    check_case(wide, 310 + t);
+  }
+  // DeepSeekV3 groups at decode sizes (E = 256: 20 routing warps), routed in the CTA and not.
+  for (int64_t t : {int64_t{1}, int64_t{20}, int64_t{21}}) {
+    CaseSpec ds{"small_route_dsv3_T" + std::to_string(t), t, 7168, 2048, 256, 8, 32, 64};
+    ds.method = RoutingMethod::kDeepSeekV3;
+    ds.with_bias = true;
+    ds.n_group = 8;
+    ds.topk_group = 4;
+    ds.routed_scaling_factor = 2.5f;
+    ds.do_finalize = false;
+    check_case(ds, 320 + t);
+  }
+}
+
+TEST(GpuMoe, SmallSortExtremes) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  // E_loc = 1024, every slot local, T * K = 4096 (8 segments of 512 slots).
+  CaseSpec wide{"small_sort_E1024", 1024, 256, 128, 1024, 4};
+  wide.input = RoutingInput::kPacked;
+  check_routed_triple(wide, {}, 331);
+
+  // All 4096 slots on one expert (K = 1), and on one expert of a 1024-expert shard.
+  CaseSpec one{"small_sort_one_expert", 4096, 256, 128, 128, 1};
+  one.input = RoutingInput::kPacked;
+  check_routed_triple(one, std::vector<int32_t>(4096, 77), 332);
+  CaseSpec one_wide{"small_sort_one_of_1024", 1023, 256, 128, 1024, 4};
+  one_wide.input = RoutingInput::kUnpacked;
+  std::vector<int32_t> ids;
+  for (int64_t t = 0; t < one_wide.num_tokens; ++t) {
+    for (int k = 0; k < one_wide.top_k; ++k) ids.push_back(k == 2 ? 1023 : (t * 7 + k) % 1000);
+  }
+  check_routed_triple(one_wide, ids, 333);
+
+  // No slot local (expert parallelism, every id in other shards), T = 1 and T * K = 4096.
+  for (int64_t t : {int64_t{1}, int64_t{512}}) {
+    CaseSpec none{"small_sort_nothing_local_T" + std::to_string(t), t, 2048, 768, 256, 8, 32, 0};
+    none.input = RoutingInput::kPacked;
+    Rng rng(340 + t);
+    std::vector<int32_t> far = random_distinct_ids(rng, t, 8, 224);
+    for (int32_t& id : far) id += 32;
+    check_routed_triple(none, far, 340 + t);
+    // With finalize: every output row is a sum over no slot, +0.
+    none.do_finalize = true;
+    GpuCase c(none, 350 + t);
+    c.set_routed(far, random_fp32(rng, far.size(), 0.05f, 1.0f));
+    c.poison_outputs();
+    ASSERT_TRUE(run_on_device(c.arguments(), /*enable_pdl=*/true).ok());
+    for (uint16_t v : c.output().download()) ASSERT_EQ(v, 0) << none.name;
+  }
+
+  // Logits whose ids all fall outside the shard, at T = 1 (routing in the CTA).
+  CaseSpec far_logits{"small_route_nothing_local", 1, 2048, 768, 128, 8, 16, 112};
+  far_logits.method = RoutingMethod::kRenormalize;
+  far_logits.do_finalize = false;
+  GpuCase c(far_logits, 360);
+  std::vector<float> logits(128, -3.0f);
+  for (int e = 0; e < 8; ++e) logits[e] = 1.0f + 0.25f * e;  // experts 0..7, not local
+  c.set_logits(logits);
+  const ref::Routing routing = c.reference_routing();
+  c.poison_outputs();
+  ASSERT_TRUE(run_on_device(c.arguments(), /*enable_pdl=*/true).ok());
+  const std::vector<int32_t> map = c.permuted_idx().download();
+  for (int k = 0; k < 8; ++k) EXPECT_EQ(map[k], -1) << "slot " << k;
+  expect_weights(c, routing);
+}
+
+// ------------------------------------------------------------------------------------------------
 // Execution contract: T = 0, workspace checks, determinism, graph capture and replay.
 // ------------------------------------------------------------------------------------------------
 TEST(GpuMoe, ZeroTokensWritesNothing) {
