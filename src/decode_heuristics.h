@@ -74,32 +74,16 @@ inline bool use_decode_gemms(int64_t num_tokens, int top_k, int local_num_expert
   return std::min(tiles1, tiles2) <= 0.5 * num_sms;
 }
 
-// ---- steps 1-2 at decode sizes: routing and the counting sort in one CTA ----------------------
-// (kernels/sm90_route_sort_small.cuh). At T * K <= kSmallSortMaxSlots one 1024-thread CTA sorts
-// all slots (instead of count -> offsets -> permute: two launches, ~2-4 us each, fewer); the
-// routing joins it when every token has a warp of its own (logits) or always (routed ids), so
-// steps 1-2 are one launch. Pure functions of host-known sizes: a captured graph keeps its path.
+// ---- step 2 at decode sizes: the counting sort in one CTA ---------------------------------------
+// (kernels/sm90_expert_sort_small.cuh). At T * K <= kSmallSortMaxSlots one 1024-thread CTA sorts
+// all slots instead of count -> offsets -> permute (H200, graph replay: -1 to -13 us at T = 64 and
+// 256, bench/NOTES.md "Decode latency"). A pure function of T * K: a captured graph keeps its path.
 constexpr int64_t kSmallSortMaxSlots = 4096;
 constexpr int kSmallSortThreads = 1024;
-// Shared-memory budgets of the two phases (they alias; static smem stays under 8 KB, so the
-// total keeps within the default 48 KB of a launch).
-constexpr int64_t kSmallRouteSmemBytes = 40 * 1024;
-constexpr int64_t kSmallSortSmemBytes = 32 * 1024;
+constexpr int64_t kSmallSortSmemBytes = 32 * 1024;  // the (S, E_loc) counts; + 4 KB static
 
 constexpr bool use_small_sort(int64_t num_slots) {
   return num_slots > 0 && num_slots <= kSmallSortMaxSlots;
-}
-
-// Routing warps of the fused CTA: each needs 2 * E * 4 bytes of keys (sm90_route_token.cuh).
-constexpr int small_route_warps(int num_experts) {
-  return int(std::clamp<int64_t>(kSmallRouteSmemBytes / (8 * int64_t(std::max(num_experts, 1))),
-                                 1, kSmallSortThreads / 32));
-}
-
-// Logits routing joins the fused CTA when no warp routes more than one token: the per-token
-// route time (~1-3 us) then overlaps across warps as it does in the separate route kernel.
-constexpr bool use_small_route(int64_t num_tokens, int num_experts) {
-  return num_tokens <= small_route_warps(num_experts);
 }
 
 // Segments of the sort: warp s owns a contiguous run of slots and a (E_loc) count array.
@@ -108,12 +92,9 @@ constexpr int small_sort_segments(int num_local) {
                                  kSmallSortThreads / 32));
 }
 
-// Dynamic shared memory of the fused CTA: the larger of its two phases.
-constexpr int64_t small_sort_smem_bytes(bool route_logits, int num_experts, int num_local) {
-  const int64_t route = route_logits ? int64_t(small_route_warps(num_experts)) * 8 * num_experts
-                                     : 0;
-  const int64_t sort = int64_t(small_sort_segments(num_local)) * 4 * num_local;
-  return std::max(route, sort);
+// Dynamic shared memory of the sort CTA.
+constexpr int64_t small_sort_smem_bytes(int num_local) {
+  return int64_t(small_sort_segments(num_local)) * 4 * std::max(num_local, 1);
 }
 
 }  // namespace fusedmoe::heuristics

@@ -159,33 +159,27 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   __nv_bfloat16* y = args.do_finalize ? ws.y : static_cast<__nv_bfloat16*>(args.gemm2_output);
 
   // 1. Routing: per slot, its local expert key and weight.
-  // 2. Permutation: local slots sorted by (local expert, slot), stable and deterministic.
-  // At decode sizes (T * K <= 4096) one CTA sorts, and routes too unless a logits token would
-  // wait for a free warp: steps 1-2 in one launch instead of four (decode_heuristics.h).
   RoutingOutputs routing;
   routing.slot_key = ws.slot_key;
   routing.slot_weight = ws.slot_weight;
   routing.expert_weights = args.do_finalize ? nullptr : args.expert_weights;
   routing.expert_weights_dtype = args.expert_weights_dtype;
   routing.routing_replay_out = args.routing_replay_out;
-  const bool small_sort = heuristics::use_small_sort(num_slots);
-  const bool route_in_sort =
-      small_sort && (args.logits.logits == nullptr ||
-                     heuristics::use_small_route(shape.num_tokens, shape.num_experts));
-  if (route_in_sort) {
-    // launch_route_sort_small below routes.
-  } else if (args.logits.logits) {
+  if (args.logits.logits) {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_route(shape, args.logits, routing, pdl, stream),
                                   "launch_route");
   } else {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_decode_topk(shape, args.routed, routing, pdl, stream),
                                   "launch_decode_topk");
   }
-  if (small_sort) {
+
+  // 2. Permutation: local slots sorted by (local expert, slot), stable and deterministic; at
+  // decode sizes (T * K <= 4096) one CTA instead of three kernels (decode_heuristics.h).
+  if (heuristics::use_small_sort(num_slots)) {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(
-        launch_route_sort_small(shape, args.logits, args.routed, route_in_sort, routing,
-                                ws.expert_offsets, ws.gather_rows, permuted_idx, pdl, stream),
-        "launch_route_sort_small");
+        launch_expert_sort_small(ws.slot_key, num_slots, shape.top_k, num_local,
+                                 ws.expert_offsets, ws.gather_rows, permuted_idx, pdl, stream),
+        "launch_expert_sort_small");
   } else {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(
         launch_expert_count(ws.slot_key, num_slots, num_local, ws.chunk_prefix, pdl, stream),

@@ -784,9 +784,9 @@ TEST(GpuMoe, HostileIdsAreNonLocalAndReported) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Steps 1-2 at decode sizes: at T * K <= 4096 one CTA sorts the slots (and routes them when every
-// logits token gets a warp, always for routed ids: kernels/sm90_route_sort_small.cuh); above, the
-// three-kernel counting sort. Both must give the CPU reference's ids and permutation bitwise.
+// Step 2 at decode sizes: at T * K <= 4096 one CTA sorts the slots (kernels/
+// sm90_expert_sort_small.cuh); above, the three-kernel counting sort. Both must give the CPU
+// reference's permutation bitwise (and the rows, weights and ids that follow from it).
 // ------------------------------------------------------------------------------------------------
 constexpr int64_t kSmallSortMaxSlots = 4096;  // decode_heuristics.h: kSmallSortMaxSlots
 
@@ -826,7 +826,7 @@ void check_routed_triple(CaseSpec spec, const std::vector<int32_t>& ids, uint64_
 
 TEST(GpuMoe, SmallSortAtAndAboveItsThreshold) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  // T * K = 4096: the one-CTA sort (routed: with its routing); 4097: the three kernels.
+  // T * K = 4096: the one-CTA sort; 4097: the three kernels.
   CaseSpec at{"small_sort_at_threshold", 512, 2048, 768, 128, 8};
   at.input = RoutingInput::kPacked;
   ASSERT_EQ(at.num_tokens * at.top_k, kSmallSortMaxSlots);
@@ -836,24 +836,23 @@ TEST(GpuMoe, SmallSortAtAndAboveItsThreshold) {
   ASSERT_EQ(above.num_tokens * above.top_k, kSmallSortMaxSlots + 1);
   check_routed_triple(above, {}, 302);
 
-  // Logits at the threshold (512 tokens: route_kernel, then the one-CTA sort) and just above it.
+  // Logits at the threshold and just above it.
   for (int64_t t : {int64_t{512}, int64_t{513}}) {
     CaseSpec logits{"small_sort_logits_T" + std::to_string(t), t, 2048, 768, 128, 8};
     logits.method = RoutingMethod::kRenormalize;
     logits.do_finalize = false;
     check_case(logits, 303 + t);
   }
-  // Logits routed inside the CTA: E = 1024 gives it 5 routing warps, so T = 5 routes there and
-  // T = 6 in route_kernel; E_loc = 1024 gives the sort 8 segments of 1024 counts.
+  // E = E_loc = 1024, K = 32: the sort's 8 segments of 1024 counts, fewer slots than segments x 32.
   for (int64_t t : {int64_t{5}, int64_t{6}}) {
-    CaseSpec wide{"small_route_E1024_T" + std::to_string(t), t, 2048, 768, 1024, 32};
+    CaseSpec wide{"small_sort_E1024_K32_T" + std::to_string(t), t, 2048, 768, 1024, 32};
     wide.method = RoutingMethod::kRenormalizeNaive;
     wide.do_finalize = false;
     check_case(wide, 310 + t);
   }
-  // DeepSeekV3 groups at decode sizes (E = 256: 20 routing warps), routed in the CTA and not.
+  // DeepSeekV3 groups on a shard at decode sizes.
   for (int64_t t : {int64_t{1}, int64_t{20}, int64_t{21}}) {
-    CaseSpec ds{"small_route_dsv3_T" + std::to_string(t), t, 7168, 2048, 256, 8, 32, 64};
+    CaseSpec ds{"small_sort_dsv3_T" + std::to_string(t), t, 7168, 2048, 256, 8, 32, 64};
     ds.method = RoutingMethod::kDeepSeekV3;
     ds.with_bias = true;
     ds.n_group = 8;
@@ -900,8 +899,8 @@ TEST(GpuMoe, SmallSortExtremes) {
     for (uint16_t v : c.output().download()) ASSERT_EQ(v, 0) << none.name;
   }
 
-  // Logits whose ids all fall outside the shard, at T = 1 (routing in the CTA).
-  CaseSpec far_logits{"small_route_nothing_local", 1, 2048, 768, 128, 8, 16, 112};
+  // Logits whose ids all fall outside the shard, at T = 1.
+  CaseSpec far_logits{"small_sort_logits_nothing_local", 1, 2048, 768, 128, 8, 16, 112};
   far_logits.method = RoutingMethod::kRenormalize;
   far_logits.do_finalize = false;
   GpuCase c(far_logits, 360);

@@ -11,9 +11,29 @@
 
 #include <cstdint>
 
-#include "kernels/sm90_decode_topk_slot.cuh"
+#include <cuda_bf16.h>
+
+#include "fusedmoe/fusedmoe.h"
 
 namespace fusedmoe::detail {
+
+struct DecodeTopKConfig {
+  static constexpr int kThreads = 256;
+  static_assert(kThreads % 32 == 0, "whole warps");
+};
+
+struct DecodeTopKParams {
+  const int32_t* topk_ids;  // [T * K]
+  const void* topk_weights;  // [T * K] or nullptr (packed)
+  DType weights_dtype;       // of topk_weights, and of expert_weights
+  int64_t num_slots;
+  int32_t local_offset;
+  int32_t num_local;
+  int32_t* slot_key;            // [T * K]
+  float* slot_weight;           // [T * K]
+  void* expert_weights;         // [T * K] or nullptr
+  int16_t* routing_replay_out;  // [T * K] or nullptr
+};
 
 __global__ void __launch_bounds__(DecodeTopKConfig::kThreads)
     decode_topk_kernel(const DecodeTopKParams params) {
@@ -25,7 +45,39 @@ __global__ void __launch_bounds__(DecodeTopKConfig::kThreads)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t slot = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        slot < params.num_slots; slot += stride) {
-    decode_topk_slot(params, slot);
+    const int32_t word = params.topk_ids[slot];
+    int32_t expert;
+    float weight;
+    if (params.topk_weights == nullptr) {
+      expert = static_cast<int16_t>(static_cast<uint32_t>(word) >> 16);
+      const __nv_bfloat16 weight_bf16 =
+          __ushort_as_bfloat16(static_cast<unsigned short>(word & 0xFFFF));
+      weight = __bfloat162float(weight_bf16);
+      if (params.expert_weights) {
+        static_cast<__nv_bfloat16*>(params.expert_weights)[slot] = weight_bf16;
+      }
+    } else {
+      expert = word;
+      if (params.weights_dtype == DType::kFP32) {
+        weight = static_cast<const float*>(params.topk_weights)[slot];
+        if (params.expert_weights) static_cast<float*>(params.expert_weights)[slot] = weight;
+      } else {
+        const __nv_bfloat16 weight_bf16 =
+            static_cast<const __nv_bfloat16*>(params.topk_weights)[slot];
+        weight = __bfloat162float(weight_bf16);
+        if (params.expert_weights) {
+          static_cast<__nv_bfloat16*>(params.expert_weights)[slot] = weight_bf16;
+        }
+      }
+    }
+    // 64-bit difference: an id far outside [0, E) must not wrap into the local range.
+    const int64_t local = static_cast<int64_t>(expert) - params.local_offset;
+    params.slot_key[slot] = (local >= 0 && local < params.num_local) ? static_cast<int32_t>(local)
+                                                                     : params.num_local;
+    params.slot_weight[slot] = weight;
+    if (params.routing_replay_out) {
+      params.routing_replay_out[slot] = static_cast<int16_t>(expert);
+    }
   }
 }
 

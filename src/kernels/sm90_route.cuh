@@ -22,12 +22,112 @@
 
 #include <cstdint>
 
-#include "kernels/sm90_route_token.cuh"
+#include <cuda_bf16.h>
+
+#include "fusedmoe/fusedmoe.h"
 
 namespace fusedmoe::detail {
 
+struct RouteConfig {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMaxExperts = kMaxNumExperts;
+  static_assert(kMaxTopK <= 32, "lane k holds the k-th pick: K must fit in one warp");
+  static_assert(kMaxExperts <= 0xFFFF, "the expert index must fit the low half of the argmax key");
+  static_assert(kWarps * 2 * kMaxExperts * 4 <= 48 * 1024,
+                "per-warp key arrays must fit the default 48 KB of dynamic shared memory");
+
+  static size_t smem_bytes(int num_experts) {
+    return static_cast<size_t>(kWarps) * 2 * num_experts * sizeof(uint32_t);
+  }
+};
+
+struct RouteParams {
+  const void* logits;  // [T, E]
+  DType logits_dtype;
+  const void* bias;  // [E] or nullptr
+  DType bias_dtype;
+  RoutingMethod method;
+  int32_t n_group;     // resolved: >= 1
+  int32_t topk_group;  // resolved: in [1, n_group]
+  float routed_scaling_factor;
+  int64_t num_tokens;
+  int32_t num_experts;
+  int32_t top_k;
+  int32_t local_offset;
+  int32_t num_local;
+  int32_t* slot_key;                   // [T * K]
+  float* slot_weight;                  // [T * K]
+  void* expert_weights;                // [T, K] or nullptr
+  DType expert_weights_dtype;
+  int16_t* routing_replay_out;         // [T, K] or nullptr
+};
+
+namespace route {
+
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+constexpr uint32_t kTakenKey = 0;  // below every score, NaN included
+constexpr uint32_t kNanKey = 1;    // below -inf
+
+__device__ __forceinline__ float load_as_float(const void* ptr, DType dtype, int64_t idx) {
+  return dtype == DType::kFP32 ? static_cast<const float*>(ptr)[idx]
+                               : __bfloat162float(static_cast<const __nv_bfloat16*>(ptr)[idx]);
+}
+
+// Monotone map of fp32 onto uint32: -0 and +0 map alike, NaN maps just above kTakenKey.
+__device__ __forceinline__ uint32_t order_key(float value) {
+  if (isnan(value)) return kNanKey;
+  if (value == 0.0f) value = 0.0f;
+  const uint32_t bits = __float_as_uint(value);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// Inverse of order_key for number keys (a NaN key gives back a NaN).
+__device__ __forceinline__ float key_value(uint32_t key) {
+  if (key <= kNanKey) return __uint_as_float(0x7FC00000u);
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
+}
+
+// exp rounded from fp64: agrees with the host's correctly rounded expf but in rare halfway cases.
+__device__ __forceinline__ float exp_fp32(float x) {
+  return static_cast<float>(exp(static_cast<double>(x)));
+}
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + exp_fp32(-x)); }
+
+__device__ __forceinline__ float warp_max(float value) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    value = fmaxf(value, __shfl_xor_sync(kFullMask, value, offset));
+  }
+  return value;
+}
+
+// Sum of the first `count` lanes' values in ascending lane order (the reference's order).
+__device__ __forceinline__ float sum_in_lane_order(float value, int count) {
+  float sum = 0.0f;
+  for (int lane = 0; lane < count; ++lane) sum += __shfl_sync(kFullMask, value, lane);
+  return sum;
+}
+
+// Index of the largest key among keys[0, n) (ties: lower index); n > 0 and some key nonzero.
+__device__ __forceinline__ int warp_argmax(const uint32_t* keys, int n, int lane) {
+  uint64_t best = 0;
+  for (int i = lane; i < n; i += 32) {
+    const uint64_t candidate = (static_cast<uint64_t>(keys[i]) << 32) | (0xFFFFu - i);
+    if (keys[i] != kTakenKey && candidate > best) best = candidate;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const uint64_t other = __shfl_xor_sync(kFullMask, best, offset);
+    best = other > best ? other : best;
+  }
+  return 0xFFFF - static_cast<int>(best & 0xFFFFu);
+}
+
+}  // namespace route
+
 __global__ void __launch_bounds__(RouteConfig::kThreads)
     route_kernel(const RouteParams params) {
+  using namespace route;
   extern __shared__ uint32_t smem_keys[];  // (kWarps, 2, E): expert keys, then group keys
 
   // PDL: the logits may come from the kernel before us.
@@ -39,8 +139,153 @@ __global__ void __launch_bounds__(RouteConfig::kThreads)
   const int lane = threadIdx.x % 32;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * RouteConfig::kWarps + warp_idx;
   if (token >= params.num_tokens) return;
-  uint32_t* keys = smem_keys + static_cast<size_t>(warp_idx) * 2 * params.num_experts;  // (2, E)
-  route::route_token(params, keys, token, lane);
+
+  const int num_experts = params.num_experts;
+  const RoutingMethod method = params.method;
+  uint32_t* keys = smem_keys + static_cast<size_t>(warp_idx) * 2 * num_experts;  // (E)
+  uint32_t* group_keys = keys + num_experts;                                      // (n_group)
+  const int64_t row = token * num_experts;
+  auto logit = [&](int e) { return load_as_float(params.logits, params.logits_dtype, row + e); };
+  auto bias = [&](int e) {
+    return params.bias ? load_as_float(params.bias, params.bias_dtype, e) : 0.0f;
+  };
+
+  // ---- scores as order keys ------------------------------------------------------------------
+  const bool softmax_all = method == RoutingMethod::kDefault ||
+                           method == RoutingMethod::kRenormalizeNaive;
+  float max_logit = 0.0f;
+  float sum_exp = 0.0f;
+  if (softmax_all) {
+    max_logit = -INFINITY;
+    for (int e = lane; e < num_experts; e += 32) max_logit = fmaxf(max_logit, logit(e));
+    max_logit = warp_max(max_logit);
+    // exp terms parked in the key array; lane 0 sums them in ascending e, as the reference does
+    // (~2.5 us at E = 1024; a tree sum would differ in the last bits).
+    for (int e = lane; e < num_experts; e += 32) {
+      keys[e] = __float_as_uint(exp_fp32(logit(e) - max_logit));
+    }
+    __syncwarp();
+    if (lane == 0) {
+#pragma unroll 16
+      for (int e = 0; e < num_experts; ++e) sum_exp += __uint_as_float(keys[e]);
+    }
+    sum_exp = __shfl_sync(kFullMask, sum_exp, 0);
+  }
+  auto softmax_prob = [&](float x) { return exp_fp32(x - max_logit) / sum_exp; };
+
+  for (int e = lane; e < num_experts; e += 32) {
+    const float x = logit(e);
+    float score;
+    switch (method) {
+      case RoutingMethod::kDefault:
+      case RoutingMethod::kRenormalizeNaive: score = __uint_as_float(keys[e]) / sum_exp; break;
+      case RoutingMethod::kSigmoidRenorm:
+      case RoutingMethod::kSigmoid: score = sigmoid(x); break;
+      case RoutingMethod::kDeepSeekV3:
+      case RoutingMethod::kMiniMax2: score = sigmoid(x) + bias(e); break;
+      default: score = x; break;  // Renormalize, Llama4, TopK, TopKSigmoid rank the logits
+    }
+    keys[e] = order_key(score);
+  }
+  __syncwarp();
+
+  // ---- DeepSeekV3: keep the topk_group best groups ---------------------------------------------
+  if (method == RoutingMethod::kDeepSeekV3 && params.n_group > 1) {
+    const int num_groups = params.n_group;
+    const int group_size = num_experts / num_groups;
+    for (int g = lane; g < num_groups; g += 32) {
+      uint32_t top1 = kTakenKey;
+      uint32_t top2 = kTakenKey;
+      for (int i = 0; i < group_size; ++i) {
+        const uint32_t key = keys[g * group_size + i];
+        if (key > top1) {
+          top2 = top1;
+          top1 = key;
+        } else if (key > top2) {
+          top2 = key;
+        }
+      }
+      const float group_score = group_size == 1 ? key_value(top1)
+                                                : key_value(top1) + key_value(top2);
+      group_keys[g] = order_key(group_score);
+    }
+    __syncwarp();
+    for (int round = 0; round < params.topk_group; ++round) {
+      const int best = warp_argmax(group_keys, num_groups, lane);
+      __syncwarp();
+      if (lane == 0) group_keys[best] = kTakenKey;  // taken = kept
+      __syncwarp();
+    }
+    for (int e = lane; e < num_experts; e += 32) {
+      // An excluded group's experts score -inf, as in the reference (a NaN still ranks lower).
+      if (group_keys[e / group_size] != kTakenKey) keys[e] = order_key(-INFINITY);
+    }
+    __syncwarp();
+  }
+
+  // ---- top-K: lane k holds the k-th pick -------------------------------------------------------
+  const int top_k = params.top_k;
+  int expert = 0;
+  for (int k = 0; k < top_k; ++k) {
+    const int best = warp_argmax(keys, num_experts, lane);
+    if (lane == k) expert = best;
+    __syncwarp();
+    if (lane == 0) keys[best] = kTakenKey;
+    __syncwarp();
+  }
+
+  // ---- weights of the picks ---------------------------------------------------------------------
+  const bool holds_pick = lane < top_k;
+  const float x = holds_pick ? logit(expert) : 0.0f;
+  float weight = 0.0f;
+  switch (method) {
+    case RoutingMethod::kDefault: weight = softmax_prob(x); break;
+    case RoutingMethod::kRenormalize: {
+      const float max_pick = warp_max(holds_pick ? x : -INFINITY);
+      const float e = holds_pick ? exp_fp32(x - max_pick) : 0.0f;
+      weight = e / sum_in_lane_order(e, top_k);
+      break;
+    }
+    case RoutingMethod::kDeepSeekV3:
+    case RoutingMethod::kMiniMax2: {
+      const float s = holds_pick ? sigmoid(x) : 0.0f;
+      const float s_sum = sum_in_lane_order(s, top_k);
+      weight = __fmul_rn(s, params.routed_scaling_factor) / (s_sum + 1e-20f);
+      break;
+    }
+    case RoutingMethod::kLlama4:
+    case RoutingMethod::kSigmoid:
+    case RoutingMethod::kTopKSigmoid: weight = sigmoid(x); break;
+    case RoutingMethod::kRenormalizeNaive: {
+      const float p = holds_pick ? softmax_prob(x) : 0.0f;
+      weight = p / sum_in_lane_order(p, top_k);
+      break;
+    }
+    case RoutingMethod::kTopK: weight = x; break;
+    case RoutingMethod::kSigmoidRenorm: {
+      const float s = holds_pick ? sigmoid(x) : 0.0f;
+      weight = s / sum_in_lane_order(s, top_k);
+      break;
+    }
+  }
+  if (!holds_pick) return;
+
+  // ---- outputs ---------------------------------------------------------------------------------
+  const int64_t slot = token * top_k + lane;
+  const bool bf16_weights = params.expert_weights_dtype == DType::kBF16;
+  const __nv_bfloat16 weight_bf16 = __float2bfloat16_rn(weight);
+  if (bf16_weights) weight = __bfloat162float(weight_bf16);
+  const int32_t local = expert - params.local_offset;
+  params.slot_key[slot] = (local >= 0 && local < params.num_local) ? local : params.num_local;
+  params.slot_weight[slot] = weight;
+  if (params.expert_weights) {
+    if (bf16_weights) {
+      static_cast<__nv_bfloat16*>(params.expert_weights)[slot] = weight_bf16;
+    } else {
+      static_cast<float*>(params.expert_weights)[slot] = weight;
+    }
+  }
+  if (params.routing_replay_out) params.routing_replay_out[slot] = static_cast<int16_t>(expert);
 }
 
 }  // namespace fusedmoe::detail

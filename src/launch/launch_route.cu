@@ -1,13 +1,33 @@
 // Host side of the logits routing kernel (kernels/sm90_route.cuh).
 #include "kernels/sm90_route.cuh"
 #include "launch/pipeline.h"
-#include "launch/routing_params.h"
+#include "validate.h"
 
 namespace fusedmoe::detail {
 
 cudaError_t launch_route(const MoeShape& shape, const LogitsRouting& logits,
                          const RoutingOutputs& out, bool enable_pdl, cudaStream_t stream) {
-  const RouteParams params = make_route_params(shape, logits, out);
+  const GroupConfig groups = resolve_groups(logits);
+  RouteParams params{};
+  params.logits = logits.logits;
+  params.logits_dtype = logits.logits_dtype;
+  params.bias = logits.bias;
+  params.bias_dtype = logits.bias_dtype;
+  params.method = logits.method;
+  params.n_group = groups.n_group;
+  params.topk_group = groups.topk_group;
+  params.routed_scaling_factor = logits.routed_scaling_factor;
+  params.num_tokens = shape.num_tokens;
+  params.num_experts = shape.num_experts;
+  params.top_k = shape.top_k;
+  params.local_offset = shape.local_expert_offset;
+  params.num_local = shape.local_num_experts;
+  params.slot_key = out.slot_key;
+  params.slot_weight = out.slot_weight;
+  params.expert_weights = out.expert_weights;
+  params.expert_weights_dtype = out.expert_weights_dtype;
+  params.routing_replay_out = out.routing_replay_out;
+
   const dim3 grid(static_cast<unsigned>((shape.num_tokens + RouteConfig::kWarps - 1) /
                                         RouteConfig::kWarps));
   LaunchConfig launch(grid, dim3(RouteConfig::kThreads),

@@ -7,8 +7,8 @@
 //   count    per chunk of kPermuteChunk slots, a key histogram  -> chunk_prefix [chunks, E_loc]
 //   offsets  per expert, a scan over chunks, then over experts  -> chunk_prefix, expert_offsets
 //   permute  per slot, its stable rank inside its chunk         -> gather_rows, permuted_idx
-// At decode sizes (T * K <= 4096) one CTA does the same sort, usually with the routing, in one
-// launch (launch_route_sort_small); the three kernels serve the larger calls.
+// At decode sizes (T * K <= 4096) one CTA does the same sort in one launch
+// (launch_expert_sort_small); the three kernels serve the larger calls.
 #pragma once
 
 #include <cstddef>
@@ -64,16 +64,13 @@ cudaError_t launch_route(const MoeShape& shape, const LogitsRouting& logits,
 cudaError_t launch_decode_topk(const MoeShape& shape, const RoutedTopK& routed,
                                const RoutingOutputs& out, bool enable_pdl, cudaStream_t stream);
 
-// Steps 1-2 at decode sizes in one CTA (sm90_route_sort_small.cuh; decode_heuristics.h says
-// when): routes too when route_here (from logits.logits if set, else from routed), else reads
-// the slot keys launch_route wrote; then the same stable sort as the three kernels below,
-// without chunk_prefix. Needs T * K <= kSmallSortMaxSlots (and, routing logits here,
-// use_small_route); else cudaErrorInvalidConfiguration and nothing is launched.
-cudaError_t launch_route_sort_small(const MoeShape& shape, const LogitsRouting& logits,
-                                    const RoutedTopK& routed, bool route_here,
-                                    const RoutingOutputs& routing, int32_t* expert_offsets,
-                                    int32_t* gather_rows, int32_t* permuted_idx, bool enable_pdl,
-                                    cudaStream_t stream);
+// The counting sort at decode sizes in one CTA (sm90_expert_sort_small.cuh; decode_heuristics.h
+// says when): the same outputs as the three kernels below, without chunk_prefix. Needs
+// T * K <= kSmallSortMaxSlots; else cudaErrorInvalidConfiguration and nothing is launched.
+cudaError_t launch_expert_sort_small(const int32_t* slot_key, int64_t num_slots, int32_t top_k,
+                                     int32_t num_local, int32_t* expert_offsets,
+                                     int32_t* gather_rows, int32_t* permuted_idx, bool enable_pdl,
+                                     cudaStream_t stream);
 
 // The three kernels of the counting sort (sm90_expert_count.cuh, sm90_expert_offsets.cuh,
 // sm90_permute.cuh). permuted_idx is [T * K]; gather_rows is [T * K].
