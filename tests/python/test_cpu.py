@@ -285,14 +285,30 @@ def test_errors_name_the_argument(mutation, error, argument, generator):
         gemm2_weights=problem.gemm2_weights, num_experts=E, top_k=4, n_group=None,
         topk_group=None, intermediate_size=I, local_expert_offset=0, local_num_experts=E,
     )
-    output = mutation.get("output")
-    if output is not None:
-        poison(output)
+    # Every rejected call gets poisoned outputs (its own when the mutation brings one) and must
+    # leave them, and every input tensor, exactly as they were (issue 7).
     kwargs.update(mutation)
+    if "output" in mutation:
+        poison(kwargs["output"])
+    elif kwargs.get("do_finalize", True):
+        kwargs["output"] = poison(torch.empty(7, H, dtype=torch.bfloat16))
+    if "routing_replay_out" not in mutation:
+        kwargs["routing_replay_out"] = torch.full((7, 4), -12345, dtype=torch.int16)
+    outputs = {k: v.clone() for k, v in kwargs.items()
+               if k in ("output", "routing_replay_out") and isinstance(v, torch.Tensor)}
+    inputs = {k: v.clone() for k, v in kwargs.items()
+              if isinstance(v, torch.Tensor) and k not in outputs and v.device.type == "cpu"}
     with pytest.raises(error, match=argument):
         fusedmoe.trtllm_bf16_moe(**kwargs)
-    if output is not None:
-        assert output.isnan().all(), "a rejected call wrote its output"
+    for name, before in {**outputs, **inputs}.items():
+        assert torch.equal(_bits(kwargs[name]), _bits(before)), f"a rejected call wrote {name}"
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor reinterpreted as integers of its width, so NaN payloads compare bit for bit."""
+    if not tensor.is_floating_point():
+        return tensor
+    return tensor.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
 
 
 def test_cpp_status_error_leaves_output_untouched(generator):
