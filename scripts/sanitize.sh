@@ -15,6 +15,7 @@
 #                                      instrumentation of every shared-memory access is 10-100x
 #                                      slower (default: hostile inputs and small shapes)
 #   FUSEDMOE_SANITIZE_TIMEOUT          seconds per executable and tool (default 500)
+#   FUSEDMOE_SANITIZE_JOBS             (tool, executable) pairs run at once (default 1)
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,37 +38,66 @@ mapfile -t executables < <(find "$build/tests" -maxdepth 1 -type f -name 'test_g
 (( ${#executables[@]} )) || { echo "sanitize: no $build/tests/test_gpu_* executables (build first)" >&2; exit 2; }
 
 filter_memcheck="${FUSEDMOE_SANITIZE_FILTER_MEMCHECK:-*-GroupedGemmBench.*:GpuSizes.*:*T4096*:*mixtral*}"
-filter_slow="${FUSEDMOE_SANITIZE_FILTER_SLOW:-GpuHostile.*:GpuMoe.ZeroTokensWritesNothing:GpuMoe.HostileIdsAreNonLocalAndReported:GpuMoe.WorkspaceSizeIsMonotoneAndChecked:GpuMoe.GraphCaptureReplaysWithNewInputs:Gpu/CoveringSet.MatchesReference/unpacked_fp32_K1_T1:Gpu/CoveringSet.MatchesReference/llama4_bf16_T1:Gpu/CoveringSet.MatchesReference/deepseekv3_nogroup_bf16:GroupedGemm.RaggedExpertsWithKAndNTails:GroupedGemm.RaggedExpertsInClustersOfTwo:GroupedGemm.NoRowsAtAll:GroupedGemm.ManySmallExpertsTinyIntermediate-GpuHostile.BatchInvariance}"
+filter_slow="${FUSEDMOE_SANITIZE_FILTER_SLOW:-GpuHostile.*:GpuMoe.ZeroTokensWritesNothing:GpuMoe.HostileIdsAreNonLocalAndReported:GpuMoe.WorkspaceSizeIsMonotoneAndChecked:GpuMoe.GraphCaptureReplaysWithNewInputs:Gpu/CoveringSet.MatchesReference/unpacked_fp32_K1_T1:Gpu/CoveringSet.MatchesReference/llama4_bf16_T1:Gpu/CoveringSet.MatchesReference/deepseekv3_nogroup_bf16:GroupedGemm.RaggedExpertsWithKAndNTails:GroupedGemm.RaggedExpertsInClustersOfTwo:GroupedGemm.NoRowsAtAll:GroupedGemm.ManySmallExpertsTinyIntermediate:DecodeGemm.*-GpuHostile.BatchInvariance}"
+
+# One (tool, executable) pair: its log, and "errors warnings tests rc" in $out/$tool.$name.result.
+sanitize_one() {
+  local tool=$1 exe=$2 name filter options log rc n w ran
+  name=$(basename "$exe")
+  case "$tool" in
+    memcheck) filter=$filter_memcheck; options=(--leak-check no) ;;
+    racecheck) filter=$filter_slow; options=(--racecheck-report all) ;;
+    *) filter=$filter_slow; options=() ;;
+  esac
+  log="$out/$tool.$name.log"
+  # An executable whose tests the filter leaves out is skipped, not run empty under the tool
+  # (on an H200, racecheck/synccheck/initcheck over test_gpu_decode with no test selected
+  # ended with rc 255; cause not established).
+  if ! "$exe" --gtest_list_tests --gtest_filter="$filter" 2>/dev/null | grep -q '^  '; then
+    echo "skipped" > "$out/$tool.$name.result"
+    return
+  fi
+  timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" --print-limit 50 \
+    "$exe" --gtest_color=no --gtest_brief=1 --gtest_filter="$filter" > "$log" 2>&1
+  rc=$?
+  # "========= ERROR SUMMARY: N errors" (every tool); racecheck also prints
+  # "RACECHECK SUMMARY: ... (N errors, M warnings)".
+  n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+  w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
+  ran=$(grep -Eo '^\[==========\] [0-9]+ tests? from' "$log" | grep -Eo '[0-9]+' | head -1)
+  echo "$n $w ${ran:-0} $rc" > "$out/$tool.$name.result"
+}
+
+# Every (tool, executable) pair, FUSEDMOE_SANITIZE_JOBS at a time (default 1): the tools are
+# slow mostly in host-side work, so pairs in parallel on one GPU finish sooner.
+jobs="${FUSEDMOE_SANITIZE_JOBS:-1}"
+start=$SECONDS
+for tool in "${tools[@]}"; do
+  case "$tool" in
+    memcheck | racecheck | synccheck | initcheck) ;;
+    *) echo "sanitize: unknown tool $tool" >&2; exit 2 ;;
+  esac
+  for exe in "${executables[@]}"; do
+    rm -f "$out/$tool.$(basename "$exe").result"
+    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+    sanitize_one "$tool" "$exe" &
+  done
+done
+wait
 
 status=0
 summary=()
 for tool in "${tools[@]}"; do
-  case "$tool" in
-    memcheck) filter=$filter_memcheck; options=(--leak-check no) ;;
-    racecheck) filter=$filter_slow; options=(--racecheck-report all) ;;
-    synccheck | initcheck) filter=$filter_slow; options=() ;;
-    *) echo "sanitize: unknown tool $tool" >&2; exit 2 ;;
-  esac
-  errors=0 warnings=0 failed=0 timeouts=0 tests=0 start=$SECONDS
+  errors=0 warnings=0 failed=0 timeouts=0 tests=0
   for exe in "${executables[@]}"; do
     name=$(basename "$exe")
     log="$out/$tool.$name.log"
-    # An executable whose tests the filter leaves out is skipped, not run empty under the tool
-    # (on an H200, racecheck/synccheck/initcheck over test_gpu_decode with no test selected
-    # ended with rc 255; cause not established).
-    if ! "$exe" --gtest_list_tests --gtest_filter="$filter" 2>/dev/null | grep -q '^  '; then
+    read -r n w ran rc < "$out/$tool.$name.result"
+    if [[ $n == skipped ]]; then
       echo "== $tool $name: no test selected by the filter, skipped"
       continue
     fi
-    timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" --print-limit 50 \
-      "$exe" --gtest_color=no --gtest_brief=1 --gtest_filter="$filter" > "$log" 2>&1
-    rc=$?
-    # "========= ERROR SUMMARY: N errors" (every tool); racecheck also prints
-    # "RACECHECK SUMMARY: ... (N errors, M warnings)".
-    n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
-    w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
-    ran=$(grep -Eo '^\[==========\] [0-9]+ tests? from' "$log" | grep -Eo '[0-9]+' | head -1)
-    errors=$((errors + n)) warnings=$((warnings + w)) tests=$((tests + ${ran:-0}))
+    errors=$((errors + n)) warnings=$((warnings + w)) tests=$((tests + ran))
     if (( rc == 124 || rc == 137 )); then
       timeouts=$((timeouts + 1))
       echo "== $tool $name: timed out after ${limit} s (log: $log)"
@@ -81,12 +111,11 @@ for tool in "${tools[@]}"; do
       grep -E '^========= (Invalid|Program hit|Race|Barrier|Uninitialized|.*[Hh]azard|Error)' "$log" | sort | uniq -c | sort -rn | head -8
     fi
   done
-  line="$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables, $failed failed, $timeouts timed out ($((SECONDS - start)) s)"
-  summary+=("$line")
+  summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables, $failed failed, $timeouts timed out")
   (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
 done
 
 echo
 echo "================ sanitize summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)) ================"
-printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+printf '%s\n' "${summary[@]}" "wall: $((SECONDS - start)) s, $jobs at a time" | tee "$out/summary.txt"
 exit $status

@@ -1,0 +1,129 @@
+// Decode latency of whole run() calls (experiment, never linked; issue 6): for the BENCH.md models
+// at small T (full grid, logits routing), the median of CUDA-graph replays with PDL, L2 flushed
+// before each replay (a 512 MiB memset, not timed), against the bytes floor of the experts hit.
+// Run it under ncu for the per-kernel picture (FUSEDMOE_DEV_REPS=1 keeps that short):
+//   ncu --kernel-name regex:sm90_ --metrics gpu__time_duration.sum,... /tmp/time_decode qwen3-30b-a3b 1
+// Build on the device after the library:
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc -I. \
+//     dev/time_decode.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_decode
+// Arguments: [model|all] [T ...] (default: all, 1 4 16 64 256); env FUSEDMOE_DEV_BW (GB/s, default
+// 4254: the H200 copy bandwidth of bench/results), FUSEDMOE_DEV_REPS (default 20).
+#include <cstring>
+#include <string>
+
+#include "dev/dev_common.cuh"
+
+using namespace fusedmoe;
+using namespace fusedmoe::dev;
+
+int main(int argc, char** argv) {
+  const std::string which = argc > 1 ? argv[1] : "all";
+  std::vector<int64_t> token_counts;
+  for (int i = 2; i < argc; ++i) token_counts.push_back(std::atoll(argv[i]));
+  if (token_counts.empty()) token_counts = {1, 4, 16, 64, 256};
+  const double bw = std::getenv("FUSEDMOE_DEV_BW") ? std::atof(std::getenv("FUSEDMOE_DEV_BW")) : 4254;
+  const int reps = std::getenv("FUSEDMOE_DEV_REPS") ? std::atoi(std::getenv("FUSEDMOE_DEV_REPS")) : 20;
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const size_t flush_bytes = size_t(512) << 20;
+  void* flush;
+  CHECK(cudaMalloc(&flush, flush_bytes));
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  std::printf("%-16s %5s %5s | %9s %9s %7s\n", "model", "T", "hit", "floor us", "graph us",
+              "% floor");
+  for (const Model& m : bench_models()) {
+    if (which != "all" && which != m.name) continue;
+    const size_t w1_elems = size_t(m.E) * 2 * m.I * m.H, w2_elems = size_t(m.E) * m.H * m.I;
+    __nv_bfloat16 *w1, *w2;
+    CHECK(cudaMalloc(&w1, w1_elems * 2));
+    CHECK(cudaMalloc(&w2, w2_elems * 2));
+    fill_random<<<1024, 256, 0, stream>>>(w1, w1_elems, 1, 0.03f);
+    fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
+    for (int64_t T : token_counts) {
+      MoeShape shape;
+      shape.num_tokens = T;
+      shape.hidden_size = m.H;
+      shape.intermediate_size = m.I;
+      shape.num_experts = m.E;
+      shape.top_k = m.K;
+      shape.local_num_experts = m.E;
+      shape.local_expert_offset = 0;
+      size_t ws_bytes = 0;
+      if (!workspace_size(shape, &ws_bytes).ok()) return 1;
+      void *ws, *logits, *bias;
+      __nv_bfloat16 *x, *out;
+      CHECK(cudaMalloc(&ws, ws_bytes));
+      CHECK(cudaMalloc(&x, T * m.H * 2));
+      CHECK(cudaMalloc(&logits, T * m.E * 4));
+      CHECK(cudaMalloc(&bias, m.E * 4));
+      CHECK(cudaMalloc(&out, T * m.H * 2));
+      fill_random<<<1024, 256, 0, stream>>>(x, T * m.H, 3, 1.0f);
+      const std::vector<float> host_logits = normal_logits(size_t(T) * m.E);
+      CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4,
+                       cudaMemcpyHostToDevice));
+      CHECK(cudaMemset(bias, 0, m.E * 4));
+      MoeArguments args;
+      args.shape = shape;
+      args.hidden_states = x;
+      args.gemm1_weights = w1;
+      args.gemm2_weights = w2;
+      args.logits.logits = logits;
+      args.logits.method = m.method;
+      if (m.method == RoutingMethod::kDeepSeekV3) {
+        args.logits.bias = bias;
+        args.logits.n_group = 8;
+        args.logits.topk_group = 4;
+        args.logits.routed_scaling_factor = 2.5f;
+      }
+      args.output = out;
+      args.enable_pdl = true;
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      if (!run(args, ws, ws_bytes, stream).ok()) return 1;
+      CHECK(cudaStreamEndCapture(stream, &graph));
+      CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      std::vector<float> us;
+      for (int it = 0; it < reps + 2; ++it) {
+        CHECK(cudaMemsetAsync(flush, it & 0xFF, flush_bytes, stream));
+        CHECK(cudaEventRecord(start, stream));
+        CHECK(cudaGraphLaunch(exec, stream));
+        CHECK(cudaEventRecord(stop, stream));
+        CHECK(cudaEventSynchronize(stop));
+        float ms = 0;
+        CHECK(cudaEventElapsedTime(&ms, start, stop));
+        if (it >= 2) us.push_back(ms * 1000.0f);
+      }
+      // The experts hit, for the floor: rerun once with the routing replay (int16 [T, K] ids).
+      std::vector<int32_t> ids(size_t(T) * m.K);
+      int16_t* replay;
+      CHECK(cudaMalloc(&replay, ids.size() * 2));
+      args.routing_replay_out = replay;
+      if (!run(args, ws, ws_bytes, stream).ok()) return 1;
+      std::vector<int16_t> host_replay(ids.size());
+      CHECK(cudaMemcpy(host_replay.data(), replay, ids.size() * 2, cudaMemcpyDeviceToHost));
+      std::vector<char> hit(m.E, 0);
+      for (int16_t e : host_replay)
+        if (e >= 0 && e < m.E) hit[e] = 1;
+      int64_t hits = 0;
+      for (char h : hit) hits += h;
+      const double bytes = double(hits) * 3 * m.H * m.I * 2 + 2.0 * T * m.H * 2;
+      const double floor_us = bytes / bw * 1e-3;
+      const float med = us.empty() ? 0.0f : median(us);
+      std::printf("%-16s %5lld %5lld | %9.1f %9.1f %6.1f%%\n", m.name, (long long)T,
+                  (long long)hits, floor_us, med, med > 0 ? 100.0 * floor_us / med : 0.0);
+      std::fflush(stdout);
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+      for (void* p : {ws, logits, bias}) cudaFree(p);
+      cudaFree(x);
+      cudaFree(out);
+      cudaFree(replay);
+    }
+    cudaFree(w1);
+    cudaFree(w2);
+  }
+  return 0;
+}
