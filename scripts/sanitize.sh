@@ -11,11 +11,11 @@
 # Environment:
 #   FUSEDMOE_SANITIZE_FILTER_MEMCHECK  gtest filter for memcheck (default: all but the largest
 #                                      shapes and the benchmark)
-#   FUSEDMOE_SANITIZE_FILTER_SLOW      gtest filter for racecheck/synccheck/initcheck, whose
-#                                      instrumentation of every shared-memory access is 10-100x
-#                                      slower (default: hostile inputs and small shapes)
+#   FUSEDMOE_SANITIZE_FILTER_SLOW      gtest filter for racecheck/synccheck/initcheck (default: the
+#                                      memcheck filter)
 #   FUSEDMOE_SANITIZE_TIMEOUT          seconds per executable and tool (default 500)
-#   FUSEDMOE_SANITIZE_JOBS             (tool, executable) pairs run at once (default 1)
+#   FUSEDMOE_SANITIZE_JOBS             runs at once (default 1)
+#   FUSEDMOE_SANITIZE_SHARDS           gtest shards per executable and tool (default 1)
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,17 +38,22 @@ mapfile -t executables < <(find "$build/tests" -maxdepth 1 -type f -name 'test_g
 (( ${#executables[@]} )) || { echo "sanitize: no $build/tests/test_gpu_* executables (build first)" >&2; exit 2; }
 
 filter_memcheck="${FUSEDMOE_SANITIZE_FILTER_MEMCHECK:-*-GroupedGemmBench.*:GpuSizes.*:*T4096*:*mixtral*}"
-filter_slow="${FUSEDMOE_SANITIZE_FILTER_SLOW:-GpuHostile.*:GpuMoe.ZeroTokensWritesNothing:GpuMoe.HostileIdsAreNonLocalAndReported:GpuMoe.WorkspaceSizeIsMonotoneAndChecked:GpuMoe.GraphCaptureReplaysWithNewInputs:Gpu/CoveringSet.MatchesReference/unpacked_fp32_K1_T1:Gpu/CoveringSet.MatchesReference/llama4_bf16_T1:Gpu/CoveringSet.MatchesReference/deepseekv3_nogroup_bf16:GroupedGemm.RaggedExpertsWithKAndNTails:GroupedGemm.RaggedExpertsInClustersOfTwo:GroupedGemm.NoRowsAtAll:GroupedGemm.ManySmallExpertsTinyIntermediate:DecodeGemm.*-GpuHostile.BatchInvariance}"
+filter_slow="${FUSEDMOE_SANITIZE_FILTER_SLOW:-$filter_memcheck}"
 
 # One (tool, executable) pair: its log, and "errors warnings tests rc" in $out/$tool.$name.result.
 sanitize_one() {
-  local tool=$1 exe=$2 name filter options log rc n w ran
-  name=$(basename "$exe")
+  local tool=$1 exe=$2 shard=$3 name filter options log rc n w ran
+  name=$(basename "$exe").$shard
   case "$tool" in
     memcheck) filter=$filter_memcheck; options=(--leak-check no) ;;
     racecheck) filter=$filter_slow; options=(--racecheck-report all) ;;
     *) filter=$filter_slow; options=() ;;
   esac
+  # cuBLAS's nvjet kernels (the tests' GPU reference, tests/common/gpu_reference.h) are left out
+  # of racecheck, synccheck and initcheck: on an H200 racecheck reported 36592 WAR hazards inside
+  # nvjet_sm90_tss_64x8_64x16_4x1_v_bz_TNT (between its own barrier phases, which racecheck does
+  # not model), and instrumenting them made test_gpu_moe run past 330 s. memcheck keeps them.
+  [[ $tool == memcheck ]] || options+=(--kernel-name-exclude kns=nvjet)
   log="$out/$tool.$name.log"
   # An executable whose tests the filter leaves out is skipped, not run empty under the tool
   # (on an H200, racecheck/synccheck/initcheck over test_gpu_decode with no test selected
@@ -57,20 +62,25 @@ sanitize_one() {
     echo "skipped" > "$out/$tool.$name.result"
     return
   fi
-  timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" --print-limit 50 \
-    "$exe" --gtest_color=no --gtest_brief=1 --gtest_filter="$filter" > "$log" 2>&1
+  GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$shard timeout "$limit" "$sanitizer" \
+    --tool "$tool" "${options[@]}" --print-limit 50 "$exe" --gtest_color=no --gtest_brief=1 --gtest_filter="$filter" > "$log" 2>&1
   rc=$?
   # "========= ERROR SUMMARY: N errors" (every tool); racecheck also prints
   # "RACECHECK SUMMARY: ... (N errors, M warnings)".
-  n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+  n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+  # A run cut short prints no summary: count the reports it did print.
+  local reported
+  reported=$(grep -cE '^========= (Error|Invalid|Uninitialized|Barrier|Race)' "$log")
+  (( n == 0 && reported > 0 )) && n=$reported
   w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
   ran=$(grep -Eo '^\[==========\] [0-9]+ tests? from' "$log" | grep -Eo '[0-9]+' | head -1)
   echo "$n $w ${ran:-0} $rc" > "$out/$tool.$name.result"
 }
 
-# Every (tool, executable) pair, FUSEDMOE_SANITIZE_JOBS at a time (default 1): the tools are
-# slow mostly in host-side work, so pairs in parallel on one GPU finish sooner.
+# Every (tool, executable, shard) triple, FUSEDMOE_SANITIZE_JOBS at a time (default 1); each
+# executable's tests are split into FUSEDMOE_SANITIZE_SHARDS gtest shards (default 1).
 jobs="${FUSEDMOE_SANITIZE_JOBS:-1}"
+shards="${FUSEDMOE_SANITIZE_SHARDS:-1}"
 start=$SECONDS
 for tool in "${tools[@]}"; do
   case "$tool" in
@@ -78,9 +88,11 @@ for tool in "${tools[@]}"; do
     *) echo "sanitize: unknown tool $tool" >&2; exit 2 ;;
   esac
   for exe in "${executables[@]}"; do
-    rm -f "$out/$tool.$(basename "$exe").result"
-    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
-    sanitize_one "$tool" "$exe" &
+    for ((shard = 0; shard < shards; ++shard)); do
+      rm -f "$out/$tool.$(basename "$exe").$shard.result"
+      while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+      sanitize_one "$tool" "$exe" "$shard" &
+    done
   done
 done
 wait
@@ -89,10 +101,11 @@ status=0
 summary=()
 for tool in "${tools[@]}"; do
   errors=0 warnings=0 failed=0 timeouts=0 tests=0
-  for exe in "${executables[@]}"; do
-    name=$(basename "$exe")
+  for result in "$out/$tool".*.result; do
+    name=$(basename "$result" .result)
+    name=${name#"$tool".}
     log="$out/$tool.$name.log"
-    read -r n w ran rc < "$out/$tool.$name.result"
+    read -r n w ran rc < "$result"
     if [[ $n == skipped ]]; then
       echo "== $tool $name: no test selected by the filter, skipped"
       continue
@@ -111,7 +124,7 @@ for tool in "${tools[@]}"; do
       grep -E '^========= (Invalid|Program hit|Race|Barrier|Uninitialized|.*[Hh]azard|Error)' "$log" | sort | uniq -c | sort -rn | head -8
     fi
   done
-  summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables, $failed failed, $timeouts timed out")
+  summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables x $shards shards, $failed failed, $timeouts timed out")
   (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
 done
 

@@ -136,6 +136,12 @@ inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d
   DeviceArray<uint16_t> y_design(rows_alloc * H);
   DeviceArray<float> y_truth(rows_alloc * H);
   DeviceArray<float> w2_fp32(H * I);
+  // cuBLAS fills g, y_acc and y_truth for every row p < P; zeroing them first keeps initcheck
+  // (scripts/sanitize.sh, which leaves cuBLAS's kernels uninstrumented) from reporting the reads
+  // of those rows by swiglu_kernel and finalize_kernel as uninitialized.
+  check_cuda(cudaMemset(g.get(), 0, rows_alloc * 2 * I * sizeof(float)), "cudaMemset g");
+  check_cuda(cudaMemset(y_acc.get(), 0, rows_alloc * H * sizeof(float)), "cudaMemset y_acc");
+  check_cuda(cudaMemset(y_truth.get(), 0, rows_alloc * H * sizeof(float)), "cudaMemset y_truth");
 
   cublasHandle_t handle;
   check_cublas(cublasCreate(&handle), "cublasCreate");
