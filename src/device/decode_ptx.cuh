@@ -3,6 +3,8 @@
 //
 //   ld.global.nc   16-byte loads: streamed weights (no L1 allocation, 256-byte L2 prefetch) and
 //                  reused activations (default caching)
+//   cp.async       commit and wait_group of this thread's 16-byte copies (the copies themselves:
+//                  ptx::cp_async_16_zfill in device/ptx.cuh)
 //   mma.sync       m16n8k16 bf16 -> fp32 (the warp-level tensor core op: no smem operands)
 // None is volatile, so the compiler schedules them freely: loads of data an earlier kernel wrote
 // stay after griddepcontrol.wait because their addresses depend on expert_offsets read after it.
@@ -30,6 +32,18 @@ __device__ __forceinline__ uint4 ldg_16(const void* ptr) {
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(ptr));
   return v;
+}
+
+// Closes the group of this thread's cp.async copies issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// Blocks until at most kPending of this thread's committed groups are still in flight; the
+// copies of every older group have landed in smem and are visible to this thread.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
 }
 
 // D(16x8, fp32) += A(16x16, bf16, row-major) * B(16x8, bf16, col-major), per warp. Fragments

@@ -12,8 +12,8 @@
 // so a lane's accumulators hold up[j] and gate[j] of the same tokens: SwiGLU in registers.
 // Warps: 4 (8 when the grid is small), all alike, splitting K = H (sm90_decode_mainloop.cuh);
 // rows loop in chunks of 16 (the weights are re-read per chunk: meant for few rows per expert).
-// Registers <= 128 (16 warps per SM), smem 6 / 14 KiB (cross-warp partial sums). Epilogue: warp
-// 0, 2-byte stores (act is < 1 % of the bytes at decode). Expected limiter: HBM; at T = 1 the
+// Registers <= 128 (16 warps per SM), dynamic smem 48 / 96 KiB (the warps' cp.async rings,
+// sm90_decode_mainloop.cuh). Epilogue: warp 0, 2-byte stores (act is < 1 % of the bytes at decode). Expected limiter: HBM; at T = 1 the
 // fixed cost of a launch (expert lookup, first loads, tail: ~10 us) weighs as much as the bytes.
 #pragma once
 
@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
                                   DecodeGemmConfig<kWarps>::kMinCtasPerSm)
     sm90_decode_gemm1_swiglu_kernel(const DecodeGemm1Params params) {
   using Config = DecodeGemmConfig<kWarps>;
-  __shared__ DecodeSharedStorage<Config> smem;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
   ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and x come from earlier kernels
@@ -86,7 +87,8 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
       b_row[n] = params.x + (b_ok[n] ? int64_t(params.gather_rows[p]) * h : 0);
     }
     float acc[Config::kTilesM][Config::kNTiles][4] = {};
-    decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, n_active, h, acc);
+    decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, params.x, n_active, h,
+                                 smem.ring[threadIdx.x / 32], acc);
     decode_reduce_warps(acc, smem);
 
     // ---- epilogue: SwiGLU, bf16, masked stores (warp 0) ---------------------------------------

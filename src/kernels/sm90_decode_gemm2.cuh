@@ -8,8 +8,8 @@
 // (w2 rows) of the y-th non-empty expert (y past the last one: exits at once); m16 tile m holds
 // w2 rows n0 + 16 m .. +16. Warps: 4 (8 when the grid is small), all alike, splitting K = I
 // (sm90_decode_mainloop.cuh); rows loop in chunks of 16 (the weights are re-read per chunk:
-// meant for few rows per expert). Registers <= 128 (16 warps per SM), smem 6 / 14 KiB
-// (cross-warp partial sums). Epilogue: warp 0, 2-byte stores. Expected limiter: HBM; at T = 1
+// meant for few rows per expert). Registers <= 128 (16 warps per SM), dynamic smem 48 / 96
+// KiB (the warps' cp.async rings, sm90_decode_mainloop.cuh). Epilogue: warp 0, 2-byte stores. Expected limiter: HBM; at T = 1
 // the fixed cost of a launch (expert lookup, first loads, tail: ~10 us) weighs as much as the
 // bytes.
 #pragma once
@@ -41,7 +41,8 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
                                   DecodeGemmConfig<kWarps>::kMinCtasPerSm)
     sm90_decode_gemm2_kernel(const DecodeGemm2Params params) {
   using Config = DecodeGemmConfig<kWarps>;
-  __shared__ DecodeSharedStorage<Config> smem;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
   ptx::griddepcontrol_wait();  // expert_offsets and act come from earlier kernels
@@ -81,7 +82,8 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
       b_row[n] = params.act + (b_ok[n] ? int64_t(p) * inter : 0);
     }
     float acc[Config::kTilesM][Config::kNTiles][4] = {};
-    decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, n_active, inter, acc);
+    decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, params.act, n_active, inter,
+                                 smem.ring[threadIdx.x / 32], acc);
     decode_reduce_warps(acc, smem);
 
     // ---- epilogue: bf16, masked stores (warp 0) -----------------------------------------------

@@ -3,9 +3,16 @@
 //
 // Decode (few rows per expert) is bound by reading each hit expert's weights once, so the weights
 // are the big operand and the expert's rows the small one: a CTA owns kRowsM = 32 weight rows of
-// one expert (an "M slice") and streams them with 16-byte loads straight into mma.sync A
-// fragments (weights as M = 16, tokens as N = 8: the swapped-operand GEMM on warp-level tensor
-// cores, no smem staging). The 4 (or 8) warps split K and reduce through smem in a fixed order.
+// one expert (an "M slice") and streams them into mma.sync A fragments (weights as M = 16, tokens
+// as N = 8: the swapped-operand GEMM on warp-level tensor cores). The 4 (or 8) warps split K and
+// reduce through smem in a fixed order.
+//
+// Loads: each lane cp.asyncs its own 16-byte pieces of weights and activations into its warp's
+// ring of kStages smem slots and reads back exactly those pieces (no lane reads another's), so
+// cp.async.wait_group alone orders them: kStages - 1 k blocks of weights AND activations are in
+// flight while one is multiplied, with no registers held for them. (The earlier form loaded the
+// weights into a register ring one block ahead and the activations just in time: ncu on an H200
+// showed 42-75 % of peak DRAM throughput at T = 1, bench/NOTES.md.)
 //
 // The K permutation that makes both operands 16-byte loads: lane (g = lane / 4, t = lane % 4)
 // loads 8 consecutive k at kb + 8 t of weight rows g and g + 8 and of the activation row of
@@ -20,27 +27,35 @@
 #include <cstdint>
 
 #include "device/decode_ptx.cuh"
+#include "device/ptx.cuh"
 
 namespace fusedmoe::kernels {
 
 // The tile, the same for both warp counts: kRowsM weight rows per CTA, chunks of kChunkRows
-// expert rows, kUnroll 32-wide k blocks per warp iteration, kStages - 1 iterations in flight.
-// Measured on an H200 (bench/NOTES.md, "Decode GEMMs (issue 6)"): 16-row chunks beat 32 (fewer
-// registers, ~10 % more bandwidth at <= 16 rows); a deeper register ring (kStages 3-4) or
-// kUnroll 1 did not help; 64 rows per CTA lost 5-15 %.
+// expert rows, kUnroll 32-wide k blocks per warp iteration, kStages slots in each warp's ring
+// (kStages - 1 iterations in flight). Measured on an H200 (bench/NOTES.md, "Decode GEMMs (issue
+// 6)"): 16-row chunks beat 32 (~10 % more bandwidth at <= 16 rows); 64 rows per CTA lost 5-15 %.
 struct DecodeTile {
   static constexpr int kTilesM = 2;               // m16 tiles per CTA
   static constexpr int kRowsM = 16 * kTilesM;     // weight rows per CTA
   static constexpr int kNTiles = 2;               // n8 tiles per row chunk
   static constexpr int kChunkRows = 8 * kNTiles;  // expert rows per pass over the weights
-  static constexpr int kUnroll = 2;               // 32-wide k blocks per warp iteration
-  static constexpr int kStages = 2;               // warp iterations of weights in flight + 1
+  static constexpr int kUnroll = 1;               // 32-wide k blocks per warp iteration
+  static constexpr int kStages = 4;               // ring slots per warp
   static constexpr int kWarpK = 32 * kUnroll;     // k per warp iteration
   static constexpr int kAccPerLane = kTilesM * kNTiles * 4;
   static_assert(kTilesM >= 1 && kNTiles >= 1 && kUnroll >= 1, "non-empty tiles");
-  static_assert(kStages >= 2, "at least the next iteration's weights load during this one's math");
+  static_assert(kStages >= 2, "at least the next iteration loads during this one's math");
   static_assert(kWarpK % 32 == 0, "a lane loads 8 of every 32 k: K % 8 == 0 keeps loads whole");
 };
+
+// One warp's ring: slot s holds, per lane, the 16-byte pieces of one warp iteration.
+struct DecodeWarpRing {
+  uint4 a[DecodeTile::kStages][DecodeTile::kUnroll][DecodeTile::kTilesM][2][32];  // weights
+  uint4 b[DecodeTile::kStages][DecodeTile::kUnroll][DecodeTile::kNTiles][32];     // activations
+};
+static_assert(sizeof(float) * DecodeTile::kAccPerLane * 32 <= sizeof(DecodeWarpRing),
+              "a warp's partial sums fit in its own ring (decode_reduce_warps)");
 
 // kWarps warps split K: 4 by default, 8 when the grid has too few CTAs to fill the SMs
 // (decode_heuristics.h: decode_warps_per_cta).
@@ -49,16 +64,18 @@ struct DecodeGemmConfig : DecodeTile {
   static constexpr int kWarps = kWarps_;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kCtaK = kWarpK * kWarps;  // k per CTA iteration (warps interleave)
-  // 16 warps per SM cap registers at 128 per thread: 16 warps x 32 lanes x 128 B of weights in
-  // flight = 64 KiB per SM, ~2 us of one SM's HBM share (Little's law).
+  // 16 warps per SM: 16 x (kStages - 1) x 2 KiB = 96 KiB of weights in flight per SM, ~3 us of
+  // one SM's share of HBM (Little's law), in 16 x 12 KiB of rings (kStages = 4).
   static constexpr int kMinCtasPerSm = 16 / kWarps;
   static_assert(kWarps >= 1 && kWarps <= 16 && 16 % kWarps == 0, "16 warps per SM in whole CTAs");
 };
 
+// Dynamic shared memory of a decode GEMM CTA (the launchers pass sizeof; > 48 KiB at 8 warps).
 template <class Config>
 struct DecodeSharedStorage {
-  // (kWarps - 1, kAccPerLane, 32): partial sums of warps 1.. for warp 0 to add in order
-  float partial[Config::kWarps - 1][Config::kAccPerLane][32];
+  // The warps' rings; after a chunk's mainloop, warp w > 0 parks its partial sums in its own ring
+  // for warp 0 to add in order (decode_reduce_warps).
+  DecodeWarpRing ring[Config::kWarps];
   int32_t warp_count[Config::kWarps];  // non-empty experts per warp's range
   int32_t expert;                      // the CTA's expert, or -1
 };
@@ -115,104 +132,124 @@ __device__ __forceinline__ int32_t find_nonempty_expert(const int32_t* expert_of
 //   acc[m][n][v] += sum over the warp's k of W[row(m, v)][k] * B[token(n, v)][k]
 // with row(m, v) = tile m's row g (v < 2) or g + 8 (v >= 2) and token(n, v) = 8 n + 2 t + v % 2.
 // w_row[m][h]: this lane's weight row (h = 0: fragment row g, h = 1: row g + 8), valid when
-// w_ok[m][h]; b_row[n]: the lane's activation row (token 8 n + g), valid when b_ok[n]. Invalid
-// rows and k >= K read as zeros. n_active (warp-uniform): n-tiles with any valid row.
-// The warp takes the k blocks warp * kWarpK + i * kCtaK; the weights of the next kStages - 1
-// blocks load during the current one's math, so each lane keeps (kStages - 1) x kUnroll x
-// kTilesM x 2 16-byte loads of weights in flight.
+// w_ok[m][h]; b_row[n]: the lane's activation row (token 8 n + g), valid when b_ok[n]; any_row:
+// a mapped global address (read by no copy: the source of zero fills). Invalid rows and k >= K
+// read as zeros. n_active (warp-uniform): n-tiles with any valid row. The warp takes the k blocks
+// warp * kWarpK + i * kCtaK through `ring` (its own): block i + kStages - 1 is issued before
+// block i is multiplied. Returns with none of the warp's copies pending.
 template <class Config>
 __device__ __forceinline__ void decode_warp_mainloop(
     const __nv_bfloat16* const (&w_row)[DecodeTile::kTilesM][2],
     const bool (&w_ok)[DecodeTile::kTilesM][2],
     const __nv_bfloat16* const (&b_row)[DecodeTile::kNTiles],
-    const bool (&b_ok)[DecodeTile::kNTiles], int n_active, int64_t k_total,
-    float (&acc)[DecodeTile::kTilesM][DecodeTile::kNTiles][4]) {
+    const bool (&b_ok)[DecodeTile::kNTiles], const void* any_row, int n_active, int64_t k_total,
+    DecodeWarpRing& ring, float (&acc)[DecodeTile::kTilesM][DecodeTile::kNTiles][4]) {
   constexpr int kTilesM = Config::kTilesM, kNTiles = Config::kNTiles, kUnroll = Config::kUnroll;
-  const int warp = threadIdx.x / 32, t = threadIdx.x % 4;
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-
-  // (kStages, kUnroll, kTilesM, 2 halves) 16-byte weight loads, 8 bf16 of k each: a ring in
-  // registers, stage s of the unrolled loop below reads a[s] and refills a[s - 1].
-  uint4 a[Config::kStages][kUnroll][kTilesM][2];
-  auto load_a = [&](uint4(&dst)[kUnroll][kTilesM][2], int64_t kb) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t k = kb + 32 * u + 8 * t;
-#pragma unroll
-      for (int m = 0; m < kTilesM; ++m) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          dst[u][m][h] = (w_ok[m][h] && k < k_total) ? ptx::ldg_stream_16(w_row[m][h] + k) : zero;
-        }
-      }
-    }
-  };
-
+  constexpr int kStages = Config::kStages;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
   const int64_t k_begin = int64_t(warp) * Config::kWarpK;
-#pragma unroll
-  for (int s = 0; s < Config::kStages - 1; ++s) load_a(a[s], k_begin + s * Config::kCtaK);
-  for (int64_t kb0 = k_begin; kb0 < k_total; kb0 += Config::kStages * Config::kCtaK) {
-#pragma unroll
-    for (int s = 0; s < Config::kStages; ++s) {
-      const int64_t kb = kb0 + s * Config::kCtaK;
-      if (kb >= k_total) break;  // warp-uniform
-      load_a(a[(s + Config::kStages - 1) % Config::kStages],
-             kb + (Config::kStages - 1) * Config::kCtaK);
-      uint4 b[kUnroll][kNTiles];  // (kUnroll, kNTiles) 16-byte activation loads
+  const int64_t blocks =
+      k_begin < k_total ? (k_total - k_begin + Config::kCtaK - 1) / Config::kCtaK : 0;
+
+  // Copies of warp iteration i (k from k_begin + i * kCtaK) into slot i % kStages; one commit
+  // group per iteration, empty past the last block, so wait_group counts stay uniform.
+  auto issue = [&](int64_t i) {
+    if (i < blocks) {
+      const int slot = int(i % kStages);
+      const int64_t kb = k_begin + i * Config::kCtaK;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t k = kb + 32 * u + 8 * t;
 #pragma unroll
-        for (int n = 0; n < kNTiles; ++n) {
-          b[u][n] = (n < n_active && b_ok[n] && k < k_total) ? ptx::ldg_16(b_row[n] + k) : zero;
-        }
-      }
+        for (int m = 0; m < kTilesM; ++m) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+          for (int h = 0; h < 2; ++h) {
+            const bool valid = w_ok[m][h] && k < k_total;
+            ptx::cp_async_16_zfill(&ring.a[slot][u][m][h][lane],
+                                   valid ? static_cast<const void*>(w_row[m][h] + k) : any_row,
+                                   valid);
+          }
+        }
 #pragma unroll
         for (int n = 0; n < kNTiles; ++n) {
           if (n >= n_active) continue;
+          const bool valid = b_ok[n] && k < k_total;
+          ptx::cp_async_16_zfill(&ring.b[slot][u][n][lane],
+                                 valid ? static_cast<const void*>(b_row[n] + k) : any_row, valid);
+        }
+      }
+    }
+    ptx::cp_async_commit();
+  };
+
 #pragma unroll
-          for (int m = 0; m < kTilesM; ++m) {
-            const uint4& lo = a[s][u][m][0];
-            const uint4& hi = a[s][u][m][1];
-            ptx::mma_m16n8k16_bf16(acc[m][n], lo.x, hi.x, lo.y, hi.y, b[u][n].x, b[u][n].y);
-            ptx::mma_m16n8k16_bf16(acc[m][n], lo.z, hi.z, lo.w, hi.w, b[u][n].z, b[u][n].w);
-          }
+  for (int s = 0; s < kStages - 1; ++s) issue(s);
+#pragma unroll 1
+  for (int64_t i = 0; i < blocks; ++i) {
+    issue(i + kStages - 1);
+    ptx::cp_async_wait_group<kStages - 1>();  // this lane's copies of block i have landed
+    const int slot = int(i % kStages);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      uint4 a[kTilesM][2], b[kNTiles];
+#pragma unroll
+      for (int m = 0; m < kTilesM; ++m) {
+        a[m][0] = ring.a[slot][u][m][0][lane];
+        a[m][1] = ring.a[slot][u][m][1][lane];
+      }
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+        if (n < n_active) b[n] = ring.b[slot][u][n][lane];
+      }
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+        if (n >= n_active) continue;
+#pragma unroll
+        for (int m = 0; m < kTilesM; ++m) {
+          const uint4& lo = a[m][0];
+          const uint4& hi = a[m][1];
+          ptx::mma_m16n8k16_bf16(acc[m][n], lo.x, hi.x, lo.y, hi.y, b[n].x, b[n].y);
+          ptx::mma_m16n8k16_bf16(acc[m][n], lo.z, hi.z, lo.w, hi.w, b[n].z, b[n].w);
         }
       }
     }
   }
+  ptx::cp_async_wait_group<0>();  // only empty groups can remain; the ring is free again
 }
 
 // Sums the warps' accumulators into warp 0's, in ascending warp order (deterministic). All
-// threads call it; on return only warp 0's acc is the total. Ends with a barrier, so the smem
-// may be reused by the next chunk.
+// threads call it, after decode_warp_mainloop; on return only warp 0's acc is the total. Warp
+// w > 0 parks its sums in its own ring (free: the mainloop left no copy pending, and __syncwarp
+// orders its lanes' last reads of the ring before the writes). Ends with a barrier, so the rings
+// may be refilled by the next chunk.
 template <class Config>
 __device__ __forceinline__ void decode_reduce_warps(
     float (&acc)[DecodeTile::kTilesM][DecodeTile::kNTiles][4], DecodeSharedStorage<Config>& smem) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  using Partial = float[Config::kAccPerLane][32];
   if (warp > 0) {
+    __syncwarp();
+    Partial& mine = *reinterpret_cast<Partial*>(&smem.ring[warp]);
 #pragma unroll
     for (int m = 0; m < Config::kTilesM; ++m) {
 #pragma unroll
       for (int n = 0; n < Config::kNTiles; ++n) {
 #pragma unroll
-        for (int v = 0; v < 4; ++v)
-          smem.partial[warp - 1][(m * Config::kNTiles + n) * 4 + v][lane] = acc[m][n][v];
+        for (int v = 0; v < 4; ++v) mine[(m * Config::kNTiles + n) * 4 + v][lane] = acc[m][n][v];
       }
     }
   }
   __syncthreads();
   if (warp == 0) {
-    for (int w = 0; w < Config::kWarps - 1; ++w) {
+    for (int w = 1; w < Config::kWarps; ++w) {
+      const Partial& theirs = *reinterpret_cast<const Partial*>(&smem.ring[w]);
 #pragma unroll
       for (int m = 0; m < Config::kTilesM; ++m) {
 #pragma unroll
         for (int n = 0; n < Config::kNTiles; ++n) {
 #pragma unroll
           for (int v = 0; v < 4; ++v)
-            acc[m][n][v] += smem.partial[w][(m * Config::kNTiles + n) * 4 + v][lane];
+            acc[m][n][v] += theirs[(m * Config::kNTiles + n) * 4 + v][lane];
         }
       }
     }

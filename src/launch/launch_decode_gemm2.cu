@@ -1,12 +1,11 @@
 // Host launcher of the decode GEMM2 (kernels/sm90_decode_gemm2.cuh): a grid of (output column
 // slices, expert slots) of 4- or 8-warp CTAs, optional PDL.
-#include <algorithm>
 #include <cstdint>
 
 #include "decode_heuristics.h"
 #include "kernels/sm90_decode_gemm2.cuh"
 #include "launch/decode_gemm.h"
-#include "launch/pipeline.h"
+#include "launch/decode_gemm_launch.h"
 
 namespace fusedmoe::detail {
 
@@ -20,20 +19,6 @@ cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* ac
   if (!heuristics::decode_aligned_16(act) || !heuristics::decode_aligned_16(w2)) {
     return cudaErrorMisalignedAddress;
   }
-  const int64_t slots = heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
-  if (slots > 65535) return cudaErrorInvalidConfiguration;  // E_loc <= 1024 by validation
-  const int64_t col_slices =
-      heuristics::ceil_div_decode(hidden_size, kernels::kDecodeGemm2ColsPerCta);
-  if (col_slices > INT32_MAX) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(col_slices), static_cast<unsigned>(slots));
-  int device = 0, num_sms = 0;
-  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
-  if (cudaError_t err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
-      err != cudaSuccess) {
-    return err;
-  }
-  const int warps = heuristics::decode_warps_per_cta(col_slices * slots, num_sms);
-
   kernels::DecodeGemm2Params params;
   params.expert_offsets = rows.expert_offsets;
   params.num_experts = rows.num_experts;
@@ -42,10 +27,10 @@ cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* ac
   params.y = y;
   params.hidden_size = hidden_size;
   params.intermediate_size = intermediate_size;
-  LaunchConfig launch(grid, dim3(32 * warps), 0, enable_pdl, stream);
-  return warps == 8
-             ? cudaLaunchKernelEx(&launch.config, kernels::sm90_decode_gemm2_kernel<8>, params)
-             : cudaLaunchKernelEx(&launch.config, kernels::sm90_decode_gemm2_kernel<4>, params);
+  return launch_decode_gemm(
+      kernels::sm90_decode_gemm2_kernel<4>, kernels::sm90_decode_gemm2_kernel<8>, params, rows,
+      heuristics::ceil_div_decode(hidden_size, kernels::kDecodeGemm2ColsPerCta), enable_pdl,
+      stream);
 }
 
 }  // namespace fusedmoe::detail
