@@ -13,11 +13,14 @@ mkdir -p "$OUT"
 export PATH="$PATH:/usr/local/cuda/bin"
 # FUSEDMOE_DECODE_EDITS="kStages = 6;kUnroll = 2": build a copy of the tree whose DecodeTile
 # constants (src/kernels/sm90_decode_mainloop.cuh) are edited so, library target only.
-src_root=$PWD
+# FUSEDMOE_SRC_TREE=DIR: build DIR's CMakeLists.txt, src, include and tests instead (an older
+# tree, e.g. from git archive, for an A/B in one call).
+src_root=${FUSEDMOE_SRC_TREE:-$PWD}
 if [[ -n ${FUSEDMOE_DECODE_EDITS:-} ]]; then
+  base=$src_root
   src_root=/tmp/fusedmoe_variant
   rm -rf "$src_root" && mkdir -p "$src_root"
-  cp -r CMakeLists.txt src include tests "$src_root/" && cp -r cmake "$src_root/" 2>/dev/null
+  (cd "$base" && cp -r CMakeLists.txt src include tests "$src_root/")
   cfg="$src_root/src/kernels/sm90_decode_mainloop.cuh"
   IFS=';' read -ra edits <<< "$FUSEDMOE_DECODE_EDITS"
   for edit in "${edits[@]}"; do

@@ -34,6 +34,16 @@ __device__ __forceinline__ uint4 ldg_16(const void* ptr) {
   return v;
 }
 
+// cp.async of 16 bytes (zero fill when !valid, gmem then unread but mapped), asking L2 to fetch
+// the surrounding 256 bytes, which the following copies of the same weight row use.
+__device__ __forceinline__ void cp_async_16_zfill_l2_256(void* smem, const void* gmem,
+                                                         bool valid) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+               "l"(gmem), "r"(valid ? 16 : 0)
+               : "memory");
+}
+
 // Closes the group of this thread's cp.async copies issued since the last commit.
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");

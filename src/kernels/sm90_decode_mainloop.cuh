@@ -42,6 +42,7 @@ struct DecodeTile {
   static constexpr int kChunkRows = 8 * kNTiles;  // expert rows per pass over the weights
   static constexpr int kUnroll = 1;               // 32-wide k blocks per warp iteration
   static constexpr int kStages = 4;               // ring slots per warp
+  static constexpr int kL2Prefetch256 = 1;        // weight copies ask L2 for 256-byte lines
   static constexpr int kWarpK = 32 * kUnroll;     // k per warp iteration
   static constexpr int kAccPerLane = kTilesM * kNTiles * 4;
   static_assert(kTilesM >= 1 && kNTiles >= 1 && kUnroll >= 1, "non-empty tiles");
@@ -165,9 +166,12 @@ __device__ __forceinline__ void decode_warp_mainloop(
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const bool valid = w_ok[m][h] && k < k_total;
-            ptx::cp_async_16_zfill(&ring.a[slot][u][m][h][lane],
-                                   valid ? static_cast<const void*>(w_row[m][h] + k) : any_row,
-                                   valid);
+            const void* src = valid ? static_cast<const void*>(w_row[m][h] + k) : any_row;
+            if constexpr (Config::kL2Prefetch256 != 0) {
+              ptx::cp_async_16_zfill_l2_256(&ring.a[slot][u][m][h][lane], src, valid);
+            } else {
+              ptx::cp_async_16_zfill(&ring.a[slot][u][m][h][lane], src, valid);
+            }
           }
         }
 #pragma unroll
