@@ -5,7 +5,6 @@
 //                  reused activations (default caching)
 //   cp.async       commit and wait_group of this thread's 16-byte copies (the copies themselves:
 //                  ptx::cp_async_16_zfill in device/ptx.cuh)
-//   cp.async.bulk.prefetch.L2   fire-and-forget L2 fill (the next GEMM's weights)
 //   mma.sync       m16n8k16 bf16 -> fp32 (the warp-level tensor core op: no smem operands)
 // None is volatile, so the compiler schedules them freely: loads of data an earlier kernel wrote
 // stay after griddepcontrol.wait because their addresses depend on expert_offsets read after it.
@@ -37,17 +36,12 @@ __device__ __forceinline__ uint4 ldg_16(const void* ptr) {
 
 // cp.async of 16 bytes (zero fill when !valid, gmem then unread but mapped), asking L2 to fetch
 // the surrounding 256 bytes, which the following copies of the same weight row use.
-__device__ __forceinline__ void cp_async_16_zfill_l2_256(void* smem, const void* gmem, bool valid) {
+__device__ __forceinline__ void cp_async_16_zfill_l2_256(void* smem, const void* gmem,
+                                                         bool valid) {
   asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(
                    static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
                "l"(gmem), "r"(valid ? 16 : 0)
                : "memory");
-}
-
-// Asks L2 to fetch [gmem, gmem + bytes) from memory, asynchronously (nothing waits for it);
-// gmem 16-byte aligned, bytes a multiple of 16.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(gmem), "r"(bytes) : "memory");
 }
 
 // Closes the group of this thread's cp.async copies issued since the last commit.

@@ -13,9 +13,8 @@
 // Warps: 4 (8 when the grid is small), all alike, splitting K = H (sm90_decode_mainloop.cuh);
 // rows loop in chunks of 16 (the weights are re-read per chunk: meant for few rows per expert).
 // Registers <= 128 (16 warps per SM), dynamic smem 48 / 96 KiB (the warps' cp.async rings,
-// sm90_decode_mainloop.cuh). Epilogue: warp 0, 2-byte stores (act is < 1 % of the bytes at decode).
-// Expected limiter: HBM; at T = 1 the fixed cost of a launch (expert lookup, first loads, tail: ~10
-// us) weighs as much as the bytes.
+// sm90_decode_mainloop.cuh). Epilogue: warp 0, 2-byte stores (act is < 1 % of the bytes at decode). Expected limiter: HBM; at T = 1 the
+// fixed cost of a launch (expert lookup, first loads, tail: ~10 us) weighs as much as the bytes.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -36,12 +35,6 @@ struct DecodeGemm1Params {
   __nv_bfloat16* act;             // [max_rows, I]
   int64_t hidden_size;            // H
   int64_t intermediate_size;      // I
-  // Optional: GEMM2's weights [E_loc, H, I] to pull into L2 while this GEMM streams its own, so
-  // GEMM2 starts from L2 (null: none). CTA (x, y) prefetches bytes [x * s, x * s + n) of its
-  // expert's matrix, s = w2_slice_bytes, n = min(s, w2_prefetch_bytes); multiples of 16.
-  const __nv_bfloat16* w2;
-  int64_t w2_slice_bytes;
-  int64_t w2_prefetch_bytes;
 };
 
 // Act columns per CTA: a tile's 16 rows are 8 up + 8 gate rows.
@@ -64,15 +57,6 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   const int32_t expert =
       find_nonempty_expert(params.expert_offsets, params.num_experts, int32_t(blockIdx.y), smem);
   if (expert < 0) return;
-  if (params.w2 != nullptr && threadIdx.x < 32) {  // warp 0: 4 KiB pieces of this CTA's share
-    const int64_t matrix = params.hidden_size * params.intermediate_size * 2;
-    const int64_t begin = int64_t(blockIdx.x) * params.w2_slice_bytes;
-    const int64_t end = min(matrix, begin + params.w2_prefetch_bytes);
-    const char* base = reinterpret_cast<const char*>(params.w2) + int64_t(expert) * matrix;
-    for (int64_t off = begin + int64_t(threadIdx.x) * 4096; off < end; off += 32 * 4096) {
-      ptx::prefetch_l2_bulk(base + off, uint32_t(min(int64_t(4096), end - off)));
-    }
-  }
   const int32_t row_begin = params.expert_offsets[expert];
   const int32_t row_end = params.expert_offsets[expert + 1];
   const int64_t h = params.hidden_size, inter = params.intermediate_size;

@@ -43,7 +43,6 @@ struct DecodeTile {
   static constexpr int kUnroll = 1;               // 32-wide k blocks per warp iteration
   static constexpr int kStages = 4;               // ring slots per warp
   static constexpr int kL2Prefetch256 = 1;        // weight copies ask L2 for 256-byte lines
-  static constexpr int kW2PrefetchMiB = 24;       // GEMM1 pulls <= this much of w2 into L2
   static constexpr int kWarpK = 32 * kUnroll;     // k per warp iteration
   static constexpr int kAccPerLane = kTilesM * kNTiles * 4;
   static_assert(kTilesM >= 1 && kNTiles >= 1 && kUnroll >= 1, "non-empty tiles");

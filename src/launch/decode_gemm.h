@@ -22,15 +22,6 @@ cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloa
                                        int64_t intermediate_size, const __nv_bfloat16* w1,
                                        __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream);
 
-// The same, and while it streams w1 it asks L2 to fetch up to DecodeTile::kW2PrefetchMiB of
-// GEMM2's weights w2 [E_loc, H, I] of the experts hit (an even share of each hit expert's
-// matrix), so that launch_decode_gemm2 starts from L2 (w2 null: no prefetch).
-cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
-                                       const int32_t* gather_rows, int64_t hidden_size,
-                                       int64_t intermediate_size, const __nv_bfloat16* w1,
-                                       __nv_bfloat16* act, const __nv_bfloat16* w2, bool enable_pdl,
-                                       cudaStream_t stream);
-
 cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
                                 int64_t intermediate_size, int64_t hidden_size,
                                 const __nv_bfloat16* w2, __nv_bfloat16* y, bool enable_pdl,
