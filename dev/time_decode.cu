@@ -6,12 +6,20 @@
 // Build on the device after the library:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc -I. \
 //     dev/time_decode.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_decode
+// Then, per point, the graph of each prefix of the pipeline (route | +sort | +GEMM1 | +GEMM2 |
+// +finalize, the launchers run() uses, PDL on, same flush): the marginal cost of each stage in
+// the chain ("stages" lines).
 // Arguments: [model|all] [T ...] (default: all, 1 4 16 64 256); env FUSEDMOE_DEV_BW (GB/s, default
 // 4254: the H200 copy bandwidth of bench/results), FUSEDMOE_DEV_REPS (default 20).
 #include <cstring>
+#include <functional>
 #include <string>
 
+#include "decode_heuristics.h"
 #include "dev/dev_common.cuh"
+#include "launch/decode_gemm.h"
+#include "launch/grouped_gemm.h"
+#include "launch/pipeline.h"
 
 using namespace fusedmoe;
 using namespace fusedmoe::dev;
@@ -96,6 +104,82 @@ int main(int argc, char** argv) {
         CHECK(cudaEventElapsedTime(&ms, start, stop));
         if (it >= 2) us.push_back(ms * 1000.0f);
       }
+      // Prefix graphs: marginal cost of each stage in the PDL chain.
+      char stage_line[512];
+      {
+        int num_sms = 0;
+        CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
+        const bool decode = heuristics::use_decode_gemms(T, m.K, m.E, m.H, m.I, num_sms);
+        const detail::Workspace w = detail::carve_workspace(shape, ws);
+        const int64_t slots = T * m.K;
+        detail::RoutingOutputs routing;
+        routing.slot_key = w.slot_key;
+        routing.slot_weight = w.slot_weight;
+        detail::GroupedRows rows;
+        rows.expert_offsets = w.expert_offsets;
+        rows.num_experts = m.E;
+        rows.max_rows = slots;
+        const std::vector<std::function<void()>> stages = {
+            [&] { CHECK(detail::launch_route(shape, args.logits, routing, true, stream)); },
+            [&] {
+              if (heuristics::use_small_sort(slots)) {
+                CHECK(detail::launch_expert_sort_small(w.slot_key, slots, m.K, m.E,
+                                                       w.expert_offsets, w.gather_rows,
+                                                       w.permuted_idx, true, stream));
+              } else {
+                CHECK(detail::launch_expert_count(w.slot_key, slots, m.E, w.chunk_prefix, true,
+                                                  stream));
+                CHECK(detail::launch_expert_offsets(slots, m.E, w.chunk_prefix,
+                                                    w.expert_offsets, true, stream));
+                CHECK(detail::launch_permute(w.slot_key, slots, m.K, m.E, w.chunk_prefix,
+                                             w.expert_offsets, w.gather_rows, w.permuted_idx,
+                                             true, stream));
+              }
+            },
+            [&] {
+              CHECK((decode ? detail::launch_decode_gemm1_swiglu : detail::launch_gemm1_swiglu)(
+                  rows, x, w.gather_rows, m.H, m.I, w1, w.act, true, stream));
+            },
+            [&] {
+              CHECK((decode ? detail::launch_decode_gemm2 : detail::launch_gemm2)(
+                  rows, w.act, m.I, m.H, w2, w.y, true, stream));
+            },
+            [&] {
+              CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.H, out,
+                                            true, stream));
+            },
+        };
+        int len = std::snprintf(stage_line, sizeof(stage_line), "  stages (%s GEMMs), marginal us:",
+                                decode ? "decode" : "prefill");
+        float previous = 0;
+        for (size_t n = 1; n <= stages.size(); ++n) {
+          cudaGraph_t g;
+          cudaGraphExec_t e;
+          CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+          for (size_t i = 0; i < n; ++i) stages[i]();
+          CHECK(cudaStreamEndCapture(stream, &g));
+          CHECK(cudaGraphInstantiate(&e, g, 0));
+          std::vector<float> t_us;
+          for (int it = 0; it < reps + 2; ++it) {
+            CHECK(cudaMemsetAsync(flush, it & 0xFF, flush_bytes, stream));
+            CHECK(cudaEventRecord(start, stream));
+            CHECK(cudaGraphLaunch(e, stream));
+            CHECK(cudaEventRecord(stop, stream));
+            CHECK(cudaEventSynchronize(stop));
+            float ms = 0;
+            CHECK(cudaEventElapsedTime(&ms, start, stop));
+            if (it >= 2) t_us.push_back(ms * 1000.0f);
+          }
+          const float total = median(t_us);
+          static const char* names[] = {"route", "sort", "gemm1", "gemm2", "finalize"};
+          len += std::snprintf(stage_line + len, sizeof(stage_line) - len, " %s %.1f",
+                               names[n - 1], total - previous);
+          previous = total;
+          cudaGraphExecDestroy(e);
+          cudaGraphDestroy(g);
+        }
+        std::snprintf(stage_line + len, sizeof(stage_line) - len, " | total %.1f", previous);
+      }
       // The experts hit, for the floor: rerun once with the routing replay (int16 [T, K] ids).
       std::vector<int32_t> ids(size_t(T) * m.K);
       int16_t* replay;
@@ -114,6 +198,7 @@ int main(int argc, char** argv) {
       const float med = us.empty() ? 0.0f : median(us);
       std::printf("%-16s %5lld %5lld | %9.1f %9.1f %6.1f%%\n", m.name, (long long)T,
                   (long long)hits, floor_us, med, med > 0 ? 100.0 * floor_us / med : 0.0);
+      std::printf("%s\n", stage_line);
       std::fflush(stdout);
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
