@@ -86,6 +86,15 @@ constexpr bool use_small_sort(int64_t num_slots) {
   return num_slots > 0 && num_slots <= kSmallSortMaxSlots;
 }
 
+// ---- step 1 at decode sizes: routing from logits with a block per token ------------------------
+// (kernels/sm90_route.cuh: route_block_kernel, a thread per expert) instead of a warp per token
+// (route_kernel), up to kBlockRouteMaxTokens tokens. Same outputs, bitwise; a pure function of T.
+constexpr int64_t kBlockRouteMaxTokens = 256;
+
+constexpr bool use_block_route(int64_t num_tokens) {
+  return num_tokens > 0 && num_tokens <= kBlockRouteMaxTokens;
+}
+
 // Segments of the sort: warp s owns a contiguous run of slots and a (E_loc) count array.
 constexpr int small_sort_segments(int num_local) {
   return int(std::clamp<int64_t>(kSmallSortSmemBytes / (4 * int64_t(std::max(num_local, 1))), 1,

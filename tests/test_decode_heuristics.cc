@@ -105,6 +105,13 @@ TEST(DecodeHeuristics, GridArithmetic) {
   EXPECT_FALSE(decode_aligned_16(reinterpret_cast<const void*>(uintptr_t(4098))));
 }
 
+TEST(DecodeHeuristics, BlockRouteUpToItsThreshold) {
+  EXPECT_FALSE(use_block_route(0));
+  EXPECT_TRUE(use_block_route(1));
+  EXPECT_TRUE(use_block_route(kBlockRouteMaxTokens));
+  EXPECT_FALSE(use_block_route(kBlockRouteMaxTokens + 1));
+}
+
 TEST(DecodeHeuristics, SmallSortChoiceAndBudgets) {
   EXPECT_FALSE(use_small_sort(0));
   EXPECT_TRUE(use_small_sort(1));

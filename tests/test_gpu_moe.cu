@@ -25,6 +25,7 @@
 #include "common/host_data.h"
 #include "common/moe_case.h"
 #include "common/tolerance.h"
+#include "decode_heuristics.h"
 #include "fusedmoe/fusedmoe.h"
 #include "reference/bf16.h"
 #include "reference/reference.h"
@@ -62,7 +63,6 @@ struct CaseSpec {
 
 // Printed as its name (gtest would otherwise dump the struct's bytes in every listing).
 void PrintTo(const CaseSpec& spec, std::ostream* os) { *os << spec.name; }
-
 
 class GpuCase {
  public:
@@ -218,8 +218,8 @@ class GpuCase {
   ref::Routing reference_routing() {
     const MoeArguments host = arguments(true);
     if (spec_.input == RoutingInput::kLogits) {
-      return ref::route_reference(host.logits, shape_.num_tokens, shape_.num_experts,
-                                  shape_.top_k, spec_.weights_dtype);
+      return ref::route_reference(host.logits, shape_.num_tokens, shape_.num_experts, shape_.top_k,
+                                  spec_.weights_dtype);
     }
     return ref::decode_routed_reference(host.routed, shape_.num_tokens, shape_.top_k);
   }
@@ -289,9 +289,9 @@ void expect_weights(GpuCase& c, const ref::Routing& routing) {
     int64_t ulps;
     const bool ref_nan = std::isnan(routing.weights[i]);
     if (ref_nan) {
-      const bool ours_nan = bf16 ? std::isnan(bf16_bits_to_float(
-                                       reinterpret_cast<const uint16_t*>(raw.data())[i]))
-                                 : std::isnan(fp32_from_bits(raw[i]));
+      const bool ours_nan =
+          bf16 ? std::isnan(bf16_bits_to_float(reinterpret_cast<const uint16_t*>(raw.data())[i]))
+               : std::isnan(fp32_from_bits(raw[i]));
       ASSERT_TRUE(ours_nan) << "expert_weights[" << i << "]: reference NaN";
       continue;
     }
@@ -525,72 +525,79 @@ struct RoutingShape {
   int32_t num_experts, top_k;
 };
 
+// Both routing kernels: a warp per token (T = 989) and a block per token (T = 37, at most
+// heuristics::kBlockRouteMaxTokens), bitwise against the reference's ids and permutation.
 TEST(GpuMoe, RoutingEveryMethodAndDtypeWithSpecialValues) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
+  static_assert(37 <= heuristics::kBlockRouteMaxTokens && 989 > heuristics::kBlockRouteMaxTokens,
+                "one token count per routing kernel");
   const RoutingShape shapes[] = {{8, 2}, {128, 8}, {256, 8}, {1024, 32}, {128, 10}, {1024, 4}};
   int variant = 0;
-  for (int m = 0; m < kNumRoutingMethods; ++m) {
-    for (DType logits_dtype : {DType::kFP32, DType::kBF16}) {
-      const RoutingMethod method = static_cast<RoutingMethod>(m);
-      RoutingShape rs = shapes[variant % 6];
-      CaseSpec spec{"routing", 989, 128, 64, rs.num_experts, rs.top_k};
-      spec.method = method;
-      spec.logits_dtype = logits_dtype;
-      spec.do_finalize = false;
-      spec.weights_dtype = variant % 3 == 2 ? DType::kFP32 : DType::kBF16;
-      if (method == RoutingMethod::kLlama4) spec.top_k = 1;
-      if (method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2) {
-        spec.with_bias = true;
-        spec.bias_dtype = variant % 2 ? DType::kBF16 : DType::kFP32;
-        spec.routed_scaling_factor = 2.5f;
-      }
-      if (method == RoutingMethod::kDeepSeekV3 && logits_dtype == DType::kFP32) {
-        spec.num_experts = 256;
-        spec.top_k = 8;
-        spec.n_group = 8;
-        spec.topk_group = 4;
-      }
-      // Expert-parallel shard: half the experts, starting a quarter in.
-      spec.local_num_experts = spec.num_experts / 2;
-      spec.local_expert_offset = spec.num_experts / 4;
-      spec.name = std::string(routing_method_name(method)) + "/" + dtype_name(logits_dtype);
-      SCOPED_TRACE(spec.name);
-      ++variant;
+  for (int64_t num_tokens : {989, 37}) {
+    for (int m = 0; m < kNumRoutingMethods; ++m) {
+      for (DType logits_dtype : {DType::kFP32, DType::kBF16}) {
+        const RoutingMethod method = static_cast<RoutingMethod>(m);
+        RoutingShape rs = shapes[variant % 6];
+        CaseSpec spec{"routing", num_tokens, 128, 64, rs.num_experts, rs.top_k};
+        spec.method = method;
+        spec.logits_dtype = logits_dtype;
+        spec.do_finalize = false;
+        spec.weights_dtype = variant % 3 == 2 ? DType::kFP32 : DType::kBF16;
+        if (method == RoutingMethod::kLlama4) spec.top_k = 1;
+        if (method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2) {
+          spec.with_bias = true;
+          spec.bias_dtype = variant % 2 ? DType::kBF16 : DType::kFP32;
+          spec.routed_scaling_factor = 2.5f;
+        }
+        if (method == RoutingMethod::kDeepSeekV3 && logits_dtype == DType::kFP32) {
+          spec.num_experts = 256;
+          spec.top_k = 8;
+          spec.n_group = 8;
+          spec.topk_group = 4;
+        }
+        // Expert-parallel shard: half the experts, starting a quarter in.
+        spec.local_num_experts = spec.num_experts / 2;
+        spec.local_expert_offset = spec.num_experts / 4;
+        spec.name = std::string(routing_method_name(method)) + "/" + dtype_name(logits_dtype) +
+                    "/T" + std::to_string(num_tokens);
+        SCOPED_TRACE(spec.name);
+        ++variant;
 
-      GpuCase c(spec, 500 + variant);
-      std::vector<float> logits = c.logits();
-      Rng rng(600 + variant);
-      const int32_t E = spec.num_experts;
-      for (int64_t t = 0; t < spec.num_tokens; ++t) {
-        float* row = logits.data() + t * E;
-        if (t % 7 == 0) {
-          for (int i = 0; i < 3; ++i) row[rng.integer(0, E - 1)] = std::nanf("");
+        GpuCase c(spec, 500 + variant);
+        std::vector<float> logits = c.logits();
+        Rng rng(600 + variant);
+        const int32_t E = spec.num_experts;
+        for (int64_t t = 0; t < spec.num_tokens; ++t) {
+          float* row = logits.data() + t * E;
+          if (t % 7 == 0) {
+            for (int i = 0; i < 3; ++i) row[rng.integer(0, E - 1)] = std::nanf("");
+          }
+          if (t % 11 == 0) {
+            row[rng.integer(0, E - 1)] = INFINITY;
+            row[rng.integer(0, E - 1)] = -INFINITY;
+          }
+          if (t % 5 == 0) {
+            for (int i = 0; i < 4; ++i) row[rng.integer(0, E - 1)] = row[rng.integer(0, E - 1)];
+          }
+          if (t % 13 == 0) row[rng.integer(0, E - 1)] = -0.0f;
         }
-        if (t % 11 == 0) {
-          row[rng.integer(0, E - 1)] = INFINITY;
-          row[rng.integer(0, E - 1)] = -INFINITY;
-        }
-        if (t % 5 == 0) {
-          for (int i = 0; i < 4; ++i) row[rng.integer(0, E - 1)] = row[rng.integer(0, E - 1)];
-        }
-        if (t % 13 == 0) row[rng.integer(0, E - 1)] = -0.0f;
-      }
-      c.set_logits(logits);
-      const ref::Routing routing = c.reference_routing();
-      const ref::Permutation perm = ref::permute_reference(
-          routing.ids, spec.local_expert_offset, spec.local_num_experts);
+        c.set_logits(logits);
+        const ref::Routing routing = c.reference_routing();
+        const ref::Permutation perm =
+            ref::permute_reference(routing.ids, spec.local_expert_offset, spec.local_num_experts);
 
-      c.poison_outputs();
-      const Status status = run_on_device(c.arguments(), /*enable_pdl=*/variant % 2 == 0);
-      ASSERT_TRUE(status.ok()) << status.message;
-      const std::vector<int16_t> replay = c.replay().download();
-      for (size_t i = 0; i < routing.ids.size(); ++i) {
-        ASSERT_GE(routing.ids[i], 0);
-        ASSERT_EQ(replay[i], static_cast<int16_t>(routing.ids[i])) << "routing id of slot " << i;
+        c.poison_outputs();
+        const Status status = run_on_device(c.arguments(), /*enable_pdl=*/variant % 2 == 0);
+        ASSERT_TRUE(status.ok()) << status.message;
+        const std::vector<int16_t> replay = c.replay().download();
+        for (size_t i = 0; i < routing.ids.size(); ++i) {
+          ASSERT_GE(routing.ids[i], 0);
+          ASSERT_EQ(replay[i], static_cast<int16_t>(routing.ids[i])) << "routing id of slot " << i;
+        }
+        EXPECT_EQ(first_difference(c.permuted_idx().download(), perm.expanded_idx_to_permuted_idx),
+                  -1);
+        expect_weights(c, routing);
       }
-      EXPECT_EQ(first_difference(c.permuted_idx().download(), perm.expanded_idx_to_permuted_idx),
-                -1);
-      expect_weights(c, routing);
     }
   }
 }
@@ -644,10 +651,10 @@ TEST(GpuMoe, TripleMatchesRunReference) {
 
   // Host copies of everything run_reference reads; host outputs poisoned.
   const std::vector<uint16_t> x = download(c.x(), T * H);
-  const std::vector<uint16_t> w1 = download(
-      c.w1(), int64_t{shape.local_num_experts} * 2 * shape.intermediate_size * H);
-  const std::vector<uint16_t> w2 = download(
-      c.w2(), int64_t{shape.local_num_experts} * H * shape.intermediate_size);
+  const std::vector<uint16_t> w1 =
+      download(c.w1(), int64_t{shape.local_num_experts} * 2 * shape.intermediate_size * H);
+  const std::vector<uint16_t> w2 =
+      download(c.w2(), int64_t{shape.local_num_experts} * H * shape.intermediate_size);
   std::vector<uint16_t> ref_rows(T * K * H);
   std::vector<uint16_t> ref_weights(T * K);
   std::vector<int32_t> ref_map(T * K);
@@ -685,8 +692,8 @@ TEST(GpuMoe, TripleMatchesRunReference) {
   EXPECT_LE(weight_ulps, 1) << "expert_weights";
 
   const ref::Routing routing = c.reference_routing();
-  const ref::Permutation perm = ref::permute_reference(routing.ids, shape.local_expert_offset,
-                                                       shape.local_num_experts);
+  const ref::Permutation perm =
+      ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
   const GpuReferenceResult gpu = gpu_reference(shape, c.x(), c.w1(), c.w2(), routing, perm, true);
   std::vector<uint16_t> rows = c.gemm2_output().download();
   rows.resize(perm.num_local() * H);
@@ -750,7 +757,7 @@ TEST(GpuMoe, HostileIdsAreNonLocalAndReported) {
   Rng rng(22);
   std::vector<int32_t> ids = random_distinct_ids(rng, spec.num_tokens, spec.top_k, 64);
   const int32_t hostile[] = {-1, 64, 32767, -32768, 1000};
-  for (int i = 0; i < 5; ++i) ids[37 + 50 * i] = hostile[i];  // first bad slot: 37
+  for (int i = 0; i < 5; ++i) ids[37 + 50 * i] = hostile[i];     // first bad slot: 37
   c.set_routed(ids, random_fp32(rng, ids.size(), -1.0f, 1.0f));  // negative weights too
   const ref::Routing routing = c.reference_routing();
   for (int i = 0; i < 5; ++i) ASSERT_EQ(routing.ids[37 + 50 * i], hostile[i]) << "packing";
@@ -769,9 +776,9 @@ TEST(GpuMoe, HostileIdsAreNonLocalAndReported) {
                   .ok());
   std::vector<int32_t> packed(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) packed[i] = pack_topk(ids[i], 0x3F80);
-  ASSERT_TRUE(validate_routing_host(packed.data(), spec.num_tokens, spec.top_k, 64, true,
-                                    &host_check)
-                  .ok());
+  ASSERT_TRUE(
+      validate_routing_host(packed.data(), spec.num_tokens, spec.top_k, 64, true, &host_check)
+          .ok());
   EXPECT_EQ(device_check.first_bad_slot, 37);
   EXPECT_EQ(device_check.bad_id, -1);
   EXPECT_EQ(device_check.first_bad_slot, host_check.first_bad_slot);

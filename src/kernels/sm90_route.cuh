@@ -17,7 +17,7 @@
 // contraction in the weight formulas. Shared memory: kWarps * 2 * E * 4 bytes (32 KB at E=1024).
 // Limiter: issue slots (every lane walks E/32 keys in each of the K rounds). Measured on H200:
 // 2 us (Mixtral, E=8) to 10 us (DeepSeekV3 groups, E=256) at T=1; 106 us at E=1024, K=32, T=4096.
-// TODO(issue 6): a block per token with per-lane candidate lists for large E * K at small T.
+// At small T, route_block_kernel below (one block per token) does the same faster.
 #pragma once
 
 #include <cstdint>
@@ -56,11 +56,11 @@ struct RouteParams {
   int32_t top_k;
   int32_t local_offset;
   int32_t num_local;
-  int32_t* slot_key;                   // [T * K]
-  float* slot_weight;                  // [T * K]
-  void* expert_weights;                // [T, K] or nullptr
+  int32_t* slot_key;     // [T * K]
+  float* slot_weight;    // [T * K]
+  void* expert_weights;  // [T, K] or nullptr
   DType expert_weights_dtype;
-  int16_t* routing_replay_out;         // [T, K] or nullptr
+  int16_t* routing_replay_out;  // [T, K] or nullptr
 };
 
 namespace route {
@@ -123,10 +123,110 @@ __device__ __forceinline__ int warp_argmax(const uint32_t* keys, int n, int lane
   return 0xFFFF - static_cast<int>(best & 0xFFFFu);
 }
 
+// The weight of lane k's pick (x = its logit; lanes k >= K pass holds_pick = false and get 0),
+// by the method's formula; max_logit and sum_exp: the softmax over all E (Default,
+// RenormalizeNaive only). All 32 lanes of the warp call it (warp shuffles).
+__device__ __forceinline__ float pick_weight(const RouteParams& params, float x, bool holds_pick,
+                                             float max_logit, float sum_exp) {
+  const int top_k = params.top_k;
+  auto softmax_prob = [&](float v) { return exp_fp32(v - max_logit) / sum_exp; };
+  switch (params.method) {
+    case RoutingMethod::kDefault:
+      return softmax_prob(x);
+    case RoutingMethod::kRenormalize: {
+      const float max_pick = warp_max(holds_pick ? x : -INFINITY);
+      const float e = holds_pick ? exp_fp32(x - max_pick) : 0.0f;
+      return e / sum_in_lane_order(e, top_k);
+    }
+    case RoutingMethod::kDeepSeekV3:
+    case RoutingMethod::kMiniMax2: {
+      const float s = holds_pick ? sigmoid(x) : 0.0f;
+      const float s_sum = sum_in_lane_order(s, top_k);
+      return __fmul_rn(s, params.routed_scaling_factor) / (s_sum + 1e-20f);
+    }
+    case RoutingMethod::kLlama4:
+    case RoutingMethod::kSigmoid:
+    case RoutingMethod::kTopKSigmoid:
+      return sigmoid(x);
+    case RoutingMethod::kRenormalizeNaive: {
+      const float p = holds_pick ? softmax_prob(x) : 0.0f;
+      return p / sum_in_lane_order(p, top_k);
+    }
+    case RoutingMethod::kTopK:
+      return x;
+    case RoutingMethod::kSigmoidRenorm: {
+      const float s = holds_pick ? sigmoid(x) : 0.0f;
+      return s / sum_in_lane_order(s, top_k);
+    }
+  }
+  return 0.0f;
+}
+
+// Writes slot token * K + k's outputs for pick k (global expert id) with its weight.
+__device__ __forceinline__ void write_pick(const RouteParams& params, int64_t token, int k,
+                                           int expert, float weight) {
+  const int64_t slot = token * params.top_k + k;
+  const bool bf16_weights = params.expert_weights_dtype == DType::kBF16;
+  const __nv_bfloat16 weight_bf16 = __float2bfloat16_rn(weight);
+  if (bf16_weights) weight = __bfloat162float(weight_bf16);
+  const int32_t local = expert - params.local_offset;
+  params.slot_key[slot] = (local >= 0 && local < params.num_local) ? local : params.num_local;
+  params.slot_weight[slot] = weight;
+  if (params.expert_weights) {
+    if (bf16_weights) {
+      static_cast<__nv_bfloat16*>(params.expert_weights)[slot] = weight_bf16;
+    } else {
+      static_cast<float*>(params.expert_weights)[slot] = weight;
+    }
+  }
+  if (params.routing_replay_out) params.routing_replay_out[slot] = static_cast<int16_t>(expert);
+}
+
+// The score of expert e whose logit is x, as an order key. exp_term: exp(x - max logit), used by
+// the softmax methods only (sum_exp their sum).
+__device__ __forceinline__ uint32_t score_key(RoutingMethod method, float x, float exp_term,
+                                              float sum_exp, float bias) {
+  float score;
+  switch (method) {
+    case RoutingMethod::kDefault:
+    case RoutingMethod::kRenormalizeNaive:
+      score = exp_term / sum_exp;
+      break;
+    case RoutingMethod::kSigmoidRenorm:
+    case RoutingMethod::kSigmoid:
+      score = sigmoid(x);
+      break;
+    case RoutingMethod::kDeepSeekV3:
+    case RoutingMethod::kMiniMax2:
+      score = sigmoid(x) + bias;
+      break;
+    default:
+      score = x;
+      break;  // Renormalize, Llama4, TopK, TopKSigmoid rank the logits
+  }
+  return order_key(score);
+}
+
+// DeepSeekV3's group score: the sum of the group's top-2 keys' values (its top-1 alone when a
+// group has one expert).
+__device__ __forceinline__ uint32_t group_key(const uint32_t* keys, int group, int group_size) {
+  uint32_t top1 = kTakenKey;
+  uint32_t top2 = kTakenKey;
+  for (int i = 0; i < group_size; ++i) {
+    const uint32_t key = keys[group * group_size + i];
+    if (key > top1) {
+      top2 = top1;
+      top1 = key;
+    } else if (key > top2) {
+      top2 = key;
+    }
+  }
+  return order_key(group_size == 1 ? key_value(top1) : key_value(top1) + key_value(top2));
+}
+
 }  // namespace route
 
-__global__ void __launch_bounds__(RouteConfig::kThreads)
-    route_kernel(const RouteParams params) {
+__global__ void __launch_bounds__(RouteConfig::kThreads) route_kernel(const RouteParams params) {
   using namespace route;
   extern __shared__ uint32_t smem_keys[];  // (kWarps, 2, E): expert keys, then group keys
 
@@ -143,7 +243,7 @@ __global__ void __launch_bounds__(RouteConfig::kThreads)
   const int num_experts = params.num_experts;
   const RoutingMethod method = params.method;
   uint32_t* keys = smem_keys + static_cast<size_t>(warp_idx) * 2 * num_experts;  // (E)
-  uint32_t* group_keys = keys + num_experts;                                      // (n_group)
+  uint32_t* group_keys = keys + num_experts;                                     // (n_group)
   const int64_t row = token * num_experts;
   auto logit = [&](int e) { return load_as_float(params.logits, params.logits_dtype, row + e); };
   auto bias = [&](int e) {
@@ -151,8 +251,8 @@ __global__ void __launch_bounds__(RouteConfig::kThreads)
   };
 
   // ---- scores as order keys ------------------------------------------------------------------
-  const bool softmax_all = method == RoutingMethod::kDefault ||
-                           method == RoutingMethod::kRenormalizeNaive;
+  const bool softmax_all =
+      method == RoutingMethod::kDefault || method == RoutingMethod::kRenormalizeNaive;
   float max_logit = 0.0f;
   float sum_exp = 0.0f;
   if (softmax_all) {
@@ -171,21 +271,10 @@ __global__ void __launch_bounds__(RouteConfig::kThreads)
     }
     sum_exp = __shfl_sync(kFullMask, sum_exp, 0);
   }
-  auto softmax_prob = [&](float x) { return exp_fp32(x - max_logit) / sum_exp; };
-
+  const bool biased = method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
   for (int e = lane; e < num_experts; e += 32) {
-    const float x = logit(e);
-    float score;
-    switch (method) {
-      case RoutingMethod::kDefault:
-      case RoutingMethod::kRenormalizeNaive: score = __uint_as_float(keys[e]) / sum_exp; break;
-      case RoutingMethod::kSigmoidRenorm:
-      case RoutingMethod::kSigmoid: score = sigmoid(x); break;
-      case RoutingMethod::kDeepSeekV3:
-      case RoutingMethod::kMiniMax2: score = sigmoid(x) + bias(e); break;
-      default: score = x; break;  // Renormalize, Llama4, TopK, TopKSigmoid rank the logits
-    }
-    keys[e] = order_key(score);
+    const float exp_term = softmax_all ? __uint_as_float(keys[e]) : 0.0f;
+    keys[e] = score_key(method, logit(e), exp_term, sum_exp, biased ? bias(e) : 0.0f);
   }
   __syncwarp();
 
@@ -193,22 +282,7 @@ __global__ void __launch_bounds__(RouteConfig::kThreads)
   if (method == RoutingMethod::kDeepSeekV3 && params.n_group > 1) {
     const int num_groups = params.n_group;
     const int group_size = num_experts / num_groups;
-    for (int g = lane; g < num_groups; g += 32) {
-      uint32_t top1 = kTakenKey;
-      uint32_t top2 = kTakenKey;
-      for (int i = 0; i < group_size; ++i) {
-        const uint32_t key = keys[g * group_size + i];
-        if (key > top1) {
-          top2 = top1;
-          top1 = key;
-        } else if (key > top2) {
-          top2 = key;
-        }
-      }
-      const float group_score = group_size == 1 ? key_value(top1)
-                                                : key_value(top1) + key_value(top2);
-      group_keys[g] = order_key(group_score);
-    }
+    for (int g = lane; g < num_groups; g += 32) group_keys[g] = group_key(keys, g, group_size);
     __syncwarp();
     for (int round = 0; round < params.topk_group; ++round) {
       const int best = warp_argmax(group_keys, num_groups, lane);
@@ -234,58 +308,126 @@ __global__ void __launch_bounds__(RouteConfig::kThreads)
     __syncwarp();
   }
 
-  // ---- weights of the picks ---------------------------------------------------------------------
+  // ---- weights of the picks, outputs -----------------------------------------------------------
   const bool holds_pick = lane < top_k;
   const float x = holds_pick ? logit(expert) : 0.0f;
-  float weight = 0.0f;
-  switch (method) {
-    case RoutingMethod::kDefault: weight = softmax_prob(x); break;
-    case RoutingMethod::kRenormalize: {
-      const float max_pick = warp_max(holds_pick ? x : -INFINITY);
-      const float e = holds_pick ? exp_fp32(x - max_pick) : 0.0f;
-      weight = e / sum_in_lane_order(e, top_k);
-      break;
-    }
-    case RoutingMethod::kDeepSeekV3:
-    case RoutingMethod::kMiniMax2: {
-      const float s = holds_pick ? sigmoid(x) : 0.0f;
-      const float s_sum = sum_in_lane_order(s, top_k);
-      weight = __fmul_rn(s, params.routed_scaling_factor) / (s_sum + 1e-20f);
-      break;
-    }
-    case RoutingMethod::kLlama4:
-    case RoutingMethod::kSigmoid:
-    case RoutingMethod::kTopKSigmoid: weight = sigmoid(x); break;
-    case RoutingMethod::kRenormalizeNaive: {
-      const float p = holds_pick ? softmax_prob(x) : 0.0f;
-      weight = p / sum_in_lane_order(p, top_k);
-      break;
-    }
-    case RoutingMethod::kTopK: weight = x; break;
-    case RoutingMethod::kSigmoidRenorm: {
-      const float s = holds_pick ? sigmoid(x) : 0.0f;
-      weight = s / sum_in_lane_order(s, top_k);
-      break;
-    }
-  }
-  if (!holds_pick) return;
+  const float weight = pick_weight(params, x, holds_pick, max_logit, sum_exp);
+  if (holds_pick) write_pick(params, token, lane, expert, weight);
+}
 
-  // ---- outputs ---------------------------------------------------------------------------------
-  const int64_t slot = token * top_k + lane;
-  const bool bf16_weights = params.expert_weights_dtype == DType::kBF16;
-  const __nv_bfloat16 weight_bf16 = __float2bfloat16_rn(weight);
-  if (bf16_weights) weight = __bfloat162float(weight_bf16);
-  const int32_t local = expert - params.local_offset;
-  params.slot_key[slot] = (local >= 0 && local < params.num_local) ? local : params.num_local;
-  params.slot_weight[slot] = weight;
-  if (params.expert_weights) {
-    if (bf16_weights) {
-      static_cast<__nv_bfloat16*>(params.expert_weights)[slot] = weight_bf16;
-    } else {
-      static_cast<float*>(params.expert_weights)[slot] = weight;
-    }
+// ---- small T: one block per token ---------------------------------------------------------------
+// The same outputs as route_kernel, bitwise, with a thread per expert: the scores in parallel,
+// DeepSeekV3's kept groups and the top-K by rank (an expert's rank = the experts with a larger
+// key, or an equal key and a lower index: exactly the order of route_kernel's repeated argmax),
+// then warp 0 computes the weights as route_kernel's warp does. At T = 1 the warp form walks
+// E / 32 keys per lane in each of K rounds (H200: ~12 us of a DeepSeekV3 call at E = 256, K = 8,
+// bench/NOTES.md); here each thread reads the E keys once. Launched by launch_route when
+// decode_heuristics.h's use_block_route(T) holds. Threads: E rounded up to a warp (<= 1024);
+// smem: (E + n_group) x 4 bytes.
+struct RouteBlockConfig {
+  static int threads(int num_experts) { return (num_experts + 31) / 32 * 32; }
+  static size_t smem_bytes(int num_experts, int n_group) {
+    return static_cast<size_t>(num_experts + n_group) * sizeof(uint32_t);
   }
-  if (params.routing_replay_out) params.routing_replay_out[slot] = static_cast<int16_t>(expert);
+};
+
+__global__ void __launch_bounds__(1024) route_block_kernel(const RouteParams params) {
+  using namespace route;
+  extern __shared__ uint32_t smem_keys[];  // keys (E), then kept-group flags (n_group)
+  __shared__ float warp_partial[32];
+  __shared__ float block_max, block_sum;
+  __shared__ int picks[32];
+
+  cudaGridDependencySynchronize();  // PDL, as route_kernel
+  cudaTriggerProgrammaticLaunchCompletion();
+
+  const int num_experts = params.num_experts;
+  const RoutingMethod method = params.method;
+  const int e = threadIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const bool is_expert = e < num_experts;
+  const int64_t token = blockIdx.x;
+  uint32_t* keys = smem_keys;
+  uint32_t* kept = smem_keys + num_experts;
+  const int64_t row = token * num_experts;
+  const float x = is_expert ? load_as_float(params.logits, params.logits_dtype, row + e) : 0.0f;
+
+  // ---- scores as order keys ------------------------------------------------------------------
+  const bool softmax_all =
+      method == RoutingMethod::kDefault || method == RoutingMethod::kRenormalizeNaive;
+  float max_logit = 0.0f, sum_exp = 0.0f, exp_term = 0.0f;
+  if (softmax_all) {
+    const float m = warp_max(is_expert ? x : -INFINITY);
+    if (lane == 0) warp_partial[warp] = m;
+    __syncthreads();
+    if (warp == 0) {
+      const float all = warp_max(lane < int(blockDim.x / 32) ? warp_partial[lane] : -INFINITY);
+      if (lane == 0) block_max = all;
+    }
+    __syncthreads();
+    max_logit = block_max;
+    exp_term = is_expert ? exp_fp32(x - max_logit) : 0.0f;
+    if (is_expert) keys[e] = __float_as_uint(exp_term);
+    __syncthreads();
+    if (threadIdx.x == 0) {  // ascending e, as the reference and route_kernel
+      float sum = 0.0f;
+#pragma unroll 16
+      for (int i = 0; i < num_experts; ++i) sum += __uint_as_float(keys[i]);
+      block_sum = sum;
+    }
+    __syncthreads();
+    sum_exp = block_sum;
+  }
+  const bool biased = method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
+  if (is_expert) {
+    const float b = biased && params.bias ? load_as_float(params.bias, params.bias_dtype, e) : 0.0f;
+    keys[e] = score_key(method, x, exp_term, sum_exp, b);
+  }
+  __syncthreads();
+
+  // ---- DeepSeekV3: keep the topk_group best groups (by rank among the group keys) -----------
+  if (method == RoutingMethod::kDeepSeekV3 && params.n_group > 1) {
+    const int num_groups = params.n_group;
+    const int group_size = num_experts / num_groups;
+    uint32_t mine = 0;
+    if (threadIdx.x < num_groups) mine = group_key(keys, threadIdx.x, group_size);
+    __syncthreads();  // every group read the keys; reuse kept[] for the group keys
+    if (threadIdx.x < num_groups) kept[threadIdx.x] = mine;
+    __syncthreads();
+    int rank = 0;
+    if (threadIdx.x < num_groups) {
+      for (int g = 0; g < num_groups; ++g) {
+        rank += kept[g] > mine || (kept[g] == mine && g < int(threadIdx.x));
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < num_groups) kept[threadIdx.x] = rank < params.topk_group;
+    __syncthreads();
+    // An excluded group's experts score -inf, as in the reference (a NaN still ranks lower).
+    if (is_expert && !kept[e / group_size]) keys[e] = order_key(-INFINITY);
+    __syncthreads();
+  }
+
+  // ---- top-K by rank: picks[k] = the expert of rank k ------------------------------------------
+  if (is_expert) {
+    const uint32_t mine = keys[e];
+    int rank = 0;
+#pragma unroll 8
+    for (int i = 0; i < num_experts; ++i) {
+      const uint32_t other = keys[i];
+      rank += other > mine || (other == mine && i < e);
+    }
+    if (rank < params.top_k) picks[rank] = e;
+  }
+  __syncthreads();
+
+  // ---- weights of the picks, outputs (warp 0, lane k = pick k) -------------------------------
+  if (warp != 0) return;
+  const bool holds_pick = lane < params.top_k;
+  const int expert = holds_pick ? picks[lane] : 0;
+  const float pick_x =
+      holds_pick ? load_as_float(params.logits, params.logits_dtype, row + expert) : 0.0f;
+  const float weight = pick_weight(params, pick_x, holds_pick, max_logit, sum_exp);
+  if (holds_pick) write_pick(params, token, lane, expert, weight);
 }
 
 }  // namespace fusedmoe::detail

@@ -1,4 +1,6 @@
-// Host side of the logits routing kernel (kernels/sm90_route.cuh).
+// Host side of the logits routing kernels (kernels/sm90_route.cuh): a block per token at small T
+// (decode_heuristics.h: use_block_route), else a warp per token.
+#include "decode_heuristics.h"
 #include "kernels/sm90_route.cuh"
 #include "launch/pipeline.h"
 #include "validate.h"
@@ -28,10 +30,17 @@ cudaError_t launch_route(const MoeShape& shape, const LogitsRouting& logits,
   params.expert_weights_dtype = out.expert_weights_dtype;
   params.routing_replay_out = out.routing_replay_out;
 
-  const dim3 grid(static_cast<unsigned>((shape.num_tokens + RouteConfig::kWarps - 1) /
-                                        RouteConfig::kWarps));
-  LaunchConfig launch(grid, dim3(RouteConfig::kThreads),
-                      RouteConfig::smem_bytes(shape.num_experts), enable_pdl, stream);
+  if (heuristics::use_block_route(shape.num_tokens)) {
+    LaunchConfig launch(dim3(static_cast<unsigned>(shape.num_tokens)),
+                        dim3(RouteBlockConfig::threads(shape.num_experts)),
+                        RouteBlockConfig::smem_bytes(shape.num_experts, groups.n_group), enable_pdl,
+                        stream);
+    return cudaLaunchKernelEx(&launch.config, route_block_kernel, params);
+  }
+  const dim3 grid(
+      static_cast<unsigned>((shape.num_tokens + RouteConfig::kWarps - 1) / RouteConfig::kWarps));
+  LaunchConfig launch(grid, dim3(RouteConfig::kThreads), RouteConfig::smem_bytes(shape.num_experts),
+                      enable_pdl, stream);
   return cudaLaunchKernelEx(&launch.config, route_kernel, params);
 }
 
