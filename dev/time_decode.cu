@@ -2,7 +2,8 @@
 // at small T (full grid, logits routing), the median of CUDA-graph replays with PDL, L2 flushed
 // before each replay (a 512 MiB memset, not timed), against the bytes floor of the experts hit.
 // Run it under ncu for the per-kernel picture (FUSEDMOE_DEV_REPS=1 keeps that short):
-//   ncu --kernel-name regex:sm90_ --metrics gpu__time_duration.sum,... /tmp/time_decode qwen3-30b-a3b 1
+//   ncu --kernel-name regex:sm90_ --metrics gpu__time_duration.sum,... /tmp/time_decode
+//   qwen3-30b-a3b 1
 // Build on the device after the library:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc -I. \
 //     dev/time_decode.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_decode
@@ -10,7 +11,8 @@
 // +finalize, the launchers run() uses, PDL on, same flush): the marginal cost of each stage in
 // the chain ("stages" lines).
 // Arguments: [model|all] [T ...] (default: all, 1 4 16 64 256); env FUSEDMOE_DEV_BW (GB/s, default
-// 4254: the H200 copy bandwidth of bench/results), FUSEDMOE_DEV_REPS (default 20).
+// 4254: the H200 copy bandwidth of bench/results), FUSEDMOE_DEV_REPS (default 20), FUSEDMOE_DEV_EP
+// (1: shard 0 of 8, E_loc = E / 8, ids over all E).
 #include <cstring>
 #include <functional>
 #include <string>
@@ -29,8 +31,11 @@ int main(int argc, char** argv) {
   std::vector<int64_t> token_counts;
   for (int i = 2; i < argc; ++i) token_counts.push_back(std::atoll(argv[i]));
   if (token_counts.empty()) token_counts = {1, 4, 16, 64, 256};
-  const double bw = std::getenv("FUSEDMOE_DEV_BW") ? std::atof(std::getenv("FUSEDMOE_DEV_BW")) : 4254;
-  const int reps = std::getenv("FUSEDMOE_DEV_REPS") ? std::atoi(std::getenv("FUSEDMOE_DEV_REPS")) : 20;
+  const double bw =
+      std::getenv("FUSEDMOE_DEV_BW") ? std::atof(std::getenv("FUSEDMOE_DEV_BW")) : 4254;
+  const int reps =
+      std::getenv("FUSEDMOE_DEV_REPS") ? std::atoi(std::getenv("FUSEDMOE_DEV_REPS")) : 20;
+  const bool ep = std::getenv("FUSEDMOE_DEV_EP") && std::atoi(std::getenv("FUSEDMOE_DEV_EP")) != 0;
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const size_t flush_bytes = size_t(512) << 20;
@@ -43,7 +48,9 @@ int main(int argc, char** argv) {
               "% floor");
   for (const Model& m : bench_models()) {
     if (which != "all" && which != m.name) continue;
-    const size_t w1_elems = size_t(m.E) * 2 * m.I * m.H, w2_elems = size_t(m.E) * m.H * m.I;
+    // FUSEDMOE_DEV_EP=1: the expert-parallel grid of BENCH.md, shard 0 of 8 (E_loc = E / 8).
+    const int32_t e_loc = ep ? m.E / 8 : m.E;
+    const size_t w1_elems = size_t(e_loc) * 2 * m.I * m.H, w2_elems = size_t(e_loc) * m.H * m.I;
     __nv_bfloat16 *w1, *w2;
     CHECK(cudaMalloc(&w1, w1_elems * 2));
     CHECK(cudaMalloc(&w2, w2_elems * 2));
@@ -56,7 +63,7 @@ int main(int argc, char** argv) {
       shape.intermediate_size = m.I;
       shape.num_experts = m.E;
       shape.top_k = m.K;
-      shape.local_num_experts = m.E;
+      shape.local_num_experts = e_loc;
       shape.local_expert_offset = 0;
       size_t ws_bytes = 0;
       if (!workspace_size(shape, &ws_bytes).ok()) return 1;
@@ -69,8 +76,7 @@ int main(int argc, char** argv) {
       CHECK(cudaMalloc(&out, T * m.H * 2));
       fill_random<<<1024, 256, 0, stream>>>(x, T * m.H, 3, 1.0f);
       const std::vector<float> host_logits = normal_logits(size_t(T) * m.E);
-      CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4,
-                       cudaMemcpyHostToDevice));
+      CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4, cudaMemcpyHostToDevice));
       CHECK(cudaMemset(bias, 0, m.E * 4));
       MoeArguments args;
       args.shape = shape;
@@ -109,7 +115,7 @@ int main(int argc, char** argv) {
       {
         int num_sms = 0;
         CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
-        const bool decode = heuristics::use_decode_gemms(T, m.K, m.E, m.H, m.I, num_sms);
+        const bool decode = heuristics::use_decode_gemms(T, m.K, m.E, e_loc, m.H, m.I, num_sms);
         const detail::Workspace w = detail::carve_workspace(shape, ws);
         const int64_t slots = T * m.K;
         detail::RoutingOutputs routing;
@@ -117,23 +123,23 @@ int main(int argc, char** argv) {
         routing.slot_weight = w.slot_weight;
         detail::GroupedRows rows;
         rows.expert_offsets = w.expert_offsets;
-        rows.num_experts = m.E;
+        rows.num_experts = e_loc;
         rows.max_rows = slots;
         const std::vector<std::function<void()>> stages = {
             [&] { CHECK(detail::launch_route(shape, args.logits, routing, true, stream)); },
             [&] {
               if (heuristics::use_small_sort(slots)) {
-                CHECK(detail::launch_expert_sort_small(w.slot_key, slots, m.K, m.E,
+                CHECK(detail::launch_expert_sort_small(w.slot_key, slots, m.K, e_loc,
                                                        w.expert_offsets, w.gather_rows,
                                                        w.permuted_idx, true, stream));
               } else {
-                CHECK(detail::launch_expert_count(w.slot_key, slots, m.E, w.chunk_prefix, true,
+                CHECK(detail::launch_expert_count(w.slot_key, slots, e_loc, w.chunk_prefix, true,
                                                   stream));
-                CHECK(detail::launch_expert_offsets(slots, m.E, w.chunk_prefix,
-                                                    w.expert_offsets, true, stream));
-                CHECK(detail::launch_permute(w.slot_key, slots, m.K, m.E, w.chunk_prefix,
-                                             w.expert_offsets, w.gather_rows, w.permuted_idx,
-                                             true, stream));
+                CHECK(detail::launch_expert_offsets(slots, e_loc, w.chunk_prefix, w.expert_offsets,
+                                                    true, stream));
+                CHECK(detail::launch_permute(w.slot_key, slots, m.K, e_loc, w.chunk_prefix,
+                                             w.expert_offsets, w.gather_rows, w.permuted_idx, true,
+                                             stream));
               }
             },
             [&] {
@@ -149,8 +155,8 @@ int main(int argc, char** argv) {
                                             true, stream));
             },
         };
-        int len = std::snprintf(stage_line, sizeof(stage_line), "  stages (%s GEMMs), marginal us:",
-                                decode ? "decode" : "prefill");
+        int len = std::snprintf(stage_line, sizeof(stage_line),
+                                "  stages (%s GEMMs), marginal us:", decode ? "decode" : "prefill");
         float previous = 0;
         for (size_t n = 1; n <= stages.size(); ++n) {
           cudaGraph_t g;
@@ -172,8 +178,8 @@ int main(int argc, char** argv) {
           }
           const float total = median(t_us);
           static const char* names[] = {"route", "sort", "gemm1", "gemm2", "finalize"};
-          len += std::snprintf(stage_line + len, sizeof(stage_line) - len, " %s %.1f",
-                               names[n - 1], total - previous);
+          len += std::snprintf(stage_line + len, sizeof(stage_line) - len, " %s %.1f", names[n - 1],
+                               total - previous);
           previous = total;
           cudaGraphExecDestroy(e);
           cudaGraphDestroy(g);
@@ -188,9 +194,9 @@ int main(int argc, char** argv) {
       if (!run(args, ws, ws_bytes, stream).ok()) return 1;
       std::vector<int16_t> host_replay(ids.size());
       CHECK(cudaMemcpy(host_replay.data(), replay, ids.size() * 2, cudaMemcpyDeviceToHost));
-      std::vector<char> hit(m.E, 0);
+      std::vector<char> hit(e_loc, 0);
       for (int16_t e : host_replay)
-        if (e >= 0 && e < m.E) hit[e] = 1;
+        if (e >= 0 && e < e_loc) hit[e] = 1;
       int64_t hits = 0;
       for (char h : hit) hits += h;
       const double bytes = double(hits) * 3 * m.H * m.I * 2 + 2.0 * T * m.H * 2;

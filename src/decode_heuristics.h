@@ -35,18 +35,30 @@ constexpr int decode_warps_per_cta(int64_t num_ctas, int num_sms) {
 }
 
 // Experts hit on average when `slots` slots pick uniformly among `num_experts`:
-// E (1 - (1 - 1/E)^slots). An upper bound under expert parallelism (only a share is local).
+// E (1 - (1 - 1/E)^slots).
 inline double expected_hit_experts(int64_t slots, int num_experts) {
   if (slots <= 0 || num_experts <= 0) return 0.0;
   const double e = num_experts;
   return e * -std::expm1(double(slots) * std::log1p(-1.0 / e));
 }
 
+// Under expert parallelism (uniform routing over all E experts, E_loc of them local): local
+// experts hit, E_loc / E of the experts hit, and slots landing on a local expert, E_loc / E of
+// all. With E_loc = E both are the full-grid values.
+inline double expected_local_hit_experts(int64_t slots, int num_experts, int local_num_experts) {
+  if (num_experts <= 0) return 0.0;
+  return expected_hit_experts(slots, num_experts) * local_num_experts / num_experts;
+}
+inline double expected_local_slots(int64_t slots, int num_experts, int local_num_experts) {
+  if (num_experts <= 0) return 0.0;
+  return double(slots) * local_num_experts / num_experts;
+}
+
 // Prefill GEMM tiles (launch/grouped_gemm.h, heuristics.h: 128 rows x 128 act columns for
-// GEMM1, x 256 output columns for GEMM2) over the expected hit experts, one M block each.
-inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int local_num_experts,
-                                     int64_t n_columns, int64_t tile_n) {
-  return expected_hit_experts(num_tokens * top_k, local_num_experts) *
+// GEMM1, x 256 output columns for GEMM2) over the expected local hit experts, one M block each.
+inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int num_experts,
+                                     int local_num_experts, int64_t n_columns, int64_t tile_n) {
+  return expected_local_hit_experts(num_tokens * top_k, num_experts, local_num_experts) *
          double(ceil_div_decode(n_columns, tile_n));
 }
 
@@ -58,19 +70,27 @@ inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int local_nu
 // mixtral T=1 (30 GEMM2 tiles) 1.36x, llama4-scout T=1 (20) 1.62x, gpt-oss T=1 (47) 1.01x;
 // deepseek-v3 T=1 (126) 0.86x, qwen3-235b T=1 (93) 0.94x, mixtral T=4 (84) 0.86x, llama4-scout
 // T=4 (73) 0.87x; the one miss is qwen3-30b T=4 (170 tiles, decode 1.02x), by 2 %.
-inline bool use_decode_gemms(int64_t num_tokens, int top_k, int local_num_experts, int64_t hidden,
-                             int64_t inter, int num_sms) {
-  if (num_tokens <= 0 || top_k <= 0 || local_num_experts <= 0 || num_sms <= 0) return false;
+// num_experts: E (routed ids span all E); local_num_experts: E_loc. Tiles and rows count the
+// local share only (a shard sees E_loc / E of the slots).
+inline bool use_decode_gemms(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
+                             int64_t hidden, int64_t inter, int num_sms) {
+  if (num_tokens <= 0 || top_k <= 0 || local_num_experts <= 0 || num_sms <= 0 ||
+      num_experts < local_num_experts) {
+    return false;
+  }
   // The decode kernels re-read an expert's weights for every chunk of kDecodeRowChunk rows, so
   // they only pay while the expected rows per hit expert fit one chunk. Without this bound a
   // shard with one or two local experts (mixtral, llama4-scout at E_loc = E/8) took the decode
   // path at every T: 0.21x of torch._grouped_mm at T = 16384 (H200, bench run of 35fcf0f).
-  const double slots = double(num_tokens) * top_k;
-  if (slots > kDecodeRowChunk * expected_hit_experts(num_tokens * top_k, local_num_experts)) {
+  const int64_t slots = num_tokens * top_k;
+  if (expected_local_slots(slots, num_experts, local_num_experts) >
+      kDecodeRowChunk * expected_local_hit_experts(slots, num_experts, local_num_experts)) {
     return false;
   }
-  const double tiles1 = expected_prefill_tiles(num_tokens, top_k, local_num_experts, inter, 128);
-  const double tiles2 = expected_prefill_tiles(num_tokens, top_k, local_num_experts, hidden, 256);
+  const double tiles1 =
+      expected_prefill_tiles(num_tokens, top_k, num_experts, local_num_experts, inter, 128);
+  const double tiles2 =
+      expected_prefill_tiles(num_tokens, top_k, num_experts, local_num_experts, hidden, 256);
   return std::min(tiles1, tiles2) <= 0.5 * num_sms;
 }
 

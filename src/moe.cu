@@ -15,18 +15,17 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
-#include "fusedmoe/fusedmoe.h"
 #include "decode_heuristics.h"
+#include "fusedmoe/fusedmoe.h"
 #include "launch/decode_gemm.h"
 #include "launch/grouped_gemm.h"
 #include "launch/pipeline.h"
 #include "validate.h"
 
 // Return early with the failing Status (or a CUDA error turned into one, named by `what`).
-#define FUSEDMOE_RETURN_IF_ERROR(expr)          \
-  do {                                          \
-    if (Status status_ = (expr); !status_.ok()) \
-      return status_;                           \
+#define FUSEDMOE_RETURN_IF_ERROR(expr)                          \
+  do {                                                          \
+    if (Status status_ = (expr); !status_.ok()) return status_; \
   } while (0)
 #define FUSEDMOE_CUDA_RETURN_IF_ERROR(call, what) \
   FUSEDMOE_RETURN_IF_ERROR(detail::cuda_status((call), (what)))
@@ -63,18 +62,18 @@ LayoutSizes layout_sizes(const MoeShape& shape) {
 
 Status cuda_status(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return Status::Ok();
-  return Status::Error(StatusCode::kCudaError,
-                       std::string(what) + ": expected cudaSuccess, got " +
-                           cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ")");
+  return Status::Error(StatusCode::kCudaError, std::string(what) + ": expected cudaSuccess, got " +
+                                                   cudaGetErrorName(error) + " (" +
+                                                   cudaGetErrorString(error) + ")");
 }
 
 Status check_aligned(const void* pointer, const char* name) {
   constexpr uintptr_t kAlignment = 16;
   const uintptr_t address = reinterpret_cast<uintptr_t>(pointer);
   if (address % kAlignment == 0) return Status::Ok();
-  return invalid_argument(name, "a 16-byte aligned address on the GPU path",
-                          "an address " + std::to_string(address % kAlignment) +
-                              " bytes past a 16-byte boundary");
+  return invalid_argument(
+      name, "a 16-byte aligned address on the GPU path",
+      "an address " + std::to_string(address % kAlignment) + " bytes past a 16-byte boundary");
 }
 
 }  // namespace
@@ -116,8 +115,7 @@ Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
   return Status::Ok();
 }
 
-Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
-           cudaStream_t stream) {
+Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   using namespace detail;
   FUSEDMOE_RETURN_IF_ERROR(validate(args));
   const MoeShape& shape = args.shape;
@@ -125,9 +123,8 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   if (workspace_bytes < needed_bytes) {
     return Status::Error(StatusCode::kWorkspaceTooSmall,
                          "workspace_bytes: expected >= " + std::to_string(needed_bytes) +
-                             " (workspace_size for num_tokens " +
-                             std::to_string(shape.num_tokens) + "), got " +
-                             std::to_string(workspace_bytes));
+                             " (workspace_size for num_tokens " + std::to_string(shape.num_tokens) +
+                             "), got " + std::to_string(workspace_bytes));
   }
   if (shape.num_tokens == 0) return Status::Ok();
   if (workspace == nullptr) return invalid_argument("workspace", "a pointer", "nullptr");
@@ -145,7 +142,7 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
       cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
       "cudaDeviceGetAttribute");
   const bool decode_gemms = heuristics::use_decode_gemms(
-      shape.num_tokens, shape.top_k, shape.local_num_experts, shape.hidden_size,
+      shape.num_tokens, shape.top_k, shape.num_experts, shape.local_num_experts, shape.hidden_size,
       shape.intermediate_size, num_sms);
   const auto gemm1 = decode_gemms ? launch_decode_gemm1_swiglu : launch_gemm1_swiglu;
   const auto gemm2 = decode_gemms ? launch_decode_gemm2 : launch_gemm2;
@@ -177,8 +174,8 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes,
   // decode sizes (T * K <= 4096) one CTA instead of three kernels (decode_heuristics.h).
   if (heuristics::use_small_sort(num_slots)) {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(
-        launch_expert_sort_small(ws.slot_key, num_slots, shape.top_k, num_local,
-                                 ws.expert_offsets, ws.gather_rows, permuted_idx, pdl, stream),
+        launch_expert_sort_small(ws.slot_key, num_slots, shape.top_k, num_local, ws.expert_offsets,
+                                 ws.gather_rows, permuted_idx, pdl, stream),
         "launch_expert_sort_small");
   } else {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(

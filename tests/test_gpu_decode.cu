@@ -476,7 +476,7 @@ TEST(DecodeGemmBench, WeightBandwidth) {
       const double weight_bytes = double(hit) * 3.0 * h * inter * 2.0;
       const double gbs = weight_bytes / us_dec / 1e3;
       const bool decode =
-          heuristics::use_decode_gemms(t, md.k, md.e, h, inter, prop.multiProcessorCount);
+          heuristics::use_decode_gemms(t, md.k, md.e, md.e, h, inter, prop.multiProcessorCount);
       std::printf(
           "%-14s %4lld | %4d %5d | %8.1f | %8.1f %8.1f %8.1f %6.0f %5.1f | %8.1f %8.1f %8.1f %6.2f "
           "| %s%s\n",
