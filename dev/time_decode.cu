@@ -115,7 +115,8 @@ int main(int argc, char** argv) {
       {
         int num_sms = 0;
         CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
-        const bool decode = heuristics::use_decode_gemms(T, m.K, m.E, e_loc, m.H, m.I, num_sms);
+        const bool decode1 = heuristics::use_decode_gemm1(T, m.K, m.E, e_loc, m.I, num_sms);
+        const bool decode2 = heuristics::use_decode_gemm2(T, m.K, m.E, e_loc, m.H, num_sms);
         const detail::Workspace w = detail::carve_workspace(shape, ws);
         const int64_t slots = T * m.K;
         detail::RoutingOutputs routing;
@@ -143,11 +144,11 @@ int main(int argc, char** argv) {
               }
             },
             [&] {
-              CHECK((decode ? detail::launch_decode_gemm1_swiglu : detail::launch_gemm1_swiglu)(
+              CHECK((decode1 ? detail::launch_decode_gemm1_swiglu : detail::launch_gemm1_swiglu)(
                   rows, x, w.gather_rows, m.H, m.I, w1, w.act, true, stream));
             },
             [&] {
-              CHECK((decode ? detail::launch_decode_gemm2 : detail::launch_gemm2)(
+              CHECK((decode2 ? detail::launch_decode_gemm2 : detail::launch_gemm2)(
                   rows, w.act, m.I, m.H, w2, w.y, true, stream));
             },
             [&] {
@@ -156,7 +157,8 @@ int main(int argc, char** argv) {
             },
         };
         int len = std::snprintf(stage_line, sizeof(stage_line),
-                                "  stages (%s GEMMs), marginal us:", decode ? "decode" : "prefill");
+                                "  stages (gemm1 %s, gemm2 %s), marginal us:",
+                                decode1 ? "decode" : "prefill", decode2 ? "decode" : "prefill");
         float previous = 0;
         for (size_t n = 1; n <= stages.size(); ++n) {
           cudaGraph_t g;

@@ -62,36 +62,46 @@ inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int num_expe
          double(ceil_div_decode(n_columns, tile_n));
 }
 
-// The pipeline's choice: true = launch_decode_gemm1_swiglu + launch_decode_gemm2.
-// The prefill GEMMs stream weights at ~100 % of a copy's bandwidth once their tiles fill the
-// SMs (H200: 4.3 TB/s on deepseek-v3 from T = 16), so the decode GEMMs pay only when one of the
-// prefill GEMMs leaves most SMs idle: its expected tiles <= num_sms / 2. Measured (H200, one
-// call, decode pair vs prefill pair, bench/NOTES.md): qwen3-30b T=1 (47 GEMM1 tiles) 1.24x,
-// mixtral T=1 (30 GEMM2 tiles) 1.36x, llama4-scout T=1 (20) 1.62x, gpt-oss T=1 (47) 1.01x;
-// deepseek-v3 T=1 (126) 0.86x, qwen3-235b T=1 (93) 0.94x, mixtral T=4 (84) 0.86x, llama4-scout
-// T=4 (73) 0.87x; the one miss is qwen3-30b T=4 (170 tiles, decode 1.02x), by 2 %.
-// num_experts: E (routed ids span all E); local_num_experts: E_loc. Tiles and rows count the
-// local share only (a shard sees E_loc / E of the slots).
-inline bool use_decode_gemms(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
-                             int64_t hidden, int64_t inter, int num_sms) {
+// The pipeline's choice for one GEMM: true = its decode kernel (launch_decode_gemm1_swiglu or
+// launch_decode_gemm2), false = its prefill kernel; each GEMM is chosen on its own (both kinds
+// read and write the same act layout). The prefill GEMMs stream weights at ~100 % of a copy's
+// bandwidth once their tiles fill the SMs (H200: 4.3 TB/s on deepseek-v3 from T = 16); with
+// fewer tiles they reach about tiles / (num_sms / 2) of it. The decode kernels stream every hit
+// expert's weights once per chunk of kDecodeRowChunk rows (`passes`, from the expected rows per
+// hit expert). So: decode when tiles x passes <= num_sms / 2. n_columns / tile_n: the prefill
+// kernel's N and tile (GEMM1: I act columns in tiles of 128; GEMM2: H in tiles of 256).
+// num_experts: E (routed ids span all E); local_num_experts: E_loc (a shard sees E_loc / E of
+// the slots and hits).
+// Measured per GEMM (H200, one call, decode vs prefill kernel, bench/NOTES.md "Decode GEMMs"):
+// GEMM1 qwen3-30b T=1 (47 tiles) 24.4 vs 32.1 us, llama4-scout T=1 (64) 58.0 vs 65.4; gpt-oss
+// T=1 (92) 57.5 vs 50.1, mixtral T=1 (210) 150.1 vs 142.5, deepseek-v3 T=1 (126) 134.0 vs 127.3;
+// GEMM2 llama4-scout T=1 (20) 36.3 vs 91.3, mixtral T=1 (30) 79.6 vs 153.8, gpt-oss T=1 (48)
+// 30.6 vs 39.5, qwen3-30b T=1 (62) 14.8 vs 17.8; mixtral T=4 (84) 235.9 vs 169.8, llama4-scout
+// T=4 (72) 127.4 vs 99.1, deepseek-v3 T=1 (221) 80.7 vs 74.4. Misses by the rule: qwen3-235b
+// GEMM2 T=1 (125 tiles, decode 37.1 vs 39.6), qwen3-30b GEMM1 T=4 (179, 62.9 vs 70.9).
+inline bool use_decode_gemm(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
+                            int64_t n_columns, int64_t tile_n, int num_sms) {
   if (num_tokens <= 0 || top_k <= 0 || local_num_experts <= 0 || num_sms <= 0 ||
-      num_experts < local_num_experts) {
+      num_experts < local_num_experts || n_columns <= 0 || tile_n <= 0) {
     return false;
   }
-  // The decode kernels re-read an expert's weights for every chunk of kDecodeRowChunk rows, so
-  // they only pay while the expected rows per hit expert fit one chunk. Without this bound a
-  // shard with one or two local experts (mixtral, llama4-scout at E_loc = E/8) took the decode
-  // path at every T: 0.21x of torch._grouped_mm at T = 16384 (H200, bench run of 35fcf0f).
   const int64_t slots = num_tokens * top_k;
-  if (expected_local_slots(slots, num_experts, local_num_experts) >
-      kDecodeRowChunk * expected_local_hit_experts(slots, num_experts, local_num_experts)) {
-    return false;
-  }
-  const double tiles1 =
-      expected_prefill_tiles(num_tokens, top_k, num_experts, local_num_experts, inter, 128);
-  const double tiles2 =
-      expected_prefill_tiles(num_tokens, top_k, num_experts, local_num_experts, hidden, 256);
-  return std::min(tiles1, tiles2) <= 0.5 * num_sms;
+  const double hits = expected_local_hit_experts(slots, num_experts, local_num_experts);
+  const double rows_per_hit = expected_local_slots(slots, num_experts, local_num_experts) / hits;
+  const double passes = std::max(1.0, std::ceil(rows_per_hit / double(kDecodeRowChunk)));
+  const double tiles =
+      expected_prefill_tiles(num_tokens, top_k, num_experts, local_num_experts, n_columns, tile_n);
+  return tiles * passes <= 0.5 * num_sms;
+}
+
+// GEMM1 + SwiGLU (prefill tiles: 128 act columns) and GEMM2 (prefill tiles: 256 columns of H).
+inline bool use_decode_gemm1(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
+                             int64_t inter, int num_sms) {
+  return use_decode_gemm(num_tokens, top_k, num_experts, local_num_experts, inter, 128, num_sms);
+}
+inline bool use_decode_gemm2(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
+                             int64_t hidden, int num_sms) {
+  return use_decode_gemm(num_tokens, top_k, num_experts, local_num_experts, hidden, 256, num_sms);
 }
 
 // ---- step 2 at decode sizes: the counting sort in one CTA ---------------------------------------

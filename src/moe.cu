@@ -134,18 +134,24 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.gemm1_weights, "gemm1_weights"));
   FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.gemm2_weights, "gemm2_weights"));
 
-  // Few rows per expert: the weight-streaming decode GEMMs, same arguments (decode_heuristics.h).
-  // The choice depends on host-known sizes only, so a captured graph keeps its path.
+  // Few rows per expert: the weight-streaming decode GEMMs, same arguments, each GEMM chosen on
+  // its own (decode_heuristics.h). The choice depends on host-known sizes only, so a captured
+  // graph keeps its path.
   int device = 0, num_sms = 0;
   FUSEDMOE_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device), "cudaGetDevice");
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
       "cudaDeviceGetAttribute");
-  const bool decode_gemms = heuristics::use_decode_gemms(
-      shape.num_tokens, shape.top_k, shape.num_experts, shape.local_num_experts, shape.hidden_size,
-      shape.intermediate_size, num_sms);
-  const auto gemm1 = decode_gemms ? launch_decode_gemm1_swiglu : launch_gemm1_swiglu;
-  const auto gemm2 = decode_gemms ? launch_decode_gemm2 : launch_gemm2;
+  const auto gemm1 =
+      heuristics::use_decode_gemm1(shape.num_tokens, shape.top_k, shape.num_experts,
+                                   shape.local_num_experts, shape.intermediate_size, num_sms)
+          ? launch_decode_gemm1_swiglu
+          : launch_gemm1_swiglu;
+  const auto gemm2 =
+      heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
+                                   shape.local_num_experts, shape.hidden_size, num_sms)
+          ? launch_decode_gemm2
+          : launch_gemm2;
 
   const Workspace ws = carve_workspace(shape, workspace);
   const int64_t num_slots = shape.num_tokens * shape.top_k;

@@ -43,67 +43,94 @@ TEST(DecodeHeuristics, ExpertParallelShareOfHitsAndSlots) {
               1e-9);
 }
 
+// Model shapes of BENCH.md: (H, I, E, K).
+struct Shape {
+  int64_t h, inter;
+  int e, k;
+};
+constexpr Shape kQwen30b{2048, 768, 128, 8}, kQwen235b{4096, 1536, 128, 8},
+    kDeepSeek{7168, 2048, 256, 8}, kGptOss{2880, 2880, 128, 4}, kMixtral{4096, 14336, 8, 2},
+    kLlama4{5120, 8192, 16, 1};
+
+bool decode1(int64_t t, const Shape& m, int e_loc = 0, int sms = 132) {
+  return use_decode_gemm1(t, m.k, m.e, e_loc ? e_loc : m.e, m.inter, sms);
+}
+bool decode2(int64_t t, const Shape& m, int e_loc = 0, int sms = 132) {
+  return use_decode_gemm2(t, m.k, m.e, e_loc ? e_loc : m.e, m.h, sms);
+}
+
 TEST(DecodeHeuristics, MeasuredPicks) {
-  // The H200 measurements behind the rule (bench/NOTES.md, "Decode GEMMs (issue 6)").
-  EXPECT_TRUE(use_decode_gemms(1, 8, 128, 128, 2048, 768, 132));    // qwen3-30b T=1: 1.24x
-  EXPECT_TRUE(use_decode_gemms(1, 2, 8, 8, 4096, 14336, 132));      // mixtral T=1: 1.36x
-  EXPECT_TRUE(use_decode_gemms(1, 1, 16, 16, 5120, 8192, 132));     // llama4-scout T=1: 1.62x
-  EXPECT_FALSE(use_decode_gemms(1, 8, 256, 256, 7168, 2048, 132));  // deepseek-v3 T=1: 0.86x
-  EXPECT_FALSE(use_decode_gemms(4, 2, 8, 8, 4096, 14336, 132));     // mixtral T=4: 0.86x
-  EXPECT_FALSE(use_decode_gemms(4, 1, 16, 16, 5120, 8192, 132));    // llama4-scout T=4: 0.87x
-  EXPECT_FALSE(use_decode_gemms(16, 8, 128, 128, 2048, 768, 132));  // qwen3-30b T=16: 0.95x
-  EXPECT_FALSE(use_decode_gemms(1, 8, 128, 128, 4096, 1536, 132));  // qwen3-235b T=1: 0.94x
+  // The H200 measurements behind the rule (bench/NOTES.md, "Decode GEMMs (issue 6)"): decode vs
+  // prefill kernel us of each GEMM.
+  EXPECT_TRUE(decode1(1, kQwen30b));    // 24.4 vs 32.1
+  EXPECT_TRUE(decode2(1, kQwen30b));    // 14.8 vs 17.8
+  EXPECT_TRUE(decode1(1, kLlama4));     // 58.0 vs 65.4
+  EXPECT_TRUE(decode2(1, kLlama4));     // 36.3 vs 91.3
+  EXPECT_FALSE(decode1(1, kGptOss));    // 57.5 vs 50.1
+  EXPECT_TRUE(decode2(1, kGptOss));     // 30.6 vs 39.5
+  EXPECT_FALSE(decode1(1, kMixtral));   // 150.1 vs 142.5
+  EXPECT_TRUE(decode2(1, kMixtral));    // 79.6 vs 153.8
+  EXPECT_FALSE(decode1(1, kDeepSeek));  // 134.0 vs 127.3
+  EXPECT_FALSE(decode2(1, kDeepSeek));  // 80.7 vs 74.4
+  EXPECT_FALSE(decode1(1, kQwen235b));  // 68.7 vs 65.9
+  EXPECT_FALSE(decode2(4, kMixtral));   // 235.9 vs 169.8
+  EXPECT_FALSE(decode2(4, kLlama4));    // 127.4 vs 99.1
+  EXPECT_FALSE(decode1(16, kQwen30b));  // 160.4 vs 163.9: within 2 %, prefill
+  EXPECT_FALSE(decode2(16, kQwen30b));  // 94.8 vs 84.0
 }
 
 TEST(DecodeHeuristics, PrefillAtLargeTAndMonotoneInT) {
-  struct Model {
-    int64_t h, inter;
-    int e, k;
-  };
-  for (const Model m :
-       {Model{2048, 768, 128, 8}, Model{4096, 1536, 128, 8}, Model{7168, 2048, 256, 8},
-        Model{2880, 2880, 128, 4}, Model{4096, 14336, 8, 2}, Model{5120, 8192, 16, 1},
-        Model{2048, 768, 16, 8}, Model{7168, 2048, 32, 8}}) {
+  const Shape small_e1{2048, 768, 16, 8}, small_e2{7168, 2048, 32, 8};
+  for (const Shape& m :
+       {kQwen30b, kQwen235b, kDeepSeek, kGptOss, kMixtral, kLlama4, small_e1, small_e2}) {
     SCOPED_TRACE(m.h * 1000 + m.e);
-    EXPECT_FALSE(use_decode_gemms(16384, m.k, m.e, m.e, m.h, m.inter, 132));
-    bool seen_prefill = false;  // once prefill, prefill for every larger T
+    EXPECT_FALSE(decode1(16384, m));
+    EXPECT_FALSE(decode2(16384, m));
+    bool seen_prefill1 = false, seen_prefill2 = false;  // once prefill, prefill for larger T
     for (int64_t t = 1; t <= 16384; t *= 2) {
-      const bool decode = use_decode_gemms(t, m.k, m.e, m.e, m.h, m.inter, 132);
-      EXPECT_FALSE(seen_prefill && decode) << "T " << t;
-      seen_prefill |= !decode;
+      EXPECT_FALSE(seen_prefill1 && decode1(t, m)) << "T " << t;
+      EXPECT_FALSE(seen_prefill2 && decode2(t, m)) << "T " << t;
+      seen_prefill1 |= !decode1(t, m);
+      seen_prefill2 |= !decode2(t, m);
     }
   }
 }
 
-TEST(DecodeHeuristics, ExpertParallelShardsWithFewExpertsTakePrefillAtLargeT) {
-  // E_loc = E / 8 leaves mixtral and llama4-scout one or two local experts: their tile counts
-  // stay small at every T, but hundreds of rows per expert would make the decode kernels re-read
-  // the weights (H200: 0.21x of torch._grouped_mm at mixtral EP T = 16384 before this rule).
+TEST(DecodeHeuristics, PassesOverTheWeightsCountAgainstTheDecodeKernels) {
+  // E_loc = E / 8 leaves mixtral and llama4-scout one or two local experts: few prefill tiles at
+  // every T, but hundreds of rows per expert make the decode kernels re-read the weights once
+  // per 16 rows (H200: 0.21x of torch._grouped_mm at mixtral EP T = 16384 when only the tiles
+  // counted).
   for (const int64_t t : {1024, 4096, 16384}) {
     SCOPED_TRACE(t);
-    EXPECT_FALSE(use_decode_gemms(t, 2, 8, 1, 4096, 14336, 132));  // mixtral shard
-    EXPECT_FALSE(use_decode_gemms(t, 1, 16, 2, 5120, 8192, 132));  // llama4-scout shard
+    EXPECT_FALSE(decode1(t, kMixtral, 1));
+    EXPECT_FALSE(decode2(t, kMixtral, 1));
+    EXPECT_FALSE(decode1(t, kLlama4, 2));
+    EXPECT_FALSE(decode2(t, kLlama4, 2));
   }
-  EXPECT_FALSE(use_decode_gemms(256, 2, 8, 1, 4096, 14336, 132));  // 64 local rows on 1 expert
-  EXPECT_TRUE(use_decode_gemms(1, 2, 8, 1, 4096, 14336, 132));  // one token: one pass over weights
+  // mixtral shard GEMM2 (16 prefill tiles): 4 local rows at T = 16, 16.0 at T = 64 (2 passes by
+  // the rule's arithmetic: 32 tile-passes), 64 at T = 256 (4 passes: 64 <= 66, the break-even).
+  EXPECT_TRUE(decode2(16, kMixtral, 1));
+  EXPECT_TRUE(decode2(64, kMixtral, 1));
+  EXPECT_FALSE(decode2(512, kMixtral, 1));
+  EXPECT_FALSE(decode1(16, kMixtral, 1));  // 110 tiles: the prefill GEMM1
 }
 
 TEST(DecodeHeuristics, ExpertParallelShardsCountOnlyTheirShareOfTheSlots) {
-  // mixtral shard (E = 8, E_loc = 1), T = 16: 4 local rows on one expert. Counting all T * K
-  // slots as local (the rule before) gave 32 rows per hit expert and the prefill GEMMs, whose
-  // GEMM2 has 16 tiles for 132 SMs. T = 64: 16 rows on average, just past one chunk by the
-  // rule's arithmetic (a mean of 16 often needs a second pass over the weights): prefill.
-  EXPECT_TRUE(use_decode_gemms(16, 2, 8, 1, 4096, 14336, 132));
-  EXPECT_TRUE(use_decode_gemms(32, 2, 8, 1, 4096, 14336, 132));
-  EXPECT_FALSE(use_decode_gemms(64, 2, 8, 1, 4096, 14336, 132));
+  // qwen3-235b shard (E_loc = 16 of 128), T = 4: 3.5 local experts hit, 42 GEMM1 tiles; counting
+  // every slot as local (the rule before) gave 14 hits and 168 tiles, and the prefill GEMMs
+  // (H200, dev/time_decode.cu: 77.9 us then, 44.0 us with the decode kernels).
+  EXPECT_TRUE(decode1(4, kQwen235b, 16));
+  EXPECT_TRUE(decode2(4, kQwen235b, 16));
+  EXPECT_FALSE(decode1(4, kQwen235b));  // the full grid: 30 hits, 360 tiles
   // More local experts than experts is no shape: the prefill GEMMs, which accept anything.
-  EXPECT_FALSE(use_decode_gemms(1, 8, 16, 32, 2048, 768, 132));
+  EXPECT_FALSE(use_decode_gemm1(1, 8, 16, 32, 768, 132));
 }
 
 TEST(DecodeHeuristics, FewerSmsFavourPrefill) {
   // qwen3-30b T=1 has 47 expected GEMM1 tiles: decode on 132 SMs, prefill on 66.
-  EXPECT_TRUE(use_decode_gemms(1, 8, 128, 128, 2048, 768, 132));
-  EXPECT_FALSE(use_decode_gemms(1, 8, 128, 128, 2048, 768, 66));
+  EXPECT_TRUE(decode1(1, kQwen30b, 0, 132));
+  EXPECT_FALSE(decode1(1, kQwen30b, 0, 66));
 }
 
 TEST(DecodeHeuristics, WarpsPerCta) {
@@ -114,10 +141,12 @@ TEST(DecodeHeuristics, WarpsPerCta) {
 }
 
 TEST(DecodeHeuristics, DegenerateShapesTakeThePrefillPath) {
-  EXPECT_FALSE(use_decode_gemms(0, 8, 128, 128, 2048, 768, 132));
-  EXPECT_FALSE(use_decode_gemms(4, 0, 128, 128, 2048, 768, 132));
-  EXPECT_FALSE(use_decode_gemms(4, 8, 0, 0, 2048, 768, 132));
-  EXPECT_FALSE(use_decode_gemms(4, 8, 128, 128, 2048, 768, 0));
+  EXPECT_FALSE(use_decode_gemm1(0, 8, 128, 128, 768, 132));
+  EXPECT_FALSE(use_decode_gemm1(4, 0, 128, 128, 768, 132));
+  EXPECT_FALSE(use_decode_gemm1(4, 8, 0, 0, 768, 132));
+  EXPECT_FALSE(use_decode_gemm1(4, 8, 128, 128, 768, 0));
+  EXPECT_FALSE(use_decode_gemm(4, 8, 128, 128, 0, 128, 132));
+  EXPECT_FALSE(use_decode_gemm(4, 8, 128, 128, 768, 0, 132));
 }
 
 TEST(DecodeHeuristics, GridArithmetic) {

@@ -475,14 +475,17 @@ TEST(DecodeGemmBench, WeightBandwidth) {
 
       const double weight_bytes = double(hit) * 3.0 * h * inter * 2.0;
       const double gbs = weight_bytes / us_dec / 1e3;
-      const bool decode =
-          heuristics::use_decode_gemms(t, md.k, md.e, md.e, h, inter, prop.multiProcessorCount);
+      const int sms = prop.multiProcessorCount;
+      const bool decode1 = heuristics::use_decode_gemm1(t, md.k, md.e, md.e, inter, sms);
+      const bool decode2 = heuristics::use_decode_gemm2(t, md.k, md.e, md.e, h, sms);
+      const bool mispick = decode1 != (us_g1 < us_p1) || decode2 != (us_g2 < us_p2);
       std::printf(
           "%-14s %4lld | %4d %5d | %8.1f | %8.1f %8.1f %8.1f %6.0f %5.1f | %8.1f %8.1f %8.1f %6.2f "
-          "| %s%s\n",
+          "| %s %s%s\n",
           md.name, (long long)t, hit, max_r, weight_bytes / 1e6, us_g1, us_g2, us_dec, gbs,
           100.0 * gbs / copy_gbs, us_p1, us_p2, us_pre, us_pre / us_dec,
-          decode ? "decode" : "prefill", (decode == (us_dec < us_pre)) ? "" : " (MISPICK)");
+          decode1 ? "decode" : "prefill", decode2 ? "decode" : "prefill",
+          mispick ? " (MISPICK)" : "");
     }
   }
 }
