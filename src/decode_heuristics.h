@@ -64,21 +64,24 @@ inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int num_expe
 
 // The pipeline's choice for one GEMM: true = its decode kernel (launch_decode_gemm1_swiglu or
 // launch_decode_gemm2), false = its prefill kernel; each GEMM is chosen on its own (both kinds
-// read and write the same act layout). The prefill GEMMs stream weights at ~100 % of a copy's
-// bandwidth once their tiles fill the SMs (H200: 4.3 TB/s on deepseek-v3 from T = 16); with
-// fewer tiles they reach about tiles / (num_sms / 2) of it. The decode kernels stream every hit
-// expert's weights once per chunk of kDecodeRowChunk rows (`passes`, from the expected rows per
-// hit expert). So: decode when tiles x passes <= num_sms / 2. n_columns / tile_n: the prefill
-// kernel's N and tile (GEMM1: I act columns in tiles of 128; GEMM2: H in tiles of 256).
-// num_experts: E (routed ids span all E); local_num_experts: E_loc (a shard sees E_loc / E of
-// the slots and hits).
-// Measured per GEMM (H200, one call, decode vs prefill kernel, bench/NOTES.md "Decode GEMMs"):
-// GEMM1 qwen3-30b T=1 (47 tiles) 24.4 vs 32.1 us, llama4-scout T=1 (64) 58.0 vs 65.4; gpt-oss
-// T=1 (92) 57.5 vs 50.1, mixtral T=1 (210) 150.1 vs 142.5, deepseek-v3 T=1 (126) 134.0 vs 127.3;
-// GEMM2 llama4-scout T=1 (20) 36.3 vs 91.3, mixtral T=1 (30) 79.6 vs 153.8, gpt-oss T=1 (48)
-// 30.6 vs 39.5, qwen3-30b T=1 (62) 14.8 vs 17.8; mixtral T=4 (84) 235.9 vs 169.8, llama4-scout
-// T=4 (72) 127.4 vs 99.1, deepseek-v3 T=1 (221) 80.7 vs 74.4. Misses by the rule: qwen3-235b
-// GEMM2 T=1 (125 tiles, decode 37.1 vs 39.6), qwen3-30b GEMM1 T=4 (179, 62.9 vs 70.9).
+// read and write the same act layout). Both kernels stream the hit experts' weights; the rule
+// compares the share of the streaming rate each reaches:
+//   decode:  1 / passes, where passes = the times it reads an expert's weights, once per chunk
+//            of kDecodeRowChunk rows, estimated at the mean rows per hit expert m plus 2 sqrt(m)
+//            (the busier experts set the time);
+//   prefill: min(1, tiles / (num_sms / 2)), its tiles (128 rows x tile_n columns per hit expert)
+//            filling the SMs.
+// Decode when 1 / passes >= the prefill share (ties to decode: at one pass it streams 2-5 %
+// faster). n_columns / tile_n: the prefill kernel's N and tile (GEMM1: I act columns in tiles
+// of 128; GEMM2: H in tiles of 256). num_experts: E (routed ids span all E); local_num_experts:
+// E_loc (a shard sees E_loc / E of the slots and hits).
+// Measured (H200, test_gpu_decode DecodeGemmBench, decode vs prefill kernel us per GEMM, bench/
+// NOTES.md "Decode GEMMs, cp.async ring"): one pass, decode as fast or faster at every model for
+// T <= 64 (qwen3-235b T=16 GEMM1 526 vs 567, deepseek-v3 T=64 2925 vs 3045, llama4-scout T=64
+// GEMM2 324 vs 358; gpt-oss T=1 GEMM1 52.0 vs 50.9 the one loss, 2 %) and at T = 256 where m = 8
+// (gpt-oss 1502 vs 1525, deepseek-v3 5333 vs 5402 us the pair); two passes lose by 30-50 % once
+// the prefill tiles fill the SMs (qwen3-30b T=256, m = 16: 416 vs 309 us the pair; mixtral T=64:
+// 1001 vs 679) but win where they do not (the mixtral shard, E_loc = 1, T = 64: GEMM2 16 tiles).
 inline bool use_decode_gemm(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
                             int64_t n_columns, int64_t tile_n, int num_sms) {
   if (num_tokens <= 0 || top_k <= 0 || local_num_experts <= 0 || num_sms <= 0 ||
@@ -87,11 +90,12 @@ inline bool use_decode_gemm(int64_t num_tokens, int top_k, int num_experts, int 
   }
   const int64_t slots = num_tokens * top_k;
   const double hits = expected_local_hit_experts(slots, num_experts, local_num_experts);
-  const double rows_per_hit = expected_local_slots(slots, num_experts, local_num_experts) / hits;
-  const double passes = std::max(1.0, std::ceil(rows_per_hit / double(kDecodeRowChunk)));
+  const double m = expected_local_slots(slots, num_experts, local_num_experts) / hits;
+  const double passes = std::max(1.0, std::ceil((m + 2.0 * std::sqrt(m)) / kDecodeRowChunk));
   const double tiles =
       expected_prefill_tiles(num_tokens, top_k, num_experts, local_num_experts, n_columns, tile_n);
-  return tiles * passes <= 0.5 * num_sms;
+  const double prefill_share = std::min(1.0, tiles / (0.5 * num_sms));
+  return passes * prefill_share <= 1.0;
 }
 
 // GEMM1 + SwiGLU (prefill tiles: 128 act columns) and GEMM2 (prefill tiles: 256 columns of H).

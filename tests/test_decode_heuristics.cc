@@ -60,23 +60,21 @@ bool decode2(int64_t t, const Shape& m, int e_loc = 0, int sms = 132) {
 }
 
 TEST(DecodeHeuristics, MeasuredPicks) {
-  // The H200 measurements behind the rule (bench/NOTES.md, "Decode GEMMs (issue 6)"): decode vs
-  // prefill kernel us of each GEMM.
-  EXPECT_TRUE(decode1(1, kQwen30b));    // 24.4 vs 32.1
-  EXPECT_TRUE(decode2(1, kQwen30b));    // 14.8 vs 17.8
-  EXPECT_TRUE(decode1(1, kLlama4));     // 58.0 vs 65.4
-  EXPECT_TRUE(decode2(1, kLlama4));     // 36.3 vs 91.3
-  EXPECT_FALSE(decode1(1, kGptOss));    // 57.5 vs 50.1
-  EXPECT_TRUE(decode2(1, kGptOss));     // 30.6 vs 39.5
-  EXPECT_FALSE(decode1(1, kMixtral));   // 150.1 vs 142.5
-  EXPECT_TRUE(decode2(1, kMixtral));    // 79.6 vs 153.8
-  EXPECT_FALSE(decode1(1, kDeepSeek));  // 134.0 vs 127.3
-  EXPECT_FALSE(decode2(1, kDeepSeek));  // 80.7 vs 74.4
-  EXPECT_FALSE(decode1(1, kQwen235b));  // 68.7 vs 65.9
-  EXPECT_FALSE(decode2(4, kMixtral));   // 235.9 vs 169.8
-  EXPECT_FALSE(decode2(4, kLlama4));    // 127.4 vs 99.1
-  EXPECT_FALSE(decode1(16, kQwen30b));  // 160.4 vs 163.9: within 2 %, prefill
-  EXPECT_FALSE(decode2(16, kQwen30b));  // 94.8 vs 84.0
+  // The H200 measurements behind the rule (test_gpu_decode DecodeGemmBench, bench/NOTES.md
+  // "Decode GEMMs, cp.async ring"): decode vs prefill kernel us, per GEMM or the pair.
+  EXPECT_TRUE(decode1(1, kQwen30b));     // 24.3 vs 31.8
+  EXPECT_TRUE(decode2(1, kQwen30b));     // 14.9 vs 17.7
+  EXPECT_TRUE(decode2(1, kMixtral));     // 76.7 vs 155.2
+  EXPECT_TRUE(decode2(1, kLlama4));      // 37.8 vs 97.4
+  EXPECT_TRUE(decode1(16, kQwen235b));   // 526.2 vs 567.4
+  EXPECT_TRUE(decode1(64, kDeepSeek));   // 2924.7 vs 3044.5
+  EXPECT_TRUE(decode2(64, kLlama4));     // 323.6 vs 357.6
+  EXPECT_TRUE(decode1(256, kGptOss));    // pair 1501.9 vs 1524.7 (8 rows per expert)
+  EXPECT_FALSE(decode1(256, kQwen30b));  // pair 416.4 vs 309.0 (16 rows: two passes)
+  EXPECT_FALSE(decode2(256, kQwen30b));
+  EXPECT_FALSE(decode1(64, kMixtral));  // 651.4 vs 456.5
+  EXPECT_FALSE(decode2(64, kMixtral));  // 355.0 vs 234.5
+  EXPECT_FALSE(decode1(256, kLlama4));  // 908.9 vs 643.7
 }
 
 TEST(DecodeHeuristics, PrefillAtLargeTAndMonotoneInT) {
@@ -108,29 +106,40 @@ TEST(DecodeHeuristics, PassesOverTheWeightsCountAgainstTheDecodeKernels) {
     EXPECT_FALSE(decode1(t, kLlama4, 2));
     EXPECT_FALSE(decode2(t, kLlama4, 2));
   }
-  // mixtral shard GEMM2 (16 prefill tiles): 4 local rows at T = 16, 16.0 at T = 64 (2 passes by
-  // the rule's arithmetic: 32 tile-passes), 64 at T = 256 (4 passes: 64 <= 66, the break-even).
+  // mixtral shard, GEMM2 (16 prefill tiles, a quarter of the prefill rate): 4 local rows per
+  // expert at T = 16 (one pass), 16 at T = 64 (two passes: decode, H200 dev/time_decode.cu
+  // whole call 131.2 us vs 225.5 with both prefill kernels), 64 at T = 256 (five: prefill; four
+  // passes measured 266.6 us vs 228.3).
   EXPECT_TRUE(decode2(16, kMixtral, 1));
   EXPECT_TRUE(decode2(64, kMixtral, 1));
-  EXPECT_FALSE(decode2(512, kMixtral, 1));
-  EXPECT_FALSE(decode1(16, kMixtral, 1));  // 110 tiles: the prefill GEMM1
+  EXPECT_FALSE(decode2(256, kMixtral, 1));
+  EXPECT_TRUE(decode1(16, kMixtral, 1));   // one pass: decode
+  EXPECT_FALSE(decode1(64, kMixtral, 1));  // two passes, 112 tiles: prefill
 }
 
 TEST(DecodeHeuristics, ExpertParallelShardsCountOnlyTheirShareOfTheSlots) {
-  // qwen3-235b shard (E_loc = 16 of 128), T = 4: 3.5 local experts hit, 42 GEMM1 tiles; counting
-  // every slot as local (the rule before) gave 14 hits and 168 tiles, and the prefill GEMMs
-  // (H200, dev/time_decode.cu: 77.9 us then, 44.0 us with the decode kernels).
+  // qwen3-235b shard (E_loc = 16 of 128), T = 4: 3.5 local experts hit and 1.1 rows each;
+  // counting every slot as local (the rule before) gave 14 hits and 2.3 rows. Either way one
+  // pass: decode (H200, dev/time_decode.cu: 77.9 us with the prefill kernels, 44.0 with these).
   EXPECT_TRUE(decode1(4, kQwen235b, 16));
   EXPECT_TRUE(decode2(4, kQwen235b, 16));
-  EXPECT_FALSE(decode1(4, kQwen235b));  // the full grid: 30 hits, 360 tiles
+  // Rows per hit expert do not shrink on a shard (T * K / E either way), only the hits and so
+  // the prefill tiles: qwen3-30b at T = 256, 16 rows (two passes) and 96 GEMM1 tiles on a shard
+  // of 16: the prefill kernel still fills the SMs.
+  EXPECT_FALSE(decode1(256, kQwen30b, 16));
+  EXPECT_FALSE(decode2(256, kQwen30b, 16));
   // More local experts than experts is no shape: the prefill GEMMs, which accept anything.
   EXPECT_FALSE(use_decode_gemm1(1, 8, 16, 32, 768, 132));
 }
 
-TEST(DecodeHeuristics, FewerSmsFavourPrefill) {
-  // qwen3-30b T=1 has 47 expected GEMM1 tiles: decode on 132 SMs, prefill on 66.
+TEST(DecodeHeuristics, FewerSmsFavourPrefillWhenDecodeNeedsPasses) {
+  // mixtral shard GEMM2 at T = 64 (16 tiles, two passes): a quarter of 132 SMs' prefill rate,
+  // so decode; on 32 SMs the same 16 tiles reach the prefill kernel's full rate: prefill.
+  EXPECT_TRUE(decode2(64, kMixtral, 1, 132));
+  EXPECT_FALSE(decode2(64, kMixtral, 1, 32));
+  // One pass: decode whatever the SM count.
   EXPECT_TRUE(decode1(1, kQwen30b, 0, 132));
-  EXPECT_FALSE(decode1(1, kQwen30b, 0, 66));
+  EXPECT_TRUE(decode1(1, kQwen30b, 0, 16));
 }
 
 TEST(DecodeHeuristics, WarpsPerCta) {
