@@ -298,7 +298,10 @@ def geomean(values: list[float]) -> float | None:
 
 
 def git_commit() -> str:
-    """HEAD's short hash (+ '-dirty'), or $FUSEDMOE_COMMIT where no git checkout is present."""
+    """$FUSEDMOE_COMMIT when set (the device tool's copy of the tree may carry a stale .git),
+    else HEAD's short hash (+ '-dirty')."""
+    if os.environ.get("FUSEDMOE_COMMIT"):
+        return os.environ["FUSEDMOE_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, check=True,
@@ -306,7 +309,7 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root).returncode
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("FUSEDMOE_COMMIT", "unknown")
+        return "unknown"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,10 +14,8 @@ source scripts/python_env.sh
 if [[ "${FUSEDMOE_SKIP_INSTALL:-0}" != 1 ]]; then
   fusedmoe_install || echo "bench.sh: installing fusedmoe FAILED; only the baselines can run" >&2
 fi
-if [[ -z "${FUSEDMOE_COMMIT:-}" ]] && command -v git >/dev/null; then
-  FUSEDMOE_COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
-  export FUSEDMOE_COMMIT
-fi
+# The commit printed and stored: $FUSEDMOE_COMMIT when set (pass it on the device machine, whose
+# copy of the tree may hold a stale .git), else bench_moe.py asks git.
 
 if "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   exec "$py" bench/bench_moe.py "$@"

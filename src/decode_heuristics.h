@@ -67,8 +67,11 @@ inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int num_expe
 // read and write the same act layout). Both kernels stream the hit experts' weights; the rule
 // compares the share of the streaming rate each reaches:
 //   decode:  1 / passes, where passes = the times it reads an expert's weights, once per chunk
-//            of kDecodeRowChunk rows, estimated at the mean rows per hit expert m plus 2 sqrt(m)
-//            (the busier experts set the time);
+//            of kDecodeRowChunk rows, estimated at the mean rows per hit expert m under uniform
+//            routing plus 3 sqrt(m): the busier experts set the time, and real routing is
+//            skewed (the benchmark's deepseek-v3 with its bias hits 165 of 256 experts at
+//            T = 256, 12.4 rows each where uniform routing gives 8; with m + 2 sqrt(m) that point
+//            took the decode kernels at 4701 us against 3356 for the prefill ones);
 //   prefill: min(1, tiles / (num_sms / 2)), its tiles (128 rows x tile_n columns per hit expert)
 //            filling the SMs.
 // Decode when 1 / passes >= the prefill share (ties to decode: at one pass it streams 2-5 %
@@ -79,9 +82,12 @@ inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int num_expe
 // NOTES.md "Decode GEMMs, cp.async ring"): one pass, decode as fast or faster at every model for
 // T <= 64 (qwen3-235b T=16 GEMM1 526 vs 567, deepseek-v3 T=64 2925 vs 3045, llama4-scout T=64
 // GEMM2 324 vs 358; gpt-oss T=1 GEMM1 52.0 vs 50.9 the one loss, 2 %) and at T = 256 where m = 8
-// (gpt-oss 1502 vs 1525, deepseek-v3 5333 vs 5402 us the pair); two passes lose by 30-50 % once
+// under uniform routing (gpt-oss 1502 vs 1525 us the pair: 1.5 % given up to the skew margin
+// below); two passes lose by 30-50 % once
 // the prefill tiles fill the SMs (qwen3-30b T=256, m = 16: 416 vs 309 us the pair; mixtral T=64:
 // 1001 vs 679) but win where they do not (the mixtral shard, E_loc = 1, T = 64: GEMM2 16 tiles).
+// So decode up to m ~ 5 rows per hit expert (T <= 64 on the full grid of every BENCH.md model
+// but mixtral, whose 8 experts hold 16 rows each at T = 64).
 inline bool use_decode_gemm(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
                             int64_t n_columns, int64_t tile_n, int num_sms) {
   if (num_tokens <= 0 || top_k <= 0 || local_num_experts <= 0 || num_sms <= 0 ||
@@ -91,7 +97,7 @@ inline bool use_decode_gemm(int64_t num_tokens, int top_k, int num_experts, int 
   const int64_t slots = num_tokens * top_k;
   const double hits = expected_local_hit_experts(slots, num_experts, local_num_experts);
   const double m = expected_local_slots(slots, num_experts, local_num_experts) / hits;
-  const double passes = std::max(1.0, std::ceil((m + 2.0 * std::sqrt(m)) / kDecodeRowChunk));
+  const double passes = std::max(1.0, std::ceil((m + 3.0 * std::sqrt(m)) / kDecodeRowChunk));
   const double tiles =
       expected_prefill_tiles(num_tokens, top_k, num_experts, local_num_experts, n_columns, tile_n);
   const double prefill_share = std::min(1.0, tiles / (0.5 * num_sms));

@@ -62,14 +62,17 @@ bool decode2(int64_t t, const Shape& m, int e_loc = 0, int sms = 132) {
 TEST(DecodeHeuristics, MeasuredPicks) {
   // The H200 measurements behind the rule (test_gpu_decode DecodeGemmBench, bench/NOTES.md
   // "Decode GEMMs, cp.async ring"): decode vs prefill kernel us, per GEMM or the pair.
-  EXPECT_TRUE(decode1(1, kQwen30b));     // 24.3 vs 31.8
-  EXPECT_TRUE(decode2(1, kQwen30b));     // 14.9 vs 17.7
-  EXPECT_TRUE(decode2(1, kMixtral));     // 76.7 vs 155.2
-  EXPECT_TRUE(decode2(1, kLlama4));      // 37.8 vs 97.4
-  EXPECT_TRUE(decode1(16, kQwen235b));   // 526.2 vs 567.4
-  EXPECT_TRUE(decode1(64, kDeepSeek));   // 2924.7 vs 3044.5
-  EXPECT_TRUE(decode2(64, kLlama4));     // 323.6 vs 357.6
-  EXPECT_TRUE(decode1(256, kGptOss));    // pair 1501.9 vs 1524.7 (8 rows per expert)
+  EXPECT_TRUE(decode1(1, kQwen30b));    // 24.3 vs 31.8
+  EXPECT_TRUE(decode2(1, kQwen30b));    // 14.9 vs 17.7
+  EXPECT_TRUE(decode2(1, kMixtral));    // 76.7 vs 155.2
+  EXPECT_TRUE(decode2(1, kLlama4));     // 37.8 vs 97.4
+  EXPECT_TRUE(decode1(16, kQwen235b));  // 526.2 vs 567.4
+  EXPECT_TRUE(decode1(64, kDeepSeek));  // 2924.7 vs 3044.5
+  EXPECT_TRUE(decode2(64, kLlama4));    // 323.6 vs 357.6
+  // 8 rows per expert under uniform routing: the pair 1501.9 vs 1524.7, but skewed routing
+  // doubles the passes (bench deepseek-v3 T=256, 12.4 rows per hit expert: 4701 vs 3356): prefill.
+  EXPECT_FALSE(decode1(256, kGptOss));
+  EXPECT_FALSE(decode1(256, kDeepSeek));
   EXPECT_FALSE(decode1(256, kQwen30b));  // pair 416.4 vs 309.0 (16 rows: two passes)
   EXPECT_FALSE(decode2(256, kQwen30b));
   EXPECT_FALSE(decode1(64, kMixtral));  // 651.4 vs 456.5
