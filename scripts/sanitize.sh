@@ -16,6 +16,7 @@
 #   FUSEDMOE_SANITIZE_TIMEOUT          seconds per executable and tool (default 500)
 #   FUSEDMOE_SANITIZE_JOBS             runs at once (default 1)
 #   FUSEDMOE_SANITIZE_SHARDS           gtest shards per executable and tool (default 1)
+#   FUSEDMOE_SANITIZE_EXECUTABLES      name pattern of the executables (default test_gpu_*)
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,8 @@ for candidate in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-s
 done
 [[ -n $sanitizer ]] || { echo "sanitize: compute-sanitizer not found" >&2; exit 2; }
 
-mapfile -t executables < <(find "$build/tests" -maxdepth 1 -type f -name 'test_gpu_*' -perm -u+x | sort)
+mapfile -t executables < <(find "$build/tests" -maxdepth 1 -type f \
+  -name "${FUSEDMOE_SANITIZE_EXECUTABLES:-test_gpu_*}" -perm -u+x | sort)
 (( ${#executables[@]} )) || { echo "sanitize: no $build/tests/test_gpu_* executables (build first)" >&2; exit 2; }
 
 filter_memcheck="${FUSEDMOE_SANITIZE_FILTER_MEMCHECK:-*-GroupedGemmBench.*:GpuSizes.*:*T4096*:*mixtral*}"
@@ -49,11 +51,13 @@ sanitize_one() {
     racecheck) filter=$filter_slow; options=(--racecheck-report all) ;;
     *) filter=$filter_slow; options=() ;;
   esac
-  # cuBLAS's nvjet kernels (the tests' GPU reference, tests/common/gpu_reference.h) are left out
-  # of racecheck, synccheck and initcheck: on an H200 racecheck reported 36592 WAR hazards inside
-  # nvjet_sm90_tss_64x8_64x16_4x1_v_bz_TNT (between its own barrier phases, which racecheck does
-  # not model), and instrumenting them made test_gpu_moe run past 330 s. memcheck keeps them.
-  [[ $tool == memcheck ]] || options+=(--kernel-name-exclude kns=nvjet)
+  # racecheck, synccheck and initcheck run the tests' GPU reference on its SIMT GEMMs instead of
+  # cuBLAS (tests/common/gpu_reference.h): on an H200, racecheck reported 36592 WAR hazards inside
+  # cuBLAS's nvjet_sm90 kernel and then "failed to handle a hardware exception" in cublasGemmEx,
+  # and initcheck flagged cuBLAS's split-K reduction reading its own workspace. memcheck keeps
+  # cuBLAS (0 errors).
+  local reference=cublas
+  [[ $tool == memcheck ]] || reference=simt
   log="$out/$tool.$name.log"
   # An executable whose tests the filter leaves out is skipped, not run empty under the tool
   # (on an H200, racecheck/synccheck/initcheck over test_gpu_decode with no test selected
@@ -62,7 +66,8 @@ sanitize_one() {
     echo "skipped" > "$out/$tool.$name.result"
     return
   fi
-  GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$shard timeout "$limit" "$sanitizer" \
+  FUSEDMOE_TEST_GPU_REFERENCE=$reference GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$shard \
+    timeout "$limit" "$sanitizer" \
     --tool "$tool" "${options[@]}" --print-limit 50 "$exe" --gtest_color=no --gtest_brief=1 --gtest_filter="$filter" > "$log" 2>&1
   rc=$?
   # "========= ERROR SUMMARY: N errors" (every tool); racecheck also prints

@@ -7,10 +7,16 @@
 //   * truth:  fp32 GEMMs (bf16 inputs widened exactly) with no intermediate rounding and an fp64
 //     weighted sum - the `ref` of STYLE.md's tolerance rule.
 // The test suite checks this reference itself against the CPU reference on small shapes.
+// FUSEDMOE_TEST_GPU_REFERENCE=simt swaps cuBLAS for a plain SIMT GEMM (fp32 sums, one thread per
+// output): scripts/sanitize.sh sets it for racecheck, synccheck and initcheck, under which
+// cuBLAS's own sm90 kernels fail (H200: racecheck "failed to handle a hardware exception"
+// inside cublasGemmEx; initcheck flags its split-K reduction's reads of its own workspace).
 // Header-only; include from .cu tests only (it defines kernels).
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include <cublas_v2.h>
@@ -37,6 +43,51 @@ inline void check_cublas(cublasStatus_t status, const char* what) {
     throw std::runtime_error(std::string(what) + ": cuBLAS status " +
                              std::to_string(static_cast<int>(status)));
   }
+}
+
+__device__ __forceinline__ float widen(uint16_t bf16_bits) {
+  return __uint_as_float(static_cast<uint32_t>(bf16_bits) << 16);
+}
+__device__ __forceinline__ float widen(float value) { return value; }
+
+// c[p, j] = sum over kk of a[j, kk] * b[p, kk] in fp32, ascending kk: cublasGemmEx(OP_T, OP_N,
+// m, n, k, a (lda = k), b (ldb = k), c (ldc = m)) as the reference calls it.
+template <typename T>
+__global__ void gemm_nt_simt_kernel(const T* a, const T* b, float* c, int64_t m, int64_t n,
+                                    int64_t k) {
+  const int64_t total = m * n;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t p = i / m, j = i % m;
+    float acc = 0.0f;
+    for (int64_t kk = 0; kk < k; ++kk) acc += widen(a[j * k + kk]) * widen(b[p * k + kk]);
+    c[i] = acc;
+  }
+}
+
+inline bool simt_gemms() {
+  const char* choice = std::getenv("FUSEDMOE_TEST_GPU_REFERENCE");
+  return choice != nullptr && std::strcmp(choice, "simt") == 0;
+}
+
+// The reference's GEMM, c [n, m] = b [n, k] . a [m, k]^T with fp32 output and accumulation; T is
+// uint16_t (bf16 bits) or float.
+template <typename T>
+void gemm_nt(cublasHandle_t handle, const T* a, const T* b, float* c, int64_t m, int64_t n,
+             int64_t k, const char* what) {
+  if (simt_gemms()) {
+    gemm_nt_simt_kernel<<<1024, 256>>>(a, b, c, m, n, k);
+    if (cudaGetLastError() != cudaSuccess) throw std::runtime_error(std::string(what) + ": launch");
+    return;
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  const cudaDataType type = sizeof(T) == 2 ? CUDA_R_16BF : CUDA_R_32F;
+  check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m),
+                            static_cast<int>(n), static_cast<int>(k), &alpha, a, type,
+                            static_cast<int>(k), b, type, static_cast<int>(k), &beta, c, CUDA_R_32F,
+                            static_cast<int>(m), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               what);
 }
 
 __global__ void gather_kernel(const uint16_t* x, const int32_t* tokens, int64_t rows,
@@ -145,7 +196,6 @@ inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d
 
   cublasHandle_t handle;
   check_cublas(cublasCreate(&handle), "cublasCreate");
-  const float alpha = 1.0f, beta = 0.0f;
   if (P > 0) {
     gather_kernel<<<kBlocks, kThreads>>>(d_x, d_tokens.get(), P, H, x_rows.get());
     // g = x_rows . W1[e]^T per expert (fp32 out). bf16 x bf16 products are exact in fp32, so
@@ -154,37 +204,21 @@ inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d
       const int64_t begin = permutation.expert_offsets[e];
       const int64_t n = permutation.expert_offsets[e + 1] - begin;
       if (n == 0) continue;
-      check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(2 * I),
-                                static_cast<int>(n), static_cast<int>(H), &alpha,
-                                d_w1 + e * 2 * I * H, CUDA_R_16BF, static_cast<int>(H),
-                                x_rows.get() + begin * H, CUDA_R_16BF, static_cast<int>(H),
-                                &beta, g.get() + begin * 2 * I, CUDA_R_32F,
-                                static_cast<int>(2 * I), CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT),
-                   "gemm1");
+      gemm_nt(handle, d_w1 + e * 2 * I * H, x_rows.get() + begin * H, g.get() + begin * 2 * I,
+              2 * I, n, H, "gemm1");
     }
-    swiglu_kernel<<<kBlocks, kThreads>>>(g.get(), g.get(), P, I, act_design.get(),
-                                         act_truth.get());
+    swiglu_kernel<<<kBlocks, kThreads>>>(g.get(), g.get(), P, I, act_design.get(), act_truth.get());
     for (int32_t e = 0; e + 1 < static_cast<int32_t>(permutation.expert_offsets.size()); ++e) {
       const int64_t begin = permutation.expert_offsets[e];
       const int64_t n = permutation.expert_offsets[e + 1] - begin;
       if (n == 0) continue;
       const uint16_t* w2 = d_w2 + e * H * I;
-      check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(H),
-                                static_cast<int>(n), static_cast<int>(I), &alpha, w2,
-                                CUDA_R_16BF, static_cast<int>(I), act_design.get() + begin * I,
-                                CUDA_R_16BF, static_cast<int>(I), &beta, y_acc.get() + begin * H,
-                                CUDA_R_32F, static_cast<int>(H), CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT),
-                   "gemm2 design");
+      gemm_nt(handle, w2, act_design.get() + begin * I, y_acc.get() + begin * H, H, n, I,
+              "gemm2 design");
       bf16_to_fp32_kernel<<<kBlocks, kThreads>>>(w2, H * I, w2_fp32.get());
-      check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(H),
-                                static_cast<int>(n), static_cast<int>(I), &alpha, w2_fp32.get(),
-                                CUDA_R_32F, static_cast<int>(I), act_truth.get() + begin * I,
-                                CUDA_R_32F, static_cast<int>(I), &beta, y_truth.get() + begin * H,
-                                CUDA_R_32F, static_cast<int>(H), CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT),
-                   "gemm2 truth");
+      gemm_nt(handle, static_cast<const float*>(w2_fp32.get()),
+              static_cast<const float*>(act_truth.get()) + begin * I, y_truth.get() + begin * H, H,
+              n, I, "gemm2 truth");
     }
     fp32_to_bf16_kernel<<<kBlocks, kThreads>>>(y_acc.get(), P * H, y_design.get());
   }
