@@ -78,4 +78,54 @@ inline std::vector<float> normal_logits(size_t n, uint32_t state = 12345) {
   return v;
 }
 
+// The inputs and arguments of one run() call of a model at T tokens, shard E_loc (local experts
+// [0, E_loc)), weights supplied by the caller (shared across T): x random in [-1, 1), logits
+// normal, bias zero; DeepSeekV3 with BENCH.md's groups and scale. Frees its buffers.
+struct DevCall {
+  MoeShape shape;
+  MoeArguments args;
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+  void *x = nullptr, *logits = nullptr, *bias = nullptr, *out = nullptr;
+
+  DevCall(const Model& m, int64_t tokens, int32_t e_loc, const void* w1, const void* w2,
+          cudaStream_t stream) {
+    shape.num_tokens = tokens;
+    shape.hidden_size = m.H;
+    shape.intermediate_size = m.I;
+    shape.num_experts = m.E;
+    shape.top_k = m.K;
+    shape.local_num_experts = e_loc;
+    shape.local_expert_offset = 0;
+    if (!workspace_size(shape, &ws_bytes).ok()) std::exit(1);
+    CHECK(cudaMalloc(&ws, ws_bytes));
+    CHECK(cudaMalloc(&x, tokens * m.H * 2));
+    CHECK(cudaMalloc(&logits, tokens * m.E * 4));
+    CHECK(cudaMalloc(&bias, m.E * 4));
+    CHECK(cudaMalloc(&out, tokens * m.H * 2));
+    fill_random<<<1024, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(x), tokens * m.H, 3, 1.0f);
+    const std::vector<float> host_logits = normal_logits(size_t(tokens) * m.E);
+    CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4, cudaMemcpyHostToDevice));
+    CHECK(cudaMemset(bias, 0, m.E * 4));
+    args.shape = shape;
+    args.hidden_states = x;
+    args.gemm1_weights = w1;
+    args.gemm2_weights = w2;
+    args.logits.logits = logits;
+    args.logits.method = m.method;
+    if (m.method == RoutingMethod::kDeepSeekV3) {
+      args.logits.bias = bias;
+      args.logits.n_group = 8;
+      args.logits.topk_group = 4;
+      args.logits.routed_scaling_factor = 2.5f;
+    }
+    args.output = out;
+  }
+  ~DevCall() {
+    for (void* p : {ws, x, logits, bias, out}) cudaFree(p);
+  }
+  DevCall(const DevCall&) = delete;
+  DevCall& operator=(const DevCall&) = delete;
+};
+
 }  // namespace fusedmoe::dev

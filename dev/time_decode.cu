@@ -44,6 +44,21 @@ int main(int argc, char** argv) {
   cudaEvent_t start, stop;
   CHECK(cudaEventCreate(&start));
   CHECK(cudaEventCreate(&stop));
+  // us of each of `reps` replays of a graph (after 2 untimed), L2 flushed before each.
+  auto time_flushed = [&](cudaGraphExec_t exec) {
+    std::vector<float> us;
+    for (int it = 0; it < reps + 2; ++it) {
+      CHECK(cudaMemsetAsync(flush, it & 0xFF, flush_bytes, stream));
+      CHECK(cudaEventRecord(start, stream));
+      CHECK(cudaGraphLaunch(exec, stream));
+      CHECK(cudaEventRecord(stop, stream));
+      CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (it >= 2) us.push_back(ms * 1000.0f);
+    }
+    return us;
+  };
   std::printf("%-16s %5s %5s | %9s %9s %7s\n", "model", "T", "hit", "floor us", "graph us",
               "% floor");
   for (const Model& m : bench_models()) {
@@ -57,41 +72,13 @@ int main(int argc, char** argv) {
     fill_random<<<1024, 256, 0, stream>>>(w1, w1_elems, 1, 0.03f);
     fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
     for (int64_t T : token_counts) {
-      MoeShape shape;
-      shape.num_tokens = T;
-      shape.hidden_size = m.H;
-      shape.intermediate_size = m.I;
-      shape.num_experts = m.E;
-      shape.top_k = m.K;
-      shape.local_num_experts = e_loc;
-      shape.local_expert_offset = 0;
-      size_t ws_bytes = 0;
-      if (!workspace_size(shape, &ws_bytes).ok()) return 1;
-      void *ws, *logits, *bias;
-      __nv_bfloat16 *x, *out;
-      CHECK(cudaMalloc(&ws, ws_bytes));
-      CHECK(cudaMalloc(&x, T * m.H * 2));
-      CHECK(cudaMalloc(&logits, T * m.E * 4));
-      CHECK(cudaMalloc(&bias, m.E * 4));
-      CHECK(cudaMalloc(&out, T * m.H * 2));
-      fill_random<<<1024, 256, 0, stream>>>(x, T * m.H, 3, 1.0f);
-      const std::vector<float> host_logits = normal_logits(size_t(T) * m.E);
-      CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4, cudaMemcpyHostToDevice));
-      CHECK(cudaMemset(bias, 0, m.E * 4));
-      MoeArguments args;
-      args.shape = shape;
-      args.hidden_states = x;
-      args.gemm1_weights = w1;
-      args.gemm2_weights = w2;
-      args.logits.logits = logits;
-      args.logits.method = m.method;
-      if (m.method == RoutingMethod::kDeepSeekV3) {
-        args.logits.bias = bias;
-        args.logits.n_group = 8;
-        args.logits.topk_group = 4;
-        args.logits.routed_scaling_factor = 2.5f;
-      }
-      args.output = out;
+      DevCall call(m, T, e_loc, w1, w2, stream);
+      const MoeShape& shape = call.shape;
+      MoeArguments& args = call.args;
+      void* ws = call.ws;
+      const size_t ws_bytes = call.ws_bytes;
+      auto* x = static_cast<const __nv_bfloat16*>(call.x);
+      auto* out = static_cast<__nv_bfloat16*>(call.out);
       args.enable_pdl = true;
       cudaGraph_t graph;
       cudaGraphExec_t exec;
@@ -99,17 +86,7 @@ int main(int argc, char** argv) {
       if (!run(args, ws, ws_bytes, stream).ok()) return 1;
       CHECK(cudaStreamEndCapture(stream, &graph));
       CHECK(cudaGraphInstantiate(&exec, graph, 0));
-      std::vector<float> us;
-      for (int it = 0; it < reps + 2; ++it) {
-        CHECK(cudaMemsetAsync(flush, it & 0xFF, flush_bytes, stream));
-        CHECK(cudaEventRecord(start, stream));
-        CHECK(cudaGraphLaunch(exec, stream));
-        CHECK(cudaEventRecord(stop, stream));
-        CHECK(cudaEventSynchronize(stop));
-        float ms = 0;
-        CHECK(cudaEventElapsedTime(&ms, start, stop));
-        if (it >= 2) us.push_back(ms * 1000.0f);
-      }
+      const std::vector<float> us = time_flushed(exec);
       // Prefix graphs: marginal cost of each stage in the PDL chain.
       char stage_line[512];
       {
@@ -167,18 +144,7 @@ int main(int argc, char** argv) {
           for (size_t i = 0; i < n; ++i) stages[i]();
           CHECK(cudaStreamEndCapture(stream, &g));
           CHECK(cudaGraphInstantiate(&e, g, 0));
-          std::vector<float> t_us;
-          for (int it = 0; it < reps + 2; ++it) {
-            CHECK(cudaMemsetAsync(flush, it & 0xFF, flush_bytes, stream));
-            CHECK(cudaEventRecord(start, stream));
-            CHECK(cudaGraphLaunch(e, stream));
-            CHECK(cudaEventRecord(stop, stream));
-            CHECK(cudaEventSynchronize(stop));
-            float ms = 0;
-            CHECK(cudaEventElapsedTime(&ms, start, stop));
-            if (it >= 2) t_us.push_back(ms * 1000.0f);
-          }
-          const float total = median(t_us);
+          const float total = median(time_flushed(e));
           static const char* names[] = {"route", "sort", "gemm1", "gemm2", "finalize"};
           len += std::snprintf(stage_line + len, sizeof(stage_line) - len, " %s %.1f", names[n - 1],
                                total - previous);
@@ -210,9 +176,6 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
-      for (void* p : {ws, logits, bias}) cudaFree(p);
-      cudaFree(x);
-      cudaFree(out);
       cudaFree(replay);
     }
     cudaFree(w1);

@@ -2,26 +2,16 @@
 // Each stage is captured 20 times into a CUDA graph; the graph is replayed and timed with events
 // (warm L2: these stages touch kilobytes to a few MB). Build on the device after the library:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc \
-//     dev/time_pipeline.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_pipeline
+//     -I. dev/time_pipeline.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_pipeline
 #include <cstdio>
 #include <functional>
 #include <vector>
 
-#include <cuda_runtime.h>
-
-#include "fusedmoe/fusedmoe.h"
+#include "dev/dev_common.cuh"
 #include "launch/pipeline.h"
 
 using namespace fusedmoe;
-
-#define CHECK(x)                                                                       \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));           \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
+using namespace fusedmoe::dev;
 
 float time_us(cudaStream_t stream, const std::function<void()>& enqueue) {
   constexpr int kPerGraph = 20, kReplays = 10;
@@ -68,49 +58,18 @@ int main() {
   std::printf("%-20s %9s %9s %9s %9s %9s\n", "case", "route", "permute", "finalize", "run()",
               "pdl run()");
   for (const Case& c : cases) {
-    MoeShape shape;
-    shape.num_tokens = c.T;
-    shape.hidden_size = c.H;
-    shape.intermediate_size = c.I;
-    shape.num_experts = c.E;
-    shape.top_k = c.K;
-    shape.local_num_experts = c.E_loc;
-    shape.local_expert_offset = 0;
-    size_t ws_bytes = 0;
-    if (!workspace_size(shape, &ws_bytes).ok()) return 1;
-    void *ws, *x, *w1, *w2, *logits, *bias, *out;
-    CHECK(cudaMalloc(&ws, ws_bytes));
-    CHECK(cudaMalloc(&x, c.T * c.H * 2));
+    void *w1, *w2;
     CHECK(cudaMalloc(&w1, size_t(c.E_loc) * 2 * c.I * c.H * 2));
     CHECK(cudaMalloc(&w2, size_t(c.E_loc) * c.H * c.I * 2));
-    CHECK(cudaMalloc(&logits, c.T * c.E * 4));
-    CHECK(cudaMalloc(&bias, c.E * 4));
-    CHECK(cudaMalloc(&out, c.T * c.H * 2));
-    std::vector<float> host_logits(c.T * c.E);
-    uint32_t state = 12345;
-    for (float& v : host_logits) {
-      state = state * 1664525u + 1013904223u;
-      v = (state >> 8) * (8.0f / 16777216.0f) - 4.0f;
-    }
-    CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4, cudaMemcpyHostToDevice));
-    CHECK(cudaMemset(bias, 0, c.E * 4));
-    CHECK(cudaMemset(x, 0x3c, c.T * c.H * 2));
     CHECK(cudaMemset(w1, 0x1c, size_t(c.E_loc) * 2 * c.I * c.H * 2));
     CHECK(cudaMemset(w2, 0x1c, size_t(c.E_loc) * c.H * c.I * 2));
-
-    MoeArguments args;
-    args.shape = shape;
-    args.hidden_states = x;
-    args.gemm1_weights = w1;
-    args.gemm2_weights = w2;
-    args.logits.logits = logits;
-    args.logits.method = c.method;
-    if (c.method == RoutingMethod::kDeepSeekV3) {
-      args.logits.bias = bias;
-      args.logits.n_group = 8;
-      args.logits.topk_group = 4;
-    }
-    args.output = out;
+    const Model m{c.name, c.H, c.I, c.E, c.K, c.method};
+    DevCall call(m, c.T, c.E_loc, w1, w2, stream);
+    const MoeShape& shape = call.shape;
+    MoeArguments& args = call.args;
+    void* ws = call.ws;
+    const size_t ws_bytes = call.ws_bytes;
+    void* out = call.out;
     const detail::Workspace w = detail::carve_workspace(shape, ws);
     const int64_t slots = c.T * c.K;
     detail::RoutingOutputs routing;
@@ -119,16 +78,14 @@ int main() {
     if (!run(args, ws, ws_bytes, stream).ok()) return 1;
     CHECK(cudaStreamSynchronize(stream));
 
-    const float route = time_us(stream, [&] {
-      CHECK(detail::launch_route(shape, args.logits, routing, false, stream));
-    });
+    const float route = time_us(
+        stream, [&] { CHECK(detail::launch_route(shape, args.logits, routing, false, stream)); });
     const float permute = time_us(stream, [&] {
       CHECK(detail::launch_expert_count(w.slot_key, slots, c.E_loc, w.chunk_prefix, false, stream));
       CHECK(detail::launch_expert_offsets(slots, c.E_loc, w.chunk_prefix, w.expert_offsets, false,
                                           stream));
       CHECK(detail::launch_permute(w.slot_key, slots, c.K, c.E_loc, w.chunk_prefix,
-                                   w.expert_offsets, w.gather_rows, w.permuted_idx, false,
-                                   stream));
+                                   w.expert_offsets, w.gather_rows, w.permuted_idx, false, stream));
     });
     const float finalize = time_us(stream, [&] {
       CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, c.T, c.K, c.H,
@@ -139,7 +96,8 @@ int main() {
     const float whole_pdl = time_us(stream, [&] { run(args, ws, ws_bytes, stream); });
     std::printf("%-20s %9.2f %9.2f %9.2f %9.2f %9.2f   (us per call)\n", c.name, route, permute,
                 finalize, whole, whole_pdl);
-    for (void* p : {ws, x, w1, w2, logits, bias, out}) cudaFree(p);
+    cudaFree(w1);
+    cudaFree(w2);
   }
   return 0;
 }

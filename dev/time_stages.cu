@@ -8,65 +8,18 @@
 // 128-row tiles compute ("util128"), and over 64-row granularity ("util64").
 // Build on the device after the library (any libfusedmoe.a of the same API):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc \
-//     dev/time_stages.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_stages
-#include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
+//     -I. dev/time_stages.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_stages
 #include <functional>
 #include <vector>
 
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
-#include "fusedmoe/fusedmoe.h"
+#include "dev/dev_common.cuh"
 #include "launch/grouped_gemm.h"
 #include "launch/pipeline.h"
 
 using namespace fusedmoe;
-
-#define CHECK(x)                                                             \
-  do {                                                                       \
-    cudaError_t e_ = (x);                                                    \
-    if (e_ != cudaSuccess) {                                                 \
-      std::printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                          \
-    }                                                                        \
-  } while (0)
-
-// Random bf16 in [-scale, scale) from a hash of the index (the weights are too large to fill
-// from the host quickly).
-__global__ void fill_random(__nv_bfloat16* p, size_t n, uint32_t seed, float scale) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed ^ uint32_t(i >> 32) * 40503u;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = __float2bfloat16((h >> 8) * (2.0f / 16777216.0f) * scale - scale);
-  }
-}
-
-float median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using namespace fusedmoe::dev;
 
 int main() {
-  struct Model {
-    const char* name;
-    int64_t H, I;
-    int32_t E, K;
-    RoutingMethod method;
-  };
-  const Model models[] = {
-      {"qwen3-30b-a3b", 2048, 768, 128, 8, RoutingMethod::kRenormalize},
-      {"qwen3-235b-a22b", 4096, 1536, 128, 8, RoutingMethod::kRenormalize},
-      {"deepseek-v3", 7168, 2048, 256, 8, RoutingMethod::kDeepSeekV3},
-      {"gpt-oss-120b", 2880, 2880, 128, 4, RoutingMethod::kRenormalize},
-      {"mixtral-8x7b", 4096, 14336, 8, 2, RoutingMethod::kRenormalize},
-      {"llama4-scout", 5120, 8192, 16, 1, RoutingMethod::kLlama4},
-  };
   const int64_t token_counts[] = {1024, 4096, 16384};
   constexpr int kWarm = 2, kReps = 5;
   cudaStream_t stream;
@@ -74,7 +27,7 @@ int main() {
   std::printf("%-16s %6s %7s %7s | %8s %8s %8s %8s %8s | %8s %8s %8s | %6s %6s | %6s %6s\n",
               "model", "T", "rows/e", "max", "route", "permute", "gemm1", "gemm2", "final", "sum",
               "graph", "nopdl", "g1TF", "g2TF", "u128", "u64");
-  for (const Model& m : models) {
+  for (const Model& m : bench_models()) {
     const size_t w1_elems = size_t(m.E) * 2 * m.I * m.H, w2_elems = size_t(m.E) * m.H * m.I;
     __nv_bfloat16 *w1, *w2;
     CHECK(cudaMalloc(&w1, w1_elems * 2));
@@ -82,53 +35,13 @@ int main() {
     fill_random<<<1024, 256, 0, stream>>>(w1, w1_elems, 1, 0.03f);
     fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
     for (int64_t T : token_counts) {
-      MoeShape shape;
-      shape.num_tokens = T;
-      shape.hidden_size = m.H;
-      shape.intermediate_size = m.I;
-      shape.num_experts = m.E;
-      shape.top_k = m.K;
-      shape.local_num_experts = m.E;
-      shape.local_expert_offset = 0;
-      size_t ws_bytes = 0;
-      if (!workspace_size(shape, &ws_bytes).ok()) return 1;
-      void *ws, *logits, *bias;
-      __nv_bfloat16 *x, *out;
-      CHECK(cudaMalloc(&ws, ws_bytes));
-      CHECK(cudaMalloc(&x, T * m.H * 2));
-      CHECK(cudaMalloc(&logits, T * m.E * 4));
-      CHECK(cudaMalloc(&bias, m.E * 4));
-      CHECK(cudaMalloc(&out, T * m.H * 2));
-      fill_random<<<1024, 256, 0, stream>>>(x, T * m.H, 3, 1.0f);
-      std::vector<float> host_logits(T * m.E);
-      uint32_t state = 12345;
-      for (size_t i = 0; i < host_logits.size(); i += 2) {  // Box-Muller normals
-        state = state * 1664525u + 1013904223u;
-        const float u1 = ((state >> 8) + 1) * (1.0f / 16777217.0f);
-        state = state * 1664525u + 1013904223u;
-        const float u2 = (state >> 8) * (1.0f / 16777216.0f);
-        const float r = std::sqrt(-2.0f * std::log(u1));
-        host_logits[i] = r * std::cos(6.2831853f * u2);
-        if (i + 1 < host_logits.size()) host_logits[i + 1] = r * std::sin(6.2831853f * u2);
-      }
-      CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4,
-                       cudaMemcpyHostToDevice));
-      CHECK(cudaMemset(bias, 0, m.E * 4));
-
-      MoeArguments args;
-      args.shape = shape;
-      args.hidden_states = x;
-      args.gemm1_weights = w1;
-      args.gemm2_weights = w2;
-      args.logits.logits = logits;
-      args.logits.method = m.method;
-      if (m.method == RoutingMethod::kDeepSeekV3) {
-        args.logits.bias = bias;
-        args.logits.n_group = 8;
-        args.logits.topk_group = 4;
-        args.logits.routed_scaling_factor = 2.5f;
-      }
-      args.output = out;
+      DevCall call(m, T, m.E, w1, w2, stream);
+      const MoeShape& shape = call.shape;
+      MoeArguments& args = call.args;
+      void* ws = call.ws;
+      const size_t ws_bytes = call.ws_bytes;
+      auto* x = static_cast<const __nv_bfloat16*>(call.x);
+      auto* out = static_cast<__nv_bfloat16*>(call.out);
       const detail::Workspace w = detail::carve_workspace(shape, ws);
       const int64_t slots = T * m.K;
       detail::RoutingOutputs routing;
@@ -145,10 +58,10 @@ int main() {
       std::vector<std::function<void()>> stages = {
           [&] { CHECK(detail::launch_route(shape, args.logits, routing, false, stream)); },
           [&] {
-            CHECK(detail::launch_expert_count(w.slot_key, slots, m.E, w.chunk_prefix, false,
-                                              stream));
-            CHECK(detail::launch_expert_offsets(slots, m.E, w.chunk_prefix, w.expert_offsets,
-                                                false, stream));
+            CHECK(
+                detail::launch_expert_count(w.slot_key, slots, m.E, w.chunk_prefix, false, stream));
+            CHECK(detail::launch_expert_offsets(slots, m.E, w.chunk_prefix, w.expert_offsets, false,
+                                                stream));
             CHECK(detail::launch_permute(w.slot_key, slots, m.K, m.E, w.chunk_prefix,
                                          w.expert_offsets, w.gather_rows, w.permuted_idx, false,
                                          stream));
@@ -209,8 +122,8 @@ int main() {
 
       // Tile occupancy of the routed rows.
       std::vector<int32_t> offsets(m.E + 1);
-      CHECK(cudaMemcpy(offsets.data(), w.expert_offsets, offsets.size() * 4,
-                       cudaMemcpyDeviceToHost));
+      CHECK(
+          cudaMemcpy(offsets.data(), w.expert_offsets, offsets.size() * 4, cudaMemcpyDeviceToHost));
       int64_t useful = 0, rows128 = 0, rows64 = 0, max_rows = 0;
       for (int e = 0; e < m.E; ++e) {
         const int64_t r = offsets[e + 1] - offsets[e];
@@ -225,14 +138,11 @@ int main() {
       std::printf(
           "%-16s %6lld %7.1f %7lld | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | "
           "%6.0f %6.0f | %5.1f%% %5.1f%%\n",
-          m.name, (long long)T, double(useful) / m.E, (long long)max_rows, med[0], med[1],
-          med[2], med[3], med[4], sum, graph_pdl, graph_no_pdl, flops1 / med[2] * 1e-6,
+          m.name, (long long)T, double(useful) / m.E, (long long)max_rows, med[0], med[1], med[2],
+          med[3], med[4], sum, graph_pdl, graph_no_pdl, flops1 / med[2] * 1e-6,
           flops2 / med[3] * 1e-6, 100.0 * useful / rows128, 100.0 * useful / rows64);
       std::fflush(stdout);
       for (auto& e : ev) cudaEventDestroy(e);
-      for (void* p : {ws, logits, bias}) cudaFree(p);
-      cudaFree(x);
-      cudaFree(out);
     }
     cudaFree(w1);
     cudaFree(w2);
