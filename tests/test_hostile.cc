@@ -54,6 +54,17 @@ const Encoding kEncodings[] = {{"packed", RoutingInput::kPacked, DType::kBF16},
                                {"unpacked_bf16", RoutingInput::kUnpacked, DType::kBF16},
                                {"unpacked_fp32", RoutingInput::kUnpacked, DType::kFP32}};
 
+// routed_config for one encoding on the shard [offset, offset + local), in either output mode.
+MoeCaseConfig shard_config(int64_t T, int64_t H, int64_t I, int32_t E, int32_t K,
+                           const Encoding& enc, bool finalize, uint64_t seed, int32_t offset,
+                           int32_t local) {
+  MoeCaseConfig cfg = routed_config(T, H, I, E, K, enc.input, enc.weights_dtype, seed);
+  cfg.shape.local_expert_offset = offset;
+  cfg.shape.local_num_experts = local;
+  cfg.do_finalize = finalize;
+  return cfg;
+}
+
 // run_reference on the case; inputs must come back unchanged.
 void run_checked(MoeCase& c) {
   const uint64_t inputs = c.input_checksum();
@@ -108,8 +119,8 @@ std::vector<float> row_of(const MoeCase& c, int64_t t) {
 TEST(HostileIds, OutOfRangeIdsAreNonLocalInEveryEncoding) {
   constexpr int64_t T = 23, H = 32, I = 16;
   constexpr int32_t E = 16, K = 4, kOffset = 4, kLocal = 8;
-  const std::vector<int32_t> packed_hostile = {-1, -32768, 32767, E, kOffset - 1,
-                                               kOffset + kLocal, -5, 1000};
+  const std::vector<int32_t> packed_hostile = {-1,          -32768,           32767, E,
+                                               kOffset - 1, kOffset + kLocal, -5,    1000};
   const std::vector<int32_t> unpacked_hostile = {std::numeric_limits<int32_t>::min(),
                                                  std::numeric_limits<int32_t>::max(),
                                                  65536 + kOffset + 1,  // int16 would be local
@@ -122,10 +133,7 @@ TEST(HostileIds, OutOfRangeIdsAreNonLocalInEveryEncoding) {
   for (const Encoding& enc : kEncodings) {
     for (const bool finalize : {true, false}) {
       SCOPED_TRACE(std::string(enc.name) + (finalize ? " finalize" : " triple"));
-      MoeCaseConfig cfg = routed_config(T, H, I, E, K, enc.input, enc.weights_dtype, ++seed);
-      cfg.shape.local_expert_offset = kOffset;
-      cfg.shape.local_num_experts = kLocal;
-      cfg.do_finalize = finalize;
+      const MoeCaseConfig cfg = shard_config(T, H, I, E, K, enc, finalize, ++seed, kOffset, kLocal);
       MoeCase hostile(cfg), clean(cfg);  // same seed: same x, W1, W2
 
       test::Rng rng(seed);
@@ -238,10 +246,7 @@ TEST(HostileIds, AllSlotsNonLocal) {
   for (const Encoding& enc : kEncodings) {
     for (const bool finalize : {true, false}) {
       SCOPED_TRACE(std::string(enc.name) + (finalize ? " finalize" : " triple"));
-      MoeCaseConfig cfg = routed_config(T, H, I, E, K, enc.input, enc.weights_dtype, ++seed);
-      cfg.shape.local_expert_offset = kOffset;
-      cfg.shape.local_num_experts = kLocal;
-      cfg.do_finalize = finalize;
+      const MoeCaseConfig cfg = shard_config(T, H, I, E, K, enc, finalize, ++seed, kOffset, kLocal);
       MoeCase c(cfg);
       test::Rng rng(seed);
       std::vector<int32_t> ids(T * K);
@@ -278,10 +283,7 @@ TEST(HostileWeights, NaNInfinityZeroAndNegativeWeights) {
   for (const Encoding& enc : kEncodings) {
     for (const bool finalize : {true, false}) {
       SCOPED_TRACE(std::string(enc.name) + (finalize ? " finalize" : " triple"));
-      MoeCaseConfig cfg = routed_config(T, H, I, E, K, enc.input, enc.weights_dtype, ++seed);
-      cfg.shape.local_expert_offset = kOffset;
-      cfg.shape.local_num_experts = kLocal;
-      cfg.do_finalize = finalize;
+      const MoeCaseConfig cfg = shard_config(T, H, I, E, K, enc, finalize, ++seed, kOffset, kLocal);
       MoeCase hostile(cfg), equivalent(cfg);
 
       test::Rng rng(seed);
@@ -295,18 +297,18 @@ TEST(HostileWeights, NaNInfinityZeroAndNegativeWeights) {
       for (float& v : w) v = test::round_to_bf16(v);  // so both dtypes carry the same values
       std::vector<float> w_eq = w;
       std::vector<int32_t> ids_eq = ids;
-      w[0 * K + 1] = kNaN;                         // token 0: NaN on a local slot
-      w[1 * K + 0] = kInf;                         // token 1: +inf
-      w[2 * K + 1] = -kInf;                        // token 2: -inf
-      w[3 * K + 0] = w[3 * K + 1] = 0.0f;          // token 3: zeros everywhere
+      w[0 * K + 1] = kNaN;                 // token 0: NaN on a local slot
+      w[1 * K + 0] = kInf;                 // token 1: +inf
+      w[2 * K + 1] = -kInf;                // token 2: -inf
+      w[3 * K + 0] = w[3 * K + 1] = 0.0f;  // token 3: zeros everywhere
       w[3 * K + 2] = -0.0f;
-      w[4 * K + 2] = kNaN;                         // token 4: NaN on the remote slot
+      w[4 * K + 2] = kNaN;  // token 4: NaN on the remote slot
       for (int k = 0; k < K; ++k) w[5 * K + k] = -w_eq[5 * K + k];  // token 5: all negated
-      w[6 * K + 1] = 0.0f;                         // token 6: one local zero ...
-      ids_eq[6 * K + 1] = 0;                       // ... is the slot made remote
-      w[7 * K + 0] = -0.0f;                        // token 7: -0 likewise
+      w[6 * K + 1] = 0.0f;                                          // token 6: one local zero ...
+      ids_eq[6 * K + 1] = 0;                                        // ... is the slot made remote
+      w[7 * K + 0] = -0.0f;                                         // token 7: -0 likewise
       ids_eq[7 * K + 0] = 7;
-      w[9 * K + 2] = -kInf;                        // token 9: -inf on the remote slot
+      w[9 * K + 2] = -kInf;  // token 9: -inf on the remote slot
       hostile.set_routing(ids, w);
       equivalent.set_routing(ids_eq, w_eq);
       set_weight_bits(hostile, 8 * K + 0, kNaNPayload);  // token 8: a NaN with payload, local
@@ -359,8 +361,16 @@ TEST(HostileWeights, NaNInfinityZeroAndNegativeWeights) {
 // ================================================================================================
 
 // Rows of the hostile logits matrix (E = 16).
-enum Row { kNormal, kAllNaN, kAllMinusInf, kAllPlusInf, kOnePlusInf, kSomeNaN, kSomeMinusInf,
-           kNumRows };
+enum Row {
+  kNormal,
+  kAllNaN,
+  kAllMinusInf,
+  kAllPlusInf,
+  kOnePlusInf,
+  kSomeNaN,
+  kSomeMinusInf,
+  kNumRows
+};
 constexpr int32_t kPlusInfExpert = 11;
 
 std::vector<float> hostile_logits(int32_t E, uint64_t seed) {
@@ -381,22 +391,28 @@ enum class W { kNaN, kZero, kQuarter, kOne, kPlusInf, kMinusInf };
 
 bool weight_is(float w, W expected) {
   switch (expected) {
-    case W::kNaN: return std::isnan(w);
-    case W::kZero: return w == 0.0f;
-    case W::kQuarter: return w == 0.25f;
-    case W::kOne: return w == 1.0f;
-    case W::kPlusInf: return w == kInf;
-    case W::kMinusInf: return w == -kInf;
+    case W::kNaN:
+      return std::isnan(w);
+    case W::kZero:
+      return w == 0.0f;
+    case W::kQuarter:
+      return w == 0.25f;
+    case W::kOne:
+      return w == 1.0f;
+    case W::kPlusInf:
+      return w == kInf;
+    case W::kMinusInf:
+      return w == -kInf;
   }
   return false;
 }
 
 struct MethodCase {
   RoutingMethod method;
-  int32_t n_group;   // DeepSeekV3 only
+  int32_t n_group;                         // DeepSeekV3 only
   W all_nan, all_minus_inf, all_plus_inf;  // the K weights of those rows (K = 4; Llama4 K = 1)
-  bool one_inf_first;  // the +inf expert is the first pick
-  bool one_inf_nan;    // ... and the row's weights are NaN
+  bool one_inf_first;                      // the +inf expert is the first pick
+  bool one_inf_nan;                        // ... and the row's weights are NaN
 };
 
 // Hand-derived from SPEC's formulas (scale 1, no bias): softmax over a row holding +inf or only
@@ -474,8 +490,8 @@ TEST(HostileLogits, WholeRowsOfNaNAndInfinityEveryMethodAndDtype) {
       }
       // Scattered NaN logits: softmax-over-all methods give NaN weights (a NaN term in the sum);
       // every other method never picks a NaN-logit expert while numbers remain.
-      const bool softmax_all = mc.method == RoutingMethod::kDefault ||
-                               mc.method == RoutingMethod::kRenormalizeNaive;
+      const bool softmax_all =
+          mc.method == RoutingMethod::kDefault || mc.method == RoutingMethod::kRenormalizeNaive;
       for (int k = 0; k < K; ++k) {
         const float w = r.weights[kSomeNaN * K + k];
         EXPECT_EQ(std::isnan(w), softmax_all) << "k " << k;
@@ -560,9 +576,8 @@ TEST(HostileShapes, ZeroTokensWritesNothing) {
         args.expanded_idx_to_permuted_idx = map.data();
       }
       args.routing_replay_out = replay.data();
-      const uint64_t before = test::checksum(out) ^ test::checksum(rows) ^
-                              test::checksum(weights) ^ test::checksum(map) ^
-                              test::checksum(replay);
+      const uint64_t before = test::checksum(out) ^ test::checksum(rows) ^ test::checksum(weights) ^
+                              test::checksum(map) ^ test::checksum(replay);
       size_t bytes = 1;
       ASSERT_TRUE(workspace_size(args.shape, &bytes).ok());
       EXPECT_LE(bytes, 4096u) << "T = 0 needs only the per-expert tables";
@@ -571,9 +586,8 @@ TEST(HostileShapes, ZeroTokensWritesNothing) {
       // run() with T = 0 returns before touching the device (no CUDA call on this machine).
       EXPECT_TRUE(run(args, workspace.data(), bytes, nullptr).ok());
       EXPECT_TRUE(run(args, nullptr, bytes, nullptr).ok());
-      const uint64_t after = test::checksum(out) ^ test::checksum(rows) ^
-                             test::checksum(weights) ^ test::checksum(map) ^
-                             test::checksum(replay);
+      const uint64_t after = test::checksum(out) ^ test::checksum(rows) ^ test::checksum(weights) ^
+                             test::checksum(map) ^ test::checksum(replay);
       EXPECT_EQ(after, before);
       for (uint8_t b : workspace) ASSERT_EQ(b, 0xA5);
     }
