@@ -635,7 +635,8 @@ TEST(GpuHostile, BatchInvariance) {
                      (input == RoutingInput::kLogits ? " logits" : " packed") +
                      (finalize ? " finalize" : " triple"));
         MoeCaseConfig cfg;
-        cfg.shape = make_shape(pair.big_tokens, 2048, 768, 64, 8);
+        cfg.shape = make_shape(pair.big_tokens, test_hidden_size(2048), test_intermediate_size(768),
+                               64, 8);
         cfg.routing_input = input;
         cfg.method = RoutingMethod::kDeepSeekV3;
         cfg.with_bias = true;

@@ -68,8 +68,8 @@ class GpuCase {
  public:
   GpuCase(const CaseSpec& spec, uint64_t seed) : spec_(spec) {
     shape_.num_tokens = spec.num_tokens;
-    shape_.hidden_size = spec.hidden_size;
-    shape_.intermediate_size = spec.intermediate_size;
+    shape_.hidden_size = test_hidden_size(spec.hidden_size);
+    shape_.intermediate_size = test_intermediate_size(spec.intermediate_size);
     shape_.num_experts = spec.num_experts;
     shape_.top_k = spec.top_k;
     shape_.local_num_experts = spec.local_num_experts ? spec.local_num_experts : spec.num_experts;
@@ -731,7 +731,7 @@ TEST(GpuMoe, EmptyExpertAndAllTokensOnOneExpert) {
   const GpuReferenceResult expected =
       gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), routing, perm, true);
   std::vector<uint16_t> rows = c.gemm2_output().download();
-  rows.resize(perm.num_local() * spec.hidden_size);
+  rows.resize(perm.num_local() * c.shape().hidden_size);
   expect_close(rows, expected.y_truth, expected.y_design, "gemm2_output");
 
   // K = 1: every token on a single expert.
