@@ -6,10 +6,18 @@
 // larger than L2, so no flush.
 // Also prints the M-tile occupancy from the routed expert_offsets: useful rows over the rows the
 // 128-row tiles compute ("util128"), and over 64-row granularity ("util64").
+// Environment: FUSEDMOE_DEV_TOKENS="4096 16384" (token counts, default 1024 4096 16384),
+// FUSEDMOE_DEV_MODELS="deepseek gpt-oss" (name substrings, default all), FUSEDMOE_DEV_DUMP=DIR
+// (write each point's first output, T x H bf16, to DIR/MODEL_T.bin: two libraries run on the
+// same inputs can then be compared bit for bit, as dev/ab_prefill.sh does).
 // Build on the device after the library (any libfusedmoe.a of the same API):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc \
 //     -I. dev/time_stages.cu build-device/libfusedmoe.a -lcuda -o /tmp/time_stages
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "dev/dev_common.cuh"
@@ -19,8 +27,30 @@
 using namespace fusedmoe;
 using namespace fusedmoe::dev;
 
+// The words of an environment variable, or `fallback` when it is unset or empty.
+std::vector<std::string> env_words(const char* name, const char* fallback) {
+  const char* value = std::getenv(name);
+  std::istringstream in(value != nullptr && *value != '\0' ? value : fallback);
+  std::vector<std::string> words;
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
+
+bool model_selected(const char* name, const std::vector<std::string>& filters) {
+  if (filters.empty()) return true;
+  for (const std::string& f : filters) {
+    if (std::string(name).find(f) != std::string::npos) return true;
+  }
+  return false;
+}
+
 int main() {
-  const int64_t token_counts[] = {1024, 4096, 16384};
+  std::vector<int64_t> token_counts;
+  for (const std::string& w : env_words("FUSEDMOE_DEV_TOKENS", "1024 4096 16384")) {
+    token_counts.push_back(std::stoll(w));
+  }
+  const std::vector<std::string> model_filters = env_words("FUSEDMOE_DEV_MODELS", "");
+  const char* dump_dir = std::getenv("FUSEDMOE_DEV_DUMP");
   constexpr int kWarm = 2, kReps = 5;
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -28,6 +58,7 @@ int main() {
               "model", "T", "rows/e", "max", "route", "permute", "gemm1", "gemm2", "final", "sum",
               "graph", "nopdl", "g1TF", "g2TF", "u128", "u64");
   for (const Model& m : bench_models()) {
+    if (!model_selected(m.name, model_filters)) continue;
     const size_t w1_elems = size_t(m.E) * 2 * m.I * m.H, w2_elems = size_t(m.E) * m.H * m.I;
     __nv_bfloat16 *w1, *w2;
     CHECK(cudaMalloc(&w1, w1_elems * 2));
@@ -53,6 +84,18 @@ int main() {
       rows.max_rows = slots;
       if (!run(args, ws, ws_bytes, stream).ok()) return 1;
       CHECK(cudaStreamSynchronize(stream));
+      if (dump_dir != nullptr) {
+        std::vector<uint16_t> host(size_t(T) * m.H);
+        CHECK(cudaMemcpy(host.data(), out, host.size() * 2, cudaMemcpyDeviceToHost));
+        const std::string path =
+            std::string(dump_dir) + "/" + m.name + "_" + std::to_string(T) + ".bin";
+        FILE* f = std::fopen(path.c_str(), "wb");
+        if (f == nullptr || std::fwrite(host.data(), 2, host.size(), f) != host.size()) {
+          std::fprintf(stderr, "cannot write %s\n", path.c_str());
+          return 1;
+        }
+        std::fclose(f);
+      }
 
       // Stages, one by one.
       std::vector<std::function<void()>> stages = {
