@@ -19,8 +19,8 @@
 #   FUSEDMOE_SANITIZE_FILTER_SLOW      gtest filter for racecheck/synccheck/initcheck (default: the
 #                                      memcheck filter)
 #   FUSEDMOE_SANITIZE_TIMEOUT          seconds per executable and tool (default 500)
-#   FUSEDMOE_SANITIZE_JOBS             runs at once (default 1)
-#   FUSEDMOE_SANITIZE_SHARDS           gtest shards per executable and tool (default 1)
+#   FUSEDMOE_SANITIZE_JOBS             runs at once (default: the number of CPUs)
+#   FUSEDMOE_SANITIZE_SHARDS           gtest shards per executable and tool (default 4)
 #   FUSEDMOE_SANITIZE_EXECUTABLES      name pattern of the executables (default test_gpu_*)
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
@@ -97,10 +97,10 @@ sanitize_one() {
   echo "$n $w ${ran:-0} $rc" > "$out/$tool.$name.result"
 }
 
-# Every (tool, executable, shard) triple, FUSEDMOE_SANITIZE_JOBS at a time (default 1); each
-# executable's tests are split into FUSEDMOE_SANITIZE_SHARDS gtest shards (default 1).
-jobs="${FUSEDMOE_SANITIZE_JOBS:-1}"
-shards="${FUSEDMOE_SANITIZE_SHARDS:-1}"
+# Every (tool, executable, shard) triple, FUSEDMOE_SANITIZE_JOBS at a time (default: the CPUs);
+# each executable's tests are split into FUSEDMOE_SANITIZE_SHARDS gtest shards (default 4).
+jobs="${FUSEDMOE_SANITIZE_JOBS:-$(nproc)}"
+shards="${FUSEDMOE_SANITIZE_SHARDS:-4}"
 start=$SECONDS
 for tool in "${tools[@]}"; do
   case "$tool" in
