@@ -56,8 +56,14 @@ struct GroupedGemmConfig {
   static_assert(2 * kHalfN == 256, "the wgmma wrapper is m64n256k16 over both B boxes");
   static_assert(kRowStridePerProducerThread % 8 == 0,
                 "a producer thread's rows must share one swizzle phase (r % 8)");
-  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kNumConsumerWarpgroups <= 65536,
-                "register budgets exceed the register file");
+  // Registers a thread gets at launch (__launch_bounds__(kNumThreads, 1)): 65536 / 384 rounded
+  // down to a multiple of 8 = 168. setmaxnreg moves registers only inside the CTA's pool of
+  // kLaunchRegs x kNumThreads, so the consumers' increase must be paid by the producer's
+  // decrease; asking for more makes setmaxnreg.inc wait forever (65536 is not the bound).
+  static constexpr int kLaunchRegs = 65536 / kNumThreads / 8 * 8;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kNumConsumerWarpgroups <=
+                    kLaunchRegs * kNumThreads,
+                "register budgets exceed the CTA's pool: setmaxnreg.inc would never return");
   static_assert(kABytes % 1024 == 0 && kBBoxBytes % 1024 == 0,
                 "swizzle atoms need 1024-byte aligned buffers");
 };
