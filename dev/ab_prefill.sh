@@ -1,91 +1,108 @@
 #!/usr/bin/env bash
-# A/B of a prefill (grouped GEMM) change in one device call (experiment; issue 5): the working
-# tree ("new") against an older tree ("base") on the same card, same inputs.
-#   1. builds new in build-device (everything) and runs its GEMM-level and operator GPU tests;
-#   2. builds base's library in build-base;
-#   3. dev/time_stages.cu against each library, run base, new, base, new (stage medians and the
-#      whole call as a graph, per model and T), each run dumping its outputs;
-#   4. compares the outputs of base and new bit for bit, point by point.
-# Prepare here, then run with the device tool (carry both):
-#   git archive main | (rm -rf .base && mkdir .base && tar -x -C .base)
-#   run: command "bash dev/ab_prefill.sh .base", carry [".deps", ".base"]
+# A/B(/C...) of prefill (grouped GEMM) changes in one device call (experiment; issue 5): two or
+# more source trees on the same card, same inputs. The first tree is the baseline.
+#   1. builds each tree (the library; every tree but the first also its GPU tests) and runs the
+#      GEMM-level and operator GPU tests of every tree but the first;
+#   2. dev/time_stages.cu against each library, two rounds of tree 1, 2, ... (stage medians and
+#      the whole call as a graph, per model and T), each run dumping its outputs;
+#   3. compares every tree's outputs with the baseline's, bit for bit, point by point;
+#   4. prints GEMM1, GEMM2 and graph time of each tree against the baseline.
+# Prepare here (trees from git archive; .ab-* is git-ignored), then run with the device tool:
+#   for b in main wip/prefill-half-tiles wip/prefill-dynamic-tiles; do
+#     d=.ab-${b##*/}; rm -rf "$d" && mkdir "$d" && git archive "$b" | tar -x -C "$d"; done
+#   run: command "bash dev/ab_prefill.sh .ab-main .ab-prefill-half-tiles .ab-prefill-dynamic-tiles",
+#        carry [".deps", ".ab-main", ".ab-prefill-half-tiles", ".ab-prefill-dynamic-tiles"]
+# "." (the working tree) may be one of the trees. Each tree's own dev/time_stages.cu is used
+# (it must take FUSEDMOE_DEV_DUMP: main from 6b11c0f on).
 # Environment: FUSEDMOE_DEV_TOKENS / FUSEDMOE_DEV_MODELS narrow time_stages (default here:
 # T = 4096 16384, all models); FUSEDMOE_AB_SKIP_TESTS=1 skips step 1's tests; OUT (logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-base_tree=${1:?usage: bash dev/ab_prefill.sh BASE_TREE}
-[[ -f $base_tree/CMakeLists.txt ]] || { echo "no tree at $base_tree" >&2; exit 2; }
+(( $# >= 2 )) || { sed -n 2,17p "$0" >&2; exit 2; }
 OUT="${OUT:-build-device/out}"
 mkdir -p "$OUT"
 export PATH="$PATH:/usr/local/cuda/bin"
 export FUSEDMOE_DEV_TOKENS="${FUSEDMOE_DEV_TOKENS:-4096 16384}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 
-build() {  # tree, build dir, target (empty: all)
-  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DFUSEDMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest" > "$OUT/build_$(basename "$2").log" 2>&1 &&
-    cmake --build "$2" -j "$(nproc)" ${3:+--target "$3"} >> "$OUT/build_$(basename "$2").log" 2>&1 ||
-    { echo "build of $1 FAILED"; grep -A8 '^FAILED' "$OUT/build_$(basename "$2").log" | head -30; exit 1; }
-}
-build . build-device ""
-build "$base_tree" build-base fusedmoe
-
-if [[ ${FUSEDMOE_AB_SKIP_TESTS:-0} != 1 ]]; then
-  for t in test_gpu_grouped_gemm test_gpu_moe; do
-    if timeout 300 "build-device/tests/$t" --gtest_color=no --gtest_brief=1 > "$OUT/$t.log" 2>&1; then
-      echo "new $t: passed ($(grep -Eo '[0-9]+ tests? ran' "$OUT/$t.log" | head -1))"
-    else
-      echo "new $t: FAILED"; grep -E '^\[  FAILED  \]|Failure|Expected' "$OUT/$t.log" | head -12
-    fi
-  done
-fi
-
-for side in base new; do
-  tree=$PWD build=build-device
-  [[ $side == base ]] && tree=$(cd "$base_tree" && pwd) build=build-base
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I"$tree/include" -I"$tree/src" -I. \
-    dev/time_stages.cu "$build/libfusedmoe.a" -lcuda -o "/tmp/time_stages_$side" || exit 1
-done
-for round in 1 2; do
-  for side in base new; do
-    mkdir -p "/tmp/ab_dump_$side"
-    echo "## $side, round $round"
-    FUSEDMOE_DEV_DUMP="/tmp/ab_dump_$side" "/tmp/time_stages_$side" | tee "$OUT/stages_${side}_$round.txt"
-  done
+names=()
+for tree in "$@"; do
+  [[ -f $tree/CMakeLists.txt ]] || { echo "no tree at $tree" >&2; exit 2; }
+  name=$(basename "$(cd "$tree" && pwd)")
+  [[ $tree == . ]] && name=new
+  names+=("${name#.ab-}")
 done
 
-echo "## outputs, base vs new (bit for bit)"
-for f in /tmp/ab_dump_base/*.bin; do
-  name=$(basename "$f" .bin)
-  if cmp -s "$f" "/tmp/ab_dump_new/$name.bin"; then
-    echo "$name: identical"
-  else
-    echo "$name: DIFFERENT ($(cmp -l "$f" "/tmp/ab_dump_new/$name.bin" 2>/dev/null | wc -l) bytes)"
+for i in "${!names[@]}"; do
+  tree=$(cd "${@:i+1:1}" && pwd) name=${names[i]} build=$PWD/build-ab-${names[i]}
+  target=fusedmoe
+  (( i > 0 )) && [[ ${FUSEDMOE_AB_SKIP_TESTS:-0} != 1 ]] && target=""
+  log="$OUT/build_$name.log"
+  if ! { cmake -S "$tree" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+           -DFUSEDMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest" > "$log" 2>&1 &&
+         cmake --build "$build" -j "$(nproc)" ${target:+--target "$target"} >> "$log" 2>&1; }; then
+    echo "build of $name FAILED"; grep -A8 '^FAILED' "$log" | head -30; exit 1
+  fi
+  # The tree's own stage timer (a tree may set up its launches differently, e.g. tile counters).
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I"$tree/include" -I"$tree/src" \
+    -I"$tree" "$tree/dev/time_stages.cu" "$build/libfusedmoe.a" -lcuda \
+    -o "/tmp/time_stages_$name" || exit 1
+  if [[ -z $target ]]; then
+    for t in test_gpu_grouped_gemm test_gpu_moe; do
+      if timeout 300 "$build/tests/$t" --gtest_color=no --gtest_brief=1 > "$OUT/${name}_$t.log" 2>&1; then
+        echo "$name $t: passed ($(grep -Eo '[0-9]+ tests? ran' "$OUT/${name}_$t.log" | head -1))"
+      else
+        echo "$name $t: FAILED (rc $?)"
+        grep -E '^\[  FAILED  \]|Failure|Expected|rerun|counters' "$OUT/${name}_$t.log" | head -12
+      fi
+    done
   fi
 done
 
-# GEMM1, GEMM2 and graph medians side by side: the mean of each side's two rounds.
-echo "## side by side (us; mean of 2 rounds): gemm1 base -> new | gemm2 | graph (PDL)"
-python3 - "$OUT" <<'PY'
+for round in 1 2; do
+  for name in "${names[@]}"; do
+    mkdir -p "/tmp/ab_dump_$name"
+    echo "## $name, round $round"
+    FUSEDMOE_DEV_DUMP="/tmp/ab_dump_$name" "/tmp/time_stages_$name" | tee "$OUT/stages_${name}_$round.txt"
+  done
+done
+
+base=${names[0]}
+echo "## outputs against $base (bit for bit)"
+for name in "${names[@]:1}"; do
+  for f in "/tmp/ab_dump_$base"/*.bin; do
+    point=$(basename "$f" .bin)
+    if cmp -s "$f" "/tmp/ab_dump_$name/$point.bin"; then
+      echo "$name $point: identical"
+    else
+      echo "$name $point: DIFFERENT ($(cmp -l "$f" "/tmp/ab_dump_$name/$point.bin" 2>/dev/null | wc -l) bytes)"
+    fi
+  done
+done
+
+echo "## us, mean of 2 rounds, against $base: gemm1 | gemm2 | graph (PDL)"
+python3 - "$OUT" "${names[@]}" <<'PY'
 import sys, collections
-out = sys.argv[1]
+out, names = sys.argv[1], sys.argv[2:]
 vals = collections.defaultdict(lambda: collections.defaultdict(list))
-for side in ("base", "new"):
+for name in names:
     for rnd in (1, 2):
-        for line in open(f"{out}/stages_{side}_{rnd}.txt"):
+        for line in open(f"{out}/stages_{name}_{rnd}.txt"):
             f = line.replace("|", " ").split()
+            # model T rows/e max | route permute gemm1 gemm2 final | sum graph nopdl | ...
             if len(f) < 14 or not f[1].isdigit():
                 continue
-            key = (f[0], int(f[1]))
-            # model T rows/e max | route permute gemm1 gemm2 final | sum graph nopdl | ...
-            vals[key][side].append((float(f[6]), float(f[7]), float(f[10])))
-for key, sides in vals.items():
-    def mean(side, i):
-        xs = [v[i] for v in sides.get(side, [])]
-        return sum(xs) / len(xs) if xs else float("nan")
+            vals[(f[0], int(f[1]))][name].append((float(f[6]), float(f[7]), float(f[10])))
+def mean(xs, i):
+    return sum(x[i] for x in xs) / len(xs) if xs else float("nan")
+for key, per_tree in vals.items():
+    base = per_tree.get(names[0], [])
     cells = []
-    for i, _ in enumerate(("gemm1", "gemm2", "graph")):
-        b, n = mean("base", i), mean("new", i)
-        cells.append(f"{b:8.1f} -> {n:8.1f} ({100 * (n / b - 1):+5.1f} %)")
+    for i in range(3):
+        b = mean(base, i)
+        parts = [f"{b:8.1f}"] + [f"{mean(per_tree.get(n, []), i):8.1f} ({100 * (mean(per_tree.get(n, []), i) / b - 1):+5.1f}%)"
+                                 for n in names[1:]]
+        cells.append(" ".join(parts))
     print(f"{key[0]:16s} {key[1]:6d} | " + " | ".join(cells))
+print("columns per block: " + ", ".join(names))
 PY
