@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds variants of the decode GEMM config (kernels/sm90_decode_mainloop.cuh) beside the base
-# test binary of dev/decode_build_test.sh, for one-call comparisons on the device machine: each
+# test binary of `dev/build_gemm_test.sh decode`, for one-call comparisons on the device machine: each
 # variant = the base objects with the two decode launchers rebuilt from a copy of src/ whose
 # DecodeTile / DecodeGemmConfig constants are edited by sed. Prints ptxas registers and spills
 # per variant.
 # Usage: dev/decode_build_variants.sh OUT_DIR NAME 'kTilesM = 4' 'kMinCtasPerSm = 3' ...
-#   -> OUT_DIR/test_gpu_decode_NAME  (OUT_DIR must hold a dev/decode_build_test.sh build)
+#   -> OUT_DIR/test_gpu_decode_NAME  (OUT_DIR must hold a `dev/build_gemm_test.sh decode` build)
 set -euo pipefail
 out=$1 name=$2
 shift 2
