@@ -89,7 +89,7 @@ for name in names:
     for rnd in (1, 2):
         for line in open(f"{out}/stages_{name}_{rnd}.txt"):
             f = line.replace("|", " ").split()
-            # model T rows/e max | route permute gemm1 gemm2 final | sum graph nopdl | ...
+            # model T rows/e max | route sort gemm1 gemm2 final | sum graph nopdl | ...
             if len(f) < 14 or not f[1].isdigit():
                 continue
             vals[(f[0], int(f[1]))][name].append((float(f[6]), float(f[7]), float(f[10])))

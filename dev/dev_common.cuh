@@ -1,5 +1,6 @@
 // Shared pieces of the timing experiments in dev/ (never linked into the library): the error
-// check, a hash-based bf16 fill, the median, the six BENCH.md model shapes and normal logits.
+// check, a hash-based bf16 fill, the median, the six BENCH.md model shapes, normal logits, one
+// call's inputs and arguments (DevCall) and its stages as separate launches (pipeline_stages).
 #pragma once
 
 #include <algorithm>
@@ -7,12 +8,17 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <vector>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "decode_heuristics.h"
 #include "fusedmoe/fusedmoe.h"
+#include "launch/decode_gemm.h"
+#include "launch/grouped_gemm.h"
+#include "launch/pipeline.h"
 
 #define CHECK(x)                                                             \
   do {                                                                       \
@@ -127,5 +133,68 @@ struct DevCall {
   DevCall(const DevCall&) = delete;
   DevCall& operator=(const DevCall&) = delete;
 };
+
+// The stages of one run() as separate launches, on the paths run() takes for the call's shape
+// (the single-CTA sort or count + offsets + permute; decode or prefill GEMMs): route | sort |
+// GEMM1 | GEMM2 | finalize, each a callable that enqueues its kernels on `stream`, PDL on or off.
+// They work in the call's workspace.
+struct Stages {
+  static constexpr const char* kNames[5] = {"route", "sort", "gemm1", "gemm2", "finalize"};
+  bool small_sort = false, decode1 = false, decode2 = false;
+  std::vector<std::function<void()>> launch;
+};
+
+inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w1, const void* w2,
+                              bool pdl, cudaStream_t stream) {
+  const MoeShape shape = call.shape;
+  const int64_t T = shape.num_tokens, slots = T * m.K;
+  const int32_t e_loc = shape.local_num_experts;
+  int device = 0, num_sms = 0;
+  CHECK(cudaGetDevice(&device));
+  CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  Stages s;
+  s.small_sort = heuristics::use_small_sort(slots);
+  s.decode1 = heuristics::use_decode_gemm1(T, m.K, m.E, e_loc, m.I, num_sms);
+  s.decode2 = heuristics::use_decode_gemm2(T, m.K, m.E, e_loc, m.H, num_sms);
+  const detail::Workspace w = detail::carve_workspace(shape, call.ws);
+  detail::RoutingOutputs routing;
+  routing.slot_key = w.slot_key;
+  routing.slot_weight = w.slot_weight;
+  detail::GroupedRows rows;
+  rows.expert_offsets = w.expert_offsets;
+  rows.num_experts = e_loc;
+  rows.max_rows = slots;
+  const LogitsRouting logits = call.args.logits;
+  const auto* x = static_cast<const __nv_bfloat16*>(call.x);
+  const auto* w1b = static_cast<const __nv_bfloat16*>(w1);
+  const auto* w2b = static_cast<const __nv_bfloat16*>(w2);
+  auto* out = static_cast<__nv_bfloat16*>(call.out);
+  const auto gemm1 = s.decode1 ? detail::launch_decode_gemm1_swiglu : detail::launch_gemm1_swiglu;
+  const auto gemm2 = s.decode2 ? detail::launch_decode_gemm2 : detail::launch_gemm2;
+  const bool small_sort = s.small_sort;
+  s.launch = {
+      [=] { CHECK(detail::launch_route(shape, logits, routing, pdl, stream)); },
+      [=] {
+        if (small_sort) {
+          CHECK(detail::launch_expert_sort_small(w.slot_key, slots, m.K, e_loc, w.expert_offsets,
+                                                 w.gather_rows, w.permuted_idx, pdl, stream));
+          return;
+        }
+        CHECK(detail::launch_expert_count(w.slot_key, slots, e_loc, w.chunk_prefix, pdl, stream));
+        CHECK(detail::launch_expert_offsets(slots, e_loc, w.chunk_prefix, w.expert_offsets, pdl,
+                                            stream));
+        CHECK(detail::launch_permute(w.slot_key, slots, m.K, e_loc, w.chunk_prefix,
+                                     w.expert_offsets, w.gather_rows, w.permuted_idx, pdl,
+                                     stream));
+      },
+      [=] { CHECK(gemm1(rows, x, w.gather_rows, m.H, m.I, w1b, w.act, pdl, stream)); },
+      [=] { CHECK(gemm2(rows, w.act, m.I, m.H, w2b, w.y, pdl, stream)); },
+      [=] {
+        CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.H, out, pdl,
+                                      stream));
+      },
+  };
+  return s;
+}
 
 }  // namespace fusedmoe::dev

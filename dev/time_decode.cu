@@ -73,12 +73,9 @@ int main(int argc, char** argv) {
     fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
     for (int64_t T : token_counts) {
       DevCall call(m, T, e_loc, w1, w2, stream);
-      const MoeShape& shape = call.shape;
       MoeArguments& args = call.args;
       void* ws = call.ws;
       const size_t ws_bytes = call.ws_bytes;
-      auto* x = static_cast<const __nv_bfloat16*>(call.x);
-      auto* out = static_cast<__nv_bfloat16*>(call.out);
       args.enable_pdl = true;
       cudaGraph_t graph;
       cudaGraphExec_t exec;
@@ -90,64 +87,22 @@ int main(int argc, char** argv) {
       // Prefix graphs: marginal cost of each stage in the PDL chain.
       char stage_line[512];
       {
-        int num_sms = 0;
-        CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
-        const bool decode1 = heuristics::use_decode_gemm1(T, m.K, m.E, e_loc, m.I, num_sms);
-        const bool decode2 = heuristics::use_decode_gemm2(T, m.K, m.E, e_loc, m.H, num_sms);
-        const detail::Workspace w = detail::carve_workspace(shape, ws);
-        const int64_t slots = T * m.K;
-        detail::RoutingOutputs routing;
-        routing.slot_key = w.slot_key;
-        routing.slot_weight = w.slot_weight;
-        detail::GroupedRows rows;
-        rows.expert_offsets = w.expert_offsets;
-        rows.num_experts = e_loc;
-        rows.max_rows = slots;
-        const std::vector<std::function<void()>> stages = {
-            [&] { CHECK(detail::launch_route(shape, args.logits, routing, true, stream)); },
-            [&] {
-              if (heuristics::use_small_sort(slots)) {
-                CHECK(detail::launch_expert_sort_small(w.slot_key, slots, m.K, e_loc,
-                                                       w.expert_offsets, w.gather_rows,
-                                                       w.permuted_idx, true, stream));
-              } else {
-                CHECK(detail::launch_expert_count(w.slot_key, slots, e_loc, w.chunk_prefix, true,
-                                                  stream));
-                CHECK(detail::launch_expert_offsets(slots, e_loc, w.chunk_prefix, w.expert_offsets,
-                                                    true, stream));
-                CHECK(detail::launch_permute(w.slot_key, slots, m.K, e_loc, w.chunk_prefix,
-                                             w.expert_offsets, w.gather_rows, w.permuted_idx, true,
-                                             stream));
-              }
-            },
-            [&] {
-              CHECK((decode1 ? detail::launch_decode_gemm1_swiglu : detail::launch_gemm1_swiglu)(
-                  rows, x, w.gather_rows, m.H, m.I, w1, w.act, true, stream));
-            },
-            [&] {
-              CHECK((decode2 ? detail::launch_decode_gemm2 : detail::launch_gemm2)(
-                  rows, w.act, m.I, m.H, w2, w.y, true, stream));
-            },
-            [&] {
-              CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.H, out,
-                                            true, stream));
-            },
-        };
+        const Stages stages = pipeline_stages(call, m, w1, w2, /*pdl=*/true, stream);
         int len = std::snprintf(stage_line, sizeof(stage_line),
                                 "  stages (gemm1 %s, gemm2 %s), marginal us:",
-                                decode1 ? "decode" : "prefill", decode2 ? "decode" : "prefill");
+                                stages.decode1 ? "decode" : "prefill",
+                                stages.decode2 ? "decode" : "prefill");
         float previous = 0;
-        for (size_t n = 1; n <= stages.size(); ++n) {
+        for (size_t n = 1; n <= stages.launch.size(); ++n) {
           cudaGraph_t g;
           cudaGraphExec_t e;
           CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-          for (size_t i = 0; i < n; ++i) stages[i]();
+          for (size_t i = 0; i < n; ++i) stages.launch[i]();
           CHECK(cudaStreamEndCapture(stream, &g));
           CHECK(cudaGraphInstantiate(&e, g, 0));
           const float total = median(time_flushed(e));
-          static const char* names[] = {"route", "sort", "gemm1", "gemm2", "finalize"};
-          len += std::snprintf(stage_line + len, sizeof(stage_line) - len, " %s %.1f", names[n - 1],
-                               total - previous);
+          len += std::snprintf(stage_line + len, sizeof(stage_line) - len, " %s %.1f",
+                               Stages::kNames[n - 1], total - previous);
           previous = total;
           cudaGraphExecDestroy(e);
           cudaGraphDestroy(g);

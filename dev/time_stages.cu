@@ -1,7 +1,7 @@
 // Where the time of a prefill call goes (experiment, never linked; issue 5): for the six BENCH.md
 // models at T = 1024, 4096, 16384 (full grid, logits routing), the stages of run() timed one by
-// one with CUDA events (PDL off between them): route | count + offsets + permute | GEMM1+SwiGLU |
-// GEMM2 | finalize; then the whole run() as a CUDA graph replay with PDL on ("graph", as
+// one with CUDA events (PDL off between them), on the paths run() takes (dev_common.cuh's
+// pipeline_stages): route | sort | GEMM1+SwiGLU | GEMM2 | finalize; then the whole run() as a CUDA graph replay with PDL on ("graph", as
 // bench_moe.py times it) and off ("nopdl"). Medians of 5 after 2 warm-ups; weights are far
 // larger than L2, so no flush.
 // Also prints the M-tile occupancy from the routed expert_offsets: useful rows over the rows the
@@ -55,7 +55,7 @@ int main() {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   std::printf("%-16s %6s %7s %7s | %8s %8s %8s %8s %8s | %8s %8s %8s | %6s %6s | %6s %6s\n",
-              "model", "T", "rows/e", "max", "route", "permute", "gemm1", "gemm2", "final", "sum",
+              "model", "T", "rows/e", "max", "route", "sort", "gemm1", "gemm2", "final", "sum",
               "graph", "nopdl", "g1TF", "g2TF", "u128", "u64");
   for (const Model& m : bench_models()) {
     if (!model_selected(m.name, model_filters)) continue;
@@ -67,26 +67,15 @@ int main() {
     fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
     for (int64_t T : token_counts) {
       DevCall call(m, T, m.E, w1, w2, stream);
-      const MoeShape& shape = call.shape;
       MoeArguments& args = call.args;
       void* ws = call.ws;
       const size_t ws_bytes = call.ws_bytes;
-      auto* x = static_cast<const __nv_bfloat16*>(call.x);
-      auto* out = static_cast<__nv_bfloat16*>(call.out);
-      const detail::Workspace w = detail::carve_workspace(shape, ws);
-      const int64_t slots = T * m.K;
-      detail::RoutingOutputs routing;
-      routing.slot_key = w.slot_key;
-      routing.slot_weight = w.slot_weight;
-      detail::GroupedRows rows;
-      rows.expert_offsets = w.expert_offsets;
-      rows.num_experts = m.E;
-      rows.max_rows = slots;
+      const detail::Workspace w = detail::carve_workspace(call.shape, ws);
       if (!run(args, ws, ws_bytes, stream).ok()) return 1;
       CHECK(cudaStreamSynchronize(stream));
       if (dump_dir != nullptr) {
         std::vector<uint16_t> host(size_t(T) * m.H);
-        CHECK(cudaMemcpy(host.data(), out, host.size() * 2, cudaMemcpyDeviceToHost));
+        CHECK(cudaMemcpy(host.data(), call.out, host.size() * 2, cudaMemcpyDeviceToHost));
         const std::string path =
             std::string(dump_dir) + "/" + m.name + "_" + std::to_string(T) + ".bin";
         FILE* f = std::fopen(path.c_str(), "wb");
@@ -97,28 +86,9 @@ int main() {
         std::fclose(f);
       }
 
-      // Stages, one by one.
-      std::vector<std::function<void()>> stages = {
-          [&] { CHECK(detail::launch_route(shape, args.logits, routing, false, stream)); },
-          [&] {
-            CHECK(
-                detail::launch_expert_count(w.slot_key, slots, m.E, w.chunk_prefix, false, stream));
-            CHECK(detail::launch_expert_offsets(slots, m.E, w.chunk_prefix, w.expert_offsets, false,
-                                                stream));
-            CHECK(detail::launch_permute(w.slot_key, slots, m.K, m.E, w.chunk_prefix,
-                                         w.expert_offsets, w.gather_rows, w.permuted_idx, false,
-                                         stream));
-          },
-          [&] {
-            CHECK(detail::launch_gemm1_swiglu(rows, x, w.gather_rows, m.H, m.I, w1, w.act, false,
-                                              stream));
-          },
-          [&] { CHECK(detail::launch_gemm2(rows, w.act, m.I, m.H, w2, w.y, false, stream)); },
-          [&] {
-            CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.H, out,
-                                          false, stream));
-          },
-      };
+      // Stages, one by one (PDL off), on the paths run() takes.
+      const std::vector<std::function<void()>> stages =
+          pipeline_stages(call, m, w1, w2, /*pdl=*/false, stream).launch;
       const int n = int(stages.size());
       std::vector<cudaEvent_t> ev(n + 1);
       for (auto& e : ev) CHECK(cudaEventCreate(&e));
