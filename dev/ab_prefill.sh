@@ -49,8 +49,8 @@ for i in "${!names[@]}"; do
     -o "/tmp/time_stages_$name" || exit 1
   if [[ -z $target ]]; then
     # A hang (a barrier protocol gone wrong) must not eat the whole device call: on an H200 these
-    # take 2 s and 5 s; a tree that fails the first is not run further.
-    for t in test_gpu_grouped_gemm test_gpu_moe; do
+    # take 2-7 s each; a tree that fails one is not run further.
+    for t in test_gpu_grouped_gemm test_gpu_decode test_gpu_moe; do
       if timeout 60 "$build/tests/$t" --gtest_color=no --gtest_brief=1 > "$OUT/${name}_$t.log" 2>&1; then
         echo "$name $t: passed ($(grep -Eo '[0-9]+ tests? ran' "$OUT/${name}_$t.log" | head -1))"
       else
