@@ -15,7 +15,8 @@
 # "." (the working tree) may be one of the trees. Each tree's own dev/time_stages.cu is used
 # (it must take FUSEDMOE_DEV_DUMP: main from 6b11c0f on).
 # Environment: FUSEDMOE_DEV_TOKENS / FUSEDMOE_DEV_MODELS narrow time_stages (default here:
-# T = 4096 16384, all models); FUSEDMOE_AB_SKIP_TESTS=1 skips step 1's tests; OUT (logs).
+# T = 4096 16384, all models); FUSEDMOE_AB_ROUNDS (default 2); FUSEDMOE_AB_SKIP_TESTS=1 skips
+# step 1's tests; OUT (logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 (( $# >= 2 )) || { sed -n 2,17p "$0" >&2; exit 2; }
@@ -67,7 +68,8 @@ for name in "${names[@]}"; do
   [[ " ${failed[*]:-} " == *" $name "* ]] || timed+=("$name")
 done
 
-for round in 1 2; do
+rounds=${FUSEDMOE_AB_ROUNDS:-2}
+for round in $(seq "$rounds"); do
   for name in "${timed[@]}"; do
     mkdir -p "/tmp/ab_dump_$name"
     echo "## $name, round $round"
@@ -89,13 +91,13 @@ for name in "${timed[@]:1}"; do
   done
 done
 
-echo "## us, mean of 2 rounds, against $base: gemm1 | gemm2 | graph (PDL)"
-python3 - "$OUT" "${timed[@]}" <<'PY'
+echo "## us, mean of $rounds rounds, against $base: gemm1 | gemm2 | graph (PDL)"
+python3 - "$OUT" "$rounds" "${timed[@]}" <<'PY'
 import sys, collections
-out, names = sys.argv[1], sys.argv[2:]
+out, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 vals = collections.defaultdict(lambda: collections.defaultdict(list))
 for name in names:
-    for rnd in (1, 2):
+    for rnd in range(1, rounds + 1):
         for line in open(f"{out}/stages_{name}_{rnd}.txt"):
             f = line.replace("|", " ").split()
             # model T rows/e max | route sort gemm1 gemm2 final | sum graph nopdl | ...
