@@ -110,9 +110,14 @@ struct DevCall {
     CHECK(cudaMalloc(&bias, m.E * 4));
     CHECK(cudaMalloc(&out, tokens * m.H * 2));
     fill_random<<<1024, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(x), tokens * m.H, 3, 1.0f);
+    // On `stream`, and all finished (the caller's weight fills too) before returning: `stream` is
+    // non-blocking, and a cudaMemcpy from pageable memory or a cudaMemset on the legacy stream
+    // may still be landing when run() starts there (a call then routed stale logits).
     const std::vector<float> host_logits = normal_logits(size_t(tokens) * m.E);
-    CHECK(cudaMemcpy(logits, host_logits.data(), host_logits.size() * 4, cudaMemcpyHostToDevice));
-    CHECK(cudaMemset(bias, 0, m.E * 4));
+    CHECK(cudaMemcpyAsync(logits, host_logits.data(), host_logits.size() * 4,
+                          cudaMemcpyHostToDevice, stream));
+    CHECK(cudaMemsetAsync(bias, 0, m.E * 4, stream));
+    CHECK(cudaDeviceSynchronize());
     args.shape = shape;
     args.hidden_states = x;
     args.gemm1_weights = w1;
