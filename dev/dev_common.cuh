@@ -117,6 +117,7 @@ struct DevCall {
     CHECK(cudaMemcpyAsync(logits, host_logits.data(), host_logits.size() * 4,
                           cudaMemcpyHostToDevice, stream));
     CHECK(cudaMemsetAsync(bias, 0, m.E * 4, stream));
+    CHECK(cudaMemsetAsync(ws, 0, ws_bytes, stream));  // the GEMMs' tile counters start at zero
     CHECK(cudaDeviceSynchronize());
     args.shape = shape;
     args.hidden_states = x;
@@ -169,6 +170,7 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
   rows.expert_offsets = w.expert_offsets;
   rows.num_experts = e_loc;
   rows.max_rows = slots;
+  rows.tile_counters = w.tile_counters;  // zeroed with the workspace; every launch leaves them so
   const LogitsRouting logits = call.args.logits;
   const auto* x = static_cast<const __nv_bfloat16*>(call.x);
   const auto* w1b = static_cast<const __nv_bfloat16*>(w1);

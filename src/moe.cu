@@ -42,7 +42,8 @@ size_t align_up(size_t bytes) {
 
 // The regions of the workspace in order, as byte sizes; carve_workspace walks the same list.
 struct LayoutSizes {
-  size_t slot_key, slot_weight, chunk_prefix, expert_offsets, gather_rows, permuted_idx, act, y;
+  size_t slot_key, slot_weight, chunk_prefix, expert_offsets, gather_rows, permuted_idx, act, y,
+      tile_counters;
 };
 
 LayoutSizes layout_sizes(const MoeShape& shape) {
@@ -57,6 +58,7 @@ LayoutSizes layout_sizes(const MoeShape& shape) {
   sizes.permuted_idx = align_up(num_slots * sizeof(int32_t));
   sizes.act = align_up(num_slots * shape.intermediate_size * sizeof(__nv_bfloat16));
   sizes.y = align_up(num_slots * shape.hidden_size * sizeof(__nv_bfloat16));
+  sizes.tile_counters = align_up(2 * sizeof(int32_t));
   return sizes;
 }
 
@@ -81,7 +83,7 @@ Status check_aligned(const void* pointer, const char* name) {
 size_t workspace_layout_bytes(const MoeShape& shape) {
   const LayoutSizes s = layout_sizes(shape);
   return s.slot_key + s.slot_weight + s.chunk_prefix + s.expert_offsets + s.gather_rows +
-         s.permuted_idx + s.act + s.y;
+         s.permuted_idx + s.act + s.y + s.tile_counters;
 }
 
 Workspace carve_workspace(const MoeShape& shape, void* base) {
@@ -101,6 +103,7 @@ Workspace carve_workspace(const MoeShape& shape, void* base) {
   ws.permuted_idx = reinterpret_cast<int32_t*>(take(s.permuted_idx));
   ws.act = reinterpret_cast<__nv_bfloat16*>(take(s.act));
   ws.y = reinterpret_cast<__nv_bfloat16*>(take(s.y));
+  ws.tile_counters = reinterpret_cast<int32_t*>(take(s.tile_counters));
   return ws;
 }
 
@@ -160,6 +163,13 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   // !do_finalize: the map and y go straight into the caller's tensors.
   int32_t* permuted_idx = args.do_finalize ? ws.permuted_idx : args.expanded_idx_to_permuted_idx;
   __nv_bfloat16* y = args.do_finalize ? ws.y : static_cast<__nv_bfloat16*>(args.gemm2_output);
+  // The prefill GEMMs claim tiles through two counters that must start at zero; the workspace
+  // holds anything, so they are zeroed first, before the routing kernel (not between kernels,
+  // where a memset would break the PDL chain). Each launch leaves them zero for the next.
+  if (gemm1 == launch_gemm1_swiglu || gemm2 == launch_gemm2) {
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(ws.tile_counters, 0, 2 * sizeof(int32_t), stream), "cudaMemsetAsync");
+  }
 
   // 1. Routing: per slot, its local expert key and weight.
   RoutingOutputs routing;
@@ -201,6 +211,7 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   rows.expert_offsets = ws.expert_offsets;
   rows.num_experts = num_local;
   rows.max_rows = num_slots;
+  rows.tile_counters = ws.tile_counters;
   const auto* x = static_cast<const __nv_bfloat16*>(args.hidden_states);
   const auto* w1 = static_cast<const __nv_bfloat16*>(args.gemm1_weights);
   const auto* w2 = static_cast<const __nv_bfloat16*>(args.gemm2_weights);

@@ -229,9 +229,13 @@ void run_case(const GemmCase& c) {
   expect_rows_poisoned(act, total, inter, "gemm1+swiglu");
   expect_rows_poisoned(y, total, h, "gemm2");
 
-  // Deterministic: a rerun into freshly poisoned outputs gives the same bits.
+  // Deterministic: a rerun into freshly poisoned outputs gives the same bits, here with tiles
+  // claimed dynamically (the first run took a static stride), and the claim counters are zero
+  // again after both launches.
   d_act.upload(poisoned_act);
   d_y.upload(poisoned_y);
+  DeviceBuffer<int32_t> d_counters(std::vector<int32_t>{0, 0});
+  rows.tile_counters = d_counters.get();
   FUSEDMOE_ASSERT_CUDA(detail::launch_gemm1_swiglu(
       rows, d_x.as<__nv_bfloat16>(), d_gather.get(), h, inter, d_w1.as<__nv_bfloat16>(),
       act_out, c.enable_pdl, nullptr));
@@ -241,6 +245,7 @@ void run_case(const GemmCase& c) {
   FUSEDMOE_ASSERT_CUDA(cudaDeviceSynchronize());
   EXPECT_EQ(first_difference(act, download_output(d_act)), -1) << "gemm1 rerun differs";
   EXPECT_EQ(first_difference(y, download_output(d_y)), -1) << "gemm2 rerun differs";
+  EXPECT_EQ(d_counters.download(), (std::vector<int32_t>{0, 0})) << "tile counters not reset";
 }
 
 class GroupedGemm : public ::testing::Test {

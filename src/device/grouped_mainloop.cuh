@@ -50,6 +50,10 @@ struct GroupedGemmConfig {
   static constexpr uint32_t kBBoxBytes = kHalfN * kBlockK * 2;
   static constexpr uint32_t kFullArrivals = 128 + 1;  // cp.async .noinc per thread + expect_tx
   static constexpr uint32_t kEmptyArrivals = 4 * kNumConsumerWarpgroups;  // lane 0 of each warp
+  // Tile indices go from producer thread 0 to every warp through a ring of kTileSlots (the
+  // producer runs at most kStages K blocks, so at most kStages tiles, ahead: 2 slots would do).
+  static constexpr int kTileSlots = 4;
+  static constexpr uint32_t kTileReaders = 4 * (1 + kNumConsumerWarpgroups);  // lane 0 of each warp
 
   static_assert(kBlockK * 2 == 128, "one K block must be exactly one 128-byte swizzle row");
   static_assert(kRowsPerConsumer == 64, "each consumer warpgroup owns one m64 wgmma row block");
@@ -80,6 +84,9 @@ struct SharedStorage {
   alignas(128) uint8_t staging[4 * Config::kNumConsumerWarpgroups][kStagingBytesPerWarp];
   alignas(8) uint64_t full[Config::kStages];   // stage loaded: A (cp.async) + B (TMA)
   alignas(8) uint64_t empty[Config::kStages];  // stage consumed by both consumer warpgroups
+  int32_t tile_index[Config::kTileSlots];              // the CTA's next tiles, in order
+  alignas(8) uint64_t tile_full[Config::kTileSlots];   // index written (producer thread 0)
+  alignas(8) uint64_t tile_empty[Config::kTileSlots];  // index read by every warp
 };
 
 // What the mainloop reads. A is [*, k] bf16 row-major (row p of the tile is a[gather(p)]), B is
@@ -95,6 +102,10 @@ struct GroupedOperands {
   const int32_t* gather_rows;  // nullptr: row p of A is p
   int32_t b_block_stride;
   int32_t b_box_stride;
+  // nullptr: CTA c takes tiles c, c + G, c + 2 G, ... Else two zeroed int32 {next, done}: after
+  // its first tile (blockIdx.x) a CTA claims tile G + atomicAdd(next, 1) whenever it starts one,
+  // so tiles start in tile order; the last CTA to finish claiming sets both back to zero.
+  int32_t* tile_counters;
 };
 
 // Stage index and phase parity of a ring of kStages buffers.
@@ -115,7 +126,61 @@ __device__ inline void init_barriers(SharedStorage& smem) {
     ptx::mbarrier_init(&smem.full[s], Config::kFullArrivals);
     ptx::mbarrier_init(&smem.empty[s], Config::kEmptyArrivals);
   }
+  for (int s = 0; s < Config::kTileSlots; ++s) {
+    ptx::mbarrier_init(&smem.tile_full[s], 1);
+    ptx::mbarrier_init(&smem.tile_empty[s], Config::kTileReaders);
+  }
   ptx::fence_barrier_init();
+}
+
+// ---- the CTA's sequence of tiles ---------------------------------------------------------------
+// Producer thread 0 decides each next tile index (a static stride or a dynamic claim) and writes
+// it to a ring (publish_tile); every warp, the producer's included, reads the indices in order
+// (read_tile). Why dynamic: tiles that run at the same time share their B block through L2 only
+// while they stay neighbours in tile order (M blocks of one N block); with a static stride the
+// CTAs drift apart when tile times differ, and each B block is read from HBM more than once
+// (ncu, deepseek-v3 T = 4096 GEMM2: 10.9 GB from HBM with the stride, 7.7 GB claimed, for 7.5 GB
+// of weights; bench/NOTES.md step 9). Outputs do not depend on which CTA computes a tile.
+
+// Producer thread 0: publishes the index of the CTA's tile in round `round` (rounds in order).
+// A dynamic claim waits for its atomic here, while the consumers still have up to kStages loaded
+// K blocks to work on. (Claiming earlier measured slower: the CTAs then run tiles claimed a tile
+// before, fewer neighbours are in flight together; step 9.)
+__device__ inline void publish_tile(SharedStorage& smem, int32_t* counters, int32_t round) {
+  using Config = GroupedGemmConfig;
+  int32_t index;
+  if (counters == nullptr) {
+    index = round * static_cast<int32_t>(gridDim.x) + static_cast<int32_t>(blockIdx.x);
+  } else {
+    index = round == 0 ? static_cast<int32_t>(blockIdx.x)
+                       : static_cast<int32_t>(gridDim.x) + atomicAdd(&counters[0], 1);
+  }
+  const int slot = round % Config::kTileSlots;
+  ptx::mbarrier_wait(&smem.tile_empty[slot], ((round / Config::kTileSlots) & 1) ^ 1);
+  smem.tile_index[slot] = index;
+  ptx::mbarrier_arrive(&smem.tile_full[slot]);
+}
+
+// Every lane of a warp together: the CTA's tile index number `count` (0, 1, ... in order).
+__device__ inline int32_t read_tile(SharedStorage& smem, uint32_t count) {
+  using Config = GroupedGemmConfig;
+  const int slot = count % Config::kTileSlots;
+  ptx::mbarrier_wait(&smem.tile_full[slot], (count / Config::kTileSlots) & 1);
+  const int32_t index = __shfl_sync(0xFFFFFFFFu, smem.tile_index[slot], 0);  // warp-uniform
+  if (threadIdx.x % 32 == 0) ptx::mbarrier_arrive(&smem.tile_empty[slot]);
+  return index;
+}
+
+// Producer thread 0, after publishing an index past the last tile: the last CTA to get here (all
+// claims of all CTAs done) zeroes the counters for the next launch.
+__device__ inline void finish_tiles(int32_t* counters) {
+  if (counters == nullptr) return;
+  __threadfence();
+  if (atomicAdd(&counters[1], 1) == static_cast<int32_t>(gridDim.x) - 1) {
+    counters[0] = 0;
+    counters[1] = 0;
+    __threadfence();
+  }
 }
 
 // ---- producer warpgroup -----------------------------------------------------------------------
@@ -131,7 +196,9 @@ __device__ inline void run_producer(SharedStorage& smem, const GroupedOperands& 
                                                   op.num_n_blocks);
   PipelineState pipe;
   GroupedTile tile;
-  for (int32_t tile_idx = blockIdx.x; scheduler.get(tile_idx, &tile); tile_idx += gridDim.x) {
+  for (int32_t round = 0;; ++round) {
+    if (thread_idx == 0) publish_tile(smem, op.tile_counters, round);
+    if (!scheduler.get(read_tile(smem, round), &tile)) break;
     // This thread's A rows of the tile, gathered once per tile.
     const __nv_bfloat16* src[Config::kRowsPerProducerThread];  // row pointers at column chunk*8
     uint32_t row_valid = 0;
@@ -170,6 +237,7 @@ __device__ inline void run_producer(SharedStorage& smem, const GroupedOperands& 
       pipe.advance();
     }
   }
+  if (thread_idx == 0) finish_tiles(op.tile_counters);
 }
 
 // ---- consumer warpgroups: mainloop of one tile -------------------------------------------------

@@ -1,9 +1,9 @@
 // Device-side tile scheduler of the grouped GEMMs. The linear tile index runs over experts in
 // order; inside expert e (rows [offsets[e], offsets[e+1])) over N blocks, and inside an N block
 // over M blocks (M fastest, so CTAs working at the same time share the B tile through L2).
-// A persistent CTA visits tiles blockIdx.x, blockIdx.x + gridDim.x, ... in ascending order, so
-// the scheduler walks the experts forward once, the same sequence in every warp (deterministic,
-// no atomics). The walk is warp-cooperative: 32 experts per step (two coalesced loads, a warp
+// A persistent CTA visits its tiles in ascending order (a static stride or dynamic claims:
+// device/grouped_mainloop.cuh's publish_tile), so the scheduler walks the experts forward once,
+// the same sequence in every warp of the CTA. The walk is warp-cooperative: 32 experts per step (two coalesced loads, a warp
 // scan of their tile counts and a ballot), so E_loc = 1024 costs 32 dependent L2 round trips
 // per CTA (~15 us) instead of 1024 (~400 us), which matters when few rows make each GEMM short.
 #pragma once

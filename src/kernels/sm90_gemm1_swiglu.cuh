@@ -71,8 +71,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
                                                             op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (int32_t tile_idx = blockIdx.x; scheduler.get(tile_idx, &tile);
-         tile_idx += gridDim.x) {
+    for (uint32_t count = 0; scheduler.get(device::read_tile(smem, count), &tile); ++count) {
       float acc[128];  // [0, 64): up columns of the tile, [64, 128): gate, same fragment layout
       device::consume_tile(smem, op, consumer_idx, pipe, acc);
 

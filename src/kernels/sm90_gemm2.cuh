@@ -62,8 +62,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
                                                             op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (int32_t tile_idx = blockIdx.x; scheduler.get(tile_idx, &tile);
-         tile_idx += gridDim.x) {
+    for (uint32_t count = 0; scheduler.get(device::read_tile(smem, count), &tile); ++count) {
       float acc[128];  // fragment order: acc[4 i + 2 h + v] is column n0 + col0 + 8 i + v
       device::consume_tile(smem, op, consumer_idx, pipe, acc);
 

@@ -18,6 +18,11 @@ struct GroupedRows {
   const int32_t* expert_offsets = nullptr;  // device [num_experts + 1], ascending, [0] == 0
   int32_t num_experts = 0;                  // E_loc
   int64_t max_rows = 0;                     // host-known bound on expert_offsets[num_experts]
+  // Optional device int32[2], zero before a launch; every launch leaves them zero. Given, CTAs
+  // claim tiles dynamically, in tile order, as they become free, so the tiles in flight stay
+  // neighbours that share their weight block through L2 even when tile times differ; nullptr: a
+  // static stride. Launches sharing the counters must not run concurrently.
+  int32_t* tile_counters = nullptr;
 };
 
 // GEMM1 + SwiGLU, rows of x gathered on the fly:

@@ -28,6 +28,7 @@ cudaError_t launch_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
   kernels::Gemm1SwigluParams params;
   params.operands.expert_offsets = rows.expert_offsets;
   params.operands.num_experts = rows.num_experts;
+  params.operands.tile_counters = rows.tile_counters;
   params.operands.num_n_blocks =
       static_cast<int32_t>(heuristics::gemm1_num_n_blocks(intermediate_size));
   params.operands.num_k_blocks =

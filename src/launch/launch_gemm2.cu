@@ -28,6 +28,7 @@ cudaError_t launch_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
   kernels::Gemm2Params params;
   params.operands.expert_offsets = rows.expert_offsets;
   params.operands.num_experts = rows.num_experts;
+  params.operands.tile_counters = rows.tile_counters;
   params.operands.num_n_blocks =
       static_cast<int32_t>(heuristics::gemm2_num_n_blocks(hidden_size));
   params.operands.num_k_blocks =

@@ -38,6 +38,7 @@ struct Workspace {
   int32_t* permuted_idx = nullptr;    // [T * K]: row of slot t*K+k, or -1 (when do_finalize)
   __nv_bfloat16* act = nullptr;       // [T * K, I]: bf16(silu(gate) * up), expert-sorted rows
   __nv_bfloat16* y = nullptr;         // [T * K, H]: GEMM2 output (when do_finalize)
+  int32_t* tile_counters = nullptr;   // [2]: the grouped GEMMs' dynamic tile claims
 };
 
 // Bytes of the layout for this shape (shape assumed valid), and the carving of a buffer at least
