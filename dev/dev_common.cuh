@@ -16,6 +16,7 @@
 
 #include "decode_heuristics.h"
 #include "fusedmoe/fusedmoe.h"
+#include "heuristics.h"
 #include "launch/decode_gemm.h"
 #include "launch/grouped_gemm.h"
 #include "launch/pipeline.h"
@@ -170,7 +171,6 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
   rows.expert_offsets = w.expert_offsets;
   rows.num_experts = e_loc;
   rows.max_rows = slots;
-  rows.tile_counters = w.tile_counters;  // zeroed with the workspace; every launch leaves them so
   const LogitsRouting logits = call.args.logits;
   const auto* x = static_cast<const __nv_bfloat16*>(call.x);
   const auto* w1b = static_cast<const __nv_bfloat16*>(w1);
@@ -179,6 +179,15 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
   const auto gemm1 = s.decode1 ? detail::launch_decode_gemm1_swiglu : detail::launch_gemm1_swiglu;
   const auto gemm2 = s.decode2 ? detail::launch_decode_gemm2 : detail::launch_gemm2;
   const bool small_sort = s.small_sort;
+  // Tile claims as run() decides (the counters were zeroed with the workspace, and every launch
+  // leaves them so).
+  detail::GroupedRows rows1 = rows, rows2 = rows;
+  if (!s.decode1 && heuristics::grouped_claim_tiles(T, m.K, m.E, m.H)) {
+    rows1.tile_counters = w.tile_counters;
+  }
+  if (!s.decode2 && heuristics::grouped_claim_tiles(T, m.K, m.E, m.I)) {
+    rows2.tile_counters = w.tile_counters;
+  }
   s.launch = {
       [=] { CHECK(detail::launch_route(shape, logits, routing, pdl, stream)); },
       [=] {
@@ -194,8 +203,8 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
                                      w.expert_offsets, w.gather_rows, w.permuted_idx, pdl,
                                      stream));
       },
-      [=] { CHECK(gemm1(rows, x, w.gather_rows, m.H, m.I, w1b, w.act, pdl, stream)); },
-      [=] { CHECK(gemm2(rows, w.act, m.I, m.H, w2b, w.y, pdl, stream)); },
+      [=] { CHECK(gemm1(rows1, x, w.gather_rows, m.H, m.I, w1b, w.act, pdl, stream)); },
+      [=] { CHECK(gemm2(rows2, w.act, m.I, m.H, w2b, w.y, pdl, stream)); },
       [=] {
         CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.H, out, pdl,
                                       stream));

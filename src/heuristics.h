@@ -41,6 +41,23 @@ constexpr int64_t max_grouped_m_blocks(int64_t max_rows, int64_t num_experts) {
   return ceil_div(max_rows, kGroupedBlockM) + std::min(num_experts, max_rows);
 }
 
+// Whether a prefill GEMM claims its tiles dynamically (GroupedRows::tile_counters), from the
+// mean rows per expert m = T K / E (uniform routing) and the GEMM's reduction length k (GEMM1: H,
+// GEMM2: I). At m below the card's flop/byte balance (PEAK / BW = 790 / 4.25 ~ 186 on an H200) a
+// GEMM streams its weights from HBM, and only neighbouring tiles (the M blocks of one N block)
+// running together read each weight block once; claiming keeps them together where a static
+// stride drifts apart. Measured (H200, bench/NOTES.md step 9): deepseek-v3 T = 4096 (m = 128)
+// GEMM2 10.9 -> 7.7 GB from HBM (7.5 GB of weights), 2817 -> 2333 us, the call -13 %; at larger m
+// and at short k a claim's latency (an atomic per tile) costs 1-5 %: qwen3-30b GEMM2 (k = 768)
+// +5 % at m = 64.
+constexpr int64_t kClaimTilesMaxMeanRows = 192;
+constexpr int64_t kClaimTilesMinK = 1024;
+constexpr bool grouped_claim_tiles(int64_t num_tokens, int64_t top_k, int64_t num_experts,
+                                   int64_t k) {
+  return num_experts > 0 && k >= kClaimTilesMinK &&
+         num_tokens * top_k <= kClaimTilesMaxMeanRows * num_experts;
+}
+
 // Persistent grid: one CTA per SM, fewer when the whole problem has fewer tiles.
 constexpr int grouped_gemm_grid_size(int num_sms, int64_t max_rows, int64_t num_experts,
                                      int64_t num_n_blocks) {

@@ -17,6 +17,7 @@
 
 #include "decode_heuristics.h"
 #include "fusedmoe/fusedmoe.h"
+#include "heuristics.h"
 #include "launch/decode_gemm.h"
 #include "launch/grouped_gemm.h"
 #include "launch/pipeline.h"
@@ -163,10 +164,17 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   // !do_finalize: the map and y go straight into the caller's tensors.
   int32_t* permuted_idx = args.do_finalize ? ws.permuted_idx : args.expanded_idx_to_permuted_idx;
   __nv_bfloat16* y = args.do_finalize ? ws.y : static_cast<__nv_bfloat16*>(args.gemm2_output);
-  // The prefill GEMMs claim tiles through two counters that must start at zero; the workspace
-  // holds anything, so they are zeroed first, before the routing kernel (not between kernels,
-  // where a memset would break the PDL chain). Each launch leaves them zero for the next.
-  if (gemm1 == launch_gemm1_swiglu || gemm2 == launch_gemm2) {
+  // A prefill GEMM that claims its tiles (heuristics::grouped_claim_tiles) does so through two
+  // counters that must start at zero; the workspace holds anything, so they are zeroed first,
+  // before the routing kernel (not between kernels, where a memset would break the PDL chain).
+  // Each launch leaves them zero for the next.
+  const bool claim1 = gemm1 == launch_gemm1_swiglu &&
+                      heuristics::grouped_claim_tiles(shape.num_tokens, shape.top_k,
+                                                      shape.num_experts, shape.hidden_size);
+  const bool claim2 = gemm2 == launch_gemm2 &&
+                      heuristics::grouped_claim_tiles(shape.num_tokens, shape.top_k,
+                                                      shape.num_experts, shape.intermediate_size);
+  if (claim1 || claim2) {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(
         cudaMemsetAsync(ws.tile_counters, 0, 2 * sizeof(int32_t), stream), "cudaMemsetAsync");
   }
@@ -211,13 +219,14 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   rows.expert_offsets = ws.expert_offsets;
   rows.num_experts = num_local;
   rows.max_rows = num_slots;
-  rows.tile_counters = ws.tile_counters;
   const auto* x = static_cast<const __nv_bfloat16*>(args.hidden_states);
   const auto* w1 = static_cast<const __nv_bfloat16*>(args.gemm1_weights);
   const auto* w2 = static_cast<const __nv_bfloat16*>(args.gemm2_weights);
+  rows.tile_counters = claim1 ? ws.tile_counters : nullptr;
   FUSEDMOE_CUDA_RETURN_IF_ERROR(gemm1(rows, x, ws.gather_rows, shape.hidden_size,
                                       shape.intermediate_size, w1, ws.act, pdl, stream),
                                 "launch_gemm1_swiglu");
+  rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
       gemm2(rows, ws.act, shape.intermediate_size, shape.hidden_size, w2, y, pdl, stream),
       "launch_gemm2");

@@ -55,5 +55,18 @@ TEST(Heuristics, GridIsPersistentAndNeverLargerThanTheWork) {
   }
 }
 
+// Tiles are claimed at up to 192 mean rows per expert (T K / E) with a reduction of 1024 or more.
+TEST(Heuristics, ClaimTilesWhereWeightsStream) {
+  EXPECT_TRUE(grouped_claim_tiles(4096, 8, 256, 2048));     // deepseek-v3 GEMM2, 128 rows
+  EXPECT_TRUE(grouped_claim_tiles(4096, 8, 256, 7168));     // its GEMM1
+  EXPECT_FALSE(grouped_claim_tiles(16384, 8, 256, 2048));   // 512 rows: compute-bound
+  EXPECT_FALSE(grouped_claim_tiles(1024, 8, 128, 768));     // qwen3-30b GEMM2: k too short
+  EXPECT_TRUE(grouped_claim_tiles(1024, 8, 128, 2048));     // its GEMM1, 64 rows
+  EXPECT_TRUE(grouped_claim_tiles(192 * 16, 1, 16, 1024));  // exactly the bounds
+  EXPECT_FALSE(grouped_claim_tiles(192 * 16 + 1, 1, 16, 1024));
+  EXPECT_FALSE(grouped_claim_tiles(1024, 1, 16, 1023));
+  EXPECT_FALSE(grouped_claim_tiles(64, 8, 0, 4096));  // no experts
+}
+
 }  // namespace
 }  // namespace fusedmoe::heuristics

@@ -102,9 +102,9 @@ struct GroupedOperands {
   const int32_t* gather_rows;  // nullptr: row p of A is p
   int32_t b_block_stride;
   int32_t b_box_stride;
-  // nullptr: CTA c takes tiles c, c + G, c + 2 G, ... Else two zeroed int32 {next, done}: after
-  // its first tile (blockIdx.x) a CTA claims tile G + atomicAdd(next, 1) whenever it starts one,
-  // so tiles start in tile order; the last CTA to finish claiming sets both back to zero.
+  // With kClaimTiles: two zeroed int32 {next, done}; after its first tile (blockIdx.x) a CTA
+  // claims tile G + atomicAdd(next, 1) whenever it starts one, so tiles start in tile order; the
+  // last CTA to finish claiming sets both back to zero. Unused (nullptr) without.
   int32_t* tile_counters;
 };
 
@@ -134,9 +134,12 @@ __device__ inline void init_barriers(SharedStorage& smem) {
 }
 
 // ---- the CTA's sequence of tiles ---------------------------------------------------------------
-// Producer thread 0 decides each next tile index (a static stride or a dynamic claim) and writes
-// it to a ring (publish_tile); every warp, the producer's included, reads the indices in order
-// (read_tile). Why dynamic: tiles that run at the same time share their B block through L2 only
+// Static (kClaimTiles false): CTA c takes tiles c, c + G, c + 2 G, ..., each warp computing the
+// index itself. Dynamic (kClaimTiles true, GroupedOperands::tile_counters set): producer thread 0
+// claims each next tile index from a global counter and writes it to a ring (publish_tile);
+// every warp, the producer's included, reads the indices in order (read_tile). Each kernel is
+// compiled both ways, so the static one carries none of the ring's cost (measured +1-5 % GEMM
+// time with claims where they do not pay: heuristics::grouped_claim_tiles). Why dynamic: tiles that run at the same time share their B block through L2 only
 // while they stay neighbours in tile order (M blocks of one N block); with a static stride the
 // CTAs drift apart when tile times differ, and each B block is read from HBM more than once
 // (ncu, deepseek-v3 T = 4096 GEMM2: 10.9 GB from HBM with the stride, 7.7 GB claimed, for 7.5 GB
@@ -146,15 +149,10 @@ __device__ inline void init_barriers(SharedStorage& smem) {
 // A dynamic claim waits for its atomic here, while the consumers still have up to kStages loaded
 // K blocks to work on. (Claiming earlier measured slower: the CTAs then run tiles claimed a tile
 // before, fewer neighbours are in flight together; step 9.)
-__device__ inline void publish_tile(SharedStorage& smem, int32_t* counters, int32_t round) {
+__device__ inline void publish_tile(SharedStorage& smem, int32_t* counters, uint32_t round) {
   using Config = GroupedGemmConfig;
-  int32_t index;
-  if (counters == nullptr) {
-    index = round * static_cast<int32_t>(gridDim.x) + static_cast<int32_t>(blockIdx.x);
-  } else {
-    index = round == 0 ? static_cast<int32_t>(blockIdx.x)
-                       : static_cast<int32_t>(gridDim.x) + atomicAdd(&counters[0], 1);
-  }
+  const int32_t index = round == 0 ? static_cast<int32_t>(blockIdx.x)
+                                   : static_cast<int32_t>(gridDim.x) + atomicAdd(&counters[0], 1);
   const int slot = round % Config::kTileSlots;
   ptx::mbarrier_wait(&smem.tile_empty[slot], ((round / Config::kTileSlots) & 1) ^ 1);
   smem.tile_index[slot] = index;
@@ -171,10 +169,19 @@ __device__ inline int32_t read_tile(SharedStorage& smem, uint32_t count) {
   return index;
 }
 
+// Every lane of a warp together: the CTA's tile number `count` (0, 1, ... in order).
+template <bool kClaimTiles>
+__device__ __forceinline__ int32_t cta_tile(SharedStorage& smem, uint32_t count) {
+  if constexpr (kClaimTiles) {
+    return read_tile(smem, count);
+  } else {
+    return static_cast<int32_t>(count * gridDim.x + blockIdx.x);
+  }
+}
+
 // Producer thread 0, after publishing an index past the last tile: the last CTA to get here (all
 // claims of all CTAs done) zeroes the counters for the next launch.
 __device__ inline void finish_tiles(int32_t* counters) {
-  if (counters == nullptr) return;
   __threadfence();
   if (atomicAdd(&counters[1], 1) == static_cast<int32_t>(gridDim.x) - 1) {
     counters[0] = 0;
@@ -184,6 +191,7 @@ __device__ inline void finish_tiles(int32_t* counters) {
 }
 
 // ---- producer warpgroup -----------------------------------------------------------------------
+template <bool kClaimTiles>
 __device__ inline void run_producer(SharedStorage& smem, const GroupedOperands& op,
                                     const CUtensorMap* tmap_b) {
   using Config = GroupedGemmConfig;
@@ -196,9 +204,9 @@ __device__ inline void run_producer(SharedStorage& smem, const GroupedOperands& 
                                                   op.num_n_blocks);
   PipelineState pipe;
   GroupedTile tile;
-  for (int32_t round = 0;; ++round) {
-    if (thread_idx == 0) publish_tile(smem, op.tile_counters, round);
-    if (!scheduler.get(read_tile(smem, round), &tile)) break;
+  for (uint32_t round = 0;; ++round) {
+    if (kClaimTiles && thread_idx == 0) publish_tile(smem, op.tile_counters, round);
+    if (!scheduler.get(cta_tile<kClaimTiles>(smem, round), &tile)) break;
     // This thread's A rows of the tile, gathered once per tile.
     const __nv_bfloat16* src[Config::kRowsPerProducerThread];  // row pointers at column chunk*8
     uint32_t row_valid = 0;
@@ -237,7 +245,7 @@ __device__ inline void run_producer(SharedStorage& smem, const GroupedOperands& 
       pipe.advance();
     }
   }
-  if (thread_idx == 0) finish_tiles(op.tile_counters);
+  if (kClaimTiles && thread_idx == 0) finish_tiles(op.tile_counters);
 }
 
 // ---- consumer warpgroups: mainloop of one tile -------------------------------------------------

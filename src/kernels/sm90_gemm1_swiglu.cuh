@@ -38,6 +38,8 @@ struct Gemm1SwigluParams {
 // of act. v < -88: exp(-v) = inf and the result is -0.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
+// kClaimTiles: tiles claimed dynamically (device/grouped_mainloop.cuh, "the CTA's sequence").
+template <bool kClaimTiles>
 __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
     sm90_gemm1_swiglu_kernel(const __grid_constant__ CUtensorMap tmap_w1,
                              const Gemm1SwigluParams params) {
@@ -60,7 +62,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
   if (role == WarpRole::kProducer) {
     // ---- producer ---------------------------------------------------------------------------
     ptx::setmaxnreg_dec<Config::kProducerRegs>();
-    device::run_producer(smem, op, &tmap_w1);
+    device::run_producer<kClaimTiles>(smem, op, &tmap_w1);
   } else {
     // ---- consumers' mainloop ------------------------------------------------------------------
     ptx::setmaxnreg_inc<Config::kConsumerRegs>();
@@ -71,7 +73,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
                                                             op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (uint32_t count = 0; scheduler.get(device::read_tile(smem, count), &tile); ++count) {
+    for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile); ++count) {
       float acc[128];  // [0, 64): up columns of the tile, [64, 128): gate, same fragment layout
       device::consume_tile(smem, op, consumer_idx, pipe, acc);
 

@@ -30,6 +30,8 @@ struct Gemm2Params {
   __nv_bfloat16* y;                  // [max_rows, H]
 };
 
+// kClaimTiles: tiles claimed dynamically (device/grouped_mainloop.cuh, "the CTA's sequence").
+template <bool kClaimTiles>
 __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
     sm90_gemm2_kernel(const __grid_constant__ CUtensorMap tmap_w2, const Gemm2Params params) {
   using Config = device::GroupedGemmConfig;
@@ -51,7 +53,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
   if (role == WarpRole::kProducer) {
     // ---- producer ---------------------------------------------------------------------------
     ptx::setmaxnreg_dec<Config::kProducerRegs>();
-    device::run_producer(smem, op, &tmap_w2);
+    device::run_producer<kClaimTiles>(smem, op, &tmap_w2);
   } else {
     // ---- consumers' mainloop ------------------------------------------------------------------
     ptx::setmaxnreg_inc<Config::kConsumerRegs>();
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
                                                             op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (uint32_t count = 0; scheduler.get(device::read_tile(smem, count), &tile); ++count) {
+    for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile); ++count) {
       float acc[128];  // fragment order: acc[4 i + 2 h + v] is column n0 + col0 + 8 i + v
       device::consume_tile(smem, op, consumer_idx, pipe, acc);
 

@@ -41,8 +41,10 @@ cudaError_t launch_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
   params.intermediate_size = intermediate_size;
   params.act = act;
 
-  return launch_grouped_gemm(kernels::sm90_gemm1_swiglu_kernel, tmap_w1, params, rows.max_rows,
-                             rows.num_experts, enable_pdl, stream);
+  const auto kernel = rows.tile_counters != nullptr ? kernels::sm90_gemm1_swiglu_kernel<true>
+                                                    : kernels::sm90_gemm1_swiglu_kernel<false>;
+  return launch_grouped_gemm(kernel, tmap_w1, params, rows.max_rows, rows.num_experts, enable_pdl,
+                             stream);
 }
 
 }  // namespace fusedmoe::detail

@@ -41,8 +41,10 @@ cudaError_t launch_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
   params.hidden_size = hidden_size;
   params.y = y;
 
-  return launch_grouped_gemm(kernels::sm90_gemm2_kernel, tmap_w2, params, rows.max_rows,
-                             rows.num_experts, enable_pdl, stream);
+  const auto kernel = rows.tile_counters != nullptr ? kernels::sm90_gemm2_kernel<true>
+                                                    : kernels::sm90_gemm2_kernel<false>;
+  return launch_grouped_gemm(kernel, tmap_w2, params, rows.max_rows, rows.num_experts, enable_pdl,
+                             stream);
 }
 
 }  // namespace fusedmoe::detail
