@@ -164,8 +164,13 @@ __device__ inline int32_t read_tile(SharedStorage& smem, uint32_t count) {
   using Config = GroupedGemmConfig;
   const int slot = count % Config::kTileSlots;
   ptx::mbarrier_wait(&smem.tile_full[slot], (count / Config::kTileSlots) & 1);
-  const int32_t index = __shfl_sync(0xFFFFFFFFu, smem.tile_index[slot], 0);  // warp-uniform
-  if (threadIdx.x % 32 == 0) ptx::mbarrier_arrive(&smem.tile_empty[slot]);
+  // Lane 0 alone reads the slot, before its own arrive frees it for the next write (racecheck
+  // flagged the other lanes' reads, which no arrive of theirs ordered before that write).
+  const bool lane0 = threadIdx.x % 32 == 0;
+  int32_t index = 0;
+  if (lane0) index = smem.tile_index[slot];
+  index = __shfl_sync(0xFFFFFFFFu, index, 0);  // warp-uniform
+  if (lane0) ptx::mbarrier_arrive(&smem.tile_empty[slot]);
   return index;
 }
 
