@@ -9,11 +9,15 @@ of a full tile, as on branch wip/prefill-half-tiles). Routing is uniform distinc
 benchmark's shapes (BENCH.md), 132 SMs (H100 SXM and H200).
 
 Assignments:
-  static   CTA c takes tiles c, c + G, c + 2G, ... (the kernels today)
+  static   CTA c takes tiles c, c + G, c + 2G, ... (the kernels where weights do not stream)
   rotated  in round r CTA c takes tile r G + (c + r) % G (the same tiles run together; a CTA no
            longer meets the same place of a periodic full/half pattern every round)
-  dynamic  a CTA claims the next tile when it finishes one (an atomic counter)
+  dynamic  a CTA claims the next tile when it finishes one (an atomic counter; the kernels
+           where weights stream, heuristics::grouped_claim_tiles)
 The makespan ignores memory: it says how evenly work is spread, not how fast a tile runs.
+Measured against it (bench/NOTES.md, steps 8-9): wrong in sign for most shapes, because at
+T = 4096 the GEMMs are bound by weight traffic, which depends on which tiles run together
+(neighbours share a weight block through L2), not on how evenly tile time is spread.
 
 Usage: python3 dev/sim_tile_schedule.py [--half-cost 0.6] [--tokens 4096 16384] [--seed 1]
 """
