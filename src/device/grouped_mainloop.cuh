@@ -139,11 +139,12 @@ __device__ inline void init_barriers(SharedStorage& smem) {
 // claims each next tile index from a global counter and writes it to a ring (publish_tile);
 // every warp, the producer's included, reads the indices in order (read_tile). Each kernel is
 // compiled both ways, so the static one carries none of the ring's cost (measured +1-5 % GEMM
-// time with claims where they do not pay: heuristics::grouped_claim_tiles). Why dynamic: tiles that run at the same time share their B block through L2 only
-// while they stay neighbours in tile order (M blocks of one N block); with a static stride the
-// CTAs drift apart when tile times differ, and each B block is read from HBM more than once
-// (ncu, deepseek-v3 T = 4096 GEMM2: 10.9 GB from HBM with the stride, 7.7 GB claimed, for 7.5 GB
-// of weights; bench/NOTES.md step 9). Outputs do not depend on which CTA computes a tile.
+// time with claims where they do not pay: heuristics::grouped_claim_tiles).
+// Why dynamic: tiles that run at the same time share their B block through L2 only while they
+// stay neighbours in tile order (M blocks of one N block); with a static stride the CTAs drift
+// apart when tile times differ, and each B block is read from HBM more than once (ncu,
+// deepseek-v3 T = 4096 GEMM2: 10.9 GB from HBM with the stride, 7.7 GB claimed, for 7.5 GB of
+// weights; bench/NOTES.md step 9). Outputs do not depend on which CTA computes a tile.
 
 // Producer thread 0: publishes the index of the CTA's tile in round `round` (rounds in order).
 // A dynamic claim waits for its atomic here, while the consumers still have up to kStages loaded

@@ -3,9 +3,10 @@
 // over M blocks (M fastest, so CTAs working at the same time share the B tile through L2).
 // A persistent CTA visits its tiles in ascending order (a static stride or dynamic claims:
 // device/grouped_mainloop.cuh's publish_tile), so the scheduler walks the experts forward once,
-// the same sequence in every warp of the CTA. The walk is warp-cooperative: 32 experts per step (two coalesced loads, a warp
-// scan of their tile counts and a ballot), so E_loc = 1024 costs 32 dependent L2 round trips
-// per CTA (~15 us) instead of 1024 (~400 us), which matters when few rows make each GEMM short.
+// the same sequence in every warp of the CTA. The walk is warp-cooperative: 32 experts per step
+// (two coalesced loads, a warp scan of their tile counts and a ballot), so E_loc = 1024 costs 32
+// dependent L2 round trips per CTA (~15 us) instead of 1024 (~400 us), which matters when few
+// rows make each GEMM short.
 #pragma once
 
 #include <cstdint>

@@ -73,7 +73,8 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
                                                             op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile); ++count) {
+    for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile);
+         ++count) {
       float acc[128];  // [0, 64): up columns of the tile, [64, 128): gate, same fragment layout
       device::consume_tile(smem, op, consumer_idx, pipe, acc);
 

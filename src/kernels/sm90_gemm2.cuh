@@ -64,7 +64,8 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
                                                             op.num_n_blocks);
     device::PipelineState pipe;
     device::GroupedTile tile;
-    for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile); ++count) {
+    for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile);
+         ++count) {
       float acc[128];  // fragment order: acc[4 i + 2 h + v] is column n0 + col0 + 8 i + v
       device::consume_tile(smem, op, consumer_idx, pipe, acc);
 
