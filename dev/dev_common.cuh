@@ -85,6 +85,27 @@ inline std::vector<float> normal_logits(size_t n, uint32_t state = 12345) {
   return v;
 }
 
+// Random expert weights of a model for e_loc local experts (w1 [e_loc, 2I, H], w2 [e_loc, H, I],
+// uniform in +-0.03), filled on `stream`; freed with the object.
+struct DevWeights {
+  __nv_bfloat16* w1 = nullptr;
+  __nv_bfloat16* w2 = nullptr;
+
+  DevWeights(const Model& m, int32_t e_loc, cudaStream_t stream) {
+    const size_t w1_elems = size_t(e_loc) * 2 * m.I * m.H, w2_elems = size_t(e_loc) * m.H * m.I;
+    CHECK(cudaMalloc(&w1, w1_elems * 2));
+    CHECK(cudaMalloc(&w2, w2_elems * 2));
+    fill_random<<<1024, 256, 0, stream>>>(w1, w1_elems, 1, 0.03f);
+    fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
+  }
+  ~DevWeights() {
+    cudaFree(w1);
+    cudaFree(w2);
+  }
+  DevWeights(const DevWeights&) = delete;
+  DevWeights& operator=(const DevWeights&) = delete;
+};
+
 // The inputs and arguments of one run() call of a model at T tokens, shard E_loc (local experts
 // [0, E_loc)), weights supplied by the caller (shared across T): x random in [-1, 1), logits
 // normal, bias zero; DeepSeekV3 with BENCH.md's groups and scale. Frees its buffers.

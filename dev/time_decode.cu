@@ -65,12 +65,8 @@ int main(int argc, char** argv) {
     if (which != "all" && which != m.name) continue;
     // FUSEDMOE_DEV_EP=1: the expert-parallel grid of BENCH.md, shard 0 of 8 (E_loc = E / 8).
     const int32_t e_loc = ep ? m.E / 8 : m.E;
-    const size_t w1_elems = size_t(e_loc) * 2 * m.I * m.H, w2_elems = size_t(e_loc) * m.H * m.I;
-    __nv_bfloat16 *w1, *w2;
-    CHECK(cudaMalloc(&w1, w1_elems * 2));
-    CHECK(cudaMalloc(&w2, w2_elems * 2));
-    fill_random<<<1024, 256, 0, stream>>>(w1, w1_elems, 1, 0.03f);
-    fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
+    const DevWeights weights(m, e_loc, stream);
+    const __nv_bfloat16 *w1 = weights.w1, *w2 = weights.w2;
     for (int64_t T : token_counts) {
       DevCall call(m, T, e_loc, w1, w2, stream);
       MoeArguments& args = call.args;
@@ -133,8 +129,6 @@ int main(int argc, char** argv) {
       cudaGraphDestroy(graph);
       cudaFree(replay);
     }
-    cudaFree(w1);
-    cudaFree(w2);
   }
   return 0;
 }

@@ -59,12 +59,8 @@ int main() {
               "graph", "nopdl", "g1TF", "g2TF", "u128", "u64");
   for (const Model& m : bench_models()) {
     if (!model_selected(m.name, model_filters)) continue;
-    const size_t w1_elems = size_t(m.E) * 2 * m.I * m.H, w2_elems = size_t(m.E) * m.H * m.I;
-    __nv_bfloat16 *w1, *w2;
-    CHECK(cudaMalloc(&w1, w1_elems * 2));
-    CHECK(cudaMalloc(&w2, w2_elems * 2));
-    fill_random<<<1024, 256, 0, stream>>>(w1, w1_elems, 1, 0.03f);
-    fill_random<<<1024, 256, 0, stream>>>(w2, w2_elems, 2, 0.03f);
+    const DevWeights weights(m, m.E, stream);
+    const __nv_bfloat16 *w1 = weights.w1, *w2 = weights.w2;
     for (int64_t T : token_counts) {
       DevCall call(m, T, m.E, w1, w2, stream);
       MoeArguments& args = call.args;
@@ -157,8 +153,6 @@ int main() {
       std::fflush(stdout);
       for (auto& e : ev) cudaEventDestroy(e);
     }
-    cudaFree(w1);
-    cudaFree(w2);
   }
   return 0;
 }
