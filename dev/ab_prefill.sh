@@ -20,34 +20,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 (( $# >= 2 )) || { sed -n 2,17p "$0" >&2; exit 2; }
-OUT="${OUT:-build-device/out}"
-mkdir -p "$OUT"
-export PATH="$PATH:/usr/local/cuda/bin"
+source dev/ab_common.sh
 export FUSEDMOE_DEV_TOKENS="${FUSEDMOE_DEV_TOKENS:-4096 16384}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 
 names=() failed=()
 for tree in "$@"; do
   [[ -f $tree/CMakeLists.txt ]] || { echo "no tree at $tree" >&2; exit 2; }
-  name=$(basename "$(cd "$tree" && pwd)")
-  [[ $tree == . ]] && name=new
-  names+=("${name#.ab-}")
+  names+=("$(ab_tree_name "$tree")")
 done
 
 for i in "${!names[@]}"; do
-  tree=$(cd "${@:i+1:1}" && pwd) name=${names[i]} build=$PWD/build-ab-${names[i]}
+  name=${names[i]} build=$PWD/build-ab-${names[i]}
   target=fusedmoe
   (( i > 0 )) && [[ ${FUSEDMOE_AB_SKIP_TESTS:-0} != 1 ]] && target=""
-  log="$OUT/build_$name.log"
-  if ! { cmake -S "$tree" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-           -DFUSEDMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest" > "$log" 2>&1 &&
-         cmake --build "$build" -j "$(nproc)" ${target:+--target "$target"} >> "$log" 2>&1; }; then
-    echo "build of $name FAILED"; grep -A8 '^FAILED' "$log" | head -30; exit 1
-  fi
-  # The tree's own stage timer (a tree may set up its launches differently, e.g. tile counters).
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I"$tree/include" -I"$tree/src" \
-    -I"$tree" "$tree/dev/time_stages.cu" "$build/libfusedmoe.a" -lcuda \
-    -o "/tmp/time_stages_$name" || exit 1
+  ab_build "${@:i+1:1}" "$name" "$target" || exit 1
   if [[ -z $target ]]; then
     # A hang (a barrier protocol gone wrong) must not eat the whole device call: on an H200 these
     # take 2-7 s each; a tree that fails one is not run further.

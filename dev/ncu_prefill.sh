@@ -8,9 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 (( $# >= 1 )) || { sed -n 2,7p "$0" >&2; exit 2; }
-OUT="${OUT:-build-device/out}"
-mkdir -p "$OUT"
-export PATH="$PATH:/usr/local/cuda/bin"
+source dev/ab_common.sh
 export FUSEDMOE_DEV_TOKENS="${FUSEDMOE_DEV_TOKENS:-4096}"
 export FUSEDMOE_DEV_MODELS="${FUSEDMOE_DEV_MODELS:-deepseek}"
 metrics=gpu__time_duration.sum,dram__bytes_read.sum,lts__t_bytes.sum,lts__t_sector_hit_rate.pct
@@ -18,15 +16,8 @@ metrics+=,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapse
 metrics+=,sm__cycles_elapsed.avg.per_second
 names=()
 for tree in "$@"; do
-  name=$(basename "$(cd "$tree" && pwd)"); name=${name#.ab-}
-  build=$PWD/build-ab-$name
-  { cmake -S "$tree" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DFUSEDMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest" &&
-    cmake --build "$build" -j "$(nproc)" --target fusedmoe; } > "$OUT/build_$name.log" 2>&1 ||
-    { echo "build of $name FAILED"; tail -20 "$OUT/build_$name.log"; exit 1; }
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I"$tree/include" -I"$tree/src" \
-    -I"$tree" "$tree/dev/time_stages.cu" "$build/libfusedmoe.a" -lcuda \
-    -o "/tmp/time_stages_$name" || exit 1
+  name=$(ab_tree_name "$tree")
+  ab_build "$tree" "$name" fusedmoe || exit 1
   names+=("$name")
 done
 for kernel in sm90_gemm1 sm90_gemm2; do
