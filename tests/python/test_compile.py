@@ -67,7 +67,10 @@ def _moe_layer_unfinalized(x, logits, w1, w2, replay):
         logits, None, x, w1, w2, E, K, None, None, I, 0, E, routing_method_type=1,
         do_finalize=False, routing_replay_out=replay,
     )
-    return gemm2_output.float().sum(dim=1), weights, permuted
+    # The operator's own bits (every slot is local, so every row is defined). This returned a
+    # row sum before: the test's own op, which inductor may sum in another order; it failed bit
+    # equality once in CI, while 25 reruns found the operator's outputs equal bit for bit.
+    return gemm2_output, weights, permuted
 
 
 def _moe_layer_inplace(x, ids, weights, w1, w2, out):
