@@ -69,7 +69,9 @@ done < "$OUT/sass_hgmma.txt"
 # runs scripts/sanitize.sh with those tools over the GPU test executables.
 if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 || "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
   t0=$SECONDS
-  if (source scripts/python_env.sh && fusedmoe_install) > "$OUT/python.log" 2>&1; then
+  # All cores for the package's CUDA build (python_env.sh defaults to 2, for CI's machine).
+  if (export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"; source scripts/python_env.sh && fusedmoe_install) \
+      > "$OUT/python.log" 2>&1; then
     note "python package: installed ($((SECONDS - t0)) s)"
   else
     note "python package: install FAILED (see python.log)"; tail -20 "$OUT/python.log"
@@ -92,6 +94,20 @@ if [[ "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
     note "bench: ok ($((SECONDS - t0)) s): $(grep -i 'geometric' "$OUT/bench.log" | head -2 | tr '\n' ' ')"
   else
     note "bench: FAILED (rc $?, see bench.log)"; tail -30 "$OUT/bench.log"
+  fi
+fi
+# The concurrency tests' control (FUSEDMOE_CONCURRENCY_CONTROL=1): with one workspace shared by
+# every call in flight (the Python package's old behaviour) the same tests must FAIL; a control
+# that passes means the tests cannot see the race they guard against.
+if [[ "${FUSEDMOE_CONCURRENCY_CONTROL:-0}" == 1 ]]; then
+  cpp_failed=$(FUSEDMOE_TEST_SHARED_WORKSPACE=1 timeout 300 "$BUILD/tests/test_gpu_moe" --gtest_color=no \
+      --gtest_filter='GpuConcurrency.*Bitwise' 2>&1 | tee "$OUT/control.log" | grep -c '^\[  FAILED  \] Gpu')
+  py_failed=$(FUSEDMOE_TEST_SHARED_WORKSPACE=1 timeout 300 python3 -m pytest tests/python/test_concurrency.py \
+      -q -p no:cacheprovider 2>&1 | tee -a "$OUT/control.log" | grep -c '^FAILED')
+  if (( cpp_failed > 0 && py_failed > 0 )); then
+    note "concurrency control (shared workspace): fails as it must: C++ $cpp_failed of 3 tests, Python $py_failed of 4"
+  else
+    note "concurrency control: FAILED to fail (C++ $cpp_failed, Python $py_failed tests failed): the tests do not see the race"
   fi
 fi
 if [[ -n "${FUSEDMOE_SANITIZE:-}" ]]; then

@@ -4,6 +4,10 @@
 // C++ shape, modelled on CUB:
 //   * every entry point returns a Status (code + message naming the argument, expected, actual);
 //   * the caller owns the device workspace, sized once by workspace_size() for a maximum T;
+//   * concurrency: run() keeps no state between calls, so calls from any number of threads and
+//     streams may be in flight at once and give bitwise their serial results, PROVIDED each call
+//     in flight has a workspace of its own: one workspace per stream with calls in flight (calls
+//     queued on one stream run one after the other and may share one);
 //   * no allocation, no host synchronisation and no host-visible data dependence inside run(),
 //     so a run() captured in a CUDA graph replays correctly with new inputs;
 //   * the stream is the last parameter.
@@ -176,6 +180,10 @@ Status workspace_size(const MoeShape& shape, size_t* workspace_bytes);
 
 // The operator on the GPU (device pointers). Asynchronous on `stream`; no allocation, no host
 // synchronisation. On a non-ok status nothing has been enqueued and no output written.
+// The workspace holds the call's routing, permutation and activations until its last kernel has
+// run: it must not be used by another call in flight on another stream at the same time (give
+// each stream its own; reuse on the same stream is safe, the stream orders the calls). Thread-safe
+// otherwise: run() reads no mutable global state.
 Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // The operator on the CPU (host pointers): the reference implementation of SPEC, the truth that

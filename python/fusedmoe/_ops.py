@@ -11,7 +11,8 @@ Both may also write ``routing_replay_out`` and a caller ``workspace`` (declared 
 
 Tensors reach the C++ layer (``fusedmoe._ext``) as DLPack views. CUDA tensors run ``run()`` on
 the current stream of their device; CPU tensors run ``run_reference()``. Nothing is allocated
-beyond the outputs and, when the caller passes no ``workspace``, one cached workspace per device.
+beyond the outputs and, when the caller passes no ``workspace``, the call's scratch from PyTorch's
+stream-ordered caching allocator (``call_scratch``).
 """
 
 import contextlib
@@ -21,47 +22,18 @@ import torch
 
 from . import _ext
 
-# ---- workspace cache ----------------------------------------------------------------------------
-# device index -> uint8 tensor. Grown (never shrunk) to exactly what a call needs when it needs
-# more; fusedmoe.reserve_workspace() sizes it once for a maximum T. A workspace used during CUDA
-# graph capture is kept alive forever: a captured graph keeps reading its address.
-_WORKSPACES = {}
-_CAPTURED_WORKSPACES = []
-_CAPTURED_IDS = set()
-
-
-def _workspace_bytes(num_tokens, hidden_size, intermediate_size, num_experts, top_k, offset, num_local):
-    return _ext.workspace_size(
-        num_tokens, hidden_size, intermediate_size, num_experts, top_k, offset, num_local
-    )
-
-
-def cached_workspace(device: torch.device, needed_bytes: int) -> torch.Tensor:
-    """The cached workspace of ``device``, grown to ``needed_bytes`` if smaller.
-
-    Growth outside graph capture synchronises the device once so that no queued kernel still uses
-    the old buffer; growth during capture is refused (warm up first, or pass ``workspace=``).
-    """
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    workspace = _WORKSPACES.get(index)
-    capturing = torch.cuda.is_current_stream_capturing()
-    if workspace is None or workspace.numel() < needed_bytes:
-        if capturing:
-            have = 0 if workspace is None else workspace.numel()
-            raise ValueError(
-                f"workspace: the cached workspace holds {have} bytes, this call needs {needed_bytes}; "
-                "it cannot grow during CUDA graph capture. Call fusedmoe.reserve_workspace() with "
-                "the largest num_tokens (or run one call eagerly with it) before capturing, or "
-                "pass workspace="
-            )
-        if workspace is not None and id(workspace) not in _CAPTURED_IDS:
-            torch.cuda.synchronize(device)
-        workspace = torch.empty(needed_bytes, dtype=torch.uint8, device=device)
-        _WORKSPACES[index] = workspace
-    if capturing and id(workspace) not in _CAPTURED_IDS:
-        _CAPTURED_IDS.add(id(workspace))
-        _CAPTURED_WORKSPACES.append(workspace)
-    return workspace
+# ---- per-call scratch -----------------------------------------------------------------------------
+# Without a caller workspace, each call takes its scratch from PyTorch's caching allocator on the
+# call's stream and drops it when it returns. The allocator is stream-ordered: the block goes back
+# to that stream's pool and is handed out again only to later work on the same stream (ordered
+# after this call's kernels), never to a call in flight on another stream; so calls on different
+# streams or threads can never share scratch (one shared per-device buffer made two streams corrupt
+# each other's routing and activations). In steady state the block comes from the cache: no
+# cudaMalloc and no synchronisation. Under CUDA graph capture it comes from the graph's private
+# pool, which the graph keeps for as long as it lives, so replays need nothing from Python.
+def call_scratch(device: torch.device, needed_bytes: int) -> torch.Tensor:
+    """A uint8 scratch buffer of ``needed_bytes`` on ``device`` for one call on its current stream."""
+    return torch.empty(max(int(needed_bytes), 1), dtype=torch.uint8, device=device)
 
 
 # ---- the call into C++ --------------------------------------------------------------------------
@@ -73,7 +45,7 @@ def _launch(
     expanded_idx_to_permuted_idx, routing_replay_out, workspace,
 ):
     """Calls fusedmoe._ext.moe: run() on the current stream for CUDA tensors (with the caller's
-    or the cached workspace), run_reference() for CPU tensors."""
+    workspace or per-call scratch), run_reference() for CPU tensors."""
     device = hidden_states.device
     on_gpu = device.type == "cuda"
     stream = 0
@@ -88,7 +60,7 @@ def _launch(
                 f"got {workspace.numel()}"
             )
         if workspace is None:
-            workspace = cached_workspace(device, needed)
+            workspace = call_scratch(device, needed)
         stream = torch.cuda.current_stream(device).cuda_stream
     with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():
         _ext.moe(

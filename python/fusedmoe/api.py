@@ -63,7 +63,8 @@ def workspace_size(
 ) -> int:
     """Bytes of GPU workspace a call needs; a buffer sized for the largest T serves every smaller T.
 
-    Only needed to pass ``workspace=`` yourself; otherwise a cached per-device workspace is used.
+    Only needed to pass ``workspace=`` yourself (one workspace per stream with calls in flight);
+    otherwise each call takes its scratch from PyTorch's caching allocator on its stream.
     """
     if local_num_experts is None:
         local_num_experts = num_experts
@@ -85,18 +86,22 @@ def reserve_workspace(
     local_num_experts: Optional[int] = None,
     device=None,
 ) -> int:
-    """Grows the cached GPU workspace of ``device`` (default: current) for up to ``max_num_tokens``.
+    """Optional warm-up: leaves a scratch block for up to ``max_num_tokens`` in PyTorch's cache.
 
-    Call it once per process at load time with the largest T (and the largest layer shape) before
-    capturing CUDA graphs: calls then never allocate, and a capture never needs to grow it.
-    Returns the bytes now reserved.
+    Calls without ``workspace=`` take their scratch per call from PyTorch's stream-ordered caching
+    allocator on the current stream (so concurrent calls on different streams never share it).
+    This allocates and frees that much on the current stream of ``device`` (default: current), so
+    that the first call of that size finds the block cached instead of calling cudaMalloc. Calls
+    are correct without it; CUDA graph capture draws from the graph's own pool either way.
+    Returns the bytes a call with ``max_num_tokens`` tokens needs.
     """
     needed = workspace_size(max_num_tokens, hidden_size, intermediate_size, num_experts, top_k,
                             local_expert_offset, local_num_experts)
     device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"device: expected a cuda device, got {device}")
-    return _ops.cached_workspace(device, needed).numel()
+    del _ops.call_scratch(device, needed)
+    return needed
 
 
 def pack_topk(topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
@@ -266,12 +271,13 @@ def trtllm_bf16_moe(
             [T*K] int32 (-1 for a slot routed elsewhere)]``.
         enable_pdl: programmatic dependent launch between the GPU pipeline's kernels.
         tune_max_num_tokens: accepted for compatibility (FlashInfer's autotuner cap; fusedmoe has
-            no autotuner). For CUDA graphs, size the workspace with ``reserve_workspace``.
+            no autotuner).
         activation_type: must be 3 (SwiGLU). norm_topk_prob: must be True.
         routing_replay_out: optional [T, K] int16, receives the selected global expert ids.
         output: optional [T, H] bf16 tensor written in place and returned (do_finalize only).
         workspace: optional uint8 CUDA tensor of at least ``workspace_size(...)`` bytes, used
-            instead of the cached one.
+            instead of per-call scratch from PyTorch's caching allocator. A workspace serves one
+            stream at a time: calls in flight together on different streams need one each.
         expert_weights_dtype: torch.float32 keeps the routing weights in fp32 (used by finalize
             and returned as expert_weights); bf16 (SPEC's default) rounds them once.
 

@@ -11,19 +11,31 @@ using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t
                                    const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
                                    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 
-cudaError_t get_encode_tiled(EncodeTiledFn* fn) {
-  static EncodeTiledFn cached = nullptr;
-  if (cached == nullptr) {
-    void* entry = nullptr;
-    cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
-    const cudaError_t err = cudaGetDriverEntryPointByVersion(
-        "cuTensorMapEncodeTiled", &entry, 12000, cudaEnableDefault, &query);
-    if (err != cudaSuccess) return err;
-    if (query != cudaDriverEntryPointSuccess || entry == nullptr) return cudaErrorNotSupported;
-    cached = reinterpret_cast<EncodeTiledFn>(entry);
+// The driver's entry point, looked up once per process. A function-local static is initialised
+// exactly once even when several threads call run() at the same time (C++11 magic statics; the
+// earlier `if (cached == nullptr) cached = ...` was a data race). A failed lookup is kept too:
+// every caller gets its error.
+struct EncodeTiledLookup {
+  EncodeTiledFn fn = nullptr;
+  cudaError_t error = cudaSuccess;
+};
+
+EncodeTiledLookup look_up_encode_tiled() {
+  void* entry = nullptr;
+  cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
+  const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000,
+                                                           cudaEnableDefault, &query);
+  if (err != cudaSuccess) return {nullptr, err};
+  if (query != cudaDriverEntryPointSuccess || entry == nullptr) {
+    return {nullptr, cudaErrorNotSupported};
   }
-  *fn = cached;
-  return cudaSuccess;
+  return {reinterpret_cast<EncodeTiledFn>(entry), cudaSuccess};
+}
+
+cudaError_t get_encode_tiled(EncodeTiledFn* fn) {
+  static const EncodeTiledLookup lookup = look_up_encode_tiled();
+  *fn = lookup.fn;
+  return lookup.error;
 }
 
 }  // namespace
