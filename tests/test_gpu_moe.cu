@@ -1104,6 +1104,14 @@ std::vector<CaseSpec> concurrency_cases() {
   return cases;
 }
 
+// Holds a stream for `cycles` clock ticks, so that the launches queued behind it on every stream
+// start together and overlap (without it, each call could finish before the next is enqueued).
+__global__ void spin_kernel(long long cycles) {
+  const long long start = clock64();
+  while (clock64() - start < cycles) {
+  }
+}
+
 bool shared_workspace_control() {
   const char* choice = std::getenv("FUSEDMOE_TEST_SHARED_WORKSPACE");
   return choice != nullptr && std::strcmp(choice, "1") == 0;
@@ -1168,10 +1176,13 @@ class ConcurrentCalls {
   // run() of call i on its stream, not waited for.
   Status launch(int i) { return run(args_[i], workspace(i), bytes_[i], streams_[i]); }
 
-  // Poisons every output and waits, so that the poison (legacy stream) lands before any call.
+  // Poisons every output and waits, so that the poison (legacy stream) lands before any call;
+  // then holds every stream for ~1 ms, so that the launches that follow run together.
   void poison_all() {
     for (auto& c : cases_) c->poison_outputs();
     check_cuda(cudaDeviceSynchronize(), "poison");
+    for (cudaStream_t stream : streams_) spin_kernel<<<1, 1, 0, stream>>>(2000000);
+    check_cuda(cudaGetLastError(), "spin");
   }
 
   // Waits for everything and counts the calls whose outputs differ from their serial result.
