@@ -1,4 +1,4 @@
-// Names of the public enums (for messages and bindings) and the permuted capacity.
+// Names and predicates of the public enums (for messages and bindings) and the permuted capacity.
 #include "fusedmoe/fusedmoe.h"
 
 namespace fusedmoe {
@@ -36,6 +36,39 @@ const char* routing_method_name(RoutingMethod method) {
     case RoutingMethod::kTopKSigmoid: return "TopKSigmoid";
   }
   return "unknown_method";
+}
+
+bool is_valid_activation(Activation activation) {
+  switch (activation) {
+    case Activation::kGelu:
+    case Activation::kRelu:
+    case Activation::kSilu:
+    case Activation::kSwiglu:
+    case Activation::kGeglu:
+    case Activation::kRelu2:
+    case Activation::kSwigluStep:
+    case Activation::kGegluTanh: return true;
+  }
+  return false;
+}
+
+bool is_gated(Activation activation) {
+  return activation == Activation::kSwiglu || activation == Activation::kGeglu ||
+         activation == Activation::kSwigluStep || activation == Activation::kGegluTanh;
+}
+
+const char* activation_name(Activation activation) {
+  switch (activation) {
+    case Activation::kGelu: return "Gelu";
+    case Activation::kRelu: return "Relu";
+    case Activation::kSilu: return "Silu";
+    case Activation::kSwiglu: return "Swiglu";
+    case Activation::kGeglu: return "Geglu";
+    case Activation::kRelu2: return "Relu2";
+    case Activation::kSwigluStep: return "SwigluStep";
+    case Activation::kGegluTanh: return "GegluTanh";
+  }
+  return "unknown_activation";
 }
 
 // Every local slot gets one row, expert-sorted and unpadded (docs/DESIGN.md "Permutation").

@@ -74,6 +74,45 @@ Status validate_logits_routing(const MoeShape& shape, const LogitsRouting& logit
   return Status::Ok();
 }
 
+// The expert MLP's options: activation, its parameters, biases, routing weights on the input.
+Status validate_expert_mlp(const MoeArguments& args) {
+  const int activation = static_cast<int>(args.activation);
+  if (!is_valid_activation(args.activation)) {
+    return invalid_argument("activation",
+                            "an Activation: Gelu 0, Relu 1, Silu 2, Swiglu 3, Geglu 4, Relu2 6, "
+                            "SwigluStep 7 or GegluTanh 8",
+                            str(activation));
+  }
+  const std::string name = activation_name(args.activation);
+  if (args.activation != Activation::kSwiglu) {
+    if (args.gemm1_alpha) {
+      return invalid_argument("gemm1_alpha", "nullptr (only Swiglu reads it) with " + name,
+                              "a pointer");
+    }
+    if (args.gemm1_beta) {
+      return invalid_argument("gemm1_beta", "nullptr (only Swiglu reads it) with " + name,
+                              "a pointer");
+    }
+  }
+  if (args.gemm1_clamp_limit && args.activation != Activation::kSwiglu &&
+      args.activation != Activation::kSwigluStep) {
+    return invalid_argument("gemm1_clamp_limit",
+                            "nullptr (only Swiglu and SwigluStep read it) with " + name,
+                            "a pointer");
+  }
+  if (args.gemm1_bias) {
+    if (Status s = check_dtype("gemm1_bias_dtype", args.gemm1_bias_dtype); !s.ok()) return s;
+  }
+  if (args.gemm2_bias) {
+    if (Status s = check_dtype("gemm2_bias_dtype", args.gemm2_bias_dtype); !s.ok()) return s;
+  }
+  if (args.use_routing_scales_on_input && args.shape.top_k != 1) {
+    return invalid_argument("shape.top_k", "1 with use_routing_scales_on_input",
+                            str(args.shape.top_k));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status invalid_argument(const std::string& argument, const std::string& expected,
@@ -145,6 +184,7 @@ Status validate(const MoeArguments& args) {
   if (Status s = detail::check_dtype("expert_weights_dtype", args.expert_weights_dtype); !s.ok()) {
     return s;
   }
+  if (Status s = detail::validate_expert_mlp(args); !s.ok()) return s;
 
   // Exactly one routing input.
   const bool has_logits = args.logits.logits != nullptr;

@@ -70,6 +70,32 @@ constexpr int kNumRoutingMethods = 10;
 
 const char* routing_method_name(RoutingMethod method);
 
+// The activation between the two GEMMs: FlashInfer's ActivationType numbers. Gated activations
+// read gate and up halves of GEMM1's output g (gemm1 [E_loc, 2I, H], rows [0, I) up, [I, 2I)
+// gate); non-gated ones read g itself (gemm1 [E_loc, I, H]). Computed in fp32, rounded once to
+// bf16. (FlashInfer's SwigluBias 5, Identity 9 and later values are not offered: an error.)
+enum class Activation : int {
+  kGelu = 0,        // non-gated: gelu(g) = g/2 (1 + erf(g / sqrt 2))
+  kRelu = 1,        // non-gated: max(g, 0)
+  kSilu = 2,        // non-gated: g * sigmoid(g)
+  kSwiglu = 3,      // gated (default): gate' * sigmoid(alpha * gate') * (up' + beta), with
+                    //   gate' = min(gate, limit), up' = clamp(up, -limit, limit)
+  kGeglu = 4,       // gated: gelu(gate) * up (erf form)
+  kRelu2 = 6,       // non-gated: max(g, 0)^2
+  kSwigluStep = 7,  // gated: min(silu(gate), limit) * clamp(up, -limit, limit); limit default 7
+  kGegluTanh = 8,   // gated: gelu_tanh(gate) * up, gelu_tanh(v) = v/2 (1 + tanh(sqrt(2/pi) (v +
+                    //   0.044715 v^3)))
+};
+
+// True for the activations above, false for any other value.
+bool is_valid_activation(Activation activation);
+// Gated: Swiglu, Geglu, SwigluStep, GegluTanh (gemm1 holds 2I rows per expert).
+bool is_gated(Activation activation);
+const char* activation_name(Activation activation);
+
+// SwigluStep's clamp limit when gemm1_clamp_limit is not given (the Step-3 models' value).
+constexpr float kSwigluStepDefaultLimit = 7.0f;
+
 // Weight layouts. kCanonical is SPEC's: gemm1 [E_loc, 2I, H] (rows [0,I) up, [I,2I) gate),
 // gemm2 [E_loc, H, I]. Every path accepts it; prepare_weights() may offer faster ones later.
 enum class WeightLayout : int { kCanonical = 0 };
@@ -137,9 +163,26 @@ struct MoeArguments {
 
   // Inputs (never written).
   const void* hidden_states = nullptr;  // [T, H] bf16
-  const void* gemm1_weights = nullptr;  // [E_loc, 2I, H] bf16
+  const void* gemm1_weights = nullptr;  // [E_loc, 2I, H] bf16 (gated), [E_loc, I, H] (non-gated)
   const void* gemm2_weights = nullptr;  // [E_loc, H, I] bf16
   WeightLayout weight_layout = WeightLayout::kCanonical;
+
+  // The expert MLP: activation, its per-expert parameters and the expert biases (all optional).
+  Activation activation = Activation::kSwiglu;
+  const float* gemm1_alpha = nullptr;        // [E_loc] fp32, Swiglu only; nullptr: 1
+  const float* gemm1_beta = nullptr;         // [E_loc] fp32, Swiglu only; nullptr: 0
+  const float* gemm1_clamp_limit = nullptr;  // [E_loc] fp32, Swiglu (nullptr: no clamp) and
+                                             // SwigluStep (nullptr: kSwigluStepDefaultLimit)
+  // Added to GEMM1's fp32 output before the activation: [E_loc, 2I] (gated, ordered like gemm1's
+  // rows: up then gate) or [E_loc, I] (non-gated).
+  const void* gemm1_bias = nullptr;
+  DType gemm1_bias_dtype = DType::kBF16;
+  // Added to GEMM2's fp32 output before it is rounded to bf16 and weighted: [E_loc, H].
+  const void* gemm2_bias = nullptr;
+  DType gemm2_bias_dtype = DType::kBF16;
+  // K == 1 only: the expert computes on bf16(w * x) (the routing weight applied to its input,
+  // as Llama 4 does) and its output is not weighted again.
+  bool use_routing_scales_on_input = false;
 
   // Routing: exactly one of logits.logits and routed.topk_ids is non-null.
   LogitsRouting logits;

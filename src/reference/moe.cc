@@ -1,5 +1,5 @@
-// CPU reference of the operator after routing: permutation, the two expert GEMMs with SwiGLU,
-// finalize, and run_reference() which strings the pieces together (SPEC "The math",
+// CPU reference of the operator after routing: permutation, the two expert GEMMs with the
+// activation and biases, routing weights on the input, finalize, and run_reference() which strings the pieces together (SPEC "The math",
 // docs/DESIGN.md).
 //
 // Speed without cleverness: rows are processed expert by expert; each weight row is widened to
@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "activation.h"
 #include "reference/bf16.h"
 #include "reference/reference.h"
 
@@ -34,7 +35,27 @@ void widen_row(const uint16_t* bf16, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = detail::bf16_bits_to_float(bf16[i]);
 }
 
+// Element `index` of an optional bias in bf16 or fp32, widened (0 when there is no bias).
+float bias_at(const void* bias, DType dtype, int64_t index) {
+  if (bias == nullptr) return 0.0f;
+  if (dtype == DType::kFP32) return static_cast<const float*>(bias)[index];
+  return detail::bf16_bits_to_float(static_cast<const uint16_t*>(bias)[index]);
+}
+
 }  // namespace
+
+ExpertMlp expert_mlp(const MoeArguments& args) {
+  ExpertMlp mlp;
+  mlp.activation = args.activation;
+  mlp.alpha = args.gemm1_alpha;
+  mlp.beta = args.gemm1_beta;
+  mlp.clamp_limit = args.gemm1_clamp_limit;
+  mlp.gemm1_bias = args.gemm1_bias;
+  mlp.gemm1_bias_dtype = args.gemm1_bias_dtype;
+  mlp.gemm2_bias = args.gemm2_bias;
+  mlp.gemm2_bias_dtype = args.gemm2_bias_dtype;
+  return mlp;
+}
 
 Permutation permute_reference(const std::vector<int32_t>& ids, int32_t local_expert_offset,
                               int32_t local_num_experts) {
@@ -69,8 +90,14 @@ Permutation permute_reference(const std::vector<int32_t>& ids, int32_t local_exp
 
 std::vector<uint16_t> activation_reference(const uint16_t* x, const uint16_t* w1,
                                            int64_t hidden_size, int64_t intermediate_size,
-                                           int32_t top_k, const Permutation& permutation) {
+                                           int32_t top_k, const Permutation& permutation,
+                                           const ExpertMlp& mlp) {
   const int64_t H = hidden_size, I = intermediate_size;
+  const int64_t N = gemm1_rows(mlp.activation, I);  // g's length: 2I gated, I non-gated
+  const bool gated = is_gated(mlp.activation);
+  // Plain SwiGLU keeps the pinned silu(gate) * up (the GEMM1 fast path's formula).
+  const bool plain_swiglu = mlp.activation == Activation::kSwiglu && mlp.alpha == nullptr &&
+                            mlp.beta == nullptr && mlp.clamp_limit == nullptr;
   const int32_t num_experts = static_cast<int32_t>(permutation.expert_offsets.size()) - 1;
   std::vector<uint16_t> act(permutation.num_local() * I);
   std::vector<float> rows, g, weight_row(H);
@@ -85,21 +112,33 @@ std::vector<uint16_t> activation_reference(const uint16_t* x, const uint16_t* w1
       const int64_t token = permutation.permuted_slots[begin + r] / top_k;
       widen_row(x + token * H, H, rows.data() + r * H);
     }
-    // g = rows . W1[e]^T: (num_rows, 2I), fp32, not rounded.
-    g.resize(num_rows * 2 * I);
-    const uint16_t* w1_expert = w1 + static_cast<int64_t>(e) * 2 * I * H;
-    for (int64_t j = 0; j < 2 * I; ++j) {
+    // g = rows . W1[e]^T + bias[e]: (num_rows, N), fp32, not rounded.
+    g.resize(num_rows * N);
+    const uint16_t* w1_expert = w1 + static_cast<int64_t>(e) * N * H;
+    for (int64_t j = 0; j < N; ++j) {
       widen_row(w1_expert + j * H, H, weight_row.data());
+      const float bias = bias_at(mlp.gemm1_bias, mlp.gemm1_bias_dtype, e * N + j);
       for (int64_t r = 0; r < num_rows; ++r) {
-        g[r * 2 * I + j] = dot(rows.data() + r * H, weight_row.data(), H);
+        const float dot_value = dot(rows.data() + r * H, weight_row.data(), H);
+        g[r * N + j] = mlp.gemm1_bias ? dot_value + bias : dot_value;
       }
     }
-    // act = bf16(silu(gate) * up), up = g[0, I), gate = g[I, 2I).
+    // act = bf16(activation), up = g[0, I), gate = g[I, 2I) when gated.
+    const activation::ExpertParams params = activation::expert_params(
+        mlp.activation, mlp.alpha, mlp.beta, mlp.clamp_limit, e);
     for (int64_t r = 0; r < num_rows; ++r) {
-      const float* g_row = g.data() + r * 2 * I;
+      const float* g_row = g.data() + r * N;
       uint16_t* act_row = act.data() + (begin + r) * I;
       for (int64_t j = 0; j < I; ++j) {
-        act_row[j] = detail::float_to_bf16_bits(silu(g_row[I + j]) * g_row[j]);
+        float a;
+        if (plain_swiglu) {
+          a = silu(g_row[I + j]) * g_row[j];
+        } else if (gated) {
+          a = activation::gated(mlp.activation, g_row[I + j], g_row[j], params);
+        } else {
+          a = activation::plain(mlp.activation, g_row[j]);
+        }
+        act_row[j] = detail::float_to_bf16_bits(a);
       }
     }
   }
@@ -108,7 +147,7 @@ std::vector<uint16_t> activation_reference(const uint16_t* x, const uint16_t* w1
 
 std::vector<uint16_t> gemm2_reference(const std::vector<uint16_t>& act, const uint16_t* w2,
                                       int64_t hidden_size, int64_t intermediate_size,
-                                      const Permutation& permutation) {
+                                      const Permutation& permutation, const ExpertMlp& mlp) {
   const int64_t H = hidden_size, I = intermediate_size;
   const int32_t num_experts = static_cast<int32_t>(permutation.expert_offsets.size()) - 1;
   std::vector<uint16_t> y(permutation.num_local() * H);
@@ -123,17 +162,33 @@ std::vector<uint16_t> gemm2_reference(const std::vector<uint16_t>& act, const ui
     const uint16_t* w2_expert = w2 + static_cast<int64_t>(e) * H * I;
     for (int64_t h = 0; h < H; ++h) {
       widen_row(w2_expert + h * I, I, weight_row.data());
+      const float bias = bias_at(mlp.gemm2_bias, mlp.gemm2_bias_dtype, e * H + h);
       for (int64_t r = 0; r < num_rows; ++r) {
+        const float dot_value = dot(rows.data() + r * I, weight_row.data(), I);
         y[(begin + r) * H + h] =
-            detail::float_to_bf16_bits(dot(rows.data() + r * I, weight_row.data(), I));
+            detail::float_to_bf16_bits(mlp.gemm2_bias ? dot_value + bias : dot_value);
       }
     }
   }
   return y;
 }
 
+std::vector<uint16_t> scale_input_reference(const uint16_t* x, const Routing& routing,
+                                            int64_t hidden_size) {
+  const int64_t T = routing.num_tokens, H = hidden_size;
+  std::vector<uint16_t> scaled(T * H);
+  for (int64_t t = 0; t < T; ++t) {
+    const float w = routing.weights[t * routing.top_k];  // K == 1
+    for (int64_t h = 0; h < H; ++h) {
+      scaled[t * H + h] = detail::float_to_bf16_bits(detail::bf16_bits_to_float(x[t * H + h]) * w);
+    }
+  }
+  return scaled;
+}
+
 std::vector<uint16_t> finalize_reference(const Routing& routing, const Permutation& permutation,
-                                         const std::vector<uint16_t>& y, int64_t hidden_size) {
+                                         const std::vector<uint16_t>& y, int64_t hidden_size,
+                                         bool unweighted) {
   const int64_t T = routing.num_tokens, H = hidden_size;
   const int32_t K = routing.top_k;
   std::vector<uint16_t> out(T * H);
@@ -144,7 +199,7 @@ std::vector<uint16_t> finalize_reference(const Routing& routing, const Permutati
       const int64_t slot = t * K + k;
       const int32_t row = permutation.expanded_idx_to_permuted_idx[slot];
       if (row < 0) continue;  // non-local: contributes exactly zero
-      const float w = routing.weights[slot];
+      const float w = unweighted ? 1.0f : routing.weights[slot];
       const uint16_t* y_row = y.data() + static_cast<int64_t>(row) * H;
       for (int64_t h = 0; h < H; ++h) {
         acc[h] = std::fma(w, detail::bf16_bits_to_float(y_row[h]), acc[h]);
@@ -171,14 +226,22 @@ Status run_reference(const MoeArguments& args) {
           : ref::decode_routed_reference(args.routed, T, K);
   const ref::Permutation perm =
       ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
+  const ref::ExpertMlp mlp = ref::expert_mlp(args);
   const auto* x = static_cast<const uint16_t*>(args.hidden_states);
+  // Routing weights on the input: the experts see bf16(w * x), and finalize weights by 1.
+  std::vector<uint16_t> scaled_x;
+  if (args.use_routing_scales_on_input) {
+    scaled_x = ref::scale_input_reference(x, routing, H);
+    x = scaled_x.data();
+  }
   const std::vector<uint16_t> act = ref::activation_reference(
-      x, static_cast<const uint16_t*>(args.gemm1_weights), H, I, K, perm);
-  const std::vector<uint16_t> y =
-      ref::gemm2_reference(act, static_cast<const uint16_t*>(args.gemm2_weights), H, I, perm);
+      x, static_cast<const uint16_t*>(args.gemm1_weights), H, I, K, perm, mlp);
+  const std::vector<uint16_t> y = ref::gemm2_reference(
+      act, static_cast<const uint16_t*>(args.gemm2_weights), H, I, perm, mlp);
 
   if (args.do_finalize) {
-    const std::vector<uint16_t> out = ref::finalize_reference(routing, perm, y, H);
+    const std::vector<uint16_t> out =
+        ref::finalize_reference(routing, perm, y, H, args.use_routing_scales_on_input);
     std::memcpy(args.output, out.data(), out.size() * sizeof(uint16_t));
   } else {
     // Rows [0, num_local) of gemm2_output; the rest of the capacity is left as it was. (No

@@ -77,20 +77,50 @@ Permutation permute_reference(const std::vector<int32_t>& ids, int32_t local_exp
 
 // ---- expert MLPs (rows in permuted order) ------------------------------------------------------
 
-// act[p, j] = bf16(silu(g[I + j]) * g[j]), g = x[permuted_slots[p] / K] . W1[e]^T in fp32.
-// x: [T, H], w1: [E_loc, 2I, H] (bf16 bits). Returns [num_local, I] bf16 bits.
+// A call's expert MLP options (MoeArguments): the activation with its per-expert parameters
+// (src/activation.h applies the defaults) and the expert biases, as host pointers.
+struct ExpertMlp {
+  Activation activation = Activation::kSwiglu;
+  const float* alpha = nullptr;        // [E_loc] or nullptr
+  const float* beta = nullptr;         // [E_loc] or nullptr
+  const float* clamp_limit = nullptr;  // [E_loc] or nullptr
+  const void* gemm1_bias = nullptr;    // [E_loc, 2I] (gated) or [E_loc, I], gemm1_bias_dtype
+  DType gemm1_bias_dtype = DType::kBF16;
+  const void* gemm2_bias = nullptr;    // [E_loc, H], gemm2_bias_dtype
+  DType gemm2_bias_dtype = DType::kBF16;
+};
+ExpertMlp expert_mlp(const MoeArguments& args);
+
+// Rows of gemm1 per expert: 2I for a gated activation, I otherwise.
+inline int64_t gemm1_rows(Activation activation, int64_t intermediate_size) {
+  return is_gated(activation) ? 2 * intermediate_size : intermediate_size;
+}
+
+// g = x[permuted_slots[p] / K] . W1[e]^T in fp32 (+ gemm1_bias[e]); then act[p, j] =
+// bf16(silu(g[I + j]) * g[j]) for plain Swiglu (no alpha, beta, clamp limit: the pinned silu),
+// bf16(activation::gated(g[I + j], g[j])) for other gated activations, bf16(activation::plain(g[j]))
+// for non-gated ones. x: [T, H], w1: [E_loc, 2I or I, H] (bf16 bits). Returns [num_local, I].
 std::vector<uint16_t> activation_reference(const uint16_t* x, const uint16_t* w1,
                                            int64_t hidden_size, int64_t intermediate_size,
-                                           int32_t top_k, const Permutation& permutation);
+                                           int32_t top_k, const Permutation& permutation,
+                                           const ExpertMlp& mlp = {});
 
-// y[p, h] = bf16(act[p, :] . W2[e][h, :]) in fp32. w2: [E_loc, H, I]. Returns [num_local, H].
+// y[p, h] = bf16(act[p, :] . W2[e][h, :] (+ gemm2_bias[e][h])) in fp32. w2: [E_loc, H, I].
+// Returns [num_local, H].
 std::vector<uint16_t> gemm2_reference(const std::vector<uint16_t>& act, const uint16_t* w2,
                                       int64_t hidden_size, int64_t intermediate_size,
-                                      const Permutation& permutation);
+                                      const Permutation& permutation, const ExpertMlp& mlp = {});
+
+// Routing weights on the input (use_routing_scales_on_input, K == 1): x'[t, :] = bf16(x[t, :] *
+// w[t]) with w the weight as used (routing.weights). Returns [T, H] bf16 bits.
+std::vector<uint16_t> scale_input_reference(const uint16_t* x, const Routing& routing,
+                                            int64_t hidden_size);
 
 // out[t] = bf16(sum over local slots k ascending of w[t, k] * y[row of slot]), fp32 fma chain;
-// a token with no local slot gets +0. Returns [T, H] bf16 bits.
+// a token with no local slot gets +0. unweighted: w = 1 (the weights went into the input).
+// Returns [T, H] bf16 bits.
 std::vector<uint16_t> finalize_reference(const Routing& routing, const Permutation& permutation,
-                                         const std::vector<uint16_t>& y, int64_t hidden_size);
+                                         const std::vector<uint16_t>& y, int64_t hidden_size,
+                                         bool unweighted = false);
 
 }  // namespace fusedmoe::ref
