@@ -1,6 +1,6 @@
-"""The two baselines of BENCH.md, in plain torch, plus the fp32 reference they are checked against.
+"""The two baselines of bench/README.md, in torch, plus the fp32 reference they are checked against.
 
-All functions take the canonical weight layout of SPEC.md: gemm1_weights [E_loc, 2I, H] (rows
+All functions take the canonical weight layout of docs/SPEC.md: gemm1_weights [E_loc, 2I, H] (rows
 [0, I) up, rows [I, 2I) gate) and gemm2_weights [E_loc, H, I], and routing as (ids, weights) with
 global expert ids [T, K]; a slot is local when offset <= id < offset + E_loc, and a non-local slot
 contributes nothing (expert parallelism). The routing weight is applied after GEMM2.
@@ -24,7 +24,7 @@ def moe_loop(hidden_states: torch.Tensor, gemm1_weights: torch.Tensor,
     """Per-expert loop MoE: out[t] = sum over local slots (t, k) of w[t, k] * y_k.
 
     precision=bf16: every op in bf16 as torch does it (baseline (1), the "bf16 reference" of the
-    STYLE.md tolerance rule); the per-token sum is accumulated in fp32 and rounded once.
+    docs/STYLE.md tolerance rule); the per-token sum is accumulated in fp32 and rounded once.
     precision=fp32: the same bf16 inputs upcast, fp32 GEMMs without TF32 and an unrounded fp32
     activation; returns fp32 (the reference).
     """
@@ -65,12 +65,12 @@ def moe_reference(hidden_states: torch.Tensor, gemm1_weights: torch.Tensor,
 
 
 class GroupedMmMoe:
-    """torch._grouped_mm MoE, the strongest library-built peer on Hopper (BENCH.md).
+    """torch._grouped_mm MoE, the strongest library-built peer on Hopper (bench/README.md).
 
     torch._grouped_mm(mat_a [M, K] bf16, mat_b [G, K, N] bf16, offs int32 [G]) computes, for group
     g, rows [offs[g-1], offs[g]) of mat_a times mat_b[g]; offs holds cumulative row ends (not
     starts), mat_a and mat_b must start 16-byte aligned and their leading strides be multiples of
-    16 bytes (so H and I multiples of 8, which SPEC.md demands anyway). Rows past offs[-1] are not
+    16 bytes (so H and I multiples of 8, as docs/SPEC.md demands). Rows past offs[-1] are not
     computed and their output is left unwritten. The weights are used through transposed views
     (stride 1 along the contraction dimension), which _grouped_mm accepts without a copy. On
     sm90/sm100 with bf16 it runs CUTLASS kernels without host synchronisation; on other devices

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The fusedmoe benchmark of BENCH.md: six model shapes x a token grid, against the floor and peers.
+"""The benchmark of bench/README.md: six model shapes x a token grid, against the floor and peers.
 
 For every (model, T) it routes random normal logits, checks each implementation's output against
-the fp32 per-expert reference (STYLE.md rule), then times CUDA-graph replays with a cold L2
+the fp32 per-expert reference (docs/STYLE.md rule), then times CUDA-graph replays with a cold L2
 (median of many) plus eager calls, and prints one line:
 `us | TFLOP/s | GB/s | % of floor | x torch_grouped_mm`, then the geometric mean of the speed-ups,
 the device, the measured BW and PEAK ceilings and the commit. --json writes the full table.
@@ -39,7 +39,7 @@ import routing  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
-    """One MoE layer of a real model (BENCH.md table)."""
+    """One MoE layer of a real model (bench/README.md table)."""
 
     name: str
     hidden: int  # H
@@ -67,7 +67,7 @@ TOKEN_GRID = [1, 4, 16, 64, 256, 1024, 4096, 16384]
 QUICK_TOKEN_GRID = [1, 16, 256, 4096]
 EP_DEGREE = 8  # expert-parallel grid: local_num_experts = E / 8, shard 0 (offset 0)
 IMPLS = ("fusedmoe", "grouped_mm", "loop")
-MAX_REL_NORM = 1e-2  # bf16 operands land between 1e-3 and 1e-2 (METHOD.md)
+MAX_REL_NORM = 1e-2  # bf16 operands land between 1e-3 and 1e-2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def route_for(model: ModelShape, logits: torch.Tensor, bias: torch.Tensor | None
 
 
 def check_output(out: torch.Tensor, ref32: torch.Tensor, bf16_error: float) -> dict:
-    """STYLE.md rule: max|out - ref| <= 2 * max|bf16_ref - ref| + atol, and rel. norm <= 1e-2.
+    """docs/STYLE.md rule: max|out - ref| <= 2 * max|bf16_ref - ref| + atol, and rel. norm <= 1e-2.
 
     atol is one bf16 ulp at the largest reference magnitude (the output's own rounding).
     """
@@ -129,7 +129,7 @@ def check_output(out: torch.Tensor, ref32: torch.Tensor, bf16_error: float) -> d
 
 def floor_of(model: ModelShape, ids: torch.Tensor, num_local: int, bw: float, peak: float
              ) -> dict:
-    """BENCH.md floor from the routed ids (shard 0: local ids are [0, num_local))."""
+    """bench/README.md floor from the routed ids (shard 0: local ids are [0, num_local))."""
     num_tokens = ids.shape[0]
     local = ids[(ids >= 0) & (ids < num_local)]
     experts_hit = int(torch.unique(local).numel())
@@ -464,7 +464,7 @@ def parse_args(argv: list[str] | None = None):
                         help=f"comma-separated names or 'all' (default {DEFAULT_MODEL}); "
                              f"known: {', '.join(MODELS)}")
     parser.add_argument("--tokens", default=None,
-                        help="comma-separated token counts (default: BENCH.md's grid "
+                        help="comma-separated token counts (default: the benchmark's grid "
                              f"{TOKEN_GRID}; with --quick {QUICK_TOKEN_GRID})")
     parser.add_argument("--ep", action="store_true",
                         help="also run the expert-parallel grid (E/8 local experts, shard 0)")

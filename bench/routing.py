@@ -1,7 +1,7 @@
-"""Routing in plain torch, for the baselines of the benchmark (BENCH.md).
+"""Routing in plain torch, for the baselines of the benchmark (bench/README.md).
 
-The baselines route exactly as SPEC.md's methods say, in fp32, and round the weights once to
-bf16 (DESIGN.md "Numerics"). Only the three methods of BENCH.md's model table are needed:
+The baselines route exactly as docs/SPEC.md's methods say, in fp32, and round the weights once to
+bf16 (docs/DESIGN.md "Numerics"). Only the three methods of the bench's model table are needed:
 Renormalize (1), DeepSeekV3 (2) and Llama4 (3). Every function here is graph-capturable (no host
 synchronisation), so a baseline that routes from logits can be timed as one CUDA graph.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-# SPEC.md "Routing methods" pinned numbering (identical to FlashInfer's RoutingMethodType).
+# docs/SPEC.md "Routing methods" pinned numbering (identical to FlashInfer's RoutingMethodType).
 RENORMALIZE = 1
 DEEPSEEK_V3 = 2
 LLAMA4 = 3
@@ -64,7 +64,7 @@ def route(logits: torch.Tensor, method: int, top_k: int, bias: torch.Tensor | No
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Routes [T, E] logits: returns (ids int32 [T, K] global expert ids, weights bf16 [T, K]).
 
-    Ids are sorted by descending score, as SPEC.md asks. The weights are computed in fp32 and
+    Ids are sorted by descending score, as docs/SPEC.md asks. The weights are computed in fp32 and
     rounded once to bf16.
     """
     if method == RENORMALIZE:
@@ -80,7 +80,7 @@ def route(logits: torch.Tensor, method: int, top_k: int, bias: torch.Tensor | No
 
 
 def pack_topk(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Packs (ids, bf16 weights) into SPEC.md's int32 words: (id << 16) | (bf16 bits & 0xFFFF).
+    """Packs (ids, bf16 weights) into docs/SPEC.md's int32 words: (id << 16) | (bf16 bits & 0xFFFF).
 
     The mask keeps a negative weight's sign bits out of the id (FlashInfer's idiom does not).
     """

@@ -1,4 +1,4 @@
-"""Timing tools of the benchmark (BENCH.md "How to time"): cold L2, CUDA graphs, events, medians.
+"""Timing tools of the benchmark (bench/README.md "How to time"): cold L2, graphs, events, medians.
 
 Every measurement flushes L2 before each repetition by reading a buffer twice the size of L2
 (a read leaves clean lines behind, so no write-back of the flush lands inside the next timed

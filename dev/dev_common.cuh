@@ -1,5 +1,5 @@
 // Shared pieces of the timing experiments in dev/ (never linked into the library): the error
-// check, a hash-based bf16 fill, the median, the six BENCH.md model shapes, normal logits, one
+// check, a hash-based bf16 fill, the median, the six bench/README.md models, normal logits, one
 // call's inputs and arguments (DevCall) and its stages as separate launches (pipeline_stages).
 #pragma once
 
@@ -57,7 +57,7 @@ struct Model {
   RoutingMethod method;
 };
 
-// BENCH.md's six shapes.
+// The six model shapes of bench/README.md.
 inline const std::vector<Model>& bench_models() {
   static const std::vector<Model> models = {
       {"qwen3-30b-a3b", 2048, 768, 128, 8, RoutingMethod::kRenormalize},
@@ -108,7 +108,7 @@ struct DevWeights {
 
 // The inputs and arguments of one run() call of a model at T tokens, shard E_loc (local experts
 // [0, E_loc)), weights supplied by the caller (shared across T): x random in [-1, 1), logits
-// normal, bias zero; DeepSeekV3 with BENCH.md's groups and scale. Frees its buffers.
+// normal, bias zero; DeepSeekV3 with the bench's groups and scale. Frees its buffers.
 struct DevCall {
   MoeShape shape;
   MoeArguments args;

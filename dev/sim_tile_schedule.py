@@ -6,7 +6,7 @@ Tiles are enumerated as the kernels do (device/grouped_tile_scheduler.cuh): expe
 block outer, M block inner. A tile costs 1, except an expert's last tile with at most 64 rows when
 `--half-cost` says what such a "half tile" costs (1 = today's kernels, 0.5 = half the tensor work
 of a full tile, as on branch wip/prefill-half-tiles). Routing is uniform distinct top-K, the
-benchmark's shapes (BENCH.md), 132 SMs (H100 SXM and H200).
+benchmark's shapes (bench/README.md), 132 SMs (H100 SXM and H200).
 
 Assignments:
   static   CTA c takes tiles c, c + G, c + 2G, ... (the kernels where weights do not stream)

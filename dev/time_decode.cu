@@ -1,4 +1,4 @@
-// Decode latency of whole run() calls (experiment, never linked; issue 6): for the BENCH.md models
+// Decode latency of whole run() calls (experiment, never linked; issue 6): for the bench models
 // at small T (full grid, logits routing), the median of CUDA-graph replays with PDL, L2 flushed
 // before each replay (a 512 MiB memset, not timed), against the bytes floor of the experts hit.
 // Run it under ncu for the per-kernel picture (FUSEDMOE_DEV_REPS=1 keeps that short):
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
               "% floor");
   for (const Model& m : bench_models()) {
     if (which != "all" && which != m.name) continue;
-    // FUSEDMOE_DEV_EP=1: the expert-parallel grid of BENCH.md, shard 0 of 8 (E_loc = E / 8).
+    // FUSEDMOE_DEV_EP=1: the expert-parallel grid of bench/README.md, shard 0 of 8 (E_loc = E / 8).
     const int32_t e_loc = ep ? m.E / 8 : m.E;
     const DevWeights weights(m, e_loc, stream);
     const __nv_bfloat16 *w1 = weights.w1, *w2 = weights.w2;

@@ -1,4 +1,4 @@
-// Where the time of a prefill call goes (experiment, never linked; issue 5): for the six BENCH.md
+// Where the time of a prefill call goes (experiment, never linked; issue 5): for the six bench
 // models at T = 1024, 4096, 16384 (full grid, logits routing), the stages of run() timed one by
 // one with CUDA events (PDL off between them), on the paths run() takes (dev_common.cuh's
 // pipeline_stages): route | sort | GEMM1+SwiGLU | GEMM2 | finalize; then the whole run() as a CUDA graph replay with PDL on ("graph", as

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's main command: the benchmark of BENCH.md (../shared/BENCH.md) on the default model,
+# The README's main command: the benchmark of bench/README.md on the default model,
 # qwen3-30b-a3b, over the full token grid. Extra arguments go to bench/bench_moe.py, e.g.
 #   scripts/bench.sh --models all --ep --json bench/results/all.json
 # With a GPU: installs the fusedmoe package when it does not import, then benchmarks it against

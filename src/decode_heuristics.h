@@ -78,15 +78,15 @@ inline double expected_prefill_tiles(int64_t num_tokens, int top_k, int num_expe
 // faster). n_columns / tile_n: the prefill kernel's N and tile (GEMM1: I act columns in tiles
 // of 128; GEMM2: H in tiles of 256). num_experts: E (routed ids span all E); local_num_experts:
 // E_loc (a shard sees E_loc / E of the slots and hits).
-// Measured (H200, test_gpu_decode DecodeGemmBench, decode vs prefill kernel us per GEMM, bench/
-// NOTES.md "Decode GEMMs, cp.async ring"): one pass, decode as fast or faster at every model for
+// Measured (H200, test_gpu_decode DecodeGemmBench, decode vs prefill kernel us per GEMM,
+// bench/NOTES.md "Decode, session 3"): one pass, decode as fast or faster at every model for
 // T <= 64 (qwen3-235b T=16 GEMM1 526 vs 567, deepseek-v3 T=64 2925 vs 3045, llama4-scout T=64
 // GEMM2 324 vs 358; gpt-oss T=1 GEMM1 52.0 vs 50.9 the one loss, 2 %) and at T = 256 where m = 8
 // under uniform routing (gpt-oss 1502 vs 1525 us the pair: 1.5 % given up to the skew margin
 // below); two passes lose by 30-50 % once
 // the prefill tiles fill the SMs (qwen3-30b T=256, m = 16: 416 vs 309 us the pair; mixtral T=64:
 // 1001 vs 679) but win where they do not (the mixtral shard, E_loc = 1, T = 64: GEMM2 16 tiles).
-// So decode up to m ~ 5 rows per hit expert (T <= 64 on the full grid of every BENCH.md model
+// So decode up to m ~ 5 rows per hit expert (T <= 64 on the full grid of every bench model
 // but mixtral, whose 8 experts hold 16 rows each at T = 64).
 inline bool use_decode_gemm(int64_t num_tokens, int top_k, int num_experts, int local_num_experts,
                             int64_t n_columns, int64_t tile_n, int num_sms) {

@@ -43,7 +43,7 @@ TEST(DecodeHeuristics, ExpertParallelShareOfHitsAndSlots) {
               1e-9);
 }
 
-// Model shapes of BENCH.md: (H, I, E, K).
+// Model shapes of bench/README.md: (H, I, E, K).
 struct Shape {
   int64_t h, inter;
   int e, k;

@@ -5,7 +5,7 @@
 // past the experts must stay untouched, garbage gather indices and NaN act rows past the experts
 // (must never be read), bitwise reruns.
 // Set FUSEDMOE_DECODE_BENCH=1 to run the bandwidth experiment (DecodeGemmBench): weights GB/s of
-// the decode pair at the BENCH.md model shapes for T = 1, 4, 16, 64, 256 beside a device-to-device
+// the decode pair at the bench's model shapes for T = 1, 4, 16, 64, 256 beside a device-to-device
 // copy and the prefill pair (launch/grouped_gemm.h), all in the same process; skipped otherwise.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

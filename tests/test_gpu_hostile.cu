@@ -205,7 +205,7 @@ std::pair<ref::Routing, ref::Permutation> reference_routing(MoeCase& c) {
 }
 
 // The output against the reference: non-finite exactly where the reference's design result is
-// (NaN and infinite weights), the finite elements by STYLE.md's rule.
+// (NaN and infinite weights), the finite elements by docs/STYLE.md's rule.
 void expect_output(const std::vector<uint16_t>& ours, const GpuReferenceResult& ref,
                    const char* what) {
   ASSERT_EQ(ours.size(), ref.out_design.size());

@@ -5,7 +5,7 @@
 // The truth is the CPU reference (src/reference/): its routing and permutation are compared
 // bitwise (ids, permutation) or to the last ulp (weights: the GPU's exp may differ by one rounding
 // from the host's expf; bf16 weights within 1 ulp, fp32 weights within 4). The expert MLPs are
-// compared by STYLE.md's tolerance rule against a cuBLAS reference (tests/common/gpu_reference.h)
+// compared by docs/STYLE.md's tolerance rule to a cuBLAS reference (tests/common/gpu_reference.h)
 // fed with the CPU reference's routing and permutation, since most SPEC shapes are far too large
 // for the CPU; that GPU reference is itself checked against the CPU reference on a small shape.
 // Inputs are fresh random data per case; outputs are poisoned (0xFF bytes: bf16 0xFFFF NaN,

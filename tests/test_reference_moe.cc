@@ -1,4 +1,4 @@
-// The CPU reference of the whole operator: its math against an independent fp64 model (STYLE.md
+// The CPU reference of the whole operator: its math vs an independent fp64 model (docs/STYLE.md
 // tolerance rule), and the properties the design promises bitwise: the permutation order, the
 // do_finalize = false triple reducing to the output, routed input reproducing the logits path,
 // expert-parallel shards summing to the unsharded output, zero rows for tokens with no local
@@ -23,7 +23,7 @@ using test::MoeCaseConfig;
 using test::RoutingInput;
 
 // Independent fp64 model of SPEC's math for given ids and weights (as used). `exact` keeps
-// every intermediate in fp64; `rounded` rounds act, y and the output to bf16 where DESIGN.md does.
+// every intermediate in fp64; `rounded` rounds act, y and the output to bf16 per docs/DESIGN.md.
 struct DoubleModel {
   std::vector<double> exact;
   std::vector<double> rounded;
@@ -319,7 +319,7 @@ TEST(ReferenceMoe, UnfinalizedTripleReducesBitwiseToOutput) {
     for (int64_t i = num_local * H; i < T * K * H; ++i) {
       ASSERT_TRUE(test::is_poison_bf16(triple.gemm2_output[i])) << "unnamed row written";
     }
-    // Reduce per DESIGN.md: acc = fma(w, y, acc) over local k ascending, then bf16.
+    // Reduce per docs/DESIGN.md: acc = fma(w, y, acc) over local k ascending, then bf16.
     std::vector<uint16_t> reduced(T * H);
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t h = 0; h < H; ++h) {

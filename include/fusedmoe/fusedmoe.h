@@ -1,6 +1,6 @@
 // fusedmoe: a fused BF16 Mixture-of-Experts feed-forward layer for Hopper (sm_90a).
 //
-// Public C++ API. The contract is ../shared/SPEC.md (copied in docs/SPEC.md); this header is its
+// Public C++ API. The contract is docs/SPEC.md; this header is its
 // C++ shape, modelled on CUB:
 //   * every entry point returns a Status (code + message naming the argument, expected, actual);
 //   * the caller owns the device workspace, sized once by workspace_size() for a maximum T;

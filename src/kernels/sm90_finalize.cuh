@@ -1,4 +1,4 @@
-// Finalize: the weighted sum of each token's expert outputs (SPEC math step 4, DESIGN "Finalize").
+// Finalize: the weighted sum of each token's expert outputs (SPEC math step 4, DESIGN "Numerics").
 //
 //   y [T * K, H] bf16 (expert-sorted rows), slot_weight [T * K] fp32, permuted_idx [T * K]
 //   ->  out [T, H] bf16: out[t] = bf16(acc), acc = 0; for k ascending, local slots only:

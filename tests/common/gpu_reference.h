@@ -5,7 +5,7 @@
 //   * design: the roundings of docs/DESIGN.md (act and y in bf16, fma chain in ascending k, bf16
 //     output) - what run_reference computes, up to the GEMMs' summation order;
 //   * truth:  fp32 GEMMs (bf16 inputs widened exactly) with no intermediate rounding and an fp64
-//     weighted sum - the `ref` of STYLE.md's tolerance rule.
+//     weighted sum - the `ref` of docs/STYLE.md's tolerance rule.
 // The test suite checks this reference itself against the CPU reference on small shapes.
 // FUSEDMOE_TEST_GPU_REFERENCE=simt swaps cuBLAS for a plain SIMT GEMM (fp32 sums, one thread per
 // output): scripts/sanitize.sh sets it for racecheck, synccheck and initcheck, under which

@@ -1,4 +1,4 @@
-// STYLE.md's tolerance rule (see tolerance.h).
+// docs/STYLE.md's tolerance rule (see tolerance.h).
 #include "common/tolerance.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// STYLE.md's tolerance rule: ours passes when
+// docs/STYLE.md's tolerance rule: ours passes when
 //   max|ours - ref| <= 2 * max|ref_bf16 - ref| + atol,
 // with ref computed in fp64 (or fp32) from the same bf16 inputs and ref_bf16 the same math done
 // with the bf16 roundings of the design (e.g. run_reference's output). A NaN or inf anywhere in

@@ -179,7 +179,7 @@ def moe_reference(
 
 def assert_close_to_reference(ours, hidden_states, gemm1_weights, gemm2_weights, ids, weights,
                               local_expert_offset=0, seed=None, atol=1e-3):
-    """STYLE.md's rule: max|ours - ref| <= 2 * max|bf16_ref - ref| + atol."""
+    """docs/STYLE.md's rule: max|ours - ref| <= 2 * max|bf16_ref - ref| + atol."""
     ref = moe_reference(hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset)
     bf16_ref = moe_reference(
         hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset, bf16_stages=True
