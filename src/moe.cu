@@ -1,9 +1,10 @@
-// The GPU pipeline of the operator (SPEC "Execution contract", DESIGN "GPU pipeline"):
+// The GPU pipeline of the operator (docs/SPEC.md "Execution contract", DESIGN "GPU pipeline"):
 //
 //   route (logits) | decode (routed ids)  ->  slot_key, slot_weight  [T * K]
+//   [scale x by the weights (use_routing_scales_on_input) -> x' [T, H], in the y region]
 //   count -> offsets -> permute           ->  expert_offsets [E_loc + 1], gather_rows, permuted_idx
-//   GEMM1 + SwiGLU (rows gathered)        ->  act [T * K, I]
-//   GEMM2                                 ->  y [T * K, H]   (or straight into gemm2_output)
+//   GEMM1 + activation (rows gathered)    ->  act [T * K, I]
+//   GEMM2 (+ bias)                        ->  y [T * K, H]   (or straight into gemm2_output)
 //   finalize (do_finalize only)           ->  output [T, H]
 //
 // Every size the host needs is known from the shape (T * K rows at most); the device decides
@@ -79,6 +80,28 @@ Status check_aligned(const void* pointer, const char* name) {
       "an address " + std::to_string(address % kAlignment) + " bytes past a 16-byte boundary");
 }
 
+// The GEMMs' epilogues of a call (launch/gemm_epilogue.h).
+GemmEpilogue gemm1_epilogue(const MoeArguments& args) {
+  GemmEpilogue epilogue;
+  epilogue.has_activation = true;
+  epilogue.activation = args.activation;
+  epilogue.alpha = args.gemm1_alpha;
+  epilogue.beta = args.gemm1_beta;
+  epilogue.clamp_limit = args.gemm1_clamp_limit;
+  epilogue.bias = args.gemm1_bias;
+  epilogue.bias_fp32 = args.gemm1_bias_dtype == DType::kFP32;
+  epilogue.bias_stride = (is_gated(args.activation) ? 2 : 1) * args.shape.intermediate_size;
+  return epilogue;
+}
+
+GemmEpilogue gemm2_epilogue(const MoeArguments& args) {
+  GemmEpilogue epilogue;
+  epilogue.bias = args.gemm2_bias;
+  epilogue.bias_fp32 = args.gemm2_bias_dtype == DType::kFP32;
+  epilogue.bias_stride = args.shape.hidden_size;
+  return epilogue;
+}
+
 }  // namespace
 
 size_t workspace_layout_bytes(const MoeShape& shape) {
@@ -146,16 +169,21 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
       "cudaDeviceGetAttribute");
-  const auto gemm1 =
-      heuristics::use_decode_gemm1(shape.num_tokens, shape.top_k, shape.num_experts,
-                                   shape.local_num_experts, shape.intermediate_size, num_sms)
-          ? launch_decode_gemm1_swiglu
-          : launch_gemm1_swiglu;
-  const auto gemm2 =
+  // A non-gated GEMM1 is GEMM2-shaped (N = I output columns, each its own activation): it runs
+  // on GEMM2's kernels with the rows of x gathered.
+  const bool gated = is_gated(args.activation);
+  const bool decode1 =
+      gated ? heuristics::use_decode_gemm1(shape.num_tokens, shape.top_k, shape.num_experts,
+                                           shape.local_num_experts, shape.intermediate_size,
+                                           num_sms)
+            : heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
+                                           shape.local_num_experts, shape.intermediate_size,
+                                           num_sms);
+  const bool decode2 =
       heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
-                                   shape.local_num_experts, shape.hidden_size, num_sms)
-          ? launch_decode_gemm2
-          : launch_gemm2;
+                                   shape.local_num_experts, shape.hidden_size, num_sms);
+  const auto gemm2 = decode2 ? launch_decode_gemm2 : launch_gemm2;
+  const GemmEpilogue epilogue1 = gemm1_epilogue(args), epilogue2 = gemm2_epilogue(args);
 
   const Workspace ws = carve_workspace(shape, workspace);
   const int64_t num_slots = shape.num_tokens * shape.top_k;
@@ -168,10 +196,10 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   // counters that must start at zero; the workspace holds anything, so they are zeroed first,
   // before the routing kernel (not between kernels, where a memset would break the PDL chain).
   // Each launch leaves them zero for the next.
-  const bool claim1 = gemm1 == launch_gemm1_swiglu &&
-                      heuristics::grouped_claim_tiles(shape.num_tokens, shape.top_k,
-                                                      shape.num_experts, shape.hidden_size);
-  const bool claim2 = gemm2 == launch_gemm2 &&
+  const bool claim1 = !decode1 && heuristics::grouped_claim_tiles(shape.num_tokens, shape.top_k,
+                                                                  shape.num_experts,
+                                                                  shape.hidden_size);
+  const bool claim2 = !decode2 &&
                       heuristics::grouped_claim_tiles(shape.num_tokens, shape.top_k,
                                                       shape.num_experts, shape.intermediate_size);
   if (claim1 || claim2) {
@@ -192,6 +220,17 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   } else {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_decode_topk(shape, args.routed, routing, pdl, stream),
                                   "launch_decode_topk");
+  }
+
+  // 1b. Routing weights on the input (K == 1): x' = bf16(x * w) into the y region, which nothing
+  // else uses before GEMM2 writes it (after GEMM1, its only reader, has finished); ws.y even
+  // when !do_finalize, since a caller's gemm2_output may be unaligned for GEMM1's 16-byte loads.
+  const auto* x = static_cast<const __nv_bfloat16*>(args.hidden_states);
+  if (args.use_routing_scales_on_input) {
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_scale_rows(x, ws.slot_weight, shape.num_tokens,
+                                                    shape.hidden_size, ws.y, pdl, stream),
+                                  "launch_scale_rows");
+    x = ws.y;
   }
 
   // 2. Permutation: local slots sorted by (local expert, slot), stable and deterministic; at
@@ -219,23 +258,32 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   rows.expert_offsets = ws.expert_offsets;
   rows.num_experts = num_local;
   rows.max_rows = num_slots;
-  const auto* x = static_cast<const __nv_bfloat16*>(args.hidden_states);
   const auto* w1 = static_cast<const __nv_bfloat16*>(args.gemm1_weights);
   const auto* w2 = static_cast<const __nv_bfloat16*>(args.gemm2_weights);
+  const int64_t H = shape.hidden_size, I = shape.intermediate_size;
   rows.tile_counters = claim1 ? ws.tile_counters : nullptr;
-  FUSEDMOE_CUDA_RETURN_IF_ERROR(gemm1(rows, x, ws.gather_rows, shape.hidden_size,
-                                      shape.intermediate_size, w1, ws.act, pdl, stream),
-                                "launch_gemm1_swiglu");
+  if (gated) {
+    const auto gemm1 = decode1 ? launch_decode_gemm1_swiglu : launch_gemm1_swiglu;
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        gemm1(rows, x, ws.gather_rows, H, I, w1, ws.act, pdl, stream, epilogue1),
+        "launch_gemm1_swiglu");
+  } else {
+    const auto gemm1 = decode1 ? launch_decode_gemm2 : launch_gemm2;
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        gemm1(rows, x, H, I, w1, ws.act, pdl, stream, epilogue1, ws.gather_rows),
+        "launch_gemm2 (non-gated GEMM1)");
+  }
   rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
-      gemm2(rows, ws.act, shape.intermediate_size, shape.hidden_size, w2, y, pdl, stream),
-      "launch_gemm2");
+      gemm2(rows, ws.act, I, H, w2, y, pdl, stream, epilogue2, nullptr), "launch_gemm2");
   if (!args.do_finalize) return Status::Ok();
 
-  // 4. Finalize: the weighted sum per token, in ascending k.
+  // 4. Finalize: the weighted sum per token, in ascending k (weights of 1 when they went into
+  // the input).
+  const float* weights = args.use_routing_scales_on_input ? nullptr : ws.slot_weight;
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
-      launch_finalize(y, ws.slot_weight, ws.permuted_idx, shape.num_tokens, shape.top_k,
-                      shape.hidden_size, static_cast<__nv_bfloat16*>(args.output), pdl, stream),
+      launch_finalize(y, weights, ws.permuted_idx, shape.num_tokens, shape.top_k, H,
+                      static_cast<__nv_bfloat16*>(args.output), pdl, stream),
       "launch_finalize");
   return Status::Ok();
 }

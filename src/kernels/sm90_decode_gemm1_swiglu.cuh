@@ -1,7 +1,9 @@
-// Decode GEMM1 + SwiGLU: the few-rows-per-expert form of sm90_gemm1_swiglu.cuh, same math:
+// Decode GEMM1 + a gated activation: the few-rows-per-expert form of sm90_gemm1_swiglu.cuh,
+// same math:
 //   g[p, :]   = x[gather_rows[p], :] . w1[e]^T           fp32 accumulation, g is [2I]
 //   act[p, j] = bf16( silu(g[p, I + j]) * g[p, j] )      silu(v) = v / (1 + exp(-v)) in fp32
-// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])).
+// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])),
+// or with kGeneral the bias and any gated activation (launch/gemm_epilogue.h).
 // Shapes: x [T, H] bf16; gather_rows [max_rows] int32; w1 [E_loc, 2I, H] bf16 (H contiguous,
 // rows [0, I) up, [I, 2I) gate); act [max_rows, I] bf16. H, I multiples of 8; pointers 16-byte
 // aligned.
@@ -23,6 +25,7 @@
 
 #include "device/ptx.cuh"
 #include "kernels/sm90_decode_mainloop.cuh"
+#include "launch/gemm_epilogue.h"
 
 namespace fusedmoe::kernels {
 
@@ -35,6 +38,7 @@ struct DecodeGemm1Params {
   __nv_bfloat16* act;             // [max_rows, I]
   int64_t hidden_size;            // H
   int64_t intermediate_size;      // I
+  detail::GemmEpilogue epilogue;  // read by the kGeneral build only
 };
 
 // Act columns per CTA: a tile's 16 rows are 8 up + 8 gate rows.
@@ -43,7 +47,8 @@ constexpr int kDecodeGemm1ColsPerCta = 8 * DecodeTile::kTilesM;
 // The fast silu of the prefill GEMM1 (sm90_gemm1_swiglu.cuh), so both paths round alike.
 __device__ __forceinline__ float decode_silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
-template <int kWarps>
+// kGeneral: the general epilogue (bias, any gated activation) instead of the plain SwiGLU.
+template <int kWarps, bool kGeneral>
 __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
                                   DecodeGemmConfig<kWarps>::kMinCtasPerSm)
     sm90_decode_gemm1_swiglu_kernel(const DecodeGemm1Params params) {
@@ -91,20 +96,33 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
                                  smem.ring[threadIdx.x / 32], acc);
     decode_reduce_warps(acc, smem);
 
-    // ---- epilogue: SwiGLU, bf16, masked stores (warp 0) ---------------------------------------
+    // ---- epilogue: the activation, bf16, masked stores (warp 0) ------------------------------
     if (threadIdx.x >= 32) continue;
 #pragma unroll
     for (int m = 0; m < Config::kTilesM; ++m) {
       const int64_t j = j0 + 8 * m + g;
       if (j >= inter) continue;
+      float up_bias = 0.0f, gate_bias = 0.0f;
+      activation::ExpertParams act_params;
+      if constexpr (kGeneral) {
+        up_bias = params.epilogue.bias_at(expert, j);
+        gate_bias = params.epilogue.bias_at(expert, inter + j);
+        act_params = params.epilogue.params(expert);
+      }
 #pragma unroll
       for (int n = 0; n < Config::kNTiles; ++n) {
 #pragma unroll
         for (int v = 0; v < 2; ++v) {
           const int32_t p = chunk + 8 * n + 2 * t + v;
           if (p >= row_end) continue;
-          const float up = acc[m][n][v], gate = acc[m][n][2 + v];
-          params.act[int64_t(p) * inter + j] = __float2bfloat16_rn(decode_silu(gate) * up);
+          float a;
+          if constexpr (kGeneral) {  // few rows: a run-time switch costs nothing measurable
+            a = activation::gated(params.epilogue.activation, acc[m][n][2 + v] + gate_bias,
+                                  acc[m][n][v] + up_bias, act_params);
+          } else {
+            a = decode_silu(acc[m][n][2 + v]) * acc[m][n][v];
+          }
+          params.act[int64_t(p) * inter + j] = __float2bfloat16_rn(a);
         }
       }
     }

@@ -1,7 +1,10 @@
 // Decode GEMM2: the few-rows-per-expert form of sm90_gemm2.cuh, same math:
-//   y[p, n] = bf16( act[p, :] . w2[e][n, :] )      fp32 accumulation
-// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])).
-// Shapes: act [max_rows, I] bf16; w2 [E_loc, H, I] bf16 (I contiguous); y [max_rows, H] bf16.
+//   y[p, n] = bf16( E( act[row(p), :] . w2[e][n, :] ) )      fp32 accumulation
+// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])),
+// row(p) = gather_rows[p] (or p without them), E = identity or (kGeneral) the bias and an
+// optional non-gated activation (launch/gemm_epilogue.h): also the non-gated GEMM1 (act = x,
+// gathered; w2 = w1 [E_loc, I, H]; y = act).
+// Shapes: act [*, I] bf16; w2 [E_loc, H, I] bf16 (I contiguous); y [max_rows, H] bf16.
 // H, I multiples of 8; pointers 16-byte aligned.
 //
 // Grid (ceil(H / 32), min(E_loc, max_rows)): CTA (x, y) takes output columns [32 x, 32 x + 32)
@@ -17,29 +20,42 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "device/ptx.cuh"
 #include "kernels/sm90_decode_mainloop.cuh"
+#include "launch/gemm_epilogue.h"
 
 namespace fusedmoe::kernels {
 
 struct DecodeGemm2Params {
   const int32_t* expert_offsets;  // [E_loc + 1]
   int32_t num_experts;            // E_loc
-  const __nv_bfloat16* act;       // [max_rows, I]
+  const __nv_bfloat16* act;       // [*, I]: A rows
   const __nv_bfloat16* w2;        // [E_loc, H, I]
   __nv_bfloat16* y;               // [max_rows, H]
-  int64_t hidden_size;            // H
-  int64_t intermediate_size;      // I
+  int64_t hidden_size;            // H: y row length (N)
+  int64_t intermediate_size;      // I: the reduction (K)
 };
+// The general build's parameters, a type of their own so that the plain build's code stays as
+// it was (with the new fields in one struct, nvcc allocated the plain kernel's registers
+// differently; see also Gemm2GeneralParams in sm90_gemm2.cuh).
+struct DecodeGemm2GeneralParams : DecodeGemm2Params {
+  const int32_t* gather_rows;     // [max_rows]: A row of permuted row p, or nullptr (p itself)
+  detail::GemmEpilogue epilogue;
+};
+template <bool kGeneral>
+using DecodeGemm2ParamsOf =
+    std::conditional_t<kGeneral, DecodeGemm2GeneralParams, DecodeGemm2Params>;
 
 // Output columns (w2 rows) per CTA.
 constexpr int kDecodeGemm2ColsPerCta = DecodeTile::kRowsM;
 
-template <int kWarps>
+// kGeneral: the general epilogue (bias, a non-gated activation) instead of plain rounding.
+template <int kWarps, bool kGeneral>
 __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
                                   DecodeGemmConfig<kWarps>::kMinCtasPerSm)
-    sm90_decode_gemm2_kernel(const DecodeGemm2Params params) {
+    sm90_decode_gemm2_kernel(const DecodeGemm2ParamsOf<kGeneral> params) {
   using Config = DecodeGemmConfig<kWarps>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
@@ -79,7 +95,14 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
     for (int n = 0; n < Config::kNTiles; ++n) {
       const int32_t p = chunk + 8 * n + g;
       b_ok[n] = p < row_end;
-      b_row[n] = params.act + (b_ok[n] ? int64_t(p) * inter : 0);
+      // Gathered rows exist only in the general build (the non-gated GEMM1 always has its
+      // activation).
+      if constexpr (kGeneral) {
+        const int64_t row = !b_ok[n] ? 0 : params.gather_rows ? params.gather_rows[p] : p;
+        b_row[n] = params.act + row * inter;
+      } else {
+        b_row[n] = params.act + (b_ok[n] ? int64_t(p) * inter : 0);
+      }
     }
     float acc[Config::kTilesM][Config::kNTiles][4] = {};
     decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, params.act, n_active, inter,
@@ -94,13 +117,22 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
       for (int hf = 0; hf < 2; ++hf) {
         const int64_t n = n0 + 16 * m + 8 * hf + g;
         if (n >= h) continue;
+        float bias = 0.0f;
+        if constexpr (kGeneral) bias = params.epilogue.bias_at(expert, n);
 #pragma unroll
         for (int nt = 0; nt < Config::kNTiles; ++nt) {
 #pragma unroll
           for (int v = 0; v < 2; ++v) {
             const int32_t p = chunk + 8 * nt + 2 * t + v;
             if (p >= row_end) continue;
-            params.y[int64_t(p) * h + n] = __float2bfloat16_rn(acc[m][nt][2 * hf + v]);
+            float out = acc[m][nt][2 * hf + v];
+            if constexpr (kGeneral) {  // few rows: a run-time switch costs nothing measurable
+              out += bias;
+              if (params.epilogue.has_activation) {
+                out = activation::plain(params.epilogue.activation, out);
+              }
+            }
+            params.y[int64_t(p) * h + n] = __float2bfloat16_rn(out);
           }
         }
       }

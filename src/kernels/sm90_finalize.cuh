@@ -6,7 +6,8 @@
 //
 // An explicit fma chain in ascending k, exactly the CPU reference's (src/reference/reference.h);
 // with bf16 weights the product is exact, so a caller reducing the do_finalize=false triple
-// with mul + add gets the same bits. A token with no local slot gets a zero row.
+// with mul + add gets the same bits. A token with no local slot gets a zero row. kWeighted false:
+// every weight is 1 (use_routing_scales_on_input, where the weights scaled the input instead).
 // Grid: (T, column blocks); each thread owns kVec consecutive columns (16-byte accesses when
 // kVec == 8). The slot table of the token (K <= 32 entries) is staged in shared memory.
 // Limiter: HBM (reads K rows of y per token, writes one row).
@@ -30,7 +31,8 @@ struct alignas(kVec * 2) Bf16Vec {
   __nv_bfloat16 value[kVec];
 };
 
-template <int kVec>
+// kWeighted false: every weight is 1 and slot_weight is not read (routing weights on the input).
+template <int kVec, bool kWeighted>
 __global__ void __launch_bounds__(FinalizeConfig::kThreads)
     finalize_kernel(const __nv_bfloat16* y, const float* slot_weight, const int32_t* permuted_idx,
                     int32_t top_k, int64_t hidden_size, __nv_bfloat16* output) {
@@ -46,7 +48,7 @@ __global__ void __launch_bounds__(FinalizeConfig::kThreads)
   if (threadIdx.x < top_k) {
     const int64_t slot = token * top_k + threadIdx.x;
     smem_row[threadIdx.x] = permuted_idx[slot];
-    smem_weight[threadIdx.x] = slot_weight[slot];
+    smem_weight[threadIdx.x] = kWeighted ? slot_weight[slot] : 1.0f;
   }
   __syncthreads();
 

@@ -1,8 +1,11 @@
-// GEMM1 + SwiGLU of the MoE layer, grouped by expert, rows gathered from x on the fly (sm_90a).
+// GEMM1 + a gated activation of the MoE layer, grouped by expert, rows gathered from x on the fly
+// (sm_90a).
 //
 //   g[p, :]   = x[gather_rows[p], :] . w1[e]^T           fp32 accumulation, g is [2I]
 //   act[p, j] = bf16( silu(g[p, I + j]) * g[p, j] )      silu(v) = v / (1 + exp(-v)) in fp32
-// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])).
+// for every permuted row p of local expert e (p in [expert_offsets[e], expert_offsets[e+1])):
+// the plain SwiGLU (kGeneral false). kGeneral true: the bias is added to g and the activation is
+// any gated one with its per-expert parameters (launch/gemm_epilogue.h, activation.h).
 // Shapes: x [T, H] bf16; gather_rows [max_rows] int32; w1 [E_loc, 2I, H] bf16 (H contiguous, rows
 // [0, I) up, [I, 2I) gate) read through a 3-D tensor map; act [max_rows, I] bf16.
 //
@@ -18,11 +21,13 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda.h>
 #include <cuda_bf16.h>
 
 #include "device/grouped_mainloop.cuh"
+#include "launch/gemm_epilogue.h"
 
 namespace fusedmoe::kernels {
 
@@ -31,6 +36,14 @@ struct Gemm1SwigluParams {
   int64_t intermediate_size;         // I: act row length
   __nv_bfloat16* act;                // [max_rows, I]
 };
+// The general build's parameters, a type of their own so that the plain build's code stays as
+// it was (see Gemm2GeneralParams in sm90_gemm2.cuh).
+struct Gemm1SwigluGeneralParams : Gemm1SwigluParams {
+  detail::GemmEpilogue epilogue;
+};
+template <bool kGeneral>
+using Gemm1SwigluParamsOf =
+    std::conditional_t<kGeneral, Gemm1SwigluGeneralParams, Gemm1SwigluParams>;
 
 // silu(v) = v / (1 + exp(-v)) with the fast exp and divide: 4 instructions instead of ~40 for
 // expf and IEEE division (GEMM1 gained 5-6 % with this and the n256 wgmma, GEMM2 nothing from the
@@ -38,11 +51,46 @@ struct Gemm1SwigluParams {
 // of act. v < -88: exp(-v) = inf and the result is -0.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
+// The general epilogue's activation for one fixed kAct (the switch in activation::gated folds):
+// packed[i][h] = bf16 pair of act columns j0 + 8 i + 2 (lane % 4) + {0, 1} in fragment row
+// lane / 4 + 8 h, from acc (up: [0, 64), gate: [64, 128)) plus the expert's biases.
+template <Activation kAct>
+__device__ __forceinline__ void gated_epilogue(const float (&acc)[128],
+                                               const detail::GemmEpilogue& epilogue,
+                                               int32_t expert, int64_t j0, int64_t inter,
+                                               uint32_t (&packed)[16][2]) {
+  const activation::ExpertParams params = epilogue.params(expert);
+  const int64_t col0 = j0 + 2 * (threadIdx.x % 4);
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    float up_bias[2], gate_bias[2];
+#pragma unroll
+    for (int v = 0; v < 2; ++v) {
+      const int64_t j = col0 + 8 * i + v;
+      const bool in_range = j < inter;  // columns past I are computed but never stored
+      up_bias[v] = in_range ? epilogue.bias_at(expert, j) : 0.0f;
+      gate_bias[v] = in_range ? epilogue.bias_at(expert, inter + j) : 0.0f;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float a[2];
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        const float up = acc[4 * i + 2 * h + v] + up_bias[v];
+        const float gate = acc[64 + 4 * i + 2 * h + v] + gate_bias[v];
+        a[v] = activation::gated(kAct, gate, up, params);
+      }
+      packed[i][h] = device::pack_bf16x2(a[0], a[1]);
+    }
+  }
+}
+
 // kClaimTiles: tiles claimed dynamically (device/grouped_mainloop.cuh, "the CTA's sequence").
-template <bool kClaimTiles>
+// kGeneral: the general epilogue (bias, any gated activation) instead of the plain SwiGLU.
+template <bool kClaimTiles, bool kGeneral>
 __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
     sm90_gemm1_swiglu_kernel(const __grid_constant__ CUtensorMap tmap_w1,
-                             const Gemm1SwigluParams params) {
+                             const Gemm1SwigluParamsOf<kGeneral> params) {
   using Config = device::GroupedGemmConfig;
   using device::WarpRole;
 
@@ -78,15 +126,35 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
       float acc[128];  // [0, 64): up columns of the tile, [64, 128): gate, same fragment layout
       device::consume_tile(smem, op, consumer_idx, pipe, acc);
 
-      // ---- epilogue: SwiGLU, bf16, staged through smem, masked 16-byte stores ------------
+      // ---- epilogue: the activation, bf16, staged through smem, masked 16-byte stores -----
       uint32_t packed[16][2];
+      if constexpr (kGeneral) {
+        const detail::GemmEpilogue& epi = params.epilogue;
+        const int64_t j0 = int64_t(tile.n_block) * Config::kHalfN;
+        const int64_t inter = params.intermediate_size;
+        switch (epi.activation) {
+          case Activation::kSwiglu:
+            gated_epilogue<Activation::kSwiglu>(acc, epi, tile.expert, j0, inter, packed);
+            break;
+          case Activation::kGeglu:
+            gated_epilogue<Activation::kGeglu>(acc, epi, tile.expert, j0, inter, packed);
+            break;
+          case Activation::kSwigluStep:
+            gated_epilogue<Activation::kSwigluStep>(acc, epi, tile.expert, j0, inter, packed);
+            break;
+          default:  // GegluTanh: the host launches this kernel for gated activations only
+            gated_epilogue<Activation::kGegluTanh>(acc, epi, tile.expert, j0, inter, packed);
+            break;
+        }
+      } else {
 #pragma unroll
-      for (int i = 0; i < 16; ++i) {
+        for (int i = 0; i < 16; ++i) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float* up = &acc[4 * i + 2 * h];
-          const float* gate = &acc[64 + 4 * i + 2 * h];
-          packed[i][h] = device::pack_bf16x2(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+          for (int h = 0; h < 2; ++h) {
+            const float* up = &acc[4 * i + 2 * h];
+            const float* gate = &acc[64 + 4 * i + 2 * h];
+            packed[i][h] = device::pack_bf16x2(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+          }
         }
       }
       device::store_warp_block_16x128(smem.staging[block.warp_idx], packed, params.act,

@@ -20,11 +20,13 @@ namespace fusedmoe::detail {
 cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
                                        const int32_t* gather_rows, int64_t hidden_size,
                                        int64_t intermediate_size, const __nv_bfloat16* w1,
-                                       __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream);
+                                       __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream,
+                                       const GemmEpilogue& epilogue = {});
 
 cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
                                 int64_t intermediate_size, int64_t hidden_size,
                                 const __nv_bfloat16* w2, __nv_bfloat16* y, bool enable_pdl,
-                                cudaStream_t stream);
+                                cudaStream_t stream, const GemmEpilogue& epilogue = {},
+                                const int32_t* gather_rows = nullptr);
 
 }  // namespace fusedmoe::detail

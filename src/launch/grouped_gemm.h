@@ -12,6 +12,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include "launch/gemm_epilogue.h"
+
 namespace fusedmoe::detail {
 
 struct GroupedRows {
@@ -25,20 +27,25 @@ struct GroupedRows {
   int32_t* tile_counters = nullptr;
 };
 
-// GEMM1 + SwiGLU, rows of x gathered on the fly:
+// GEMM1 + a gated activation, rows of x gathered on the fly:
 //   g[p, :] = x[gather_rows[p], :] . w1[e]^T            (fp32 accumulation; g is [2I])
 //   act[p, j] = bf16( silu(g[p, I + j]) * g[p, j] )     (up = rows [0, I) of w1, gate = [I, 2I))
+// or, with a general `epilogue` (its activation gated), its bias and activation instead.
 // x: [T, H] bf16; gather_rows: device [max_rows] int32; w1: [E_loc, 2I, H]; act: [max_rows, I].
 cudaError_t launch_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
                                 const int32_t* gather_rows, int64_t hidden_size,
                                 int64_t intermediate_size, const __nv_bfloat16* w1,
-                                __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream);
+                                __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream,
+                                const GemmEpilogue& epilogue = {});
 
-// GEMM2: y[p, h] = bf16( act[p, :] . w2[e][h, :] )     (fp32 accumulation)
-// act: [max_rows, I] bf16; w2: [E_loc, H, I]; y: [max_rows, H] bf16.
+// GEMM2: y[p, h] = bf16( act[row(p), :] . w2[e][h, :] )   (fp32 accumulation), row(p) =
+// gather_rows[p] when given, else p; with a general `epilogue`, its bias (and activation) added
+// before the rounding. act: [*, I] bf16; w2: [E_loc, H, I]; y: [max_rows, H] bf16. The pipeline
+// also runs a non-gated GEMM1 through it: act = x, gather_rows, I = H, H = I, w2 = w1, y = act.
 cudaError_t launch_gemm2(const GroupedRows& rows, const __nv_bfloat16* act,
                          int64_t intermediate_size, int64_t hidden_size,
                          const __nv_bfloat16* w2, __nv_bfloat16* y, bool enable_pdl,
-                         cudaStream_t stream);
+                         cudaStream_t stream, const GemmEpilogue& epilogue = {},
+                         const int32_t* gather_rows = nullptr);
 
 }  // namespace fusedmoe::detail

@@ -12,7 +12,8 @@ namespace fusedmoe::detail {
 cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloat16* x,
                                        const int32_t* gather_rows, int64_t hidden_size,
                                        int64_t intermediate_size, const __nv_bfloat16* w1,
-                                       __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream) {
+                                       __nv_bfloat16* act, bool enable_pdl, cudaStream_t stream,
+                                       const GemmEpilogue& epilogue) {
   if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;  // no row to compute
   // 16-byte loads of x and w1; act is written with 2-byte stores (any bf16 alignment).
   if (!heuristics::decode_aligned_16(x) || !heuristics::decode_aligned_16(w1)) {
@@ -27,10 +28,17 @@ cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloa
   params.act = act;
   params.hidden_size = hidden_size;
   params.intermediate_size = intermediate_size;
-  return launch_decode_gemm(
-      kernels::sm90_decode_gemm1_swiglu_kernel<4>, kernels::sm90_decode_gemm1_swiglu_kernel<8>,
-      params, rows, heuristics::ceil_div_decode(intermediate_size, kernels::kDecodeGemm1ColsPerCta),
-      enable_pdl, stream);
+  params.epilogue = epilogue;
+  const int64_t col_slices =
+      heuristics::ceil_div_decode(intermediate_size, kernels::kDecodeGemm1ColsPerCta);
+  if (!epilogue.is_plain()) {
+    return launch_decode_gemm(kernels::sm90_decode_gemm1_swiglu_kernel<4, true>,
+                              kernels::sm90_decode_gemm1_swiglu_kernel<8, true>, params, rows,
+                              col_slices, enable_pdl, stream);
+  }
+  return launch_decode_gemm(kernels::sm90_decode_gemm1_swiglu_kernel<4, false>,
+                            kernels::sm90_decode_gemm1_swiglu_kernel<8, false>, params, rows,
+                            col_slices, enable_pdl, stream);
 }
 
 }  // namespace fusedmoe::detail

@@ -18,12 +18,12 @@ cudaError_t launch_finalize(const __nv_bfloat16* y, const float* slot_weight,
   const dim3 grid(static_cast<unsigned>(num_tokens),
                   static_cast<unsigned>((hidden_size + columns_per_block - 1) / columns_per_block));
   LaunchConfig launch(grid, dim3(FinalizeConfig::kThreads), 0, enable_pdl, stream);
-  if (aligned) {
-    return cudaLaunchKernelEx(&launch.config, finalize_kernel<8>, y, slot_weight, permuted_idx,
-                              top_k, hidden_size, output);
-  }
-  return cudaLaunchKernelEx(&launch.config, finalize_kernel<1>, y, slot_weight, permuted_idx,
-                            top_k, hidden_size, output);
+  const auto kernel = aligned ? (slot_weight != nullptr ? finalize_kernel<8, true>
+                                                        : finalize_kernel<8, false>)
+                              : (slot_weight != nullptr ? finalize_kernel<1, true>
+                                                        : finalize_kernel<1, false>);
+  return cudaLaunchKernelEx(&launch.config, kernel, y, slot_weight, permuted_idx, top_k,
+                            hidden_size, output);
 }
 
 }  // namespace fusedmoe::detail

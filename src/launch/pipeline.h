@@ -36,8 +36,9 @@ struct Workspace {
   int32_t* expert_offsets = nullptr;  // [E_loc + 1]: rows of local expert e are [o[e], o[e + 1])
   int32_t* gather_rows = nullptr;     // [T * K]: token of permuted row p
   int32_t* permuted_idx = nullptr;    // [T * K]: row of slot t*K+k, or -1 (when do_finalize)
-  __nv_bfloat16* act = nullptr;       // [T * K, I]: bf16(silu(gate) * up), expert-sorted rows
-  __nv_bfloat16* y = nullptr;         // [T * K, H]: GEMM2 output (when do_finalize)
+  __nv_bfloat16* act = nullptr;       // [T * K, I]: the activation, expert-sorted rows
+  __nv_bfloat16* y = nullptr;         // [T * K, H]: GEMM2 output (when do_finalize); before
+                                      // GEMM1 runs, the scaled x of use_routing_scales_on_input
   int32_t* tile_counters = nullptr;   // [2]: the grouped GEMMs' dynamic tile claims
 };
 
@@ -84,7 +85,13 @@ cudaError_t launch_permute(const int32_t* slot_key, int64_t num_slots, int32_t t
                            const int32_t* expert_offsets, int32_t* gather_rows,
                            int32_t* permuted_idx, bool enable_pdl, cudaStream_t stream);
 
+// Routing weights on the input (K == 1): scaled[t, :] = bf16(x[t, :] * slot_weight[t]).
+cudaError_t launch_scale_rows(const __nv_bfloat16* x, const float* slot_weight,
+                              int64_t num_tokens, int64_t hidden_size, __nv_bfloat16* scaled,
+                              bool enable_pdl, cudaStream_t stream);
+
 // out[t, :] = bf16(fma chain over local k ascending of slot_weight[t*K+k] * y[permuted_idx[t*K+k]])
+// (slot_weight nullptr: weights of 1, when they went into the input instead)
 cudaError_t launch_finalize(const __nv_bfloat16* y, const float* slot_weight,
                             const int32_t* permuted_idx, int64_t num_tokens, int32_t top_k,
                             int64_t hidden_size, __nv_bfloat16* output, bool enable_pdl,
