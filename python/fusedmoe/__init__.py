@@ -10,6 +10,7 @@ import torch  # noqa: F401  (loads the CUDA runtime the extension links against)
 
 from . import _ext, _ops  # noqa: F401  (_ops registers the custom ops)
 from .api import (
+    ActivationType,
     RoutingMethod,
     WeightLayout,
     pack_topk,
@@ -26,6 +27,7 @@ from .api import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationType",
     "RoutingMethod",
     "WeightLayout",
     "pack_topk",

@@ -14,8 +14,11 @@ MAX_TOP_K = 32
 MAX_NUM_EXPERTS = 1024
 SIZE_MULTIPLE = 8
 
-# FlashInfer's ActivationType.Swiglu: the only activation fusedmoe computes.
+# FlashInfer's ActivationType numbers of the activations fusedmoe computes (api.ActivationType).
 SWIGLU_ACTIVATION = 3
+SWIGLU_STEP_ACTIVATION = 7
+GATED_ACTIVATIONS = (3, 4, 7, 8)  # Swiglu, Geglu, SwigluStep, GegluTanh
+NON_GATED_ACTIVATIONS = (0, 1, 2, 6)  # Gelu, Relu, Silu, Relu2
 
 
 def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
@@ -72,6 +75,20 @@ def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
     return value
 
 
+def check_activation(activation_type) -> int:
+    """The activation as an int: one of FlashInfer's ActivationType values fusedmoe computes."""
+    if isinstance(activation_type, bool) or not isinstance(activation_type, int):
+        raise TypeError(
+            f"activation_type: expected an int or ActivationType, got {type(activation_type).__name__}"
+        )
+    if activation_type not in GATED_ACTIVATIONS + NON_GATED_ACTIVATIONS:
+        raise ValueError(
+            "activation_type: expected one of Gelu 0, Relu 1, Silu 2, Swiglu 3, Geglu 4, Relu2 6, "
+            f"SwigluStep 7, GegluTanh 8, got {activation_type}"
+        )
+    return int(activation_type)
+
+
 def check_problem(
     hidden_states,
     gemm1_weights,
@@ -81,8 +98,12 @@ def check_problem(
     intermediate_size,
     local_expert_offset,
     local_num_experts,
+    activation_type=SWIGLU_ACTIVATION,
 ) -> Tuple[int, int, torch.device]:
-    """Checks the tensors and sizes every call shares. Returns (num_tokens, hidden_size, device)."""
+    """Checks the tensors and sizes every call shares. Returns (num_tokens, hidden_size, device).
+
+    gemm1_weights is [E_loc, 2I, H] for a gated ``activation_type``, [E_loc, I, H] otherwise.
+    """
     check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
     device = hidden_states.device
     num_tokens, hidden_size = hidden_states.shape
@@ -99,11 +120,12 @@ def check_problem(
         )
     check_int("local_num_experts", local_num_experts, 1, num_experts)
     check_int("local_expert_offset", local_expert_offset, 0, num_experts - local_num_experts)
+    gemm1_rows = (2 if activation_type in GATED_ACTIVATIONS else 1) * intermediate_size
     check_tensor(
         "gemm1_weights",
         gemm1_weights,
         (torch.bfloat16,),
-        (local_num_experts, 2 * intermediate_size, hidden_size),
+        (local_num_experts, gemm1_rows, hidden_size),
         device,
     )
     check_tensor(
@@ -121,7 +143,8 @@ def check_layout(use_shuffled_weight, weight_layout) -> None:
     if use_shuffled_weight:
         raise ValueError(
             "use_shuffled_weight: expected False (fusedmoe reads canonical weights: gemm1 "
-            "[E_loc, 2I, H] up rows then gate rows, gemm2 [E_loc, H, I]; FlashInfer's shuffled "
+            "[E_loc, 2I, H] up rows then gate rows (or [E_loc, I, H] for a non-gated activation), "
+            "gemm2 [E_loc, H, I]; FlashInfer's shuffled "
             "layout is not accepted), got True"
         )
     if int(weight_layout) != 0:
@@ -131,12 +154,53 @@ def check_layout(use_shuffled_weight, weight_layout) -> None:
         )
 
 
-def check_unsupported(activation_type, norm_topk_prob=True, gemm1_lora_delta=None) -> None:
-    """FlashInfer options fusedmoe does not implement: anything but their defaults is an error."""
-    if int(activation_type) != SWIGLU_ACTIVATION:
-        raise ValueError(
-            f"activation_type: expected {SWIGLU_ACTIVATION} (SwiGLU, the only activation), got {activation_type}"
+def check_expert_mlp(
+    activation_type: int,
+    gemm1_alpha,
+    gemm1_beta,
+    gemm1_clamp_limit,
+    gemm1_bias,
+    gemm2_bias,
+    use_routing_scales_on_input,
+    top_k: int,
+    local_num_experts: int,
+    intermediate_size: int,
+    hidden_size: int,
+    device: torch.device,
+) -> None:
+    """The activation's per-expert parameters, the expert biases and input-side routing weights."""
+    names = {3: "Swiglu", 7: "SwigluStep"}
+    name = names.get(activation_type, f"activation_type {activation_type}")
+    for arg, tensor, allowed in (
+        ("gemm1_alpha", gemm1_alpha, (SWIGLU_ACTIVATION,)),
+        ("gemm1_beta", gemm1_beta, (SWIGLU_ACTIVATION,)),
+        ("gemm1_clamp_limit", gemm1_clamp_limit, (SWIGLU_ACTIVATION, SWIGLU_STEP_ACTIVATION)),
+    ):
+        if tensor is None:
+            continue
+        if activation_type not in allowed:
+            readers = " and ".join(names[a] for a in allowed)
+            raise ValueError(f"{arg}: expected None with {name} (only {readers} read it), got a tensor")
+        check_tensor(arg, tensor, (torch.float32,), (local_num_experts,), device)
+    gemm1_columns = (2 if activation_type in GATED_ACTIVATIONS else 1) * intermediate_size
+    if gemm1_bias is not None:
+        check_tensor("gemm1_bias", gemm1_bias, (torch.bfloat16, torch.float32),
+                     (local_num_experts, gemm1_columns), device)
+    if gemm2_bias is not None:
+        check_tensor("gemm2_bias", gemm2_bias, (torch.bfloat16, torch.float32),
+                     (local_num_experts, hidden_size), device)
+    if not isinstance(use_routing_scales_on_input, bool):
+        raise TypeError(
+            f"use_routing_scales_on_input: expected a bool, got {type(use_routing_scales_on_input).__name__}"
         )
+    if use_routing_scales_on_input and top_k != 1:
+        raise ValueError(
+            f"use_routing_scales_on_input: expected top_k == 1 (the weight scales the expert's input), got top_k {top_k}"
+        )
+
+
+def check_unsupported(norm_topk_prob=True, gemm1_lora_delta=None) -> None:
+    """FlashInfer options fusedmoe does not implement: anything but their defaults is an error."""
     if not norm_topk_prob:
         raise ValueError(
             "norm_topk_prob: expected True (the weights of each routing method are fixed by SPEC), got False"

@@ -40,8 +40,9 @@ def call_scratch(device: torch.device, needed_bytes: int) -> torch.Tensor:
 def _launch(
     hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
     topk_weights, intermediate_size, num_experts, top_k, local_expert_offset, local_num_experts,
-    routing_method, n_group, topk_group, routed_scaling_factor, expert_weights_fp32, do_finalize,
-    enable_pdl, output, gemm2_output, expert_weights,
+    routing_method, n_group, topk_group, routed_scaling_factor, activation, gemm1_alpha,
+    gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias, use_routing_scales_on_input,
+    expert_weights_fp32, do_finalize, enable_pdl, output, gemm2_output, expert_weights,
     expanded_idx_to_permuted_idx, routing_replay_out, workspace,
 ):
     """Calls fusedmoe._ext.moe: run() on the current stream for CUDA tensors (with the caller's
@@ -67,7 +68,9 @@ def _launch(
             hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
             topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
             local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
-            expert_weights_fp32, do_finalize, output, gemm2_output, expert_weights,
+            activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
+            use_routing_scales_on_input, expert_weights_fp32, do_finalize, output, gemm2_output,
+            expert_weights,
             expanded_idx_to_permuted_idx, routing_replay_out, workspace, enable_pdl, on_gpu,
             stream,
         )
@@ -115,6 +118,13 @@ def moe_unfinalized(
     n_group: int,
     topk_group: int,
     routed_scaling_factor: float,
+    activation: int,
+    gemm1_alpha: Optional[torch.Tensor],
+    gemm1_beta: Optional[torch.Tensor],
+    gemm1_clamp_limit: Optional[torch.Tensor],
+    gemm1_bias: Optional[torch.Tensor],
+    gemm2_bias: Optional[torch.Tensor],
+    use_routing_scales_on_input: bool,
     expert_weights_fp32: bool,
     enable_pdl: bool,
     routing_replay_out: Optional[torch.Tensor],
@@ -126,7 +136,8 @@ def moe_unfinalized(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
-        expert_weights_fp32, False, enable_pdl, None, *outputs,
+        activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
+        use_routing_scales_on_input, expert_weights_fp32, False, enable_pdl, None, *outputs,
         routing_replay_out, workspace,
     )
     return outputs
@@ -136,7 +147,9 @@ def moe_unfinalized(
 def _moe_unfinalized_fake(hidden_states, gemm1_weights, gemm2_weights, routing_logits,
                           routing_bias, topk_ids, topk_weights, intermediate_size, num_experts,
                           top_k, local_expert_offset, local_num_experts, routing_method, n_group,
-                          topk_group, routed_scaling_factor, expert_weights_fp32, *rest):
+                          topk_group, routed_scaling_factor, activation, gemm1_alpha, gemm1_beta,
+                          gemm1_clamp_limit, gemm1_bias, gemm2_bias, use_routing_scales_on_input,
+                          expert_weights_fp32, *rest):
     return _unfinalized_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32)
 
 
@@ -161,6 +174,13 @@ def moe_out(
     n_group: int,
     topk_group: int,
     routed_scaling_factor: float,
+    activation: int,
+    gemm1_alpha: Optional[torch.Tensor],
+    gemm1_beta: Optional[torch.Tensor],
+    gemm1_clamp_limit: Optional[torch.Tensor],
+    gemm1_bias: Optional[torch.Tensor],
+    gemm2_bias: Optional[torch.Tensor],
+    use_routing_scales_on_input: bool,
     expert_weights_fp32: bool,
     enable_pdl: bool,
     output: torch.Tensor,
@@ -172,7 +192,9 @@ def moe_out(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
-        expert_weights_fp32, True, enable_pdl, output, None, None, None,
+        activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
+        use_routing_scales_on_input, expert_weights_fp32, True, enable_pdl, output, None, None,
+        None,
         routing_replay_out, workspace,
     )
 

@@ -1,11 +1,11 @@
 """The public Python API: FlashInfer-compatible entry points plus fusedmoe's helpers.
 
 ``trtllm_bf16_moe`` and ``trtllm_bf16_routed_moe`` take FlashInfer's parameters with its names,
-order and defaults (source: FlashInfer ``flashinfer/fused_moe/core.py``, ``trtllm_bf16_moe`` after
-PR #2548 "Add do_finalize" and ``trtllm_bf16_routed_moe`` from PR #2594 "Bf16 routed moe"; the
-trailing ``activation_type``, ``norm_topk_prob``, ``gemm1_lora_delta`` and ``routing_replay_out``
-as in FlashInfer's current documentation), then fusedmoe's keyword-only extras (``output=``,
-``workspace=``, ``expert_weights_dtype=``). Differences, all SPEC's:
+order and defaults (FlashInfer 0.7, ``flashinfer/fused_moe/core.py``: through ``activation_type``,
+``routing_replay_out``, ``gemm1_alpha``, ``gemm1_beta``, ``gemm1_clamp_limit``, ``output`` and
+``workspace_buffer``), then fusedmoe's keyword-only extras (``gemm1_bias=``, ``gemm2_bias=``,
+``use_routing_scales_on_input=``, ``expert_weights_dtype=``, and ``workspace=``, the older name of
+``workspace_buffer``). Differences, all SPEC's:
 
 * ``use_shuffled_weight`` / ``weight_layout`` name fusedmoe's layouts; the defaults select the
   canonical layout (FlashInfer's defaults select its shuffled BlockMajorK layout, which is an error
@@ -35,6 +35,30 @@ class RoutingMethod(enum.IntEnum):
     MiniMax2 = 7  # top-K of sigmoid + bias; s * scale / (sum s + 1e-20)
     Sigmoid = 8  # top-K of sigmoid; weights = s
     TopKSigmoid = 9  # top-K of logits; weights = sigmoid(logit)
+
+
+class ActivationType(enum.IntEnum):
+    """The activation between the GEMMs, with FlashInfer's ActivationType numbers.
+
+    Gated (gemm1 [E_loc, 2I, H], rows [0, I) up, [I, 2I) gate): Swiglu (default; per-expert
+    ``gemm1_alpha``, ``gemm1_beta``, ``gemm1_clamp_limit``), Geglu, SwigluStep, GegluTanh.
+    Non-gated (gemm1 [E_loc, I, H]): Gelu, Relu, Silu, Relu2. FlashInfer's other values
+    (SwigluBias 5, Identity 9, ...) are not offered: a ValueError.
+    """
+
+    Gelu = 0  # gelu(g), erf form
+    Relu = 1  # max(g, 0)
+    Silu = 2  # g * sigmoid(g)
+    Swiglu = 3  # min(gate, l) * sigmoid(alpha * min(gate, l)) * (clamp(up, -l, l) + beta)
+    Geglu = 4  # gelu(gate) * up, erf form
+    Relu2 = 6  # max(g, 0)^2 (Nemotron-H)
+    SwigluStep = 7  # min(silu(gate), l) * clamp(up, -l, l), l = gemm1_clamp_limit or 7
+    GegluTanh = 8  # gelu_tanh(gate) * up
+
+    @property
+    def is_gated(self) -> bool:
+        """True for the activations that read a gate and an up half of GEMM1's output."""
+        return int(self) in _checks.GATED_ACTIVATIONS
 
 
 class WeightLayout(enum.IntEnum):
@@ -100,7 +124,7 @@ def reserve_workspace(
     device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"device: expected a cuda device, got {device}")
-    del _ops.call_scratch(device, needed)
+    _ops.call_scratch(device, needed)  # freed at once: the block stays in the cache
     return needed
 
 
@@ -182,29 +206,42 @@ def _expert_weights_fp32(expert_weights_dtype) -> bool:
     return expert_weights_dtype == torch.float32
 
 
+def _workspace_argument(workspace_buffer, workspace):
+    """FlashInfer's ``workspace_buffer`` or fusedmoe's older keyword ``workspace`` (one of them)."""
+    if workspace is not None and workspace_buffer is not None:
+        raise ValueError("workspace: expected None when workspace_buffer is given (they are one argument)")
+    return workspace_buffer if workspace_buffer is not None else workspace
+
+
 def _run(
     hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
     topk_weights, num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
     local_num_experts, routed_scaling_factor, routing_method_type, do_finalize, enable_pdl,
-    tune_max_num_tokens, routing_replay_out, output, workspace, expert_weights_fp32,
+    tune_max_num_tokens, routing_replay_out, output, workspace, expert_weights_fp32, mlp,
 ):
-    """Checks what both entry points share, then calls the custom op."""
+    """Checks what both entry points share, then calls the custom op. ``mlp``: (activation_type,
+    gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
+    use_routing_scales_on_input)."""
+    activation = _checks.check_activation(mlp[0])
     num_tokens, hidden_size, device = _checks.check_problem(
         hidden_states, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
-        local_expert_offset, local_num_experts,
+        local_expert_offset, local_num_experts, activation,
     )
+    _checks.check_expert_mlp(activation, *mlp[1:], top_k, local_num_experts, intermediate_size,
+                             hidden_size, device)
     _checks.check_int("tune_max_num_tokens", tune_max_num_tokens, 0)
     _checks.check_optional_output(
         "routing_replay_out", routing_replay_out, torch.int16, (num_tokens, top_k), device
     )
     if workspace is not None:
-        _checks.check_tensor("workspace", workspace, (torch.uint8,), (None,), device)
+        _checks.check_tensor("workspace_buffer", workspace, (torch.uint8,), (None,), device)
         if device.type != "cuda":
-            raise ValueError("workspace: expected None for cpu tensors (the CPU reference needs none)")
+            raise ValueError("workspace_buffer: expected None for cpu tensors (the CPU reference needs none)")
     args = (
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, topk_ids,
         topk_weights, intermediate_size, num_experts, top_k, local_expert_offset,
         local_num_experts, routing_method_type, n_group, topk_group, routed_scaling_factor,
+        activation, *mlp[1:],
     )
     tail = (expert_weights_fp32, bool(enable_pdl))
     if not do_finalize:
@@ -239,13 +276,20 @@ def trtllm_bf16_moe(
     do_finalize: bool = True,
     enable_pdl: bool = True,
     tune_max_num_tokens: int = 8192,
-    activation_type: int = _checks.SWIGLU_ACTIVATION,
+    activation_type: int = ActivationType.Swiglu,
     norm_topk_prob: bool = True,
     routing_replay_out: Optional[torch.Tensor] = None,
-    *,
+    gemm1_alpha: Optional[torch.Tensor] = None,
+    gemm1_beta: Optional[torch.Tensor] = None,
+    gemm1_clamp_limit: Optional[torch.Tensor] = None,
     output: Optional[torch.Tensor] = None,
-    workspace: Optional[torch.Tensor] = None,
+    workspace_buffer: Optional[torch.Tensor] = None,
+    *,
+    gemm1_bias: Optional[torch.Tensor] = None,
+    gemm2_bias: Optional[torch.Tensor] = None,
+    use_routing_scales_on_input: bool = False,
     expert_weights_dtype: torch.dtype = torch.bfloat16,
+    workspace: Optional[torch.Tensor] = None,
 ) -> Union[torch.Tensor, List[torch.Tensor]]:
     """BF16 MoE layer routed from logits (FlashInfer's ``trtllm_bf16_moe``, on Hopper).
 
@@ -254,7 +298,8 @@ def trtllm_bf16_moe(
         routing_bias: optional [num_experts] float32 or bfloat16 (DeepSeekV3 and MiniMax2 read it).
         hidden_states: [T, H] bfloat16 (T may be 0). CPU tensors run the CPU reference.
         gemm1_weights: [local_num_experts, 2 * intermediate_size, H] bfloat16, rows [0, I) up,
-            rows [I, 2I) gate (canonical layout, or the output of ``prepare_weights``).
+            rows [I, 2I) gate (canonical layout, or the output of ``prepare_weights``);
+            [local_num_experts, intermediate_size, H] for a non-gated activation_type.
         gemm2_weights: [local_num_experts, H, intermediate_size] bfloat16.
         num_experts: E, global number of experts (ids are global, 0..E-1).
         top_k: K, experts per token (1..32).
@@ -272,20 +317,37 @@ def trtllm_bf16_moe(
         enable_pdl: programmatic dependent launch between the GPU pipeline's kernels.
         tune_max_num_tokens: accepted for compatibility (FlashInfer's autotuner cap; fusedmoe has
             no autotuner).
-        activation_type: must be 3 (SwiGLU). norm_topk_prob: must be True.
+        norm_topk_prob: must be True.
         routing_replay_out: optional [T, K] int16, receives the selected global expert ids.
+        expert_weights_dtype: (keyword) torch.float32 keeps the routing weights in fp32 (used by
+            finalize and returned as expert_weights); bf16 (SPEC's default) rounds them once.
+        activation_type: an ``ActivationType`` (default 3, Swiglu). Non-gated ones (Gelu 0,
+            Relu 1, Silu 2, Relu2 6) take gemm1_weights [local_num_experts, I, H].
+        gemm1_alpha, gemm1_beta: optional [local_num_experts] float32, Swiglu only: a =
+            gate' * sigmoid(alpha * gate') * (up' + beta) (defaults 1 and 0; GPT-OSS: 1.702, 1).
+        gemm1_clamp_limit: optional [local_num_experts] float32: Swiglu clamps gate from above
+            and up to [-limit, limit] (default: no clamp; GPT-OSS: 7); SwigluStep clamps silu(gate)
+            from above and up to [-limit, limit] (default 7).
         output: optional [T, H] bf16 tensor written in place and returned (do_finalize only).
-        workspace: optional uint8 CUDA tensor of at least ``workspace_size(...)`` bytes, used
-            instead of per-call scratch from PyTorch's caching allocator. A workspace serves one
+        workspace_buffer: optional uint8 CUDA tensor of at least ``workspace_size(...)`` bytes,
+            used instead of per-call scratch from PyTorch's caching allocator. It serves one
             stream at a time: calls in flight together on different streams need one each.
-        expert_weights_dtype: torch.float32 keeps the routing weights in fp32 (used by finalize
-            and returned as expert_weights); bf16 (SPEC's default) rounds them once.
+        gemm1_bias: (keyword) optional [local_num_experts, 2I] (gated, up columns then gate
+            columns, like gemm1's rows) or [local_num_experts, I] bf16/float32, added to GEMM1's
+            fp32 output before the activation.
+        gemm2_bias: (keyword) optional [local_num_experts, H] bf16/float32, added to GEMM2's fp32
+            output before the routing weight (inside gemm2_output when do_finalize=False).
+        use_routing_scales_on_input: (keyword) top_k == 1 only: the expert computes on
+            bf16(w * x) and its output is not weighted again (Llama 4). With do_finalize=False,
+            expert_weights still holds w and gemm2_output rows are already scaled: sum them
+            unweighted.
+        workspace: (keyword) the older name of workspace_buffer.
 
     Raises:
         TypeError, ValueError naming the argument, before any kernel runs.
     """
     _checks.check_layout(use_shuffled_weight, weight_layout)
-    _checks.check_unsupported(activation_type, norm_topk_prob)
+    _checks.check_unsupported(norm_topk_prob)
     _checks.check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
     device = hidden_states.device
     num_tokens = hidden_states.shape[0]
@@ -305,7 +367,10 @@ def trtllm_bf16_moe(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, None, None,
         num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
         local_num_experts, scale, method, do_finalize, enable_pdl, tune_max_num_tokens,
-        routing_replay_out, output, workspace, _expert_weights_fp32(expert_weights_dtype),
+        routing_replay_out, output, _workspace_argument(workspace_buffer, workspace),
+        _expert_weights_fp32(expert_weights_dtype),
+        (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
+         use_routing_scales_on_input),
     )
 
 
@@ -329,10 +394,17 @@ def trtllm_bf16_routed_moe(
     enable_pdl: bool = True,
     gemm1_lora_delta: Optional[torch.Tensor] = None,
     tune_max_num_tokens: int = 8192,
-    activation_type: int = _checks.SWIGLU_ACTIVATION,
+    activation_type: int = ActivationType.Swiglu,
     routing_replay_out: Optional[torch.Tensor] = None,
-    *,
+    gemm1_alpha: Optional[torch.Tensor] = None,
+    gemm1_beta: Optional[torch.Tensor] = None,
+    gemm1_clamp_limit: Optional[torch.Tensor] = None,
     output: Optional[torch.Tensor] = None,
+    workspace_buffer: Optional[torch.Tensor] = None,
+    *,
+    gemm1_bias: Optional[torch.Tensor] = None,
+    gemm2_bias: Optional[torch.Tensor] = None,
+    use_routing_scales_on_input: bool = False,
     workspace: Optional[torch.Tensor] = None,
 ) -> Union[torch.Tensor, List[torch.Tensor]]:
     """BF16 MoE layer with routing computed by the caller (FlashInfer's ``trtllm_bf16_routed_moe``).
@@ -342,11 +414,12 @@ def trtllm_bf16_routed_moe(
     used exactly as given: ``routing_method_type``, ``n_group``, ``topk_group`` and
     ``routed_scaling_factor`` are accepted for FlashInfer compatibility and ignored. With fp32
     weights, do_finalize=False returns fp32 ``expert_weights``. Ids outside [0, num_experts) are
-    treated as routed elsewhere (see ``validate_routing``). Everything else is as in
-    ``trtllm_bf16_moe``.
+    treated as routed elsewhere (see ``validate_routing``). With use_routing_scales_on_input the
+    given weights scale the expert's input. Everything else, the expert MLP's options included,
+    is as in ``trtllm_bf16_moe``.
     """
     _checks.check_layout(use_shuffled_weight, weight_layout)
-    _checks.check_unsupported(activation_type, True, gemm1_lora_delta)
+    _checks.check_unsupported(True, gemm1_lora_delta)
     _checks.check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
     device = hidden_states.device
     num_tokens = hidden_states.shape[0]
@@ -369,7 +442,10 @@ def trtllm_bf16_routed_moe(
         hidden_states, gemm1_weights, gemm2_weights, None, None, ids, weights, num_experts, top_k,
         0, 0, intermediate_size, local_expert_offset, local_num_experts, 1.0,
         int(RoutingMethod.Default), do_finalize, enable_pdl, tune_max_num_tokens,
-        routing_replay_out, output, workspace, weights is not None and weights.dtype == torch.float32,
+        routing_replay_out, output, _workspace_argument(workspace_buffer, workspace),
+        weights is not None and weights.dtype == torch.float32,
+        (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
+         use_routing_scales_on_input),
     )
 
 

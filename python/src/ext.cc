@@ -81,7 +81,10 @@ void moe(const Array& hidden_states, const Array& gemm1_weights, const Array& ge
          const OptArray& topk_weights, int64_t intermediate_size, int64_t num_experts,
          int64_t top_k, int64_t local_expert_offset, int64_t local_num_experts,
          int64_t routing_method, int64_t n_group, int64_t topk_group,
-         double routed_scaling_factor, bool expert_weights_fp32, bool do_finalize,
+         double routed_scaling_factor, int64_t activation, const OptArray& gemm1_alpha,
+         const OptArray& gemm1_beta, const OptArray& gemm1_clamp_limit,
+         const OptArray& gemm1_bias, const OptArray& gemm2_bias,
+         bool use_routing_scales_on_input, bool expert_weights_fp32, bool do_finalize,
          const OptArray& output, const OptArray& gemm2_output, const OptArray& expert_weights,
          const OptArray& expanded_idx_to_permuted_idx, const OptArray& routing_replay_out,
          const OptArray& workspace, bool enable_pdl, bool on_gpu, uintptr_t stream) {
@@ -93,6 +96,19 @@ void moe(const Array& hidden_states, const Array& gemm1_weights, const Array& ge
   args.gemm1_weights = data_of(gemm1_weights);
   args.gemm2_weights = data_of(gemm2_weights);
   args.weight_layout = fusedmoe::WeightLayout::kCanonical;
+  args.activation = static_cast<fusedmoe::Activation>(activation);
+  args.gemm1_alpha = static_cast<const float*>(data_of(gemm1_alpha));
+  args.gemm1_beta = static_cast<const float*>(data_of(gemm1_beta));
+  args.gemm1_clamp_limit = static_cast<const float*>(data_of(gemm1_clamp_limit));
+  if (gemm1_bias) {
+    args.gemm1_bias = data_of(gemm1_bias);
+    args.gemm1_bias_dtype = to_dtype(*gemm1_bias, "gemm1_bias");
+  }
+  if (gemm2_bias) {
+    args.gemm2_bias = data_of(gemm2_bias);
+    args.gemm2_bias_dtype = to_dtype(*gemm2_bias, "gemm2_bias");
+  }
+  args.use_routing_scales_on_input = use_routing_scales_on_input;
 
   if (routing_logits) {
     args.logits.logits = data_of(routing_logits);
@@ -182,6 +198,9 @@ NB_MODULE(_ext, m) {
         nb::arg("intermediate_size"), nb::arg("num_experts"), nb::arg("top_k"),
         nb::arg("local_expert_offset"), nb::arg("local_num_experts"), nb::arg("routing_method"),
         nb::arg("n_group"), nb::arg("topk_group"), nb::arg("routed_scaling_factor"),
+        nb::arg("activation"), nb::arg("gemm1_alpha").none(), nb::arg("gemm1_beta").none(),
+        nb::arg("gemm1_clamp_limit").none(), nb::arg("gemm1_bias").none(),
+        nb::arg("gemm2_bias").none(), nb::arg("use_routing_scales_on_input"),
         nb::arg("expert_weights_fp32"), nb::arg("do_finalize"), nb::arg("output").none(),
         nb::arg("gemm2_output").none(), nb::arg("expert_weights").none(),
         nb::arg("expanded_idx_to_permuted_idx").none(), nb::arg("routing_replay_out").none(),

@@ -139,23 +139,92 @@ def route(
     raise ValueError(f"unknown method {method}")
 
 
+# ---- the expert MLP's options (SPEC "The math": activations, biases, weights on the input) --------
+GATED = (3, 4, 7, 8)  # Swiglu, Geglu, SwigluStep, GegluTanh; Gelu 0, Relu 1, Silu 2, Relu2 6 are not
+
+
+@dataclass
+class Mlp:
+    """The expert MLP of a call; the defaults are plain SwiGLU without biases."""
+
+    activation: int = 3
+    alpha: Optional[torch.Tensor] = None  # [E_loc] float32
+    beta: Optional[torch.Tensor] = None
+    limit: Optional[torch.Tensor] = None
+    bias1: Optional[torch.Tensor] = None  # [E_loc, 2I] or [E_loc, I]
+    bias2: Optional[torch.Tensor] = None  # [E_loc, H]
+    on_input: bool = False  # use_routing_scales_on_input
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of the fusedmoe call that selects this MLP."""
+        return dict(activation_type=self.activation, gemm1_alpha=self.alpha, gemm1_beta=self.beta,
+                    gemm1_clamp_limit=self.limit, gemm1_bias=self.bias1, gemm2_bias=self.bias2,
+                    use_routing_scales_on_input=self.on_input)
+
+    def to(self, device) -> "Mlp":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Mlp(self.activation, move(self.alpha), move(self.beta), move(self.limit),
+                   move(self.bias1), move(self.bias2), self.on_input)
+
+
+def _gelu(v, tanh_form=False):
+    if tanh_form:
+        return 0.5 * v * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (v + 0.044715 * v**3)))
+    return 0.5 * v * (1 + torch.erf(v / 2**0.5))
+
+
+def activate(g, inter, mlp: Mlp, e: int):
+    """The activation of GEMM1's output rows g [n, 2I or I] for local expert e (SPEC's formulas)."""
+    scalar = lambda t, default: default if t is None else t[e].item()  # noqa: E731
+    act = mlp.activation
+    if act in GATED:
+        up, gate = g[:, :inter], g[:, inter:]
+        limit = scalar(mlp.limit, 7.0 if act == 7 else float("inf"))
+        if act == 3:  # Swiglu
+            gate = torch.clamp(gate, max=limit)
+            up = torch.clamp(up, min=-limit, max=limit)
+            alpha, beta = scalar(mlp.alpha, 1.0), scalar(mlp.beta, 0.0)
+            return gate * torch.sigmoid(alpha * gate) * (up + beta)
+        if act == 7:  # SwigluStep
+            return torch.clamp(gate * torch.sigmoid(gate), max=limit) * torch.clamp(up, -limit, limit)
+        return _gelu(gate, tanh_form=act == 8) * up  # Geglu 4, GegluTanh 8
+    if act == 0:
+        return _gelu(g)
+    if act == 1:
+        return torch.relu(g)
+    if act == 2:
+        return g * torch.sigmoid(g)
+    if act == 6:
+        return torch.relu(g) ** 2
+    raise ValueError(f"unknown activation {act}")
+
+
 # ---- the MoE (SPEC "The math") -----------------------------------------------------------------------
 def moe_reference(
-    hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset=0, bf16_stages=False
+    hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset=0, bf16_stages=False,
+    mlp: Optional[Mlp] = None,
 ) -> torch.Tensor:
     """Output [T, H] float64 of the local experts (gemm weights hold the local experts only).
 
     ``bf16_stages`` False: everything in float64 from the bf16 inputs (the truth). True: the same
     math with DESIGN's roundings (fp32 GEMMs, a and y rounded to bf16, fp32 sum, bf16 output), the
-    error scale of the tolerance rule.
+    error scale of the tolerance rule. ``mlp``: activation, biases and routing weights on the input
+    (default: plain SwiGLU). With ``mlp.on_input`` the experts see bf16(w * x) in both (the model
+    rounds it) and their outputs are not weighted again.
     """
+    mlp = Mlp() if mlp is None else mlp
     compute = torch.float32 if bf16_stages else torch.float64
-    x = hidden_states.detach().cpu().to(compute)
     ids = ids.detach().cpu().long()
     w = weights.detach().cpu().to(compute)
+    x_bf16 = hidden_states.detach().cpu()
+    if mlp.on_input:  # K == 1: token t's only weight scales its row, rounded once to bf16
+        x_bf16 = (x_bf16.float() * weights.detach().cpu().float()[:, :1]).to(torch.bfloat16)
+        w = torch.ones_like(w)
+    x = x_bf16.to(compute)
     num_tokens, hidden_size = x.shape
-    num_local, two_i, _ = gemm1_weights.shape
-    inter = two_i // 2
+    num_local = gemm1_weights.shape[0]
+    inter = gemm2_weights.shape[2]
+    bias = lambda t, e: 0.0 if t is None else t[e].detach().cpu().to(compute)  # noqa: E731
     out = torch.zeros(num_tokens, hidden_size, dtype=compute)
     for e in range(num_local):
         tokens, slots = torch.nonzero(ids == local_expert_offset + e, as_tuple=True)
@@ -163,12 +232,11 @@ def moe_reference(
             continue
         w1 = gemm1_weights[e].detach().cpu().to(compute)
         w2 = gemm2_weights[e].detach().cpu().to(compute)
-        g = x[tokens] @ w1.T
-        up, gate = g[:, :inter], g[:, inter:]
-        a = gate / (1 + torch.exp(-gate)) * up
+        g = x[tokens] @ w1.T + bias(mlp.bias1, e)
+        a = activate(g, inter, mlp, e)
         if bf16_stages:
             a = a.to(torch.bfloat16).to(compute)
-        y = a @ w2.T
+        y = a @ w2.T + bias(mlp.bias2, e)
         if bf16_stages:
             y = y.to(torch.bfloat16).to(compute)
         out.index_add_(0, tokens, w[tokens, slots, None] * y)
@@ -178,11 +246,13 @@ def moe_reference(
 
 
 def assert_close_to_reference(ours, hidden_states, gemm1_weights, gemm2_weights, ids, weights,
-                              local_expert_offset=0, seed=None, atol=1e-3):
+                              local_expert_offset=0, seed=None, atol=1e-3, mlp=None):
     """docs/STYLE.md's rule: max|ours - ref| <= 2 * max|bf16_ref - ref| + atol."""
-    ref = moe_reference(hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset)
+    ref = moe_reference(hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset,
+                        mlp=mlp)
     bf16_ref = moe_reference(
-        hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset, bf16_stages=True
+        hidden_states, gemm1_weights, gemm2_weights, ids, weights, local_expert_offset, bf16_stages=True,
+        mlp=mlp,
     )
     num_local = gemm1_weights.shape[0]
     has_local = ((ids >= local_expert_offset) & (ids < local_expert_offset + num_local)).any()

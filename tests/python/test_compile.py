@@ -12,25 +12,33 @@ from moe_cases import replay_buffer, run_logits, run_routed
 H, I, E, K = 64, 32, 16, 4
 
 
-def op_args(problem):
-    """Positional arguments shared by the fusedmoe ops for a logits call (DeepSeekV3 routing)."""
+def op_args(problem, mlp_options=False):
+    """Positional arguments shared by the fusedmoe ops for a logits call (DeepSeekV3 routing);
+    mlp_options: Swiglu with per-expert alpha, beta, clamp limit and both biases (fp32)."""
+    mlp = (3, None, None, None, None, None, False)
+    if mlp_options:
+        positive = lambda *shape: torch.rand(*shape) + 0.5  # noqa: E731
+        mlp = (3, positive(E), positive(E), positive(E), torch.randn(E, 2 * I), torch.randn(E, H),
+               False)
     return (
         problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights,
         problem.routing_logits, problem.routing_bias, None, None, I, E, K, 0, E, 2, 4, 2, 2.5,
-        False, False,
+        *mlp, False, False,
     )
 
 
-def test_opcheck_moe_unfinalized(generator):
+@pytest.mark.parametrize("mlp_options", [False, True])
+def test_opcheck_moe_unfinalized(mlp_options, generator):
     problem = ref.make_problem(7, H, I, E, K, bias_dtype=torch.float32, generator=generator)
-    args = op_args(problem) + (replay_buffer(problem), None)
+    args = op_args(problem, mlp_options) + (replay_buffer(problem), None)
     torch.library.opcheck(torch.ops.fusedmoe.moe_unfinalized.default, args)
 
 
-def test_opcheck_moe_out(generator):
+@pytest.mark.parametrize("mlp_options", [False, True])
+def test_opcheck_moe_out(mlp_options, generator):
     problem = ref.make_problem(7, H, I, E, K, bias_dtype=torch.float32, generator=generator)
     output = poison(torch.empty(7, H, dtype=torch.bfloat16))
-    args = op_args(problem) + (output, replay_buffer(problem), None)
+    args = op_args(problem, mlp_options) + (output, replay_buffer(problem), None)
     torch.library.opcheck(torch.ops.fusedmoe.moe_out.default, args)
 
 

@@ -261,7 +261,7 @@ def _bad_calls():
         ("method", dict(routing_method_type=42), ValueError, "routing_method_type"),
         ("shuffled", dict(use_shuffled_weight=True), ValueError, "use_shuffled_weight"),
         ("layout", dict(weight_layout=2), ValueError, "weight_layout"),
-        ("activation", dict(activation_type=0), ValueError, "activation_type"),
+        ("activation", dict(activation_type=5), ValueError, "activation_type"),
         ("norm_topk", dict(norm_topk_prob=False), ValueError, "norm_topk_prob"),
         ("replay_dtype", dict(routing_replay_out=torch.zeros(7, 4, dtype=torch.int32)), TypeError,
          "routing_replay_out"),
