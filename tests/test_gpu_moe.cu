@@ -22,6 +22,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/double_model.h"
 #include "common/gpu_buffers.h"
 #include "common/gpu_reference.h"
 #include "common/host_data.h"
@@ -1068,6 +1069,223 @@ TEST(GpuMoe, GraphCaptureReplaysWithNewInputs) {
   }
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// The expert MLP's options (docs/SPEC.md "Activations, expert biases and input-side routing
+// weights") on both GEMM paths, against the fp64 model of tests/common/double_model.h, with
+// run_reference() as the design's rounding.
+// ------------------------------------------------------------------------------------------------
+
+// A MoeCase's inputs copied to the device, device outputs of the same sizes, and the
+// MoeArguments over them; download() brings the outputs back into the case's host vectors.
+class DeviceMoeCall {
+ public:
+  explicit DeviceMoeCall(MoeCase& c) : case_(c) {
+    const MoeArguments host = c.arguments();
+    args_ = host;
+    args_.hidden_states = upload(c.hidden_states);
+    args_.gemm1_weights = upload(c.gemm1_weights);
+    args_.gemm2_weights = upload(c.gemm2_weights);
+    if (host.logits.logits) {
+      args_.logits.logits = c.config().logits_dtype == DType::kBF16 ? upload(c.logits_bf16)
+                                                                     : upload(c.logits_fp32);
+      args_.logits.bias = !host.logits.bias                           ? nullptr
+                          : c.config().bias_dtype == DType::kBF16 ? upload(c.bias_bf16)
+                                                                  : upload(c.bias_fp32);
+    } else {
+      args_.routed.topk_ids = static_cast<const int32_t*>(upload(c.topk_ids));
+      args_.routed.topk_weights = !host.routed.topk_weights ? nullptr
+                                  : c.topk_weights_fp32.empty() ? upload(c.topk_weights_bf16)
+                                                                : upload(c.topk_weights_fp32);
+    }
+    args_.gemm1_alpha = static_cast<const float*>(upload_optional(c.gemm1_alpha));
+    args_.gemm1_beta = static_cast<const float*>(upload_optional(c.gemm1_beta));
+    args_.gemm1_clamp_limit = static_cast<const float*>(upload_optional(c.gemm1_clamp_limit));
+    if (host.gemm1_bias) {
+      const bool fp32 = !c.gemm1_bias_fp32.empty();
+      args_.gemm1_bias = fp32 ? upload(c.gemm1_bias_fp32) : upload(c.gemm1_bias_bf16);
+      args_.gemm2_bias = fp32 ? upload(c.gemm2_bias_fp32) : upload(c.gemm2_bias_bf16);
+    }
+    args_.output = host.output ? upload(c.output) : nullptr;  // poisoned host contents
+    args_.gemm2_output = host.gemm2_output ? upload(c.gemm2_output) : nullptr;
+    args_.expert_weights = !host.expert_weights ? nullptr
+                           : c.expert_weights_fp32.empty() ? upload(c.expert_weights_bf16)
+                                                           : upload(c.expert_weights_fp32);
+    args_.expanded_idx_to_permuted_idx =
+        host.expanded_idx_to_permuted_idx
+            ? static_cast<int32_t*>(upload(c.expanded_idx_to_permuted_idx))
+            : nullptr;
+    args_.routing_replay_out =
+        host.routing_replay_out ? static_cast<int16_t*>(upload(c.routing_replay_out)) : nullptr;
+  }
+
+  const MoeArguments& arguments() const { return args_; }
+
+  void download() {
+    copy_back(case_.output, args_.output);
+    copy_back(case_.gemm2_output, args_.gemm2_output);
+    copy_back(case_.expert_weights_bf16, case_.expert_weights_fp32.empty() ? args_.expert_weights
+                                                                           : nullptr);
+    copy_back(case_.expert_weights_fp32, case_.expert_weights_fp32.empty() ? nullptr
+                                                                           : args_.expert_weights);
+    copy_back(case_.expanded_idx_to_permuted_idx, args_.expanded_idx_to_permuted_idx);
+    copy_back(case_.routing_replay_out, args_.routing_replay_out);
+  }
+
+ private:
+  template <typename T>
+  void* upload(const std::vector<T>& host) {
+    buffers_.emplace_back(host.size() * sizeof(T));
+    if (!host.empty()) {
+      check_cuda(cudaMemcpy(buffers_.back().get(), host.data(), host.size() * sizeof(T),
+                            cudaMemcpyHostToDevice),
+                 "upload");
+    }
+    return buffers_.back().get();
+  }
+  template <typename T>
+  void* upload_optional(const std::vector<T>& host) {
+    return host.empty() ? nullptr : upload(host);
+  }
+  template <typename T>
+  void copy_back(std::vector<T>& host, const void* device) {
+    if (device == nullptr || host.empty()) return;
+    check_cuda(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost),
+               "download");
+  }
+
+  MoeCase& case_;
+  MoeArguments args_;
+  std::vector<DeviceArray<uint8_t>> buffers_;
+};
+
+// Runs the case on the GPU and on the CPU reference; checks the GPU output against the fp64 model
+// by the tolerance rule (the reference's output as the design's rounding), and reruns bitwise.
+void check_expert_mlp_case(const MoeCaseConfig& cfg, const char* name) {
+  SCOPED_TRACE(name);
+  MoeCase gpu_case(cfg), cpu_case(cfg);
+  ASSERT_TRUE(run_reference(cpu_case.arguments()).ok());
+  DeviceMoeCall call(gpu_case);
+  const Status status = run_on_device(call.arguments());
+  ASSERT_TRUE(status.ok()) << status.message;
+  call.download();
+  // The ids and weights as used, from the CPU reference's routing of the same inputs.
+  const MoeArguments host = cpu_case.arguments();
+  const ref::Routing routing =
+      host.logits.logits ? ref::route_reference(host.logits, cfg.shape.num_tokens,
+                                                cfg.shape.num_experts, cfg.shape.top_k,
+                                                cpu_case.expert_weights_dtype())
+                         : ref::decode_routed_reference(host.routed, cfg.shape.num_tokens,
+                                                        cfg.shape.top_k);
+  const DoubleModel model = moe_double(cpu_case, routing.ids, routing.weights);
+  if (cfg.do_finalize) {
+    std::vector<double> design = bf16_to_double(cpu_case.output);
+    expect_close(bf16_to_double(gpu_case.output), model.exact, design, name);
+    const std::vector<uint16_t> first = gpu_case.output;
+    ASSERT_TRUE(run_on_device(call.arguments(), /*enable_pdl=*/true).ok());
+    call.download();
+    EXPECT_EQ(first_difference(gpu_case.output, first), -1) << "rerun with PDL not bitwise";
+    return;
+  }
+  // The triple: map bitwise; reduced the documented way (weights of 1 when they went into the
+  // input), it matches the model by the rule.
+  EXPECT_EQ(first_difference(gpu_case.expanded_idx_to_permuted_idx,
+                             cpu_case.expanded_idx_to_permuted_idx),
+            -1);
+  const int64_t T = cfg.shape.num_tokens, H = cfg.shape.hidden_size, K = cfg.shape.top_k;
+  const std::vector<float> weights = gpu_case.expert_weights_as_float();
+  std::vector<double> reduced(T * H, 0.0), reduced_design(T * H, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t h = 0; h < H; ++h) {
+      float acc = 0.0f, acc_design = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t row = gpu_case.expanded_idx_to_permuted_idx[t * K + k];
+        if (row < 0) continue;
+        const float w = cfg.routing_scales_on_input ? 1.0f : weights[t * K + k];
+        acc = std::fma(w, bf16_bits_to_float(gpu_case.gemm2_output[row * H + h]), acc);
+        acc_design =
+            std::fma(w, bf16_bits_to_float(cpu_case.gemm2_output[row * H + h]), acc_design);
+      }
+      reduced[t * H + h] = round_to_bf16(acc);
+      reduced_design[t * H + h] = round_to_bf16(acc_design);
+    }
+  }
+  expect_close(reduced, model.exact, reduced_design, name);
+}
+
+struct MlpShape {
+  const char* path;
+  int64_t T, H, I;
+  int32_t E, K;
+};
+// The decode GEMMs at T = 4 (a few rows per expert) and the prefill ones at T = 300 (150 rows per
+// expert); GpuExpertMlp.ShapesTakeBothPaths checks that the heuristics agree.
+const MlpShape kMlpShapes[] = {{"decode", 4, 512, 256, 16, 2}, {"prefill", 300, 512, 264, 4, 2}};
+
+TEST(GpuExpertMlp, ShapesTakeBothPaths) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  int num_sms = 0;
+  check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0), "sms");
+  for (const MlpShape& s : kMlpShapes) {
+    const bool decode = std::string(s.path) == "decode";
+    EXPECT_EQ(heuristics::use_decode_gemm1(s.T, s.K, s.E, s.E, s.I, num_sms), decode) << s.path;
+    EXPECT_EQ(heuristics::use_decode_gemm2(s.T, s.K, s.E, s.E, s.I, num_sms), decode) << s.path;
+    EXPECT_EQ(heuristics::use_decode_gemm2(s.T, s.K, s.E, s.E, s.H, num_sms), decode) << s.path;
+  }
+}
+
+TEST(GpuExpertMlp, EveryActivationWithParametersAndBiases) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  const Activation activations[] = {Activation::kGelu,  Activation::kRelu,       Activation::kSilu,
+                                    Activation::kSwiglu, Activation::kGeglu,     Activation::kRelu2,
+                                    Activation::kSwigluStep, Activation::kGegluTanh};
+  uint64_t seed = 900;
+  for (const MlpShape& s : kMlpShapes) {
+    for (const Activation activation : activations) {
+      for (int options = 0; options < 4; ++options) {  // none, params, biases bf16, both fp32
+        MoeCaseConfig cfg;
+        cfg.shape = make_shape(s.T, s.H, s.I, s.E, s.K);
+        cfg.method = RoutingMethod::kRenormalize;
+        cfg.activation = activation;
+        cfg.with_activation_params = options == 1 || options == 3;
+        cfg.with_expert_biases = options >= 2;
+        cfg.expert_bias_dtype = options == 3 ? DType::kFP32 : DType::kBF16;
+        cfg.with_replay = true;
+        cfg.seed = ++seed;
+        const std::string name = std::string(s.path) + " " + activation_name(activation) +
+                                 " options " + std::to_string(options);
+        check_expert_mlp_case(cfg, name.c_str());
+        if (options == 3) {  // the triple carries gemm2_bias inside its rows
+          cfg.do_finalize = false;
+          check_expert_mlp_case(cfg, (name + " unfinalized").c_str());
+        }
+      }
+    }
+  }
+}
+
+TEST(GpuExpertMlp, RoutingWeightsOnInput) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  uint64_t seed = 990;
+  for (const MlpShape& s : kMlpShapes) {
+    for (const RoutingInput input : {RoutingInput::kLogits, RoutingInput::kUnpacked}) {
+      for (const bool finalize : {true, false}) {
+        MoeCaseConfig cfg;
+        cfg.shape = make_shape(2 * s.T, s.H, s.I, s.E, 1);  // K = 1: as many rows per expert
+        cfg.routing_input = input;
+        cfg.method = RoutingMethod::kLlama4;
+        cfg.routed_weights_dtype = DType::kFP32;
+        cfg.routing_scales_on_input = true;
+        cfg.do_finalize = finalize;
+        cfg.seed = ++seed;
+        const std::string name = std::string(s.path) +
+                                 (input == RoutingInput::kLogits ? " logits" : " unpacked fp32") +
+                                 (finalize ? "" : " unfinalized");
+        check_expert_mlp_case(cfg, name.c_str());
+      }
+    }
+  }
+}
 
 // ------------------------------------------------------------------------------------------------
 // Concurrency (SPEC "Execution contract"): calls in flight at the same time on different streams

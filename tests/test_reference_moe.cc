@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/double_model.h"
 #include "common/host_data.h"
 #include "common/moe_case.h"
 #include "common/tolerance.h"
@@ -22,53 +23,8 @@ using test::MoeCase;
 using test::MoeCaseConfig;
 using test::RoutingInput;
 
-// Independent fp64 model of SPEC's math for given ids and weights (as used). `exact` keeps
-// every intermediate in fp64; `rounded` rounds act, y and the output to bf16 per docs/DESIGN.md.
-struct DoubleModel {
-  std::vector<double> exact;
-  std::vector<double> rounded;
-};
-
-double bf16_round(double v) { return test::round_to_bf16(static_cast<float>(v)); }
-
-DoubleModel moe_double(const MoeCase& c, const std::vector<int32_t>& ids,
-                       const std::vector<float>& weights) {
-  const MoeShape& s = c.shape();
-  const int64_t T = s.num_tokens, H = s.hidden_size, I = s.intermediate_size, K = s.top_k;
-  DoubleModel m{std::vector<double>(T * H, 0.0), std::vector<double>(T * H, 0.0)};
-  std::vector<double> x(H), act(I), act_r(I);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t h = 0; h < H; ++h) x[h] = test::bf16_bits_to_float(c.hidden_states[t * H + h]);
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t e = static_cast<int64_t>(ids[t * K + k]) - s.local_expert_offset;
-      if (e < 0 || e >= s.local_num_experts) continue;
-      const uint16_t* w1 = c.gemm1_weights.data() + e * 2 * I * H;
-      const uint16_t* w2 = c.gemm2_weights.data() + e * H * I;
-      for (int64_t j = 0; j < I; ++j) {
-        double up = 0.0, gate = 0.0;
-        for (int64_t h = 0; h < H; ++h) {
-          up += x[h] * test::bf16_bits_to_float(w1[j * H + h]);
-          gate += x[h] * test::bf16_bits_to_float(w1[(I + j) * H + h]);
-        }
-        act[j] = gate / (1.0 + std::exp(-gate)) * up;
-        act_r[j] = bf16_round(act[j]);
-      }
-      const double w = weights[t * K + k];
-      for (int64_t h = 0; h < H; ++h) {
-        double y = 0.0, y_r = 0.0;
-        for (int64_t j = 0; j < I; ++j) {
-          const double w2_value = test::bf16_bits_to_float(w2[h * I + j]);
-          y += act[j] * w2_value;
-          y_r += act_r[j] * w2_value;
-        }
-        m.exact[t * H + h] += w * y;
-        m.rounded[t * H + h] += w * bf16_round(y_r);
-      }
-    }
-  }
-  for (double& v : m.rounded) v = bf16_round(v);
-  return m;
-}
+using test::DoubleModel;
+using test::moe_double;
 
 // Runs run_reference on the case and checks that no input changed.
 void run_and_check_inputs(MoeCase& c) {
@@ -171,6 +127,73 @@ TEST(ReferenceMoe, MatchesDoublePrecisionModel) {
     for (int64_t i = 0; i < mc.T * mc.K; ++i) {
       ASSERT_EQ(c.routing_replay_out[i], static_cast<int16_t>(ids[i])) << "slot " << i;
     }
+  }
+}
+
+// Every activation, with and without its per-expert parameters and the expert biases (bf16 and
+// fp32), routing weights on the input, logits and routed input, against the fp64 model.
+TEST(ReferenceMoe, ExpertMlpOptionsMatchDoublePrecisionModel) {
+  const Activation activations[] = {Activation::kGelu,  Activation::kRelu,       Activation::kSilu,
+                                    Activation::kSwiglu, Activation::kGeglu,     Activation::kRelu2,
+                                    Activation::kSwigluStep, Activation::kGegluTanh};
+  uint64_t seed = 500;
+  for (const Activation activation : activations) {
+    for (int options = 0; options < 4; ++options) {  // none, params, biases bf16, both + fp32
+      const std::string name = std::string(activation_name(activation)) + " options " +
+                               std::to_string(options);
+      SCOPED_TRACE(name);
+      MoeCaseConfig cfg = config(23, 72, 40, 8, 2, RoutingInput::kLogits, ++seed);
+      cfg.shape.local_expert_offset = 2;
+      cfg.shape.local_num_experts = 5;
+      cfg.method = RoutingMethod::kRenormalize;
+      cfg.activation = activation;
+      cfg.with_activation_params = options == 1 || options == 3;
+      cfg.with_expert_biases = options >= 2;
+      cfg.expert_bias_dtype = options == 3 ? DType::kFP32 : DType::kBF16;
+      MoeCase c(cfg);
+      const MoeArguments args = c.arguments();
+      const ref::Routing r = ref::route_reference(args.logits, 23, 8, 2, DType::kBF16);
+      run_and_check_inputs(c);
+      const DoubleModel model = moe_double(c, r.ids, r.weights);
+      test::expect_close(test::bf16_to_double(c.output), model.exact, model.rounded,
+                         name.c_str());
+    }
+  }
+  for (const RoutingInput input : {RoutingInput::kLogits, RoutingInput::kUnpacked}) {
+    SCOPED_TRACE(input == RoutingInput::kLogits ? "scales on input, logits"
+                                                : "scales on input, unpacked fp32");
+    MoeCaseConfig cfg = config(31, 64, 48, 8, 1, input, ++seed);
+    cfg.method = RoutingMethod::kLlama4;
+    cfg.routed_weights_dtype = DType::kFP32;
+    cfg.routing_scales_on_input = true;
+    MoeCase c(cfg);
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+    if (input == RoutingInput::kLogits) {
+      const MoeArguments args = c.arguments();
+      const ref::Routing r = ref::route_reference(args.logits, 31, 8, 1, DType::kBF16);
+      ids = r.ids;
+      weights = r.weights;
+    } else {
+      ids = c.topk_ids;
+      weights = c.topk_weights_fp32;
+    }
+    run_and_check_inputs(c);
+    const DoubleModel model = moe_double(c, ids, weights);
+    test::expect_close(test::bf16_to_double(c.output), model.exact, model.rounded, "on input");
+    // Weighting the output instead is far off (SwiGLU is not linear): the option took effect.
+    MoeCaseConfig after_cfg = cfg;
+    after_cfg.routing_scales_on_input = false;
+    MoeCase after(after_cfg);
+    ASSERT_TRUE(run_reference(after.arguments()).ok());
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < c.output.size(); ++i) {
+      const double a = test::bf16_bits_to_float(c.output[i]);
+      const double b = test::bf16_bits_to_float(after.output[i]);
+      diff += (a - b) * (a - b);
+      norm += b * b;
+    }
+    EXPECT_GT(std::sqrt(diff / norm), 1e-2);
   }
 }
 

@@ -10,6 +10,7 @@ namespace fusedmoe::test {
 namespace {
 
 const std::vector<int32_t> kSomeIds(64, 1);  // a non-null pointer for "given" inputs
+const std::vector<float> kSomeFloats(64, 1.0f);
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 const float kInf = std::numeric_limits<float>::infinity();
 
@@ -178,6 +179,48 @@ const std::vector<InvalidRule>& invalid_rules() {
       {"unpacked fp32 asks bf16", B::kUnpackedFp32,
        [](A& a) { a.expert_weights_dtype = DType::kBF16; }, "expert_weights_dtype", "bf16",
        false},
+      {"activation 5 (SwigluBias)", B::kLogits,
+       [](A& a) { a.activation = static_cast<Activation>(5); }, "activation", "5", false},
+      {"activation -1", B::kPacked, [](A& a) { a.activation = static_cast<Activation>(-1); },
+       "activation", "-1", false},
+      {"alpha with Geglu", B::kLogits,
+       [](A& a) {
+         a.activation = Activation::kGeglu;
+         a.gemm1_alpha = kSomeFloats.data();
+       },
+       "gemm1_alpha", "a pointer", false},
+      {"beta with Relu2", B::kUnfinalized,
+       [](A& a) {
+         a.activation = Activation::kRelu2;
+         a.gemm1_beta = kSomeFloats.data();
+       },
+       "gemm1_beta", "a pointer", false},
+      {"beta with SwigluStep", B::kPacked,
+       [](A& a) {
+         a.activation = Activation::kSwigluStep;
+         a.gemm1_beta = kSomeFloats.data();
+       },
+       "gemm1_beta", "a pointer", false},
+      {"clamp limit with Gelu", B::kLogits,
+       [](A& a) {
+         a.activation = Activation::kGelu;
+         a.gemm1_clamp_limit = kSomeFloats.data();
+       },
+       "gemm1_clamp_limit", "a pointer", false},
+      {"gemm1 bias dtype", B::kUnpackedBf16,
+       [](A& a) {
+         a.gemm1_bias = kSomeFloats.data();
+         a.gemm1_bias_dtype = static_cast<DType>(7);
+       },
+       "gemm1_bias_dtype", "DType(7)", false},
+      {"gemm2 bias dtype", B::kLogits,
+       [](A& a) {
+         a.gemm2_bias = kSomeFloats.data();
+         a.gemm2_bias_dtype = static_cast<DType>(-2);
+       },
+       "gemm2_bias_dtype", "DType(-2)", false},
+      {"routing scales on input with K 2", B::kLogits,
+       [](A& a) { a.use_routing_scales_on_input = true; }, "shape.top_k", "2", false},
       {"no hidden_states", B::kPacked, [](A& a) { a.hidden_states = nullptr; }, "hidden_states",
        "nullptr", false},
       {"no gemm1_weights", B::kLogits, [](A& a) { a.gemm1_weights = nullptr; }, "gemm1_weights",

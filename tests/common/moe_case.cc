@@ -40,7 +40,7 @@ MoeCase::MoeCase(const MoeCaseConfig& config) : config_(config) {
   hidden_states = random_bf16(rng, T * H, -1.0f, 1.0f);
   const float w1_scale = 2.0f / std::sqrt(static_cast<float>(H));
   const float w2_scale = 2.0f / std::sqrt(static_cast<float>(I));
-  gemm1_weights = random_bf16(rng, E_loc * 2 * I * H, -w1_scale, w1_scale);
+  gemm1_weights = random_bf16(rng, E_loc * gemm1_rows() * H, -w1_scale, w1_scale);
   gemm2_weights = random_bf16(rng, E_loc * H * I, -w2_scale, w2_scale);
 
   if (config_.routing_input == RoutingInput::kLogits) {
@@ -62,6 +62,30 @@ MoeCase::MoeCase(const MoeCaseConfig& config) : config_(config) {
     const std::vector<int32_t> ids =
         random_distinct_ids(rng, T, static_cast<int32_t>(K), static_cast<int32_t>(E));
     set_routing(ids, random_fp32(rng, T * K, 0.05f, 1.0f));
+  }
+
+  // The expert MLP's options, drawn last so that cases without them keep their data. Limits
+  // around 1 make the clamps bite on GEMM1 outputs of unit scale; biases of half that scale.
+  if (config_.with_activation_params) {
+    if (config_.activation == Activation::kSwiglu) {
+      gemm1_alpha = random_fp32(rng, E_loc, 1.0f, 2.0f);
+      gemm1_beta = random_fp32(rng, E_loc, 0.5f, 1.5f);
+    }
+    if (config_.activation == Activation::kSwiglu ||
+        config_.activation == Activation::kSwigluStep) {
+      gemm1_clamp_limit = random_fp32(rng, E_loc, 0.5f, 1.5f);
+    }
+  }
+  if (config_.with_expert_biases) {
+    std::vector<float> bias1 = random_fp32(rng, E_loc * gemm1_rows(), -0.5f, 0.5f);
+    std::vector<float> bias2 = random_fp32(rng, E_loc * H, -0.5f, 0.5f);
+    if (config_.expert_bias_dtype == DType::kBF16) {
+      gemm1_bias_bf16 = float_to_bf16(bias1);
+      gemm2_bias_bf16 = float_to_bf16(bias2);
+    } else {
+      gemm1_bias_fp32 = std::move(bias1);
+      gemm2_bias_fp32 = std::move(bias2);
+    }
   }
 
   if (config_.do_finalize) {
@@ -148,6 +172,15 @@ MoeArguments MoeCase::arguments() {
     args.routed.weights_dtype = config_.routed_weights_dtype;
   }
   args.expert_weights_dtype = expert_weights_dtype();
+  args.activation = config_.activation;
+  args.gemm1_alpha = gemm1_alpha.empty() ? nullptr : gemm1_alpha.data();
+  args.gemm1_beta = gemm1_beta.empty() ? nullptr : gemm1_beta.data();
+  args.gemm1_clamp_limit = gemm1_clamp_limit.empty() ? nullptr : gemm1_clamp_limit.data();
+  args.gemm1_bias = gemm1_bias_data();
+  args.gemm1_bias_dtype = config_.expert_bias_dtype;
+  args.gemm2_bias = gemm2_bias_data();
+  args.gemm2_bias_dtype = config_.expert_bias_dtype;
+  args.use_routing_scales_on_input = config_.routing_scales_on_input;
   args.do_finalize = config_.do_finalize;
   if (config_.do_finalize) {
     args.output = output.data();
@@ -174,7 +207,10 @@ uint64_t MoeCase::input_checksum() const {
   for (uint64_t part :
        {checksum(hidden_states), checksum(gemm1_weights), checksum(gemm2_weights),
         checksum(logits_fp32), checksum(logits_bf16), checksum(bias_fp32), checksum(bias_bf16),
-        checksum(topk_ids), checksum(topk_weights_fp32), checksum(topk_weights_bf16)}) {
+        checksum(topk_ids), checksum(topk_weights_fp32), checksum(topk_weights_bf16),
+        checksum(gemm1_alpha), checksum(gemm1_beta), checksum(gemm1_clamp_limit),
+        checksum(gemm1_bias_fp32), checksum(gemm1_bias_bf16), checksum(gemm2_bias_fp32),
+        checksum(gemm2_bias_bf16)}) {
     sum = sum * 31 + part;
   }
   return sum;
@@ -206,6 +242,24 @@ const void* MoeCase::topk_weights_data() const {
   return config_.routed_weights_dtype == DType::kFP32
              ? static_cast<const void*>(topk_weights_fp32.data())
              : static_cast<const void*>(topk_weights_bf16.data());
+}
+
+const void* MoeCase::gemm1_bias_data() const {
+  if (!config_.with_expert_biases) return nullptr;
+  return config_.expert_bias_dtype == DType::kBF16
+             ? static_cast<const void*>(gemm1_bias_bf16.data())
+             : static_cast<const void*>(gemm1_bias_fp32.data());
+}
+
+const void* MoeCase::gemm2_bias_data() const {
+  if (!config_.with_expert_biases) return nullptr;
+  return config_.expert_bias_dtype == DType::kBF16
+             ? static_cast<const void*>(gemm2_bias_bf16.data())
+             : static_cast<const void*>(gemm2_bias_fp32.data());
+}
+
+int64_t MoeCase::gemm1_rows() const {
+  return (is_gated(config_.activation) ? 2 : 1) * config_.shape.intermediate_size;
 }
 
 void* MoeCase::expert_weights_data() {

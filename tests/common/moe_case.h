@@ -37,6 +37,15 @@ struct MoeCaseConfig {
   // Logits input only: bf16 or fp32 routing weights (packed forces bf16).
   DType expert_weights_dtype = DType::kBF16;
 
+  // The expert MLP: the activation (gemm1 holds 2I rows per expert when gated, I otherwise),
+  // random per-expert parameters (alpha, beta for Swiglu; clamp limit for Swiglu and SwigluStep)
+  // and expert biases of both GEMMs, routing weights on the input (K == 1).
+  Activation activation = Activation::kSwiglu;
+  bool with_activation_params = false;
+  bool with_expert_biases = false;
+  DType expert_bias_dtype = DType::kBF16;
+  bool routing_scales_on_input = false;
+
   bool do_finalize = true;
   bool with_replay = false;
   uint64_t seed = 1;
@@ -72,12 +81,16 @@ class MoeCase {
   const void* logits_data() const;
   const void* bias_data() const;
   const void* topk_weights_data() const;
+  const void* gemm1_bias_data() const;  // nullptr without expert biases
+  const void* gemm2_bias_data() const;
+  int64_t gemm1_rows() const;           // 2I (gated activation) or I
   void* expert_weights_data();
   std::vector<float> expert_weights_as_float() const;
 
   // Inputs.
   std::vector<uint16_t> hidden_states;      // [T, H] bf16
   std::vector<uint16_t> gemm1_weights;      // [E_loc, 2I, H] bf16: rows [0, I) up, [I, 2I) gate
+                                            // ([E_loc, I, H] for a non-gated activation)
   std::vector<uint16_t> gemm2_weights;      // [E_loc, H, I] bf16
   std::vector<float> logits_fp32;           // [T, E] when logits_dtype == fp32
   std::vector<uint16_t> logits_bf16;        // [T, E] when logits_dtype == bf16
@@ -86,6 +99,13 @@ class MoeCase {
   std::vector<int32_t> topk_ids;            // [T, K] packed words or plain ids (routed input)
   std::vector<float> topk_weights_fp32;     // [T, K] unpacked, fp32
   std::vector<uint16_t> topk_weights_bf16;  // [T, K] unpacked, bf16
+  std::vector<float> gemm1_alpha;           // [E_loc] when with_activation_params and Swiglu
+  std::vector<float> gemm1_beta;            // [E_loc] likewise
+  std::vector<float> gemm1_clamp_limit;     // [E_loc] with params and Swiglu or SwigluStep
+  std::vector<float> gemm1_bias_fp32;       // [E_loc, 2I or I] when with_expert_biases, fp32
+  std::vector<uint16_t> gemm1_bias_bf16;    // likewise, bf16
+  std::vector<float> gemm2_bias_fp32;       // [E_loc, H] when with_expert_biases, fp32
+  std::vector<uint16_t> gemm2_bias_bf16;    // likewise, bf16
 
   // Outputs (poisoned at construction).
   std::vector<uint16_t> output;                       // [T, H] when do_finalize
