@@ -489,7 +489,8 @@ int soak(const Options& o, const char* program) {
                 static_cast<unsigned long long>(seed), describe(p).c_str());
     std::fflush(stdout);
     const std::string rerun = rerun_line(program, o, one && o.only_seed ? -1 : index, seed);
-    watchdog.arm(std::max(60.0, 20.0 * estimate),
+    // A hang: 60 s or 10x the estimate (80 s at the 8 s cap), well inside soak.sh's outer limit.
+    watchdog.arm(std::max(60.0, 10.0 * estimate),
                  " HUNG\n  rerun: " + rerun + "\n" +
                      summary_line(ran, differed + 1, worst, seconds_since(start), o,
                                   ", problem #" + std::to_string(index) + " hung"));
