@@ -92,7 +92,8 @@ void spoil_row(Rng& rng, MoeCase& c, int64_t t, int kind) {
 void spoil_logits(Rng& rng, MoeCase& c) {
   const int64_t T = c.shape().num_tokens;
   for (int64_t t = 0; t < T; ++t) {
-    if (t == 0 || chance(rng, 0.1)) spoil_row(rng, c, t, int(uniform_int(rng, 0, 6)));
+    // Token 0 always gets a non-finite kind (0-5), so every such problem has one.
+    if (t == 0 || chance(rng, 0.1)) spoil_row(rng, c, t, int(uniform_int(rng, 0, t == 0 ? 5 : 6)));
   }
   // A bias may hold anything: it moves the selection score only.
   if (!c.bias_fp32.empty() && chance(rng, 0.3)) {
