@@ -3,7 +3,10 @@
 # Python tests and the benchmark. Logs go to $OUT (at most 8 files come back). Usage, from here:
 #   mkdir -p .deps && cp -r /usr/src/googletest .deps/      (once; .deps is git-ignored)
 #   run: command "bash scripts/device_check.sh", carry [".deps"]
-# Optional: FUSEDMOE_GTEST_FILTER narrows the GPU tests; FUSEDMOE_SKIP_CPU_TESTS=1 skips the CPU ones.
+# Optional: FUSEDMOE_GTEST_FILTER narrows the GPU tests; FUSEDMOE_SKIP_GPU_TESTS=1 and
+# FUSEDMOE_SKIP_CPU_TESTS=1 skip them; FUSEDMOE_SOAK=1 runs the GPU soak (scripts/soak.sh) after
+# the tests for FUSEDMOE_SOAK_SECONDS (default 300) with run seed FUSEDMOE_SOAK_SEED (default:
+# fresh), its log in soak.log and one line in the summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/build-device/out}"
@@ -48,9 +51,24 @@ run_test() {  # name, timeout in seconds
     note "$name: FAILED (rc $?, $((SECONDS - t0)) s): $(sed -n "/######## $name/,\$p" "$OUT/tests.log" | grep '^\[  FAILED  \] [A-Za-z]' | sed 's/^\[  FAILED  \] //; s/ (.*//' | sort -u | head -12 | tr '\n' ' ')"
   fi
 }
-for source in tests/test_*.cu; do run_test "$(basename "$source" .cu)" 400; done
+if [[ "${FUSEDMOE_SKIP_GPU_TESTS:-0}" != 1 ]]; then
+  for source in tests/test_*.cu; do run_test "$(basename "$source" .cu)" 400; done
+fi
 if [[ "${FUSEDMOE_SKIP_CPU_TESTS:-0}" != 1 ]]; then
   for source in tests/test_*.cc; do run_test "$(basename "$source" .cc)" 120; done
+fi
+
+# ---- 2b. the GPU soak (FUSEDMOE_SOAK=1): random problems against the reference for a budget ---
+if [[ "${FUSEDMOE_SOAK:-0}" == 1 ]]; then
+  t0=$SECONDS
+  FUSEDMOE_SOAK_NO_BUILD=1 FUSEDMOE_BUILD_DIR="$BUILD" OUT="$OUT" bash scripts/soak.sh > /dev/null 2>&1
+  rc=$?
+  line=$(grep '^soak: [0-9]' "$OUT/soak.log" 2>/dev/null | tail -1)
+  if (( rc == 0 )); then
+    note "${line:-soak: no summary line} ($((SECONDS - t0)) s)"
+  else
+    note "soak: FAILED (rc $rc, $((SECONDS - t0)) s): ${line#soak: } (see soak.log)"
+  fi
 fi
 
 # ---- 3. SASS: HGMMA instructions per kernel (a GEMM without them is on a slow path) -------------

@@ -164,10 +164,13 @@ constexpr int kBlocks = 1024, kThreads = 256;
 
 // d_x [T, H], d_w1 [E_loc, 2I, H], d_w2 [E_loc, H, I]: device bf16. routing/permutation: the
 // reference's (host). with_rows: also return the permuted rows y (the do_finalize=false triple).
+// cublas: a handle to use (the soak keeps one for thousands of calls); nullptr creates one for
+// the call.
 inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d_x,
                                         const uint16_t* d_w1, const uint16_t* d_w2,
                                         const ref::Routing& routing,
-                                        const ref::Permutation& permutation, bool with_rows) {
+                                        const ref::Permutation& permutation, bool with_rows,
+                                        cublasHandle_t cublas = nullptr) {
   using namespace gpu_ref_detail;
   const int64_t T = shape.num_tokens, H = shape.hidden_size, I = shape.intermediate_size;
   const int32_t K = shape.top_k;
@@ -194,8 +197,8 @@ inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d
   check_cuda(cudaMemset(y_acc.get(), 0, rows_alloc * H * sizeof(float)), "cudaMemset y_acc");
   check_cuda(cudaMemset(y_truth.get(), 0, rows_alloc * H * sizeof(float)), "cudaMemset y_truth");
 
-  cublasHandle_t handle;
-  check_cublas(cublasCreate(&handle), "cublasCreate");
+  cublasHandle_t handle = cublas;
+  if (cublas == nullptr) check_cublas(cublasCreate(&handle), "cublasCreate");
   if (P > 0) {
     gather_kernel<<<kBlocks, kThreads>>>(d_x, d_tokens.get(), P, H, x_rows.get());
     // g = x_rows . W1[e]^T per expert (fp32 out). bf16 x bf16 products are exact in fp32, so
@@ -229,7 +232,7 @@ inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d
                                          out_truth.get());
   check_cuda(cudaGetLastError(), "gpu_reference kernels");
   check_cuda(cudaDeviceSynchronize(), "gpu_reference");
-  cublasDestroy(handle);
+  if (cublas == nullptr) cublasDestroy(handle);
 
   GpuReferenceResult result;
   result.out_design = out_design.download();

@@ -37,11 +37,13 @@ MoeCase::MoeCase(const MoeCaseConfig& config) : config_(config) {
   const int64_t E = s.num_experts, K = s.top_k, E_loc = s.local_num_experts;
   Rng rng(config_.seed);
 
-  hidden_states = random_bf16(rng, T * H, -1.0f, 1.0f);
-  const float w1_scale = 2.0f / std::sqrt(static_cast<float>(H));
-  const float w2_scale = 2.0f / std::sqrt(static_cast<float>(I));
-  gemm1_weights = random_bf16(rng, E_loc * gemm1_rows() * H, -w1_scale, w1_scale);
-  gemm2_weights = random_bf16(rng, E_loc * H * I, -w2_scale, w2_scale);
+  if (!config_.routing_only) {
+    hidden_states = random_bf16(rng, T * H, -1.0f, 1.0f);
+    const float w1_scale = 2.0f / std::sqrt(static_cast<float>(H));
+    const float w2_scale = 2.0f / std::sqrt(static_cast<float>(I));
+    gemm1_weights = random_bf16(rng, E_loc * gemm1_rows() * H, -w1_scale, w1_scale);
+    gemm2_weights = random_bf16(rng, E_loc * H * I, -w2_scale, w2_scale);
+  }
 
   if (config_.routing_input == RoutingInput::kLogits) {
     std::vector<float> logits = random_fp32(rng, T * E, -4.0f, 4.0f);
@@ -88,7 +90,9 @@ MoeCase::MoeCase(const MoeCaseConfig& config) : config_(config) {
     }
   }
 
-  if (config_.do_finalize) {
+  if (config_.routing_only) {
+    // The caller keeps the outputs (the soak: on the device).
+  } else if (config_.do_finalize) {
     output.resize(T * H);
   } else {
     gemm2_output.resize(permuted_rows() * H);
@@ -99,7 +103,7 @@ MoeCase::MoeCase(const MoeCaseConfig& config) : config_(config) {
     }
     expanded_idx_to_permuted_idx.resize(T * K);
   }
-  if (config_.with_replay) routing_replay_out.resize(T * K);
+  if (config_.with_replay && !config_.routing_only) routing_replay_out.resize(T * K);
   poison_outputs();
   if (config_.routing_input == RoutingInput::kLogits) {
     give_address(logits_bf16);

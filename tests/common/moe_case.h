@@ -49,6 +49,11 @@ struct MoeCaseConfig {
   bool do_finalize = true;
   bool with_replay = false;
   uint64_t seed = 1;
+
+  // Only the routing input (logits and bias, or routed ids and weights): no hidden states,
+  // expert weights or outputs, for callers that keep those on the device (the soak fills
+  // multi-GB weights there). arguments() then leaves those pointers null.
+  bool routing_only = false;
 };
 
 // Convenience: a MoeShape with every expert local (offset 0, E_loc = E).

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -15,6 +16,29 @@ namespace fusedmoe::test {
 
 // Default atol: 1e-3 * max|ref| + 1e-6 (well below one bf16 ulp of the largest element).
 double default_atol(const std::vector<double>& ref);
+
+// The rule's verdict with its numbers, for callers that report rather than assert (the soak,
+// tests/soak/): close_by_bf16_rule below is this plus a gtest message.
+struct Bf16RuleCheck {
+  bool ok = true;
+  double bound = 0.0;       // 2 * bf16_error + atol
+  double bf16_error = 0.0;  // max|ref_bf16 - ref| over finite ref
+  double atol = 0.0;
+  double worst_error = 0.0;    // max|ours - ref| over finite ref (inf when ours is NaN/inf there)
+  int64_t worst_index = -1;    // where worst_error is (-1: no finite ref element)
+  int64_t first_failure = -1;  // first element over the bound, -1 when ok
+  // worst_error / bound: <= 1 passes; the soak's "normalised error".
+  double ratio() const {
+    if (bound > 0.0) return worst_error / bound;
+    return worst_error > 0.0 ? std::numeric_limits<double>::infinity() : 0.0;
+  }
+};
+Bf16RuleCheck check_bf16_rule(const std::vector<double>& ours, const std::vector<double>& ref,
+                              const std::vector<double>& ref_bf16, double atol = -1.0);
+// The same with ours and ref_bf16 as bf16 bits (what kernels write), without widened copies.
+Bf16RuleCheck check_bf16_rule(const std::vector<uint16_t>& ours_bf16,
+                              const std::vector<double>& ref, const std::vector<uint16_t>& ref_bf16,
+                              double atol = -1.0);
 
 // The rule as a gtest predicate: EXPECT_TRUE(close_by_bf16_rule(...)). atol < 0 = default_atol.
 ::testing::AssertionResult close_by_bf16_rule(const std::vector<double>& ours,
