@@ -14,7 +14,8 @@
 #        carry [".deps", ".ab-main", ".ab-prefill-half-tiles", ".ab-prefill-dynamic-tiles"]
 # "." (the working tree) may be one of the trees. Each tree's own dev/time_stages.cu is used
 # (it must take FUSEDMOE_DEV_DUMP: main from 6b11c0f on).
-# Environment: FUSEDMOE_DEV_TOKENS / FUSEDMOE_DEV_MODELS narrow time_stages (default here:
+# Environment: FUSEDMOE_AB_PREBUILT (below); FUSEDMOE_DEV_TOKENS / FUSEDMOE_DEV_MODELS narrow
+# time_stages (default here:
 # T = 4096 16384, all models); FUSEDMOE_AB_ROUNDS (default 2); FUSEDMOE_AB_SKIP_TESTS=1 skips
 # step 1's tests; OUT (logs).
 set -uo pipefail
@@ -25,12 +26,21 @@ export FUSEDMOE_DEV_TOKENS="${FUSEDMOE_DEV_TOKENS:-4096 16384}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 
 names=() failed=()
+# FUSEDMOE_AB_PREBUILT=DIR: the arguments are names, DIR holds each one's time_stages_NAME built
+# elsewhere (e.g. on the CPU machine, as ab_build does): nothing is built or tested here.
+prebuilt="${FUSEDMOE_AB_PREBUILT:-}"
 for tree in "$@"; do
+  if [[ -n $prebuilt ]]; then
+    cp "$prebuilt/time_stages_$tree" "/tmp/time_stages_$tree" || exit 2
+    names+=("$tree")
+    continue
+  fi
   [[ -f $tree/CMakeLists.txt ]] || { echo "no tree at $tree" >&2; exit 2; }
   names+=("$(ab_tree_name "$tree")")
 done
 
 for i in "${!names[@]}"; do
+  [[ -n $prebuilt ]] && break
   name=${names[i]} build=$PWD/build-ab-${names[i]}
   target=fusedmoe
   (( i > 0 )) && [[ ${FUSEDMOE_AB_SKIP_TESTS:-0} != 1 ]] && target=""

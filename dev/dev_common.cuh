@@ -224,8 +224,9 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
                                      w.expert_offsets, w.gather_rows, w.permuted_idx, pdl,
                                      stream));
       },
-      [=] { CHECK(gemm1(rows1, x, w.gather_rows, m.H, m.I, w1b, w.act, pdl, stream)); },
-      [=] { CHECK(gemm2(rows2, w.act, m.I, m.H, w2b, w.y, pdl, stream)); },
+      // Plain SwiGLU, no biases: the plain epilogues (a function pointer drops the defaults).
+      [=] { CHECK(gemm1(rows1, x, w.gather_rows, m.H, m.I, w1b, w.act, pdl, stream, {})); },
+      [=] { CHECK(gemm2(rows2, w.act, m.I, m.H, w2b, w.y, pdl, stream, {}, nullptr)); },
       [=] {
         CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.H, out, pdl,
                                       stream));

@@ -3,6 +3,9 @@
 # Python tests and the benchmark. Logs go to $OUT (at most 8 files come back). Usage, from here:
 #   mkdir -p .deps && cp -r /usr/src/googletest .deps/      (once; .deps is git-ignored)
 #   run: command "bash scripts/device_check.sh", carry [".deps"]
+# Prebuilt (saves the device the build, ~5 of its minutes): scripts/prebuild_device.sh builds the
+# GPU test executables, gpu_soak and a cp312 wheel here into build-carry/; then
+#   run: command "FUSEDMOE_PREBUILT=1 bash scripts/device_check.sh", carry ["build-carry"]
 # Optional: FUSEDMOE_GTEST_FILTER narrows the GPU tests; FUSEDMOE_SKIP_GPU_TESTS=1 and
 # FUSEDMOE_SKIP_CPU_TESTS=1 skip them; FUSEDMOE_SOAK=1 runs the GPU soak (scripts/soak.sh) after
 # the tests for FUSEDMOE_SOAK_SECONDS (default 300) with run seed FUSEDMOE_SOAK_SEED (default:
@@ -11,6 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/build-device/out}"
 BUILD="${FUSEDMOE_BUILD_DIR:-build-device}"
+prebuilt="${FUSEDMOE_PREBUILT:-0}"
+[[ $prebuilt == 1 ]] && BUILD=build-carry
 mkdir -p "$OUT"
 export PATH="$PATH:/usr/local/cuda/bin"
 summary=()
@@ -20,6 +25,11 @@ note() { summary+=("$1"); echo "== $1"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1
 note "device: $(head -1 "$OUT/device.txt")"
 start=$SECONDS
+if [[ $prebuilt == 1 ]]; then
+  note "build: prebuilt here at $(cat "$BUILD/COMMIT" 2>/dev/null || echo '?') (scripts/prebuild_device.sh)"
+  # The CPU suites are not carried (CI runs them); only the GPU ones are.
+  FUSEDMOE_SKIP_CPU_TESTS=1
+else
 # Test binaries are relinked every time, so a target that fails to build never runs stale.
 rm -f "$BUILD"/tests/test_* 2>/dev/null
 if ! cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -35,6 +45,7 @@ if cmake --build "$BUILD" -j "$(nproc)" -- -k 0 >> "$OUT/build.log" 2>&1; then
 else
   note "build: FAILED for $(grep -o '^FAILED: [^ ]*' "$OUT/build.log" | cut -d' ' -f2 | xargs -r -n1 basename | sort -u | tr '\n' ' ')(see build.log)"
   grep -A8 '^FAILED: ' "$OUT/build.log" | head -40
+fi
 fi
 
 # ---- 2. GPU tests (tests/test_*.cu), then the CPU tests -----------------------------------------
@@ -87,9 +98,11 @@ done < "$OUT/sass_hgmma.txt"
 # runs scripts/sanitize.sh with those tools over the GPU test executables.
 if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 || "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
   t0=$SECONDS
-  # All cores for the package's CUDA build (python_env.sh defaults to 2, for CI's machine).
-  if (export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"; source scripts/python_env.sh && fusedmoe_install) \
-      > "$OUT/python.log" 2>&1; then
+  # All cores for the package's CUDA build (python_env.sh defaults to 2, for CI's machine), or
+  # the wheel built here.
+  install=(bash -c 'export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc); source scripts/python_env.sh && fusedmoe_install')
+  [[ $prebuilt == 1 ]] && install=(python3 -m pip install -q --no-deps --no-index --force-reinstall "$BUILD"/wheel/*.whl)
+  if "${install[@]}" > "$OUT/python.log" 2>&1; then
     note "python package: installed ($((SECONDS - t0)) s)"
   else
     note "python package: install FAILED (see python.log)"; tail -20 "$OUT/python.log"

@@ -22,6 +22,9 @@
 #   FUSEDMOE_SANITIZE_JOBS             runs at once (default: the number of CPUs)
 #   FUSEDMOE_SANITIZE_SHARDS           gtest shards per executable and tool (default 4)
 #   FUSEDMOE_SANITIZE_EXECUTABLES      name pattern of the executables (default test_gpu_*)
+#   FUSEDMOE_SANITIZE_PYTHON           1 (default): also the Python GPU tests' operator calls
+#                                      (python3 -m pytest over FUSEDMOE_SANITIZE_PYTESTS, default
+#                                      the GPU test files), the installed fusedmoe package; 0: not
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -97,6 +100,31 @@ sanitize_one() {
   echo "$n $w ${ran:-0} $rc" > "$out/$tool.$name.result"
 }
 
+# The Python GPU tests under one tool, as one more "executable" (result name python.0). Only
+# fusedmoe's kernels are instrumented (--kernel-name kns=fusedmoe): PyTorch's own kernels are not
+# ours to check, and instrumenting them all made each test minutes long. initcheck is the
+# exception: it must see every write (a tensor that a PyTorch kernel filled unseen would read
+# as uninitialized to fusedmoe's kernels), so it instruments everything, on the small shapes of
+# these tests.
+pytests="${FUSEDMOE_SANITIZE_PYTESTS:-tests/python/test_gpu.py tests/python/test_expert_mlp.py tests/python/test_concurrency.py}"
+sanitize_python() {
+  local tool=$1 options=(--kernel-name kns=fusedmoe) log="$out/$tool.python.0.log" rc n w ran
+  [[ $tool == initcheck ]] && options=()
+  [[ $tool == racecheck ]] && options+=(--racecheck-report all)
+  [[ $tool == memcheck ]] && options+=(--leak-check no)
+  # shellcheck disable=SC2086
+  timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" --print-limit 50 \
+    python3 -m pytest $pytests -q -p no:cacheprovider -k "cuda or gpu or stream or thread or graph or steady" \
+    > "$log" 2>&1
+  rc=$?
+  n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+  w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
+  ran=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+')
+  # pytest's failures count as a failed test; its summary line is "N passed, M skipped ...".
+  if grep -Eq '[0-9]+ (failed|error)' "$log"; then echo "[  FAILED  ] pytest" >> "$log"; fi
+  echo "$n $w ${ran:-0} $rc" > "$out/$tool.python.0.result"
+}
+
 # Every (tool, executable, shard) triple, FUSEDMOE_SANITIZE_JOBS at a time (default: the CPUs);
 # each executable's tests are split into FUSEDMOE_SANITIZE_SHARDS gtest shards (default 4).
 jobs="${FUSEDMOE_SANITIZE_JOBS:-$(nproc)}"
@@ -109,6 +137,10 @@ for tool in "${tools[@]}"; do
   esac
   # A reused OUT may hold results of other shards or executables: only this run's count.
   rm -f "$out/$tool".*.result
+  if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]]; then
+    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+    sanitize_python "$tool" &
+  fi
   for exe in "${executables[@]}"; do
     for ((shard = 0; shard < shards; ++shard)); do
       while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
@@ -145,7 +177,7 @@ for tool in "${tools[@]}"; do
       grep -E '^========= (Invalid|Program hit|Race|Barrier|Uninitialized|.*[Hh]azard|Error)' "$log" | sort | uniq -c | sort -rn | head -8
     fi
   done
-  summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables x $shards shards, $failed failed, $timeouts timed out")
+  summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables x $shards shards + pytest, $failed failed, $timeouts timed out")
   (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
 done
 
