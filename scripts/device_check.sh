@@ -63,7 +63,7 @@ run_test() {  # name, timeout in seconds
   fi
 }
 if [[ "${FUSEDMOE_SKIP_GPU_TESTS:-0}" != 1 ]]; then
-  for source in tests/test_*.cu; do run_test "$(basename "$source" .cu)" 400; done
+  for source in tests/test_*.cu; do run_test "$(basename "$source" .cu)" "${FUSEDMOE_TEST_TIMEOUT:-400}"; done
 fi
 if [[ "${FUSEDMOE_SKIP_CPU_TESTS:-0}" != 1 ]]; then
   for source in tests/test_*.cc; do run_test "$(basename "$source" .cc)" 120; done
