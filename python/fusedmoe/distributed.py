@@ -620,6 +620,14 @@ def _check_backend(group, device: torch.device) -> None:
             f"group: backend {backend!r} does not move {device.type} tensors (the weights are on "
             f"{device}); expected a group with backend {' or '.join(allowed) or 'cpu or cuda'}"
         )
+    _check_bound_device(group, device)
+
+
+def _check_bound_device(group, device: torch.device) -> None:
+    """A group bound to one GPU (``init_process_group(device_id=...)``) moves that GPU's tensors."""
+    bound = getattr(group, "bound_device_id", None)
+    if bound is not None and device.type == "cuda" and torch.device(bound) != device:
+        raise ValueError(f"group: bound to {bound}, but the weights are on {device}")
 
 
 def _check_counts(num_tokens_per_rank, world: int, rank: int, num_tokens: int) -> List[int]:

@@ -88,3 +88,13 @@ def test_fma_fp32_is_one_rounding(generator):
     # The tie cases are real: rounding the fp64 sum once more would be wrong for them.
     naive = (w.double() * y.double() + c.double()).float()
     assert (naive[-len(ties):] != expected[-len(ties):]).sum() >= 3
+
+
+def test_group_bound_to_another_gpu_is_rejected():
+    class Bound:  # what init_process_group(device_id=cuda:0) leaves on the group
+        bound_device_id = torch.device("cuda", 0)
+
+    fdist._check_bound_device(Bound(), torch.device("cuda", 0))
+    fdist._check_bound_device(Bound(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="^group: bound to cuda:0, but the weights are on cuda:1"):
+        fdist._check_bound_device(Bound(), torch.device("cuda", 1))
