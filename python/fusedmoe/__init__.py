@@ -3,7 +3,9 @@
 FlashInfer-compatible entry points ``trtllm_bf16_moe`` (routing from logits) and
 ``trtllm_bf16_routed_moe`` (routing given), registered as torch.library custom ops
 (``torch.ops.fusedmoe.moe_out`` / ``moe_unfinalized``) so ``torch.compile(fullgraph=True)`` and CUDA graphs
-work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. See docs/python.md.
+work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. See docs/python.md;
+``ExpertParallelMoE`` splits the experts over the ranks of a torch.distributed group
+(docs/distributed.md).
 """
 
 import torch  # noqa: F401  (loads the CUDA runtime the extension links against)
@@ -23,11 +25,13 @@ from .api import (
     validate_routing,
     workspace_size,
 )
+from .distributed import ExpertParallelMoE
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationType",
+    "ExpertParallelMoE",
     "RoutingMethod",
     "WeightLayout",
     "pack_topk",

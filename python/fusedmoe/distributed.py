@@ -1,0 +1,739 @@
+"""Expert parallelism across ranks over a ``torch.distributed`` ProcessGroup (docs/distributed.md).
+
+``ExpertParallelMoE`` is one MoE layer whose E experts are split evenly over the ranks of a group:
+rank r holds experts ``[r * E / W, (r + 1) * E / W)`` and calls the operator with that expert
+window (``local_expert_offset``, ``local_num_experts``). Each rank passes its own tokens and gets
+their outputs back, equal to what the single-GPU operator gives on the whole problem. Two ways to
+move the tokens, one interface:
+
+* ``mode="allgather"``: every rank all-gathers the tokens and routing inputs of all ranks, runs
+  the operator on all of them with its expert window (``do_finalize=False``), reduces its experts'
+  unweighted outputs to an fp32 partial sum per token, and an ordered reduce-scatter (an
+  all-to-all of the fp32 partials, summed in rank order) returns each rank its tokens' outputs.
+  No host synchronisation when ``num_tokens_per_rank`` is given: capturable in a CUDA graph.
+* ``mode="alltoall"``: each rank routes its own tokens, sends each token once to every rank that
+  holds one of its experts (``all_to_all_single`` with per-rank counts), the owner runs the routed
+  operator on what it received (``do_finalize=False``) and sends back one unweighted output row
+  per (token, slot); the token's rank sums them with the routing weights in ascending slot order,
+  exactly as the operator's own finalize does. The counts go through the host: one host sync.
+
+Determinism: neither mode uses a reduction whose order the communication library chooses. The
+all-gather mode's partials are summed in rank order 0, 1, ..., W-1; the all-to-all mode sums each
+token's K slots in ascending k with the operator's fmaf rounding, so its output is bitwise the
+single-GPU operator's wherever the expert outputs are (always on the CPU reference).
+
+CPU tensors need a ``gloo`` group (the operator runs its CPU reference); CUDA tensors need
+``nccl``. Inference only: no autograd.
+"""
+
+import math
+import time
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+
+from . import _checks, api
+
+MODES = ("allgather", "alltoall")
+
+# Backends the layer runs over, per device type (tested: gloo on CPU; NCCL on GPUs, where gloo
+# would stage every transfer through host memory).
+_BACKENDS_FOR_DEVICE = {"cpu": ("gloo",), "cuda": ("nccl",)}
+
+# Routing-input kinds, as exchanged between ranks to check that they all pass the same kind.
+_KIND_NAMES = {
+    0: "fp32 routing_logits",
+    1: "bf16 routing_logits",
+    2: "packed topk_ids",
+    3: "(topk_ids, bf16 weights)",
+    4: "(topk_ids, fp32 weights)",
+}
+
+# The routing-only call of the all-to-all mode computes a 1-expert MLP of this intermediate size
+# (the smallest the operator accepts) on zero weights: its routing is the operator's own.
+_ROUTING_PROBE_INTERMEDIATE = _checks.SIZE_MULTIPLE
+
+
+class CollectiveRecord(NamedTuple):
+    """One collective of a call, as ``ExpertParallelMoE.collective_log`` records it.
+
+    ``start``/``end`` are ``torch.cuda.Event`` (timing enabled, recorded on the current stream
+    around the collective) for CUDA tensors, ``time.perf_counter()`` seconds for CPU tensors.
+    Bytes count only what crosses between ranks (a rank's own chunk stays local).
+    """
+
+    name: str  # the step: gather_counts, dispatch_hidden, combine_outputs, ...
+    collective: str  # "all_gather" or "all_to_all"
+    bytes_received: int  # from the other ranks
+    bytes_sent: int  # to the other ranks
+    start: object
+    end: object
+
+
+class ExpertParallelMoE:
+    """An expert-parallel MoE layer: this rank's E / world_size experts, over ``group``.
+
+    Construct it on every rank of ``group`` together (the constructor runs one collective that
+    checks the ranks agree on the layer's configuration), then call it on every rank together.
+
+    Args:
+        group: the ``torch.distributed`` ProcessGroup the experts are split over, or None for the
+            default group. Its backend must move tensors of the weights' device: gloo for CPU
+            tensors, nccl for CUDA tensors.
+        gemm1_weights: [E / W, 2 * intermediate_size, H] bf16, this rank's experts in the
+            canonical layout (``fusedmoe.prepare_weights``): rank r holds experts
+            [r * E / W, (r + 1) * E / W).
+        gemm2_weights: [E / W, H, intermediate_size] bf16.
+        num_experts: E, the global number of experts (a multiple of the group's size W).
+        top_k: K, experts per token.
+        intermediate_size: I.
+        mode: ``"allgather"`` or ``"alltoall"`` (module docstring; docs/distributed.md).
+        routing_method_type, n_group, topk_group, routed_scaling_factor, routing_bias: as in
+            ``trtllm_bf16_moe``; used when a call passes ``routing_logits``.
+        expert_weights_dtype: as in ``trtllm_bf16_moe`` (logits routing only).
+
+    Attributes:
+        rank, world_size, local_expert_offset, local_num_experts: this rank's place and experts.
+        collective_log: None, or a list that every collective of a call appends a
+            ``CollectiveRecord`` to (for benchmarks; leave it None while capturing a CUDA graph).
+
+    Raises:
+        TypeError, ValueError naming the argument: a wrong type, dtype, shape or device, E not a
+        multiple of W, a group whose backend cannot move the weights' device, or ranks that
+        disagree on any configuration value.
+    """
+
+    def __init__(
+        self,
+        group: Optional[dist.ProcessGroup],
+        gemm1_weights: torch.Tensor,
+        gemm2_weights: torch.Tensor,
+        num_experts: int,
+        top_k: int,
+        intermediate_size: int,
+        *,
+        mode: str = "allgather",
+        routing_method_type: int = api.RoutingMethod.Default,
+        n_group: Optional[int] = None,
+        topk_group: Optional[int] = None,
+        routed_scaling_factor: Optional[float] = None,
+        routing_bias: Optional[torch.Tensor] = None,
+        expert_weights_dtype: torch.dtype = torch.bfloat16,
+    ):
+        # Without a usable group and device nothing can be exchanged: these raise at once.
+        self.group = _resolve_group(group)
+        self.rank = dist.get_rank(self.group)
+        self.world_size = dist.get_world_size(self.group)
+        if not isinstance(gemm1_weights, torch.Tensor):
+            raise TypeError(f"gemm1_weights: expected a torch.Tensor, got {type(gemm1_weights).__name__}")
+        self.device = gemm1_weights.device
+        _check_backend(self.group, self.device)
+        self.collective_log: Optional[list] = None
+        self._routing_probe_weights = None
+        # Everything else is checked locally, then every rank learns whether any rank failed, so
+        # that all of them raise instead of some waiting in a collective.
+        try:
+            self._configure(
+                gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size, mode,
+                routing_method_type, n_group, topk_group, routed_scaling_factor, routing_bias,
+                expert_weights_dtype,
+            )
+            error = None
+        except (TypeError, ValueError) as raised:
+            error = raised
+        self._check_ranks_agree(error)
+
+    def _configure(self, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
+                   mode, routing_method_type, n_group, topk_group, routed_scaling_factor,
+                   routing_bias, expert_weights_dtype):
+        """The constructor's local checks; sets the layer's attributes."""
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.num_experts = _checks.check_int("num_experts", num_experts, 1, _checks.MAX_NUM_EXPERTS)
+        if num_experts % self.world_size:
+            raise ValueError(
+                f"num_experts: expected a multiple of the group's size {self.world_size} (each rank "
+                f"holds num_experts / world_size experts), got {num_experts}"
+            )
+        self.local_num_experts = num_experts // self.world_size
+        self.local_expert_offset = self.rank * self.local_num_experts
+        _checks.check_tensor("gemm1_weights", gemm1_weights, (torch.bfloat16,), (None, None, None))
+        num_local, _, hidden_size = gemm1_weights.shape
+        if num_local != self.local_num_experts:
+            raise ValueError(
+                f"gemm1_weights: expected {self.local_num_experts} experts in dim 0 (num_experts "
+                f"{num_experts} / world_size {self.world_size}), got shape {tuple(gemm1_weights.shape)}"
+            )
+        if hidden_size == 0 or hidden_size % _checks.SIZE_MULTIPLE:
+            raise ValueError(
+                f"gemm1_weights: expected dim 2 (H) a positive multiple of {_checks.SIZE_MULTIPLE}, "
+                f"got shape {tuple(gemm1_weights.shape)}"
+            )
+        # The operator's own checks of the weights, sizes and expert window (no token).
+        _checks.check_problem(
+            gemm1_weights.new_empty((0, hidden_size)), gemm1_weights, gemm2_weights, num_experts,
+            top_k, intermediate_size, self.local_expert_offset, self.local_num_experts,
+        )
+        self.gemm1_weights, self.gemm2_weights = gemm1_weights, gemm2_weights
+        self.hidden_size, self.top_k, self.intermediate_size = hidden_size, top_k, intermediate_size
+
+        self.routing_method_type = api._routing_method(routing_method_type)
+        self.n_group = _checks.check_int("n_group", 0 if n_group is None else n_group, 0, num_experts)
+        self.topk_group = _checks.check_int(
+            "topk_group", 0 if topk_group is None else topk_group, 0, num_experts
+        )
+        if routed_scaling_factor is not None and (
+            isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, (int, float))
+        ):
+            raise TypeError(
+                f"routed_scaling_factor: expected a float or None, got {type(routed_scaling_factor).__name__}"
+            )
+        self.routed_scaling_factor = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
+        if routing_bias is not None:
+            _checks.check_tensor(
+                "routing_bias", routing_bias, (torch.float32, torch.bfloat16), (num_experts,)
+            )
+            _check_device("routing_bias", routing_bias, self.device)
+        self.routing_bias = routing_bias
+        api._expert_weights_fp32(expert_weights_dtype)
+        self.expert_weights_dtype = expert_weights_dtype
+        # The routing rules the C++ layer checks (DeepSeekV3 groups, Llama4's K == 1, ...): a
+        # token-free routing call raises them now rather than after a collective.
+        self._route(
+            gemm1_weights.new_empty((0, hidden_size)),
+            torch.empty((0, num_experts), dtype=torch.float32, device=self.device),
+        )
+
+    # ---- public ----------------------------------------------------------------------------------
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        routing_logits: Optional[torch.Tensor] = None,
+        *,
+        topk_ids: Union[None, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]] = None,
+        num_tokens_per_rank: Optional[Sequence[int]] = None,
+    ) -> torch.Tensor:
+        """The layer's output [T, H] bf16 for this rank's T tokens (T may differ per rank, even 0).
+
+        Args:
+            hidden_states: [T, H] bf16 on the weights' device.
+            routing_logits: [T, E] fp32 or bf16 (routing by the constructor's method), or None
+                when ``topk_ids`` is given.
+            topk_ids: pre-computed routing, as in ``trtllm_bf16_routed_moe``: packed int32 [T, K]
+                or an ``(ids int32 [T, K], weights bf16|fp32 [T, K])`` tuple. Every rank must
+                pass the same kind of routing input with the same dtypes.
+            num_tokens_per_rank: all-gather mode only: the token counts of all ranks (the same
+                list on every rank). Given, the call never synchronises the host and can be
+                captured in a CUDA graph; None, the counts are all-gathered (one host sync) and
+                the ranks' routing inputs are checked to agree.
+
+        Returns:
+            [T, H] bf16: the sum over each token's K slots of weight * expert output, as the
+            single-GPU operator computes it on the whole problem (docs/distributed.md).
+
+        Raises:
+            TypeError, ValueError naming the argument. Where the call exchanges its counts through
+            the host (mode "alltoall", or "allgather" without ``num_tokens_per_rank``), a rank
+            whose arguments are rejected tells the others, and every rank raises; otherwise only
+            that rank raises and the others wait in their next collective until the group's
+            timeout.
+        """
+        try:
+            x, logits, routed = self._check_call(hidden_states, routing_logits, topk_ids)
+            if self.mode == "alltoall" and num_tokens_per_rank is not None:
+                raise ValueError(
+                    "num_tokens_per_rank: expected None in mode 'alltoall' (its counts go through the host)"
+                )
+            counts = None
+            if num_tokens_per_rank is not None:
+                counts = _check_counts(num_tokens_per_rank, self.world_size, self.rank, x.shape[0])
+            error = None
+        except (TypeError, ValueError) as raised:
+            if self.mode == "allgather" and num_tokens_per_rank is not None:
+                raise
+            x = logits = routed = counts = None
+            error = raised
+        if self.mode == "allgather":
+            return self._forward_allgather(x, logits, routed, counts, error)
+        return self._forward_alltoall(x, logits, routed, error)
+
+    def reserve_workspace(self, max_num_tokens_per_rank: int) -> int:
+        """Grows the operator's cached workspace (CUDA) for up to ``max_num_tokens_per_rank``
+        tokens on each rank: call it once before capturing a CUDA graph. Returns the bytes
+        reserved (0 for CPU tensors, which need none)."""
+        _checks.check_int("max_num_tokens_per_rank", max_num_tokens_per_rank, 0)
+        if self.device.type != "cuda":
+            return 0
+        # A rank computes at most every rank's tokens (all-gather; all-to-all: each token once).
+        rows = max_num_tokens_per_rank * self.world_size
+        reserved = api.reserve_workspace(
+            rows, self.hidden_size, self.intermediate_size, self.num_experts, self.top_k,
+            self.local_expert_offset, self.local_num_experts, self.device,
+        )
+        if self.mode == "alltoall":
+            reserved = max(reserved, api.reserve_workspace(
+                max_num_tokens_per_rank, self.hidden_size, _ROUTING_PROBE_INTERMEDIATE,
+                self.num_experts, self.top_k, 0, 1, self.device,
+            ))
+        return reserved
+
+    # ---- argument checks -------------------------------------------------------------------------
+    def _check_call(self, hidden_states, routing_logits, topk_ids):
+        """Checks one call's tensors; returns (x, logits or None, (ids, weights or None) or None)."""
+        _checks.check_tensor(
+            "hidden_states", hidden_states, (torch.bfloat16,), (None, self.hidden_size)
+        )
+        _check_device("hidden_states", hidden_states, self.device)
+        num_tokens = hidden_states.shape[0]
+        device = self.device
+        if (routing_logits is None) == (topk_ids is None):
+            raise ValueError(
+                "routing_logits: expected exactly one of routing_logits and topk_ids, got "
+                + ("both" if routing_logits is not None else "neither")
+            )
+        if routing_logits is not None:
+            _checks.check_tensor(
+                "routing_logits", routing_logits, (torch.float32, torch.bfloat16),
+                (num_tokens, self.num_experts), device,
+            )
+            return hidden_states, routing_logits, None
+        if isinstance(topk_ids, (tuple, list)):
+            if len(topk_ids) != 2:
+                raise ValueError(
+                    f"topk_ids: expected a packed tensor or an (ids, weights) pair, got {len(topk_ids)} items"
+                )
+            ids, weights = topk_ids
+            _checks.check_tensor("topk_ids", ids, (torch.int32,), (num_tokens, self.top_k), device)
+            _checks.check_tensor(
+                "topk_weights", weights, (torch.bfloat16, torch.float32), (num_tokens, self.top_k),
+                device,
+            )
+            return hidden_states, None, (ids, weights)
+        _checks.check_tensor("topk_ids", topk_ids, (torch.int32,), (num_tokens, self.top_k), device)
+        return hidden_states, None, (topk_ids, None)
+
+    def _check_ranks_agree(self, error) -> None:
+        """One all-gather of every rank's configuration (or its failure); raises on a mismatch."""
+        if error is None:
+            fields = [
+                ("num_experts", self.num_experts),
+                ("top_k", self.top_k),
+                ("intermediate_size", self.intermediate_size),
+                ("gemm1_weights", self.hidden_size),  # H, dim 2 of the weights
+                ("mode", MODES.index(self.mode)),
+                ("routing_method_type", self.routing_method_type),
+                ("n_group", self.n_group),
+                ("topk_group", self.topk_group),
+                ("routed_scaling_factor", _float_bits(self.routed_scaling_factor)),
+                ("routing_bias", -1 if self.routing_bias is None else _dtype_code(self.routing_bias.dtype)),
+                ("expert_weights_dtype", _dtype_code(self.expert_weights_dtype)),
+            ]
+        else:
+            fields = [(name, 0) for name in _CONFIG_FIELDS]
+        values = [_error_code(error)] + [value for _, value in fields]
+        mine = torch.tensor(values, dtype=torch.int64, device=self.device)
+        table = mine.new_empty(self.world_size * len(values))
+        dist.all_gather_into_tensor(table, mine, group=self.group)
+        rows = table.view(self.world_size, len(values)).tolist()
+        _raise_if_any_failed(error, [row[0] for row in rows])
+        for column, (name, _) in enumerate(fields, start=1):
+            column_values = [row[column] for row in rows]
+            if len(set(column_values)) > 1:
+                shown = ", ".join(f"rank {r}: {_shown(name, v)}" for r, v in enumerate(column_values))
+                raise ValueError(f"{name}: expected the same value on every rank of the group, got {shown}")
+
+    # ---- all-gather / ordered reduce-scatter ---------------------------------------------------
+    def _forward_allgather(self, x, logits, routed, counts, error):
+        world = self.world_size
+        if counts is None:
+            counts = self._gather_counts(x, logits, routed, error)
+        num_tokens = x.shape[0]
+        total = sum(counts)
+        if total == 0:
+            return x.new_empty((0, self.hidden_size))
+
+        all_x = self._all_gather_rows("dispatch_hidden", x, counts)
+        offset, num_local = self.local_expert_offset, self.local_num_experts
+        if logits is not None:
+            all_logits = self._all_gather_rows("dispatch_logits", logits, counts)
+            gemm2_output, expert_weights, permuted = api.trtllm_bf16_moe(
+                all_logits, self.routing_bias, all_x, self.gemm1_weights, self.gemm2_weights,
+                self.num_experts, self.top_k, self.n_group or None, self.topk_group or None,
+                self.intermediate_size, offset, num_local,
+                routed_scaling_factor=self.routed_scaling_factor,
+                routing_method_type=self.routing_method_type, do_finalize=False,
+                expert_weights_dtype=self.expert_weights_dtype,
+            )
+        else:
+            ids, weights = routed
+            all_ids = self._all_gather_rows("dispatch_ids", ids, counts)
+            if weights is not None:
+                all_ids = (all_ids, self._all_gather_rows("dispatch_weights", weights, counts))
+            gemm2_output, expert_weights, permuted = api.trtllm_bf16_routed_moe(
+                all_ids, all_x, self.gemm1_weights, self.gemm2_weights, self.num_experts,
+                self.top_k, None, None, self.intermediate_size, offset, num_local,
+                do_finalize=False,
+            )
+
+        # This rank's partial: the operator's finalize accumulator over its local slots, not
+        # rounded to bf16 (fp32, ascending k).
+        rows = permuted.view(total, self.top_k)
+        partial = _weighted_sum(gemm2_output, rows, rows >= 0, expert_weights)
+
+        # Ordered reduce-scatter: every rank sends each rank the partials of that rank's tokens
+        # (the bytes of an fp32 reduce-scatter) and sums what it receives in rank order.
+        received = partial.new_empty((world * num_tokens, self.hidden_size))
+        self._all_to_all("combine_partials", received, partial, [num_tokens] * world, counts)
+        received = received.view(world, num_tokens, self.hidden_size)
+        out = received[0].clone()
+        for r in range(1, world):
+            out += received[r]
+        return out.to(torch.bfloat16)
+
+    def _gather_counts(self, x, logits, routed, error) -> List[int]:
+        """All-gathers (failure, T, routing kind) of every rank (host sync): every rank raises if
+        any rank rejected its arguments or the ranks' routing input kinds differ."""
+        if error is None:
+            mine = [0, x.shape[0], _routing_kind(logits, routed)]
+        else:
+            mine = [_error_code(error), 0, 0]
+        mine = torch.tensor(mine, dtype=torch.int64, device=self.device)
+        table = mine.new_empty(self.world_size * 3)
+        self._collective("gather_counts", 0, 0, dist.all_gather_into_tensor, table, mine,
+                         group=self.group)
+        rows = table.view(self.world_size, 3).tolist()
+        _raise_if_any_failed(error, [row[0] for row in rows])
+        kinds = [row[2] for row in rows]
+        if len(set(kinds)) > 1:
+            shown = ", ".join(f"rank {r}: {_KIND_NAMES[k]}" for r, k in enumerate(kinds))
+            name = "routing_logits" if logits is not None else "topk_ids"
+            raise ValueError(f"{name}: expected the same kind of routing input on every rank, got {shown}")
+        return [row[1] for row in rows]
+
+    def _all_gather_rows(self, name, tensor, counts):
+        """[sum(counts), ...] rows of every rank in rank order (uneven counts padded, then compacted)."""
+        world, longest = self.world_size, max(counts)
+        tail = tuple(tensor.shape[1:])
+        if tensor.shape[0] == longest:
+            padded = tensor.contiguous()
+        else:
+            padded = tensor.new_zeros((longest,) + tail)
+            padded[: tensor.shape[0]] = tensor
+        gathered = tensor.new_empty((world * longest,) + tail)
+        row_bytes = math.prod(tail) * padded.element_size()
+        moved = (world - 1) * longest * row_bytes
+        self._collective(name, moved, moved, dist.all_gather_into_tensor, gathered, padded,
+                         group=self.group)
+        if all(c == longest for c in counts):
+            return gathered
+        index = torch.cat([
+            torch.arange(r * longest, r * longest + c, device=tensor.device)
+            for r, c in enumerate(counts)
+        ])
+        return gathered.index_select(0, index)
+
+    # ---- all-to-all dispatch / combine ---------------------------------------------------------
+    def _forward_alltoall(self, x, logits, routed, error):
+        world, top_k, hidden = self.world_size, self.top_k, self.hidden_size
+        if error is not None:  # take part in the count exchange, telling the others, then raise
+            failed = torch.zeros((world, 3), dtype=torch.int64, device=self.device)
+            failed[:, 2] = _error_code(error)
+            self._exchange_counts(failed, error)
+        num_tokens = x.shape[0]
+        ids, weights = self._route(x, logits) if logits is not None else _unpack(routed)
+        ids = ids.to(torch.int64)
+        valid = (ids >= 0) & (ids < self.num_experts)  # ids outside [0, E): nowhere, like the operator
+        owner = torch.where(valid, ids // self.local_num_experts, world)  # [T, K], W = no rank
+
+        # Per destination rank: rows (tokens with >= 1 slot there) and slots. One host sync.
+        # (Comparisons, not scatter or bincount: nothing here is nondeterministic on CUDA.)
+        on_rank = owner.unsqueeze(2) == torch.arange(world, device=x.device)  # [T, K, W]
+        hit = on_rank.any(dim=1)  # [T, W]
+        counts = torch.stack([
+            hit.sum(0), on_rank.sum((0, 1)),
+            torch.zeros(world, dtype=torch.int64, device=x.device),  # no failure
+        ], dim=1)  # [W, 3] int64
+        send_rows, send_slots, recv_rows, recv_slots = self._exchange_counts(counts, None)
+
+        # Dispatch: each (destination, token) pair once, destinations in rank order, tokens
+        # ascending; the slots owned elsewhere are sent as id -1 (non-local there).
+        pairs = torch.nonzero_static(hit.t().flatten(), size=sum(send_rows)).squeeze(1)
+        dest, token = pairs // num_tokens, pairs % num_tokens
+        send_x = x.index_select(0, token)
+        send_ids = torch.where(
+            owner.index_select(0, token) == dest.unsqueeze(1), ids.index_select(0, token), -1
+        )
+        # Packed words with zero weight bits: the owner needs the ids only (outputs unweighted).
+        send_packed = (send_ids.to(torch.int32) << 16).contiguous()
+        recv_x = x.new_empty((sum(recv_rows), hidden))
+        recv_packed = send_packed.new_empty((sum(recv_rows), top_k))
+        self._all_to_all("dispatch_hidden", recv_x, send_x, recv_rows, send_rows)
+        self._all_to_all("dispatch_ids", recv_packed, send_packed, recv_rows, send_rows)
+
+        # The owner computes its slots and returns one unweighted row per slot, in the order
+        # (source rank, source token, k) ascending: the order the source sent them in.
+        gemm2_output, _, permuted = api.trtllm_bf16_routed_moe(
+            recv_packed, recv_x, self.gemm1_weights, self.gemm2_weights, self.num_experts,
+            top_k, None, None, self.intermediate_size, self.local_expert_offset,
+            self.local_num_experts, do_finalize=False,
+        )
+        local = torch.nonzero_static(permuted >= 0, size=sum(recv_slots)).squeeze(1)
+        send_y = gemm2_output.index_select(0, permuted.index_select(0, local))
+        recv_y = x.new_empty((sum(send_slots), hidden))
+        self._all_to_all("combine_outputs", recv_y, send_y, send_slots, recv_slots)
+
+        # Combine: recv_y holds the slots sorted by (owner rank, slot t*K+k); the row of slot s is
+        # its place in that order (the inverse of the stable sort), then the operator's finalize.
+        by_owner = torch.sort(owner.flatten(), stable=True).indices
+        row_of_slot = torch.argsort(by_owner).view(num_tokens, top_k)
+        return _weighted_sum(recv_y, row_of_slot, valid, weights).to(torch.bfloat16)
+
+    def _exchange_counts(self, counts, error):
+        """All-to-all of [rows, slots, failure] per destination (host sync); returns the send and
+        receive rows and slots per rank, or raises on every rank if any rank failed."""
+        world = self.world_size
+        received = torch.empty_like(counts)
+        self._all_to_all("exchange_counts", received, counts, None, None, record_bytes=False)
+        host = torch.cat([counts, received]).tolist()
+        _raise_if_any_failed(error, [row[2] for row in host[world:]])
+        return ([c[0] for c in host[:world]], [c[1] for c in host[:world]],
+                [c[0] for c in host[world:]], [c[1] for c in host[world:]])
+
+    def _route(self, x, logits):
+        """(ids int32 [T, K], weights [T, K]): the operator's routing of this rank's tokens.
+
+        Routing-only is the operator called with a 1-expert window on zero weights of the
+        smallest intermediate size: its ids (``routing_replay_out``) and ``expert_weights`` are
+        bitwise those of the whole-layer call, for a few kernels of tiny work.
+        """
+        if self._routing_probe_weights is None:
+            inter, hidden = _ROUTING_PROBE_INTERMEDIATE, self.hidden_size
+            self._routing_probe_weights = (
+                torch.zeros((1, 2 * inter, hidden), dtype=torch.bfloat16, device=self.device),
+                torch.zeros((1, hidden, inter), dtype=torch.bfloat16, device=self.device),
+            )
+        w1, w2 = self._routing_probe_weights
+        ids = torch.empty((x.shape[0], self.top_k), dtype=torch.int16, device=x.device)
+        _, weights, _ = api.trtllm_bf16_moe(
+            logits, self.routing_bias, x, w1, w2, self.num_experts, self.top_k,
+            self.n_group or None, self.topk_group or None, _ROUTING_PROBE_INTERMEDIATE, 0, 1,
+            routed_scaling_factor=self.routed_scaling_factor,
+            routing_method_type=self.routing_method_type, do_finalize=False,
+            routing_replay_out=ids, expert_weights_dtype=self.expert_weights_dtype,
+        )
+        return ids.to(torch.int32), weights
+
+    # ---- collectives -----------------------------------------------------------------------------
+    def _all_to_all(self, name, output, input, output_splits, input_splits, record_bytes=True):
+        """``all_to_all_single`` over dim 0, with its bytes to and from the other ranks logged."""
+        received = sent = 0
+        if record_bytes:
+            row_bytes = math.prod(output.shape[1:]) * output.element_size()
+            received = (sum(output_splits) - output_splits[self.rank]) * row_bytes
+            sent = (sum(input_splits) - input_splits[self.rank]) * row_bytes
+        self._collective(name, received, sent, dist.all_to_all_single, output, input,
+                         output_splits, input_splits, group=self.group)
+
+    def _collective(self, name, received, sent, function, *args, **kwargs):
+        """Runs one collective, logged in ``collective_log`` when that is a list."""
+        log = self.collective_log
+        if log is None:
+            function(*args, **kwargs)
+            return
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            function(*args, **kwargs)
+            end.record()
+        else:
+            start = time.perf_counter()
+            function(*args, **kwargs)
+            end = time.perf_counter()
+        kind = "all_gather" if function is dist.all_gather_into_tensor else "all_to_all"
+        log.append(CollectiveRecord(name, kind, received, sent, start, end))
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+# Argument names a rank's failure is reported by to the other ranks (code = 1 + index).
+_ARGUMENTS = (
+    "gemm1_weights", "gemm2_weights", "num_experts", "top_k", "intermediate_size", "mode",
+    "routing_method_type", "n_group", "topk_group", "routed_scaling_factor", "routing_bias",
+    "expert_weights_dtype", "hidden_states", "routing_logits", "topk_ids", "topk_weights",
+    "num_tokens_per_rank",
+)
+_CONFIG_FIELDS = (
+    "num_experts", "top_k", "intermediate_size", "gemm1_weights", "mode", "routing_method_type",
+    "n_group", "topk_group", "routed_scaling_factor", "routing_bias", "expert_weights_dtype",
+)
+
+
+def _error_code(error) -> int:
+    """0 for no error, else 1 + the index of the argument the message starts with."""
+    if error is None:
+        return 0
+    name = str(error).split(":", 1)[0]
+    return 1 + (_ARGUMENTS.index(name) if name in _ARGUMENTS else len(_ARGUMENTS))
+
+
+def _raise_if_any_failed(error, codes) -> None:
+    """Raises this rank's own error, else a ValueError naming another rank's rejected argument."""
+    if error is not None:
+        raise error
+    for rank, code in enumerate(codes):
+        if code:
+            name = _ARGUMENTS[code - 1] if code - 1 < len(_ARGUMENTS) else "arguments"
+            raise ValueError(
+                f"{name}: rejected on rank {rank} (that rank's error says why); every rank raises"
+            )
+
+
+def _check_device(name: str, tensor: torch.Tensor, device: torch.device) -> None:
+    if tensor.device != device:
+        raise ValueError(f"{name}: expected device {device} (that of the layer's weights), got {tensor.device}")
+
+
+def _resolve_group(group):
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("group: torch.distributed is not initialized (call init_process_group first)")
+    if group is None:
+        group = dist.group.WORLD
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group: expected a torch.distributed ProcessGroup or None, got {type(group).__name__}")
+    if dist.get_rank(group) < 0:
+        raise ValueError("group: this process is not a member of the group")
+    return group
+
+
+def _check_backend(group, device: torch.device) -> None:
+    """The group must have a backend that moves tensors of ``device``'s type."""
+    backend = str(dist.get_backend(group))
+    if ":" in backend:  # a multi-device group, e.g. "cpu:gloo,cuda:nccl"
+        per_device = dict(item.split(":", 1) for item in backend.split(","))
+        chosen = per_device.get(device.type)
+    else:
+        chosen = backend
+    allowed = _BACKENDS_FOR_DEVICE.get(device.type, ())
+    if chosen not in allowed:
+        raise ValueError(
+            f"group: backend {backend!r} does not move {device.type} tensors (the weights are on "
+            f"{device}); expected a group with backend {' or '.join(allowed) or 'cpu or cuda'}"
+        )
+    _check_bound_device(group, device)
+
+
+def _check_bound_device(group, device: torch.device) -> None:
+    """A group bound to one GPU (``init_process_group(device_id=...)``) moves that GPU's tensors."""
+    bound = getattr(group, "bound_device_id", None)
+    if bound is not None and device.type == "cuda" and torch.device(bound) != device:
+        raise ValueError(f"group: bound to {bound}, but the weights are on {device}")
+
+
+def _check_counts(num_tokens_per_rank, world: int, rank: int, num_tokens: int) -> List[int]:
+    if isinstance(num_tokens_per_rank, torch.Tensor) or not isinstance(num_tokens_per_rank, (list, tuple)):
+        raise TypeError(
+            f"num_tokens_per_rank: expected a list of {world} ints, got {type(num_tokens_per_rank).__name__}"
+        )
+    if len(num_tokens_per_rank) != world:
+        raise ValueError(
+            f"num_tokens_per_rank: expected {world} entries (one per rank), got {len(num_tokens_per_rank)}"
+        )
+    counts = [_checks.check_int("num_tokens_per_rank", c, 0) for c in num_tokens_per_rank]
+    if counts[rank] != num_tokens:
+        raise ValueError(
+            f"num_tokens_per_rank: entry {rank} (this rank) is {counts[rank]}, but hidden_states "
+            f"has {num_tokens} rows"
+        )
+    return counts
+
+
+def _routing_kind(logits, routed) -> int:
+    if logits is not None:
+        return 0 if logits.dtype == torch.float32 else 1
+    weights = routed[1]
+    if weights is None:
+        return 2
+    return 3 if weights.dtype == torch.bfloat16 else 4
+
+
+def _unpack(routed):
+    ids, weights = routed
+    return api.unpack_topk(ids) if weights is None else (ids, weights)
+
+
+def _weighted_sum(rows: torch.Tensor, row_of_slot: torch.Tensor, valid: torch.Tensor,
+                  weights: torch.Tensor) -> torch.Tensor:
+    """The operator's finalize before its bf16 rounding: fp32 [T, H] with, for every token t,
+    ``acc = 0; for k ascending where valid[t, k]: acc = fmaf(weights[t, k], rows[row_of_slot[t, k]], acc)``.
+
+    rows: [N, H] bf16 unweighted expert outputs; row_of_slot, valid, weights: [T, K].
+    """
+    num_tokens, top_k = row_of_slot.shape
+    acc = torch.zeros((num_tokens, rows.shape[1]), dtype=torch.float32, device=rows.device)
+    if rows.shape[0] == 0:  # no slot anywhere: nothing to add
+        return acc
+    last = rows.shape[0] - 1
+    for k in range(top_k):
+        # Gather the slot's row; slots that are not valid read some row and are masked out.
+        y = rows.index_select(0, row_of_slot[:, k].clamp(0, last))
+        acc = _accumulate(acc, weights[:, k], y, valid[:, k])
+    return acc
+
+
+def _accumulate(acc, weight, y, valid):
+    """``acc + weight * y`` per token row with the operator's finalize rounding (one fmaf), where
+    ``valid``; ``acc`` unchanged elsewhere (the slot is skipped, whatever ``y`` holds).
+
+    acc: [T, H] fp32; weight: [T] bf16 or fp32; y: [T, H] bf16; valid: [T] bool.
+    """
+    if weight.dtype == torch.bfloat16:
+        # bf16 * bf16 is exact in fp32 (8 + 8 significant bits), so one fp32 add rounds like
+        # fmaf (products below fp32's normal range, 2^-126, aside), with or without contraction.
+        updated = torch.addcmul(acc, y, weight.float().unsqueeze(1))
+    else:
+        updated = _fma_fp32(weight.unsqueeze(1), y, acc)
+    return torch.where(valid.unsqueeze(1), updated, acc)
+
+
+def _fma_fp32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``fmaf(a, b, c)`` elementwise (broadcasting): a * b + c rounded once to fp32, exactly.
+
+    a, b, c hold fp32 values (any float dtype that widens exactly). The product of two fp32
+    values has at most 48 significant bits, so it is exact in fp64; TwoSum gives the fp64 sum
+    and its exact error; rounding the sum to fp32 is then correct except when the sum lies exactly
+    halfway between two fp32 values while the error is not zero, which is fixed up toward the
+    error's side. Costs ~15 fp64 elementwise passes: used where weights are fp32.
+    """
+    product = a.double() * b.double()  # exact
+    addend = c.double()
+    total = product + addend
+    back = total - product
+    error = (product - (total - back)) + (addend - back)  # TwoSum: total + error == a*b + c
+    rounded = total.float()
+    below = total - rounded.double()  # exact: the distance from the fp32 result to the sum
+    toward = torch.where(below > 0, float("inf"), float("-inf")).to(torch.float32)
+    neighbour = torch.nextafter(rounded, toward)
+    halfway = (below != 0) & ((neighbour.double() - total) == below) & torch.isfinite(rounded)
+    past = halfway & (error != 0) & ((error > 0) == (below > 0))
+    return torch.where(past, neighbour, rounded)
+
+
+def _float_bits(value: float) -> int:
+    return int(torch.tensor(value, dtype=torch.float64).view(torch.int64).item())
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    return {torch.float32: 0, torch.bfloat16: 1}.get(dtype, 2)
+
+
+def _shown(name: str, value: int):
+    if name == "mode":
+        return repr(MODES[value])
+    if name == "routed_scaling_factor":
+        return torch.tensor(value, dtype=torch.int64).view(torch.float64).item()
+    if name == "gemm1_weights":
+        return f"hidden size {value}"
+    if name in ("routing_bias", "expert_weights_dtype"):
+        return {-1: "None", 0: "float32", 1: "bfloat16"}.get(value, "other")
+    return value

@@ -1,0 +1,374 @@
+"""What each process of the distributed tests runs (test_distributed.py spawns them).
+
+Every rank builds the same random problem from the parent's seed, keeps its own tokens and its
+E / W experts, runs ``fusedmoe.ExpertParallelMoE`` and compares its output with the single-process
+operator on the whole problem (all tokens, all experts), which every rank also computes.
+"""
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import List
+
+import torch
+import torch.distributed as dist
+
+import fusedmoe
+import reference_moe as ref
+from fusedmoe import distributed as fdist
+from moe_cases import METHOD_PARAMS, routing_kwargs
+
+H, I, E = 64, 32, 16
+
+
+def no_multicast_env() -> None:
+    """NCCL without NVLink multicast (NVLS) and torch symmetric memory without multicast: the GPU
+    machines this project runs on must never use it."""
+    os.environ["NCCL_NVLS_ENABLE"] = "0"
+    os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"
+
+
+def init(rank: int, world: int, init_file: str, backend: str) -> None:
+    no_multicast_env()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)  # the layer uses no op that this mode rejects
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(
+        backend, init_method=f"file://{init_file}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+
+
+@dataclass
+class Case:
+    """One distributed call: routing input kind, method, token counts per rank."""
+
+    name: str
+    counts: List[int]
+    method: int = 1
+    routing: str = "logits"  # logits | packed | pair_bf16 | pair_fp32 | cancel_bf16 | cancel_fp32
+    logits_dtype: torch.dtype = torch.float32
+    expert_weights_dtype: torch.dtype = torch.bfloat16
+    static_counts: bool = False  # allgather: pass num_tokens_per_rank (the no-sync path)
+
+
+def cases(world: int) -> List[Case]:
+    uneven = {2: [5, 0], 4: [3, 0, 7, 1]}[world]
+    other = {2: [3, 8], 4: [2, 5, 0, 4]}[world]
+    even = [3] * world
+    return [
+        Case("renormalize_uneven", uneven, method=1),
+        Case("deepseek_bf16_logits", other, method=2, logits_dtype=torch.bfloat16),
+        Case("default_fp32_weights", uneven, method=0, expert_weights_dtype=torch.float32),
+        Case("minimax2", even, method=7),
+        Case("llama4", other, method=3),
+        Case("sigmoid_renorm_static", uneven, method=6, static_counts=True),
+        Case("packed", other, routing="packed"),
+        Case("pair_bf16", uneven, routing="pair_bf16", static_counts=True),
+        Case("pair_fp32", other, routing="pair_fp32"),
+        Case("no_tokens_anywhere", [0] * world, method=1),
+        Case("cancelling_bf16", other, routing="cancel_bf16"),
+        Case("cancelling_fp32", uneven, routing="cancel_fp32"),
+    ]
+
+
+def make_problem(case: Case, world: int, seed: int):
+    """The whole problem (all ranks' tokens, all experts) and its routing inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    params = METHOD_PARAMS[case.method]
+    total = sum(case.counts)
+    problem = ref.make_problem(
+        total, H, I, E, params["top_k"], case.logits_dtype,
+        torch.bfloat16 if params.get("bias") else None, generator,
+    )
+    routed = None
+    if case.routing != "logits":
+        ids = torch.stack([torch.randperm(E, generator=generator)[: problem.top_k]
+                           for _ in range(total)]).to(torch.int32).reshape(total, problem.top_k)
+        weights = torch.randn(total, problem.top_k, generator=generator) + 0.3  # some negative
+        if total > 2:
+            ids[1, 0] = E + 3  # routed nowhere: contributes zero on every rank
+            ids[2, 1] = -2
+        if case.routing.startswith("cancel"):
+            # Slots 0 and 2 on one expert with weights +-2^20 (fp32: 24 significant bits): their
+            # sum cancels, so the fp32 roundings of the running sum, hence the order and the fma
+            # rounding of the combine, show in the bf16 output.
+            ids[:, 2] = ids[:, 0]
+            big = 2.0**20 * (1 + torch.rand(total, generator=generator))
+            if case.routing == "cancel_bf16":
+                big = big.to(torch.bfloat16).float()
+            weights[:, 0], weights[:, 2] = big, -big
+            routed = (ids, weights if case.routing == "cancel_fp32" else weights.to(torch.bfloat16))
+        elif case.routing == "pair_fp32":
+            routed = (ids, weights)
+        elif case.routing == "pair_bf16":
+            routed = (ids, weights.to(torch.bfloat16))
+        else:
+            routed = fusedmoe.pack_topk(ids, weights)
+    return problem, routed
+
+
+def single_process(problem, routed, case: Case):
+    """The operator on the whole problem: (output, ids, expert_weights, gemm2_output, permuted)."""
+    routing = routing_kwargs(case.method)
+    common = (problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights, E,
+              problem.top_k, routing["n_group"], routing["topk_group"], I, 0, E)
+    if routed is None:
+        replay = torch.empty(problem.hidden_states.shape[0], problem.top_k, dtype=torch.int16)
+
+        def call(**kwargs):
+            return fusedmoe.trtllm_bf16_moe(
+                problem.routing_logits, problem.routing_bias, *common,
+                routed_scaling_factor=routing["routed_scaling_factor"],
+                routing_method_type=case.method, expert_weights_dtype=case.expert_weights_dtype,
+                **kwargs,
+            )
+        gemm2_output, expert_weights, permuted = call(do_finalize=False, routing_replay_out=replay)
+        ids = replay.to(torch.int32)
+    else:
+        def call(**kwargs):
+            return fusedmoe.trtllm_bf16_routed_moe(routed, *common, **kwargs)
+        gemm2_output, expert_weights, permuted = call(do_finalize=False)
+        ids = routed[0] if isinstance(routed, tuple) else fusedmoe.unpack_topk(routed)[0]
+    return call(), ids, expert_weights, gemm2_output, permuted
+
+
+def rank_slice(counts: List[int], rank: int) -> slice:
+    start = sum(counts[:rank])
+    return slice(start, start + counts[rank])
+
+
+def make_layer(problem, case: Case, mode: str, group=None, **overrides):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    num_local = E // world
+    experts = slice(rank * num_local, (rank + 1) * num_local)
+    routing = routing_kwargs(case.method)
+    kwargs = dict(
+        mode=mode, routing_method_type=case.method, n_group=routing["n_group"],
+        topk_group=routing["topk_group"], routed_scaling_factor=routing["routed_scaling_factor"],
+        routing_bias=problem.routing_bias, expert_weights_dtype=case.expert_weights_dtype,
+    )
+    kwargs.update(overrides)
+    return fusedmoe.ExpertParallelMoE(
+        group, problem.gemm1_weights[experts].contiguous(), problem.gemm2_weights[experts].contiguous(),
+        E, problem.top_k, I, **kwargs,
+    )
+
+
+def call_layer(layer, problem, routed, case: Case, device):
+    rank = dist.get_rank()
+    mine = rank_slice(case.counts, rank)
+    x = problem.hidden_states[mine].contiguous().to(device)
+    kwargs = {}
+    if case.static_counts and layer.mode == "allgather":
+        kwargs["num_tokens_per_rank"] = list(case.counts)
+    if routed is None:
+        return layer(x, problem.routing_logits[mine].contiguous().to(device), **kwargs)
+    if isinstance(routed, tuple):
+        topk = tuple(t[mine].contiguous().to(device) for t in routed)
+    else:
+        topk = routed[mine].contiguous().to(device)
+    return layer(x, topk_ids=topk, **kwargs)
+
+
+def check_case(case: Case, mode: str, seed: int, device="cpu"):
+    """Runs one case on every rank and checks this rank's output; returns nothing, raises.
+
+    CPU: against the single-process operator (the CPU reference) on the whole problem. CUDA: the
+    GPU's expert outputs depend on the batch (its GEMM kernels are chosen by size), so against
+    the float64 reference by the tolerance rule, and reruns bitwise.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    problem, routed = make_problem(case, world, seed)
+    where = f"case {case.name}, mode {mode}, rank {rank}/{world}, seed {seed}"
+    single, ids, expert_weights, gemm2_output, permuted = single_process(problem, routed, case)
+
+    layer = make_layer(problem.to(device), case, mode)
+    ours = call_layer(layer, problem, routed, case, device)
+    again = call_layer(layer, problem, routed, case, device)
+    mine = rank_slice(case.counts, rank)
+    assert ours.shape == (case.counts[rank], H) and ours.dtype == torch.bfloat16, where
+    assert torch.equal(ours, again), f"reruns differ ({where})"
+    ours, expected = ours.cpu(), single[mine]
+    if not case.counts[rank]:
+        return
+
+    if not case.routing.startswith("cancel"):  # (cancelling weights: fp32 rounding dominates)
+        # The tolerance rule against the float64 reference of this rank's tokens.
+        ref.assert_close_to_reference(
+            ours, problem.hidden_states[mine], problem.gemm1_weights, problem.gemm2_weights,
+            ids[mine], expert_weights[mine], seed=f"{seed}; {where}",
+        )
+    if device != "cpu":
+        return
+    if mode == "alltoall":
+        # All-to-all: each token's slots summed in ascending k with fmaf, on the same expert
+        # outputs (the CPU reference's rows do not depend on the batch): the operator's bits.
+        different = (ours.view(torch.int16) != expected.view(torch.int16)).sum().item()
+        assert different == 0, f"{different} elements differ from the single-process operator ({where})"
+    else:
+        # All-gather: per-rank fp32 partials summed in rank order instead of one fp32 chain; the
+        # sums differ by a few fp32 roundings of sum_k |w y| before the one bf16 rounding.
+        slots = permuted.view(-1, problem.top_k)[mine].long()
+        y = gemm2_output.double()[slots.clamp(min=0)]  # [T, K, H]
+        w = expert_weights[mine].double().unsqueeze(2) * (slots >= 0).unsqueeze(2)
+        magnitude = (w * y).abs().sum(1)
+        bound = 2.0**-7 * expected.double().abs() + 2.0**-20 * magnitude + 1e-30
+        excess = ((ours.double() - expected.double()).abs() - bound).max().item()
+        assert excess <= 0, f"all-gather output off the single-process operator by more than its bound ({where})"
+
+
+def expect_error(error_type, argument, function, *args, **kwargs):
+    try:
+        function(*args, **kwargs)
+    except error_type as raised:
+        # Python checks start with the argument's name; the C++ layer's say "fusedmoe: logits.<name>:".
+        message = str(raised)
+        named = message.startswith(argument + ":") or f".{argument}:" in message
+        assert named, f"expected a message naming {argument}: {message}"
+        return
+    raise AssertionError(f"expected {error_type.__name__} naming {argument}, nothing raised")
+
+
+def check_errors(seed: int) -> None:
+    """Clear errors on every rank, and the group still usable afterwards (no rank left waiting)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    case = Case("errors", [4, 2] + [1] * (world - 2), method=1)
+    problem, _ = make_problem(case, world, seed)
+    num_local = E // world
+    w1 = problem.gemm1_weights[rank * num_local:(rank + 1) * num_local].contiguous()
+    w2 = problem.gemm2_weights[rank * num_local:(rank + 1) * num_local].contiguous()
+
+    # Constructor: E not a multiple of W (every rank), one rank's bad dtype, ranks disagreeing.
+    expect_error(ValueError, "num_experts", fusedmoe.ExpertParallelMoE, None, w1, w2, E + 1, 4, I)
+    bad_w1 = w1.float() if rank == 1 else w1
+    expect_error(TypeError if rank == 1 else ValueError, "gemm1_weights",
+                 fusedmoe.ExpertParallelMoE, None, bad_w1, w2, E, 4, I)
+    expect_error(ValueError, "top_k", fusedmoe.ExpertParallelMoE, None, w1, w2, E, 4 + (rank == 1), I)
+    expect_error(ValueError, "routing_method_type", fusedmoe.ExpertParallelMoE, None, w1, w2, E, 4, I,
+                 routing_method_type=1 if rank else 0)
+    expect_error(ValueError, "mode", fusedmoe.ExpertParallelMoE, None, w1, w2, E, 4, I, mode="ring")
+    # Routing rules of the C++ layer, raised at construction (E = 16 is not 3 groups).
+    expect_error(ValueError, "n_group", fusedmoe.ExpertParallelMoE, None, w1, w2, E, 4, I,
+                 routing_method_type=2, n_group=3, topk_group=1)
+    expect_error(ValueError, "top_k", fusedmoe.ExpertParallelMoE, None, w1, w2, E, 4, I,
+                 routing_method_type=3)  # Llama4 needs top_k == 1
+    # A group whose backend does not move the tensors' device (local: every rank raises).
+    expect_error(ValueError, "group", fusedmoe.ExpertParallelMoE, None, w1.to("meta"), w2.to("meta"),
+                 E, 4, I)
+    real_get_backend = fdist.dist.get_backend
+    fdist.dist.get_backend = lambda group=None: "nccl"
+    try:
+        expect_error(ValueError, "group", fusedmoe.ExpertParallelMoE, None, w1, w2, E, 4, I)
+    finally:
+        fdist.dist.get_backend = real_get_backend
+    expect_error(TypeError, "group", fusedmoe.ExpertParallelMoE, "world", w1, w2, E, 4, I)
+
+    mine = rank_slice(case.counts, rank)
+    x, logits = problem.hidden_states[mine].contiguous(), problem.routing_logits[mine].contiguous()
+    ids = torch.randint(0, E, (x.shape[0], 4), dtype=torch.int32)
+    for mode in fdist.MODES:
+        layer = fusedmoe.ExpertParallelMoE(None, w1, w2, E, 4, I, mode=mode, routing_method_type=1)
+        # One rank's bad argument: it raises its own error, the others one naming the argument.
+        bad_x = x.float() if rank == 1 else x
+        expect_error(TypeError if rank == 1 else ValueError, "hidden_states", layer, bad_x, logits)
+        bad_logits = logits[:, :-1].contiguous() if rank == 0 else logits
+        expect_error(ValueError, "routing_logits", layer, x, bad_logits)
+        expect_error(ValueError, "routing_logits", layer, x, logits, topk_ids=ids)  # both given
+        if mode == "allgather":
+            # Ranks passing different kinds of routing input.
+            routing = dict(topk_ids=ids) if rank == 1 else dict(routing_logits=logits)
+            expect_error(ValueError, "routing_logits" if rank != 1 else "topk_ids", layer, x, **routing)
+            expect_error(ValueError, "num_tokens_per_rank", layer, x, logits,
+                         num_tokens_per_rank=case.counts[:-1])
+            wrong = list(case.counts)
+            wrong[rank] += 1
+            expect_error(ValueError, "num_tokens_per_rank", layer, x, logits, num_tokens_per_rank=wrong)
+        else:
+            expect_error(ValueError, "num_tokens_per_rank", layer, x, logits,
+                         num_tokens_per_rank=case.counts)
+        # The group is still in step: a correct call works.
+        assert layer(x, logits).shape == x.shape
+
+
+def check_collective_log(seed: int) -> None:
+    """The benchmark's hook: each collective logged once, bytes sent == bytes received overall."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    case = cases(world)[0]  # uneven counts, a rank without tokens
+    problem, routed = make_problem(case, world, seed)
+    expected_steps = {
+        "allgather": ["gather_counts", "dispatch_hidden", "dispatch_logits", "combine_partials"],
+        "alltoall": ["exchange_counts", "dispatch_hidden", "dispatch_ids", "combine_outputs"],
+    }
+    for mode in fdist.MODES:
+        layer = make_layer(problem, case, mode)
+        layer.collective_log = []
+        call_layer(layer, problem, routed, case, "cpu")
+        log = layer.collective_log
+        assert [r.name for r in log] == expected_steps[mode], [r.name for r in log]
+        assert all(isinstance(r, fdist.CollectiveRecord) and r.end >= r.start for r in log)
+        if mode == "allgather":
+            assert log[1].collective == "all_gather" and log[3].collective == "all_to_all"
+            assert log[1].bytes_received == (world - 1) * max(case.counts) * H * 2
+        totals = torch.tensor([sum(r.bytes_received for r in log), sum(r.bytes_sent for r in log)])
+        dist.all_reduce(totals)
+        assert totals[0] == totals[1] > 0, f"bytes received {totals[0]} != sent {totals[1]} ({mode})"
+
+
+def check_graph_capture(seed: int) -> None:
+    """All-gather mode with static counts, captured in a CUDA graph: replays compute new inputs."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    case = Case("graph", [5, 0, 3, 2][:world], method=2, static_counts=True)
+    problem, _ = make_problem(case, world, seed)
+    fresh, _ = make_problem(case, world, seed + 1)
+    cuda = problem.to("cuda")
+    layer = make_layer(cuda, case, "allgather")
+    layer.reserve_workspace(max(case.counts))
+    mine = rank_slice(case.counts, rank)
+    x = cuda.hidden_states[mine].contiguous()
+    logits = cuda.routing_logits[mine].contiguous()
+    counts = list(case.counts)
+    layer(x, logits, num_tokens_per_rank=counts)  # eager warm-up (NCCL communicators, workspace)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        layer(x, logits, num_tokens_per_rank=counts)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = layer(x, logits, num_tokens_per_rank=counts)
+    x.copy_(fresh.hidden_states[mine])
+    logits.copy_(fresh.routing_logits[mine])
+    graph.replay()
+    expected = layer(x.clone(), logits.clone(), num_tokens_per_rank=counts)
+    torch.cuda.synchronize()
+    assert torch.equal(captured, expected), f"graph replay differs from eager (rank {rank}, seed {seed})"
+
+
+def main_gpu(rank: int, world: int, init_file: str, seed: int) -> None:
+    """Entry point of one spawned CUDA (nccl) process: rank r on GPU r."""
+    init(rank, world, init_file, "nccl")
+    try:
+        for index, case in enumerate(cases(world)):
+            if case.routing.startswith("cancel"):
+                continue  # about the CPU's bitwise order; the GPU check is the tolerance rule
+            for mode in fdist.MODES:
+                check_case(case, mode, seed + index, device=f"cuda:{rank}")
+        check_graph_capture(seed)
+    finally:
+        dist.destroy_process_group()
+
+
+def main(rank: int, world: int, init_file: str, seed: int, with_errors: bool) -> None:
+    """Entry point of one spawned CPU (gloo) process."""
+    init(rank, world, init_file, "gloo")
+    try:
+        for index, case in enumerate(cases(world)):
+            for mode in fdist.MODES:
+                check_case(case, mode, seed + index)
+        check_collective_log(seed)
+        if with_errors:
+            check_errors(seed)
+    finally:
+        dist.destroy_process_group()
