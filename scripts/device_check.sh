@@ -132,7 +132,7 @@ fi
 # that passes means the tests cannot see the race they guard against.
 if [[ "${FUSEDMOE_CONCURRENCY_CONTROL:-0}" == 1 ]]; then
   cpp_failed=$(FUSEDMOE_TEST_SHARED_WORKSPACE=1 timeout 300 "$BUILD/tests/test_gpu_moe" --gtest_color=no \
-      --gtest_filter='GpuConcurrency.*Bitwise' 2>&1 | tee "$OUT/control.log" | grep -c '^\[  FAILED  \] Gpu')
+      --gtest_filter='GpuConcurrency.*Bitwise' 2>&1 | tee "$OUT/control.log" | grep -o '^\[  FAILED  \] Gpu[A-Za-z.]*' | sort -u | wc -l)
   py_failed=$(FUSEDMOE_TEST_SHARED_WORKSPACE=1 timeout 300 python3 -m pytest tests/python/test_concurrency.py \
       -q -p no:cacheprovider 2>&1 | tee -a "$OUT/control.log" | grep -c '^FAILED')
   if (( cpp_failed > 0 && py_failed > 0 )); then
