@@ -81,7 +81,8 @@ const std::vector<Bucket> kTokenBuckets = {{0.02, 0, 0},       {0.33, 1, 16},
 // H and I (multiples of 8): tiny tiles-off sizes up to the largest models' 7168 / 8192.
 const std::vector<Bucket> kFeatureBuckets = {
     {0.45, 8, 256}, {0.30, 264, 1024}, {0.19, 1032, 4096}, {0.06, 4104, 8192}};
-// Sizes of real models (BENCH.md's shapes) drawn now and then, so they are never missed.
+// Sizes of real models (the benchmark's shapes, bench/README.md) drawn now and then, so they
+// are never missed.
 const std::vector<int64_t> kModelFeatures = {128, 256, 768, 1536, 2048, 2880, 4096, 7168, 8192};
 // E: 1..1024 over the scales of the models (8 to 1024 experts).
 const std::vector<Bucket> kExpertBuckets = {
