@@ -484,6 +484,89 @@ INSTANTIATE_TEST_SUITE_P(Gpu, CoveringSet, ::testing::ValuesIn(covering_cases())
                            return info.param.name;
                          });
 
+// A MoeCase's inputs copied to the device, device outputs of the same sizes, and the
+// MoeArguments over them; download() brings the outputs back into the case's host vectors.
+class DeviceMoeCall {
+ public:
+  explicit DeviceMoeCall(MoeCase& c) : case_(c) {
+    const MoeArguments host = c.arguments();
+    args_ = host;
+    args_.hidden_states = upload(c.hidden_states);
+    args_.gemm1_weights = upload(c.gemm1_weights);
+    args_.gemm2_weights = upload(c.gemm2_weights);
+    if (host.logits.logits) {
+      args_.logits.logits = c.config().logits_dtype == DType::kBF16 ? upload(c.logits_bf16)
+                                                                     : upload(c.logits_fp32);
+      args_.logits.bias = !host.logits.bias                           ? nullptr
+                          : c.config().bias_dtype == DType::kBF16 ? upload(c.bias_bf16)
+                                                                  : upload(c.bias_fp32);
+    } else {
+      args_.routed.topk_ids = static_cast<const int32_t*>(upload(c.topk_ids));
+      args_.routed.topk_weights = !host.routed.topk_weights ? nullptr
+                                  : c.topk_weights_fp32.empty() ? upload(c.topk_weights_bf16)
+                                                                : upload(c.topk_weights_fp32);
+    }
+    args_.gemm1_alpha = static_cast<const float*>(upload_optional(c.gemm1_alpha));
+    args_.gemm1_beta = static_cast<const float*>(upload_optional(c.gemm1_beta));
+    args_.gemm1_clamp_limit = static_cast<const float*>(upload_optional(c.gemm1_clamp_limit));
+    if (host.gemm1_bias) {
+      const bool fp32 = !c.gemm1_bias_fp32.empty();
+      args_.gemm1_bias = fp32 ? upload(c.gemm1_bias_fp32) : upload(c.gemm1_bias_bf16);
+      args_.gemm2_bias = fp32 ? upload(c.gemm2_bias_fp32) : upload(c.gemm2_bias_bf16);
+    }
+    args_.output = host.output ? upload(c.output) : nullptr;  // poisoned host contents
+    args_.gemm2_output = host.gemm2_output ? upload(c.gemm2_output) : nullptr;
+    args_.expert_weights = !host.expert_weights ? nullptr
+                           : c.expert_weights_fp32.empty() ? upload(c.expert_weights_bf16)
+                                                           : upload(c.expert_weights_fp32);
+    args_.expanded_idx_to_permuted_idx =
+        host.expanded_idx_to_permuted_idx
+            ? static_cast<int32_t*>(upload(c.expanded_idx_to_permuted_idx))
+            : nullptr;
+    args_.routing_replay_out =
+        host.routing_replay_out ? static_cast<int16_t*>(upload(c.routing_replay_out)) : nullptr;
+  }
+
+  const MoeArguments& arguments() const { return args_; }
+
+  void download() {
+    copy_back(case_.output, args_.output);
+    copy_back(case_.gemm2_output, args_.gemm2_output);
+    copy_back(case_.expert_weights_bf16, case_.expert_weights_fp32.empty() ? args_.expert_weights
+                                                                           : nullptr);
+    copy_back(case_.expert_weights_fp32, case_.expert_weights_fp32.empty() ? nullptr
+                                                                           : args_.expert_weights);
+    copy_back(case_.expanded_idx_to_permuted_idx, args_.expanded_idx_to_permuted_idx);
+    copy_back(case_.routing_replay_out, args_.routing_replay_out);
+  }
+
+ private:
+  template <typename T>
+  void* upload(const std::vector<T>& host) {
+    buffers_.emplace_back(host.size() * sizeof(T));
+    if (!host.empty()) {
+      check_cuda(cudaMemcpy(buffers_.back().get(), host.data(), host.size() * sizeof(T),
+                            cudaMemcpyHostToDevice),
+                 "upload");
+    }
+    return buffers_.back().get();
+  }
+  template <typename T>
+  void* upload_optional(const std::vector<T>& host) {
+    return host.empty() ? nullptr : upload(host);
+  }
+  template <typename T>
+  void copy_back(std::vector<T>& host, const void* device) {
+    if (device == nullptr || host.empty()) return;
+    check_cuda(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost),
+               "download");
+  }
+
+  MoeCase& case_;
+  MoeArguments args_;
+  std::vector<DeviceArray<uint8_t>> buffers_;
+};
+
 // ------------------------------------------------------------------------------------------------
 // The GPU reference against the CPU reference, and the operator against the CPU directly.
 // ------------------------------------------------------------------------------------------------
@@ -518,6 +601,121 @@ TEST(GpuMoe, GpuReferenceAndOperatorMatchCpuReference) {
   const Status status = run_on_device(c.arguments());
   ASSERT_TRUE(status.ok()) << status.message;
   expect_close(c.output().download(), gpu.out_truth, cpu_out, "operator vs cpu reference");
+}
+
+// The GPU reference with the expert MLP's options (the soak's truth on shapes the CPU cannot
+// reach): its design result against run_reference() (both rounded the same way, up to the GEMMs'
+// summation order), its truth against the fp64 model of tests/common/double_model.h (no
+// intermediate rounding: within fp32 accumulation error), and the operator against it by the
+// rule, as the soak compares. Every activation, parameters where read, bf16 and fp32 expert
+// biases, routing weights on the input (logits and routed, K = 1), a shard, both output modes.
+TEST(GpuMoe, GpuReferenceWithExpertMlpOptionsMatchesCpuReference) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  struct MlpCase {
+    Activation activation;
+    bool params;
+    int biases;  // 0 none, 1 bf16, 2 fp32
+    bool scales_on_input;
+    RoutingInput input;
+    bool finalize;
+  };
+  const MlpCase cases[] = {
+      {Activation::kSwiglu, true, 1, false, RoutingInput::kLogits, true},
+      {Activation::kSwiglu, false, 2, false, RoutingInput::kLogits, false},
+      {Activation::kSwigluStep, true, 0, false, RoutingInput::kPacked, true},
+      {Activation::kSwigluStep, false, 2, false, RoutingInput::kLogits, true},
+      {Activation::kGeglu, false, 1, false, RoutingInput::kLogits, false},
+      {Activation::kGegluTanh, false, 0, false, RoutingInput::kUnpacked, true},
+      {Activation::kGelu, false, 2, false, RoutingInput::kLogits, true},
+      {Activation::kRelu, false, 1, false, RoutingInput::kLogits, true},
+      {Activation::kSilu, false, 0, false, RoutingInput::kLogits, false},
+      {Activation::kRelu2, false, 2, false, RoutingInput::kUnpacked, true},
+      {Activation::kSwiglu, true, 1, true, RoutingInput::kLogits, true},
+      {Activation::kSwiglu, false, 0, true, RoutingInput::kUnpacked, false},
+      {Activation::kSilu, false, 2, true, RoutingInput::kUnpacked, true},
+      {Activation::kGegluTanh, false, 1, true, RoutingInput::kLogits, false},
+  };
+  uint64_t seed = 700;
+  for (const MlpCase& m : cases) {
+    MoeCaseConfig cfg;
+    cfg.shape = make_shape(37, 256, 136, 8, m.scales_on_input ? 1 : 2);
+    if (seed % 2) {  // every other case on a shard: experts 2..6 local
+      cfg.shape.local_expert_offset = 2;
+      cfg.shape.local_num_experts = 5;
+    }
+    cfg.routing_input = m.input;
+    cfg.method = m.scales_on_input ? RoutingMethod::kLlama4 : RoutingMethod::kRenormalize;
+    if (m.input == RoutingInput::kUnpacked) cfg.routed_weights_dtype = DType::kFP32;
+    cfg.activation = m.activation;
+    cfg.with_activation_params = m.params;
+    cfg.with_expert_biases = m.biases != 0;
+    cfg.expert_bias_dtype = m.biases == 2 ? DType::kFP32 : DType::kBF16;
+    cfg.routing_scales_on_input = m.scales_on_input;
+    cfg.do_finalize = m.finalize;
+    cfg.seed = ++seed;
+    const std::string name =
+        std::string(activation_name(m.activation)) + (m.params ? " params" : "") +
+        (m.biases ? (m.biases == 1 ? " bias bf16" : " bias fp32") : "") +
+        (m.scales_on_input ? " scales on input" : "") + (m.finalize ? "" : " unfinalized");
+    SCOPED_TRACE(name);
+
+    MoeCase cpu_case(cfg), gpu_case(cfg);
+    ASSERT_TRUE(run_reference(cpu_case.arguments()).ok());
+    const MoeArguments host = cpu_case.arguments();
+    const MoeShape& shape = cfg.shape;
+    const ref::Routing routing =
+        host.logits.logits
+            ? ref::route_reference(host.logits, shape.num_tokens, shape.num_experts, shape.top_k,
+                                   cpu_case.expert_weights_dtype())
+            : ref::decode_routed_reference(host.routed, shape.num_tokens, shape.top_k);
+    const ref::Permutation perm =
+        ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
+    ASSERT_GT(perm.num_local(), 0);
+    DeviceMoeCall call(gpu_case);
+    const MoeArguments& device = call.arguments();
+    const GpuReferenceResult gpu =
+        gpu_reference(shape, static_cast<const uint16_t*>(device.hidden_states),
+                      static_cast<const uint16_t*>(device.gemm1_weights),
+                      static_cast<const uint16_t*>(device.gemm2_weights), routing, perm,
+                      !m.finalize, nullptr, gpu_reference_mlp(device));
+
+    // Truth: the fp64 model's output within fp32 error (a missing bias, parameter or rounding
+    // of the scaled input is far larger).
+    const DoubleModel model = moe_double(cpu_case, routing.ids, routing.weights);
+    ASSERT_EQ(gpu.out_truth.size(), model.exact.size());
+    double largest = 0.0, worst = 0.0;
+    for (size_t i = 0; i < model.exact.size(); ++i) {
+      largest = std::max(largest, std::abs(model.exact[i]));
+      worst = std::max(worst, std::abs(gpu.out_truth[i] - model.exact[i]));
+    }
+    ASSERT_GT(largest, 0.0);
+    EXPECT_LE(worst, 1e-4 * largest) << "gpu reference truth vs fp64 model";
+
+    // Design: run_reference's output or rows, by the rule around the truth.
+    if (m.finalize) {
+      expect_close(gpu.out_design, gpu.out_truth, cpu_case.output, "gpu reference vs cpu");
+    } else {
+      const std::vector<uint16_t> cpu_rows(
+          cpu_case.gemm2_output.begin(),
+          cpu_case.gemm2_output.begin() + perm.num_local() * shape.hidden_size);
+      expect_close(gpu.y_design, gpu.y_truth, cpu_rows, "gpu reference rows vs cpu rows");
+    }
+
+    // The operator against this reference, as the soak compares.
+    ASSERT_TRUE(run_on_device(device).ok());
+    call.download();
+    if (m.finalize) {
+      expect_close(gpu_case.output, gpu.out_truth, gpu.out_design, "operator vs gpu reference");
+    } else {
+      EXPECT_EQ(first_difference(gpu_case.expanded_idx_to_permuted_idx,
+                                 perm.expanded_idx_to_permuted_idx),
+                -1);
+      const std::vector<uint16_t> rows(
+          gpu_case.gemm2_output.begin(),
+          gpu_case.gemm2_output.begin() + perm.num_local() * shape.hidden_size);
+      expect_close(rows, gpu.y_truth, gpu.y_design, "operator rows vs gpu reference rows");
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1075,89 +1273,6 @@ TEST(GpuMoe, GraphCaptureReplaysWithNewInputs) {
 // weights") on both GEMM paths, against the fp64 model of tests/common/double_model.h, with
 // run_reference() as the design's rounding.
 // ------------------------------------------------------------------------------------------------
-
-// A MoeCase's inputs copied to the device, device outputs of the same sizes, and the
-// MoeArguments over them; download() brings the outputs back into the case's host vectors.
-class DeviceMoeCall {
- public:
-  explicit DeviceMoeCall(MoeCase& c) : case_(c) {
-    const MoeArguments host = c.arguments();
-    args_ = host;
-    args_.hidden_states = upload(c.hidden_states);
-    args_.gemm1_weights = upload(c.gemm1_weights);
-    args_.gemm2_weights = upload(c.gemm2_weights);
-    if (host.logits.logits) {
-      args_.logits.logits = c.config().logits_dtype == DType::kBF16 ? upload(c.logits_bf16)
-                                                                     : upload(c.logits_fp32);
-      args_.logits.bias = !host.logits.bias                           ? nullptr
-                          : c.config().bias_dtype == DType::kBF16 ? upload(c.bias_bf16)
-                                                                  : upload(c.bias_fp32);
-    } else {
-      args_.routed.topk_ids = static_cast<const int32_t*>(upload(c.topk_ids));
-      args_.routed.topk_weights = !host.routed.topk_weights ? nullptr
-                                  : c.topk_weights_fp32.empty() ? upload(c.topk_weights_bf16)
-                                                                : upload(c.topk_weights_fp32);
-    }
-    args_.gemm1_alpha = static_cast<const float*>(upload_optional(c.gemm1_alpha));
-    args_.gemm1_beta = static_cast<const float*>(upload_optional(c.gemm1_beta));
-    args_.gemm1_clamp_limit = static_cast<const float*>(upload_optional(c.gemm1_clamp_limit));
-    if (host.gemm1_bias) {
-      const bool fp32 = !c.gemm1_bias_fp32.empty();
-      args_.gemm1_bias = fp32 ? upload(c.gemm1_bias_fp32) : upload(c.gemm1_bias_bf16);
-      args_.gemm2_bias = fp32 ? upload(c.gemm2_bias_fp32) : upload(c.gemm2_bias_bf16);
-    }
-    args_.output = host.output ? upload(c.output) : nullptr;  // poisoned host contents
-    args_.gemm2_output = host.gemm2_output ? upload(c.gemm2_output) : nullptr;
-    args_.expert_weights = !host.expert_weights ? nullptr
-                           : c.expert_weights_fp32.empty() ? upload(c.expert_weights_bf16)
-                                                           : upload(c.expert_weights_fp32);
-    args_.expanded_idx_to_permuted_idx =
-        host.expanded_idx_to_permuted_idx
-            ? static_cast<int32_t*>(upload(c.expanded_idx_to_permuted_idx))
-            : nullptr;
-    args_.routing_replay_out =
-        host.routing_replay_out ? static_cast<int16_t*>(upload(c.routing_replay_out)) : nullptr;
-  }
-
-  const MoeArguments& arguments() const { return args_; }
-
-  void download() {
-    copy_back(case_.output, args_.output);
-    copy_back(case_.gemm2_output, args_.gemm2_output);
-    copy_back(case_.expert_weights_bf16, case_.expert_weights_fp32.empty() ? args_.expert_weights
-                                                                           : nullptr);
-    copy_back(case_.expert_weights_fp32, case_.expert_weights_fp32.empty() ? nullptr
-                                                                           : args_.expert_weights);
-    copy_back(case_.expanded_idx_to_permuted_idx, args_.expanded_idx_to_permuted_idx);
-    copy_back(case_.routing_replay_out, args_.routing_replay_out);
-  }
-
- private:
-  template <typename T>
-  void* upload(const std::vector<T>& host) {
-    buffers_.emplace_back(host.size() * sizeof(T));
-    if (!host.empty()) {
-      check_cuda(cudaMemcpy(buffers_.back().get(), host.data(), host.size() * sizeof(T),
-                            cudaMemcpyHostToDevice),
-                 "upload");
-    }
-    return buffers_.back().get();
-  }
-  template <typename T>
-  void* upload_optional(const std::vector<T>& host) {
-    return host.empty() ? nullptr : upload(host);
-  }
-  template <typename T>
-  void copy_back(std::vector<T>& host, const void* device) {
-    if (device == nullptr || host.empty()) return;
-    check_cuda(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost),
-               "download");
-  }
-
-  MoeCase& case_;
-  MoeArguments args_;
-  std::vector<DeviceArray<uint8_t>> buffers_;
-};
 
 // Runs the case on the GPU and on the CPU reference; checks the GPU output against the fp64 model
 // by the tolerance rule (the reference's output as the design's rounding), and reruns bitwise.

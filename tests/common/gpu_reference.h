@@ -1,11 +1,18 @@
 // A plain GPU reference of the operator after routing, for shapes too large for the CPU
 // reference: per-expert cuBLAS GEMMs (cublasGemmEx) on the reference's routing and permutation
-// (src/reference/), plus small SIMT kernels for the gather, SwiGLU and finalize. It computes two
-// results from the same bf16 inputs:
+// (src/reference/), plus small SIMT kernels for the gather, the activation, the biases and
+// finalize. It computes two results from the same bf16 inputs:
 //   * design: the roundings of docs/DESIGN.md (act and y in bf16, fma chain in ascending k, bf16
 //     output) - what run_reference computes, up to the GEMMs' summation order;
 //   * truth:  fp32 GEMMs (bf16 inputs widened exactly) with no intermediate rounding and an fp64
 //     weighted sum - the `ref` of docs/STYLE.md's tolerance rule.
+// The expert MLP's options (GpuReferenceMlp: every activation with its per-expert parameters,
+// expert biases, routing weights on the input) follow run_reference: the experts' input is
+// bf16(x * w) when the weights go into the input (both results: that rounding is the operator's
+// definition), GEMM1's fp32 output + gemm1_bias goes through src/activation.h's fp32 formulas
+// (design: rounded to bf16; truth: not rounded; plain SwiGLU keeps the pinned silu(gate) * up,
+// its truth in fp64), GEMM2's fp32 output + gemm2_bias is rounded to bf16 (design) or not
+// (truth), and finalize weights by 1 when the weights went into the input.
 // The test suite checks this reference itself against the CPU reference on small shapes.
 // FUSEDMOE_TEST_GPU_REFERENCE=simt swaps cuBLAS for a plain SIMT GEMM (fp32 sums, one thread per
 // output): scripts/sanitize.sh sets it for racecheck, synccheck and initcheck, under which
@@ -23,6 +30,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "activation.h"
 #include "common/gpu_buffers.h"
 #include "fusedmoe/fusedmoe.h"
 #include "reference/reference.h"
@@ -35,6 +43,35 @@ struct GpuReferenceResult {
   std::vector<uint16_t> y_design;    // [P, H] bf16 bits (only when asked for)
   std::vector<double> y_truth;       // [P, H]
 };
+
+// The expert MLP's options as gpu_reference reads them: MoeArguments' fields with DEVICE
+// pointers. The default is plain SwiGLU without parameters or biases, weights applied at finalize.
+struct GpuReferenceMlp {
+  Activation activation = Activation::kSwiglu;
+  const float* alpha = nullptr;        // [E_loc] fp32 or nullptr (Swiglu)
+  const float* beta = nullptr;         // [E_loc] fp32 or nullptr (Swiglu)
+  const float* clamp_limit = nullptr;  // [E_loc] fp32 or nullptr (Swiglu, SwigluStep)
+  const void* gemm1_bias = nullptr;    // [E_loc, 2I] (gated) or [E_loc, I], gemm1_bias_dtype
+  DType gemm1_bias_dtype = DType::kBF16;
+  const void* gemm2_bias = nullptr;  // [E_loc, H], gemm2_bias_dtype
+  DType gemm2_bias_dtype = DType::kBF16;
+  bool scales_on_input = false;  // use_routing_scales_on_input (K == 1)
+};
+
+// The options of a MoeArguments whose pointers are device pointers (e.g. the arguments of run()).
+inline GpuReferenceMlp gpu_reference_mlp(const MoeArguments& device_args) {
+  GpuReferenceMlp mlp;
+  mlp.activation = device_args.activation;
+  mlp.alpha = device_args.gemm1_alpha;
+  mlp.beta = device_args.gemm1_beta;
+  mlp.clamp_limit = device_args.gemm1_clamp_limit;
+  mlp.gemm1_bias = device_args.gemm1_bias;
+  mlp.gemm1_bias_dtype = device_args.gemm1_bias_dtype;
+  mlp.gemm2_bias = device_args.gemm2_bias;
+  mlp.gemm2_bias_dtype = device_args.gemm2_bias_dtype;
+  mlp.scales_on_input = device_args.use_routing_scales_on_input;
+  return mlp;
+}
 
 namespace gpu_ref_detail {
 
@@ -90,18 +127,43 @@ void gemm_nt(cublasHandle_t handle, const T* a, const T* b, float* c, int64_t m,
                what);
 }
 
-__global__ void gather_kernel(const uint16_t* x, const int32_t* tokens, int64_t rows,
-                              int64_t hidden_size, uint16_t* out) {
+// out[row] = x[tokens[row]], or bf16(x * row_scale[row]) (fp32 product, rounded once: the
+// routing weight on the input, as scale_input_reference) when row_scale is given.
+__global__ void gather_kernel(const uint16_t* x, const int32_t* tokens, const float* row_scale,
+                              int64_t rows, int64_t hidden_size, uint16_t* out) {
   const int64_t total = rows * hidden_size;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += stride) {
     const int64_t row = i / hidden_size, h = i % hidden_size;
-    out[i] = x[static_cast<int64_t>(tokens[row]) * hidden_size + h];
+    const uint16_t value = x[static_cast<int64_t>(tokens[row]) * hidden_size + h];
+    out[i] =
+        row_scale == nullptr
+            ? value
+            : __bfloat16_as_ushort(__float2bfloat16_rn(__fmul_rn(widen(value), row_scale[row])));
   }
 }
 
-// g [rows, 2I] fp32 -> act_design bf16 = bf16(silu(gate) * up), act_truth fp32 (no rounding).
+// Element `index` of an expert bias in bf16 or fp32, widened.
+__device__ __forceinline__ float bias_at(const void* bias, DType dtype, int64_t index) {
+  return dtype == DType::kFP32 ? static_cast<const float*>(bias)[index]
+                               : widen(static_cast<const uint16_t*>(bias)[index]);
+}
+
+// values [rows, n] += bias[row_expert[row], :] (fp32 adds: GEMM1's output + gemm1_bias).
+__global__ void add_bias_kernel(float* values, const int32_t* row_expert, const void* bias,
+                                DType dtype, int64_t rows, int64_t n) {
+  const int64_t total = rows * n;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t row = i / n, j = i % n;
+    values[i] = __fadd_rn(values[i], bias_at(bias, dtype, row_expert[row] * n + j));
+  }
+}
+
+// Plain SwiGLU: g [rows, 2I] fp32 -> act_design bf16 = bf16(silu(gate) * up), act_truth fp32
+// from an fp64 silu (no rounding).
 __global__ void swiglu_kernel(const float* g_design, const float* g_truth, int64_t rows,
                               int64_t inter, uint16_t* act_design, float* act_truth) {
   const int64_t total = rows * inter;
@@ -118,6 +180,34 @@ __global__ void swiglu_kernel(const float* g_design, const float* g_truth, int64
   }
 }
 
+// Any other activation (src/activation.h's fp32 formulas, the expert's parameters): g [rows, n]
+// with n = 2I (gated: up [0, I), gate [I, 2I)) or I -> act_design = bf16(a), act_truth = a.
+__global__ void activation_kernel(const float* g, const int32_t* row_expert, int64_t rows,
+                                  int64_t inter, Activation kind, const float* alpha,
+                                  const float* beta, const float* clamp_limit, uint16_t* act_design,
+                                  float* act_truth) {
+  const bool gated = kind == Activation::kSwiglu || kind == Activation::kGeglu ||
+                     kind == Activation::kSwigluStep || kind == Activation::kGegluTanh;
+  const int64_t n = gated ? 2 * inter : inter;
+  const int64_t total = rows * inter;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t row = i / inter, j = i % inter;
+    const float* g_row = g + row * n;
+    float a;
+    if (gated) {
+      const activation::ExpertParams params =
+          activation::expert_params(kind, alpha, beta, clamp_limit, row_expert[row]);
+      a = activation::gated(kind, g_row[inter + j], g_row[j], params);
+    } else {
+      a = activation::plain(kind, g_row[j]);
+    }
+    act_design[i] = __bfloat16_as_ushort(__float2bfloat16_rn(a));
+    act_truth[i] = a;
+  }
+}
+
 __global__ void bf16_to_fp32_kernel(const uint16_t* in, int64_t count, float* out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
@@ -126,16 +216,29 @@ __global__ void bf16_to_fp32_kernel(const uint16_t* in, int64_t count, float* ou
   }
 }
 
-__global__ void fp32_to_bf16_kernel(const float* in, int64_t count, uint16_t* out) {
+// GEMM2's rows [rows, H]: y_design = bf16(y_acc + bias), y_truth += bias (fp32 adds; no bias:
+// y_design = bf16(y_acc)).
+__global__ void finish_rows_kernel(const float* y_acc, float* y_truth, const int32_t* row_expert,
+                                   const void* bias, DType dtype, int64_t rows, int64_t hidden_size,
+                                   uint16_t* y_design) {
+  const int64_t total = rows * hidden_size;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += stride) {
-    out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(in[i]));
+    float value = y_acc[i];
+    if (bias != nullptr) {
+      const int64_t row = i / hidden_size, h = i % hidden_size;
+      const float b = bias_at(bias, dtype, row_expert[row] * hidden_size + h);
+      value = __fadd_rn(value, b);
+      y_truth[i] = __fadd_rn(y_truth[i], b);
+    }
+    y_design[i] = __bfloat16_as_ushort(__float2bfloat16_rn(value));
   }
 }
 
+// unweighted: every weight 1 (the weights went into the input).
 __global__ void finalize_kernel(const uint16_t* y_design, const float* y_truth,
-                                const int32_t* permuted_idx, const float* weights,
+                                const int32_t* permuted_idx, const float* weights, bool unweighted,
                                 int64_t num_tokens, int32_t top_k, int64_t hidden_size,
                                 uint16_t* out_design, double* out_truth) {
   const int64_t total = num_tokens * hidden_size;
@@ -148,7 +251,7 @@ __global__ void finalize_kernel(const uint16_t* y_design, const float* y_truth,
     for (int32_t k = 0; k < top_k; ++k) {
       const int32_t row = permuted_idx[t * top_k + k];
       if (row < 0) continue;
-      const float w = weights[t * top_k + k];
+      const float w = unweighted ? 1.0f : weights[t * top_k + k];
       const int64_t at = static_cast<int64_t>(row) * hidden_size + h;
       acc = __fmaf_rn(w, __bfloat162float(__ushort_as_bfloat16(y_design[at])), acc);
       truth += static_cast<double>(w) * y_truth[at];
@@ -162,28 +265,45 @@ constexpr int kBlocks = 1024, kThreads = 256;
 
 }  // namespace gpu_ref_detail
 
-// d_x [T, H], d_w1 [E_loc, 2I, H], d_w2 [E_loc, H, I]: device bf16. routing/permutation: the
-// reference's (host). with_rows: also return the permuted rows y (the do_finalize=false triple).
-// cublas: a handle to use (the soak keeps one for thousands of calls); nullptr creates one for
-// the call.
+// d_x [T, H], d_w1 [E_loc, 2I, H] ([E_loc, I, H] for a non-gated activation), d_w2 [E_loc, H, I]:
+// device bf16. routing/permutation: the reference's (host). with_rows: also return the permuted
+// rows y (the do_finalize=false triple). cublas: a handle to use (the soak keeps one for
+// thousands of calls); nullptr creates one for the call. mlp: the expert MLP's options (device
+// pointers; the default is plain SwiGLU).
 inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d_x,
                                         const uint16_t* d_w1, const uint16_t* d_w2,
                                         const ref::Routing& routing,
                                         const ref::Permutation& permutation, bool with_rows,
-                                        cublasHandle_t cublas = nullptr) {
+                                        cublasHandle_t cublas = nullptr,
+                                        const GpuReferenceMlp& mlp = {}) {
   using namespace gpu_ref_detail;
   const int64_t T = shape.num_tokens, H = shape.hidden_size, I = shape.intermediate_size;
   const int32_t K = shape.top_k;
   const int64_t P = permutation.num_local();
   const int64_t rows_alloc = std::max<int64_t>(P, 1);
+  const int64_t N = ref::gemm1_rows(mlp.activation, I);  // GEMM1's output columns: 2I or I
+  const bool plain_swiglu = mlp.activation == Activation::kSwiglu && mlp.alpha == nullptr &&
+                            mlp.beta == nullptr && mlp.clamp_limit == nullptr;
 
-  std::vector<int32_t> tokens(rows_alloc, 0);
-  for (int64_t p = 0; p < P; ++p) tokens[p] = permutation.permuted_slots[p] / K;
+  // Per permuted row: its token, its local expert and (weights on the input) its slot's weight.
+  std::vector<int32_t> tokens(rows_alloc, 0), row_expert(rows_alloc, 0);
+  std::vector<float> row_scale(rows_alloc, 1.0f);
+  for (int64_t p = 0; p < P; ++p) {
+    tokens[p] = permutation.permuted_slots[p] / K;
+    row_scale[p] = routing.weights[permutation.permuted_slots[p]];
+  }
+  for (int32_t e = 0; e + 1 < static_cast<int32_t>(permutation.expert_offsets.size()); ++e) {
+    for (int64_t p = permutation.expert_offsets[e]; p < permutation.expert_offsets[e + 1]; ++p) {
+      row_expert[p] = e;
+    }
+  }
   DeviceArray<int32_t> d_tokens(tokens);
+  DeviceArray<int32_t> d_row_expert(row_expert);
+  DeviceArray<float> d_row_scale(mlp.scales_on_input ? row_scale : std::vector<float>{});
   DeviceArray<int32_t> d_map(permutation.expanded_idx_to_permuted_idx);
   DeviceArray<float> d_weights(routing.weights);
   DeviceArray<uint16_t> x_rows(rows_alloc * H);
-  DeviceArray<float> g(rows_alloc * 2 * I);
+  DeviceArray<float> g(rows_alloc * N);
   DeviceArray<uint16_t> act_design(rows_alloc * I);
   DeviceArray<float> act_truth(rows_alloc * I);
   DeviceArray<float> y_acc(rows_alloc * H);
@@ -192,25 +312,37 @@ inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d
   DeviceArray<float> w2_fp32(H * I);
   // cuBLAS fills g, y_acc and y_truth for every row p < P; zeroing them first keeps initcheck
   // (scripts/sanitize.sh, which leaves cuBLAS's kernels uninstrumented) from reporting the reads
-  // of those rows by swiglu_kernel and finalize_kernel as uninitialized.
-  check_cuda(cudaMemset(g.get(), 0, rows_alloc * 2 * I * sizeof(float)), "cudaMemset g");
+  // of those rows by the activation and finalize kernels as uninitialized.
+  check_cuda(cudaMemset(g.get(), 0, rows_alloc * N * sizeof(float)), "cudaMemset g");
   check_cuda(cudaMemset(y_acc.get(), 0, rows_alloc * H * sizeof(float)), "cudaMemset y_acc");
   check_cuda(cudaMemset(y_truth.get(), 0, rows_alloc * H * sizeof(float)), "cudaMemset y_truth");
 
   cublasHandle_t handle = cublas;
   if (cublas == nullptr) check_cublas(cublasCreate(&handle), "cublasCreate");
   if (P > 0) {
-    gather_kernel<<<kBlocks, kThreads>>>(d_x, d_tokens.get(), P, H, x_rows.get());
+    gather_kernel<<<kBlocks, kThreads>>>(
+        d_x, d_tokens.get(), mlp.scales_on_input ? d_row_scale.get() : nullptr, P, H, x_rows.get());
     // g = x_rows . W1[e]^T per expert (fp32 out). bf16 x bf16 products are exact in fp32, so
     // the same g serves both results.
     for (int32_t e = 0; e + 1 < static_cast<int32_t>(permutation.expert_offsets.size()); ++e) {
       const int64_t begin = permutation.expert_offsets[e];
       const int64_t n = permutation.expert_offsets[e + 1] - begin;
       if (n == 0) continue;
-      gemm_nt(handle, d_w1 + e * 2 * I * H, x_rows.get() + begin * H, g.get() + begin * 2 * I,
-              2 * I, n, H, "gemm1");
+      gemm_nt(handle, d_w1 + e * N * H, x_rows.get() + begin * H, g.get() + begin * N, N, n, H,
+              "gemm1");
     }
-    swiglu_kernel<<<kBlocks, kThreads>>>(g.get(), g.get(), P, I, act_design.get(), act_truth.get());
+    if (mlp.gemm1_bias != nullptr) {
+      add_bias_kernel<<<kBlocks, kThreads>>>(g.get(), d_row_expert.get(), mlp.gemm1_bias,
+                                             mlp.gemm1_bias_dtype, P, N);
+    }
+    if (plain_swiglu) {
+      swiglu_kernel<<<kBlocks, kThreads>>>(g.get(), g.get(), P, I, act_design.get(),
+                                           act_truth.get());
+    } else {
+      activation_kernel<<<kBlocks, kThreads>>>(g.get(), d_row_expert.get(), P, I, mlp.activation,
+                                               mlp.alpha, mlp.beta, mlp.clamp_limit,
+                                               act_design.get(), act_truth.get());
+    }
     for (int32_t e = 0; e + 1 < static_cast<int32_t>(permutation.expert_offsets.size()); ++e) {
       const int64_t begin = permutation.expert_offsets[e];
       const int64_t n = permutation.expert_offsets[e + 1] - begin;
@@ -223,13 +355,15 @@ inline GpuReferenceResult gpu_reference(const MoeShape& shape, const uint16_t* d
               static_cast<const float*>(act_truth.get()) + begin * I, y_truth.get() + begin * H, H,
               n, I, "gemm2 truth");
     }
-    fp32_to_bf16_kernel<<<kBlocks, kThreads>>>(y_acc.get(), P * H, y_design.get());
+    finish_rows_kernel<<<kBlocks, kThreads>>>(y_acc.get(), y_truth.get(), d_row_expert.get(),
+                                              mlp.gemm2_bias, mlp.gemm2_bias_dtype, P, H,
+                                              y_design.get());
   }
   DeviceArray<uint16_t> out_design(std::max<int64_t>(T * H, 1));
   DeviceArray<double> out_truth(std::max<int64_t>(T * H, 1));
   finalize_kernel<<<kBlocks, kThreads>>>(y_design.get(), y_truth.get(), d_map.get(),
-                                         d_weights.get(), T, K, H, out_design.get(),
-                                         out_truth.get());
+                                         d_weights.get(), mlp.scales_on_input, T, K, H,
+                                         out_design.get(), out_truth.get());
   check_cuda(cudaGetLastError(), "gpu_reference kernels");
   check_cuda(cudaDeviceSynchronize(), "gpu_reference");
   if (cublas == nullptr) cublasDestroy(handle);

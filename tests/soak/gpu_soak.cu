@@ -5,6 +5,7 @@
 //   gpu_soak --only P                 the problem of seed P alone
 //   gpu_soak --dry-run [--seed S] [--problems N] [--seconds B] [--self-tests M] [--list]
 // A problem (soak_draw.h) is drawn from its seed: shape, routing input and method, dtypes,
+// the expert MLP (activation, its parameters, expert biases, weights on the input),
 // expert-parallel window, output mode, replay ids, PDL, hostile input, graph replay or an eager
 // rerun. Its expert weights and hidden states are filled on the device, its routing input comes
 // from a routing-only MoeCase (soak_inputs.h); the truth is the CPU reference's routing and
@@ -69,7 +70,7 @@ class DeviceProblem {
     const MoeShape& s = p.shape();
     const int64_t T = s.num_tokens, H = s.hidden_size, I = s.intermediate_size;
     const int64_t K = s.top_k, E_loc = s.local_num_experts;
-    w1_.resize(E_loc * 2 * I * H);
+    w1_.resize(E_loc * ref::gemm1_rows(p.config.activation, I) * H);  // 2I rows gated, I not
     w2_.resize(E_loc * H * I);
     const float scale1 = gemm1_weights_scale(s), scale2 = gemm2_weights_scale(s);
     test::fill_uniform_bf16(w1_, gemm1_weights_seed(p), -scale1, scale1);
@@ -102,6 +103,15 @@ class DeviceProblem {
     copy_in(topk_ids_, input.topk_ids);
     copy_in(topk_weights_fp32_, input.topk_weights_fp32);
     copy_in(topk_weights_bf16_, input.topk_weights_bf16);
+    // The expert MLP's parameters and biases: fresh per round too (a graph replay reads them
+    // from the same buffers).
+    copy_in(alpha_, input.gemm1_alpha);
+    copy_in(beta_, input.gemm1_beta);
+    copy_in(clamp_limit_, input.gemm1_clamp_limit);
+    copy_in(gemm1_bias_fp32_, input.gemm1_bias_fp32);
+    copy_in(gemm1_bias_bf16_, input.gemm1_bias_bf16);
+    copy_in(gemm2_bias_fp32_, input.gemm2_bias_fp32);
+    copy_in(gemm2_bias_bf16_, input.gemm2_bias_bf16);
   }
 
   // Every output and workspace byte 0xFF (bf16 NaN 0xFFFF, id -1): unwritten elements show,
@@ -136,6 +146,17 @@ class DeviceProblem {
                                        ? static_cast<const void*>(topk_weights_bf16_.get())
                                        : topk_weights_fp32_.get();
       }
+    }
+    // The MLP options the input's arguments name (host vectors) on their device copies.
+    if (args.gemm1_alpha) args.gemm1_alpha = alpha_.get();
+    if (args.gemm1_beta) args.gemm1_beta = beta_.get();
+    if (args.gemm1_clamp_limit) args.gemm1_clamp_limit = clamp_limit_.get();
+    if (args.gemm1_bias) {
+      const bool fp32 = c.expert_bias_dtype == DType::kFP32;
+      args.gemm1_bias =
+          fp32 ? static_cast<const void*>(gemm1_bias_fp32_.get()) : gemm1_bias_bf16_.get();
+      args.gemm2_bias =
+          fp32 ? static_cast<const void*>(gemm2_bias_fp32_.get()) : gemm2_bias_bf16_.get();
     }
     if (c.do_finalize) {
       args.output = output_.get();
@@ -211,6 +232,8 @@ class DeviceProblem {
   DeviceArray<float> logits_fp32_, bias_fp32_, topk_weights_fp32_;
   DeviceArray<uint16_t> logits_bf16_, bias_bf16_, topk_weights_bf16_;
   DeviceArray<int32_t> topk_ids_;
+  DeviceArray<float> alpha_, beta_, clamp_limit_, gemm1_bias_fp32_, gemm2_bias_fp32_;
+  DeviceArray<uint16_t> gemm1_bias_bf16_, gemm2_bias_bf16_;
   DeviceArray<uint16_t> output_, gemm2_output_;
   DeviceArray<uint32_t> expert_weights_;
   DeviceArray<int32_t> map_;
@@ -236,7 +259,8 @@ bool run_and_wait(const MoeArguments& args, const DeviceProblem& d, bool pdl, cu
   return status.ok();
 }
 
-// The truth of a round: reference routing and permutation (CPU), the expert MLPs (cuBLAS).
+// The truth of a round: reference routing and permutation (CPU), the expert MLPs (cuBLAS) with
+// the round's activation parameters and biases (device copies) and weights on the input.
 struct RoundTruth {
   ReferenceRouting routing;
   test::GpuReferenceResult gpu;
@@ -251,7 +275,8 @@ RoundTruth compute_truth(const SoakProblem& p, MoeCase& input, const DeviceProbl
   RoundTruth truth;
   truth.routing = reference_routing(p, input);
   truth.gpu = test::gpu_reference(p.shape(), d.x(), d.w1(), d.w2(), truth.routing.routing,
-                                  truth.routing.permutation, !p.config.do_finalize, cublas);
+                                  truth.routing.permutation, !p.config.do_finalize, cublas,
+                                  test::gpu_reference_mlp(d.arguments(input)));
   return truth;
 }
 

@@ -125,10 +125,22 @@ void apply_rule(const test::Bf16RuleCheck& check, const std::string& what, int64
          ", normalised " + str(check.ratio()) + ")");
 }
 
-// The rows of gemm2_output the map names (unweighted, so finite whatever the weights).
+// The rows of gemm2_output the map names: unweighted, so finite whatever the weights, unless
+// the weights went into the input (a NaN or inf weight spoils its row); non-finite exactly where
+// the design result is, the finite elements by the rule.
 void compare_rows(const SoakProblem& p, const Truth& truth, const Outputs& ours, Verdict& v) {
-  apply_rule(test::check_bf16_rule(ours.rows, truth.y_truth, truth.y_design), "gemm2_output",
-             p.shape().hidden_size, v);
+  const int64_t H = p.shape().hidden_size;
+  if (ours.rows.size() != truth.y_design.size()) return v.fail("gemm2_output: wrong size");
+  for (size_t i = 0; i < ours.rows.size(); ++i) {
+    const float got = bf16_bits_to_float(ours.rows[i]);
+    const float want = bf16_bits_to_float(truth.y_design[i]);
+    if (std::isfinite(got) != std::isfinite(want)) {
+      return v.fail("gemm2_output[" + std::to_string(int64_t(i) / H) + ", " +
+                    std::to_string(int64_t(i) % H) + "] = " + str(got) + ", design reference " +
+                    str(want));
+    }
+  }
+  apply_rule(test::check_bf16_rule(ours.rows, truth.y_truth, truth.y_design), "gemm2_output", H, v);
 }
 
 // The finalized output: non-finite where the design result is, NaN on the tokens with a NaN

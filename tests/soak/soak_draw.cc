@@ -81,7 +81,8 @@ const std::vector<Bucket> kTokenBuckets = {{0.02, 0, 0},       {0.33, 1, 16},
 // H and I (multiples of 8): tiny tiles-off sizes up to the largest models' 7168 / 8192.
 const std::vector<Bucket> kFeatureBuckets = {
     {0.45, 8, 256}, {0.30, 264, 1024}, {0.19, 1032, 4096}, {0.06, 4104, 8192}};
-// Sizes of real models (bench/README.md's shapes) drawn now and then, so they are never missed.
+// Sizes of real models (the benchmark's shapes, bench/README.md) drawn now and then, so they
+// are never missed.
 const std::vector<int64_t> kModelFeatures = {128, 256, 768, 1536, 2048, 2880, 4096, 7168, 8192};
 // E: 1..1024 over the scales of the models (8 to 1024 experts).
 const std::vector<Bucket> kExpertBuckets = {
@@ -94,6 +95,9 @@ const std::vector<int64_t> kEdgeTokens = {1, 7, 19, 64, 127, 128, 129, 255, 256,
 bool reads_bias(RoutingMethod method) {
   return method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
 }
+
+// Activations with per-expert parameters (gemm1_alpha / _beta / _clamp_limit).
+bool reads_params(Activation a) { return a == Activation::kSwiglu || a == Activation::kSwigluStep; }
 
 // ---- the steps, one axis (or a few coupled ones) each, in order --------------------------------
 
@@ -134,7 +138,8 @@ void draw_method(Rng& rng, SoakProblem& p) {
                         : RoutingMethod::kRenormalize;  // unused by routed input
 }
 
-// K <= min(32, E); Llama4 takes K == 1 only.
+// K <= min(32, E); Llama4 takes K == 1 only. (K == 1 comes in ~20 % of the problems: the few
+// experts of small E, Llama4, the low draws; it is the only K that takes weights on the input.)
 void draw_top_k(Rng& rng, SoakProblem& p) {
   const int64_t max_k = std::min<int64_t>(kMaxTopK, p.config.shape.num_experts);
   int64_t k;
@@ -244,6 +249,35 @@ void draw_hostile(Rng& rng, SoakProblem& p) {
   p.hostile = kinds[uniform_int(rng, 0, p.config.shape.top_k >= 2 ? 3 : 1)];
 }
 
+// The expert MLP (MoeArguments' activation options). The activation: SwiGLU in 60 % (the
+// models' common case; its fast GEMM1 epilogue), each of the other seven in ~5.7 %.
+void draw_activation(Rng& rng, SoakProblem& p) {
+  const Activation others[] = {Activation::kGelu,     Activation::kRelu,  Activation::kSilu,
+                               Activation::kGeglu,    Activation::kRelu2, Activation::kSwigluStep,
+                               Activation::kGegluTanh};
+  p.config.activation = chance(rng, 0.6) ? Activation::kSwiglu : others[uniform_int(rng, 0, 6)];
+}
+
+// Per-expert parameters where the activation reads them: Swiglu's alpha, beta and clamp limit
+// in a fifth of its problems (plain SwiGLU stays ~half of all), SwigluStep's limit in half.
+void draw_activation_params(Rng& rng, SoakProblem& p) {
+  const Activation a = p.config.activation;
+  p.config.with_activation_params =
+      reads_params(a) && chance(rng, a == Activation::kSwiglu ? 0.2 : 0.5);
+}
+
+// Expert biases of both GEMMs (one dtype for the two) in 30 % of the problems.
+void draw_expert_biases(Rng& rng, SoakProblem& p) {
+  const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng.engine());
+  p.config.with_expert_biases = u < 0.3;
+  p.config.expert_bias_dtype = u < 0.15 ? DType::kBF16 : DType::kFP32;
+}
+
+// Routing weights on the input (validate(): K == 1 only) in 40 % of the K == 1 problems.
+void draw_scales_on_input(Rng& rng, SoakProblem& p) {
+  p.config.routing_scales_on_input = p.config.shape.top_k == 1 && chance(rng, 0.4);
+}
+
 // Shrinks a problem over the caps: T down to 256 first (large batches are the usual culprit),
 // then the larger of H and I, then T again; T = 1, H = I = 8 fits anything.
 void fit_caps(SoakProblem& p) {
@@ -268,10 +302,16 @@ void fit_caps(SoakProblem& p) {
 
 using DrawStep = void (*)(Rng&, SoakProblem&);
 // Order matters where axes are coupled: K after the method (Llama4), groups after K, the
-// window after K (a cold window's room), hostile after the routing input.
-const DrawStep kDrawSteps[] = {draw_tokens, draw_features, draw_experts,   draw_routing_input,
-                               draw_method, draw_top_k,    draw_groups,    draw_logits_parameters,
-                               draw_window, draw_outputs,  draw_execution, draw_hostile};
+// window after K (a cold window's room), hostile after the routing input, the activation's
+// parameters after the activation, weights on the input after K.
+const DrawStep kDrawSteps[] = {draw_tokens,        draw_features,
+                               draw_experts,       draw_routing_input,
+                               draw_method,        draw_top_k,
+                               draw_groups,        draw_logits_parameters,
+                               draw_window,        draw_outputs,
+                               draw_execution,     draw_hostile,
+                               draw_activation,    draw_activation_params,
+                               draw_expert_biases, draw_scales_on_input};
 
 // ---- describe and axes -------------------------------------------------------------------------
 
@@ -357,6 +397,29 @@ std::string bias_label(const SoakProblem& p, int) {
   return dtype_name(p.config.bias_dtype);
 }
 
+std::string activation_params_label(const SoakProblem& p, int) {
+  if (!reads_params(p.config.activation)) return "-";
+  return p.config.with_activation_params ? "given" : "default";
+}
+
+std::string expert_biases_label(const SoakProblem& p, int) {
+  return p.config.with_expert_biases ? dtype_name(p.config.expert_bias_dtype) : "none";
+}
+
+std::string scales_on_input_label(const SoakProblem& p, int) {
+  if (p.config.shape.top_k != 1) return "-";
+  return p.config.routing_scales_on_input ? "on" : "off";
+}
+
+std::vector<std::string> activation_labels() {
+  std::vector<std::string> labels;
+  for (int a = 0; a <= 8; ++a) {
+    if (is_valid_activation(static_cast<Activation>(a)))
+      labels.push_back(activation_name(static_cast<Activation>(a)));
+  }
+  return labels;
+}
+
 std::string top_k_label(const SoakProblem& p, int) {
   const int32_t k = p.config.shape.top_k;
   return k == 1 ? "1" : k <= 8 ? "2-8" : k < 32 ? "9-31" : "32";
@@ -365,13 +428,30 @@ std::string top_k_label(const SoakProblem& p, int) {
 // The pipeline's own choices (src/moe.cu), from the same pure functions it calls.
 bool runs(const SoakProblem& p) { return p.config.shape.num_tokens > 0; }
 
+// A non-gated GEMM1 (N = I) runs on GEMM2's kernels, chosen by GEMM2's heuristic.
 std::string gemm1_label(const SoakProblem& p, int num_sms) {
   const MoeShape& s = p.config.shape;
   if (!runs(p)) return "none";
+  if (!is_gated(p.config.activation)) {
+    return heuristics::use_decode_gemm2(s.num_tokens, s.top_k, s.num_experts, s.local_num_experts,
+                                        s.intermediate_size, num_sms)
+               ? "decode_nongated"
+               : "prefill_nongated";
+  }
   return heuristics::use_decode_gemm1(s.num_tokens, s.top_k, s.num_experts, s.local_num_experts,
                                       s.intermediate_size, num_sms)
              ? "decode"
              : "prefill";
+}
+
+// The GEMMs' epilogues (src/launch/gemm_epilogue.h): the plain ones (SwiGLU without parameters,
+// no biases) or the general one, in GEMM1 alone (an activation or parameters) or in both (biases).
+std::string epilogue_label(const SoakProblem& p, int) {
+  const MoeCaseConfig& c = p.config;
+  if (!runs(p)) return "none";
+  if (c.with_expert_biases) return "general_both";
+  const bool plain1 = c.activation == Activation::kSwiglu && !c.with_activation_params;
+  return plain1 ? "plain" : "general_gemm1";
 }
 
 std::string gemm2_label(const SoakProblem& p, int num_sms) {
@@ -386,7 +466,7 @@ std::string gemm2_label(const SoakProblem& p, int num_sms) {
 std::string claim_label(const SoakProblem& p, int num_sms) {
   const MoeShape& s = p.config.shape;
   const bool claim1 =
-      gemm1_label(p, num_sms) == "prefill" &&
+      gemm1_label(p, num_sms).rfind("prefill", 0) == 0 &&
       heuristics::grouped_claim_tiles(s.num_tokens, s.top_k, s.num_experts, s.hidden_size);
   const bool claim2 =
       gemm2_label(p, num_sms) == "prefill" &&
@@ -453,6 +533,11 @@ std::string describe(const SoakProblem& p) {
                   static_cast<double>(c.routed_scaling_factor));
     text += line;
   }
+  std::snprintf(line, sizeof(line), " act=%s%s expert_bias=%s%s", activation_name(c.activation),
+                c.with_activation_params ? "+params" : "",
+                c.with_expert_biases ? dtype_name(c.expert_bias_dtype) : "none",
+                c.routing_scales_on_input ? " scales_on_input" : "");
+  text += line;
   std::snprintf(line, sizeof(line), " weights=%s %s%s pdl=%d %s ws_T=%lld hostile=%s",
                 dtype_name(c.expert_weights_dtype), c.do_finalize ? "finalize" : "unfinalized",
                 c.with_replay ? " replay" : "", p.enable_pdl ? 1 : 0,
@@ -468,6 +553,7 @@ MoeArguments placeholder_arguments(const SoakProblem& p) {
   static char placeholder[16];
   MoeCaseConfig empty = p.config;
   empty.shape.num_tokens = 0;
+  empty.shape.hidden_size = empty.shape.intermediate_size = 8;  // small expert biases
   test::MoeCase routing_case(empty);
   MoeArguments args = routing_case.arguments();
   args.shape = p.config.shape;
@@ -479,6 +565,11 @@ MoeArguments placeholder_arguments(const SoakProblem& p) {
   replace(args.logits.bias);
   replace(args.routed.topk_ids);
   replace(args.routed.topk_weights);
+  replace(args.gemm1_alpha);
+  replace(args.gemm1_beta);
+  replace(args.gemm1_clamp_limit);
+  replace(args.gemm1_bias);
+  replace(args.gemm2_bias);
   args.hidden_states = placeholder;
   args.gemm1_weights = placeholder;
   args.gemm2_weights = placeholder;
@@ -500,10 +591,12 @@ MoeArguments placeholder_arguments(const SoakProblem& p) {
 // bf16 GEMMs ~300 TFLOP/s, the reference's fp32 "truth" GEMM2 ~30 TFLOP/s), per hit expert the
 // reference's 3 cuBLAS calls and a conversion (~40 us), pageable downloads at ~5 GB/s, and the
 // host's work: routing O(E * K) per token (~1.5 ns a step; DeepSeekV3's groups add
-// O(n_group * topk_group)), ~10 ns per logit drawn, ~8 ns per element compared.
+// O(n_group * topk_group)), ~10 ns per logit drawn, ~8 ns per element compared, ~15 ns per
+// expert-bias element drawn (E_loc * (N + H) per round, N = GEMM1's 2I or I columns).
 Cost estimate_cost(const SoakProblem& p) {
   const MoeShape& s = p.config.shape;
   const double T = double(s.num_tokens), H = double(s.hidden_size), I = double(s.intermediate_size);
+  const double N = is_gated(p.config.activation) ? 2.0 * I : I;  // GEMM1's output columns
   const double E = s.num_experts, K = s.top_k, E_loc = s.local_num_experts;
   const bool finalize = p.config.do_finalize;
   const double slots = T * K;
@@ -519,20 +612,22 @@ Cost estimate_cost(const SoakProblem& p) {
   if (!workspace_size(workspace_shape, &workspace_bytes).ok()) workspace_bytes = ~size_t{0} >> 1;
 
   Cost cost;
-  const double weights_bytes = 6.0 * E_loc * H * I;
+  const double weights_bytes = 2.0 * E_loc * H * (N + I);
+  // Expert biases: drawn on the host in fp32 (and rounded to a bf16 copy), on the device once.
+  const double bias_elements = p.config.with_expert_biases ? E_loc * (N + H) : 0.0;
   const double outputs_bytes = finalize ? 2.0 * T * H : 2.0 * slots * H + 10.0 * slots;
   const double reference_bytes =
-      rows_bound * (2.0 * H + 8.0 * I + 6.0 * I + 10.0 * H) + 4.0 * H * I + 10.0 * T * H;
+      rows_bound * (2.0 * H + 4.0 * N + 6.0 * I + 10.0 * H + 12.0) + 4.0 * H * I + 10.0 * T * H;
   cost.device_bytes = weights_bytes + 2.0 * T * H + outputs_bytes + double(workspace_bytes) +
-                      reference_bytes + 16.0 * slots + 6.0 * T * E;
+                      reference_bytes + 16.0 * slots + 6.0 * T * E + 4.0 * bias_elements;
 
   // Host: the routing input, the reference's output (truth fp64 + design bf16) and ours, rows.
   const double compared = finalize ? T * H : T * H + rows_bound * H;
   cost.host_bytes = 10.0 * T * E + 12.0 * T * H + (finalize ? 0.0 : 16.0 * rows_bound * H) +
-                    (p.graph || p.rerun ? 2.0 * compared : 0.0);
+                    (p.graph || p.rerun ? 2.0 * compared : 0.0) + 8.0 * bias_elements;
 
-  const double run_seconds = 6.0 * rows * H * I / 300e12 + 50e-6;
-  const double reference_seconds = 4.0 * rows * H * I / 300e12 + 2.0 * rows * H * I / 30e12 +
+  const double run_seconds = 2.0 * rows * H * (N + I) / 300e12 + 50e-6;
+  const double reference_seconds = 2.0 * rows * H * N / 300e12 + 2.0 * rows * H * I / 30e12 +
                                    hit_experts * (40e-6 + 6.0 * H * I / 2e12);
   // The reference's DeepSeekV3 group selection is O(n_group * topk_group) per token too.
   const detail::GroupConfig groups = groups_of(p);
@@ -542,7 +637,8 @@ Cost estimate_cost(const SoakProblem& p) {
                                      : slots * 30e-9;  // ids and weights drawn, decoded
   const double host_seconds =
       routing_seconds + compared * 8e-9 + (12.0 * T * H + (finalize ? 0.0 : 8.0 * rows * H)) / 5e9;
-  const double round_seconds = run_seconds + reference_seconds + host_seconds + 2.0 * T * H / 2e12;
+  const double round_seconds =
+      run_seconds + reference_seconds + host_seconds + 2.0 * T * H / 2e12 + bias_elements * 15e-9;
   const double bitwise_seconds = run_seconds + compared * (2.0 / 5e9 + 2e-9);
   const int rounds = p.graph ? p.graph_rounds : 1;
   cost.seconds = 3e-3 + weights_bytes / 2e12 + rounds * round_seconds +
@@ -587,6 +683,12 @@ const std::vector<Axis>& draw_axes() {
          return std::string(p.config.routed_scaling_factor == 1.0f ? "1" : "other");
        },
        false},
+      {"activation", activation_labels(),
+       [](const SoakProblem& p, int) { return std::string(activation_name(p.config.activation)); },
+       false},
+      {"act_params", {"-", "default", "given"}, activation_params_label, false},
+      {"expert_biases", {"none", "bf16", "fp32"}, expert_biases_label, false},
+      {"input_scales", {"-", "off", "on"}, scales_on_input_label, false},
       {"expert_weights",
        {"bf16", "fp32"},
        [](const SoakProblem& p, int) {
@@ -625,7 +727,11 @@ const std::vector<Axis>& draw_axes() {
        false},
       {"route", {"none", "decode_routed", "block_per_token", "warp_per_token"}, route_label, true},
       {"sort", {"none", "one_cta", "counting"}, sort_label, true},
-      {"gemm1", {"none", "decode", "prefill"}, gemm1_label, true},
+      {"gemm1",
+       {"none", "decode", "prefill", "decode_nongated", "prefill_nongated"},
+       gemm1_label,
+       true},
+      {"epilogue", {"none", "plain", "general_gemm1", "general_both"}, epilogue_label, true},
       {"gemm2", {"none", "decode", "prefill"}, gemm2_label, true},
       {"tile_claims", {"static", "claimed"}, claim_label, true},
   };

@@ -4,7 +4,8 @@
 // tested on the CPU (`gpu_soak --dry-run`, a ctest entry).
 //
 // A problem is a MoeCaseConfig (tests/common/moe_case.h: shape, routing input and method,
-// dtypes, output mode) plus what the soak adds around the call: the expert-parallel window's
+// dtypes, the expert MLP's activation, parameters, biases and input-side routing weights, output
+// mode) plus what the soak adds around the call: the expert-parallel window's
 // kind, hostile routing input, PDL, CUDA graph replay, a bitwise rerun and an oversized
 // workspace. The draw is a list of steps (soak_draw.cc, kDrawSteps), each drawing one axis from
 // the problem's generator; an axis of the report is a name, its labels and a labelling function

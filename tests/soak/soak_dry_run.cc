@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "common/double_model.h"
 #include "common/host_data.h"
+#include "common/tolerance.h"
 #include "soak/soak_compare.h"
 #include "soak/soak_draw.h"
 #include "soak/soak_inputs.h"
@@ -180,6 +183,28 @@ std::string negative_controls(const SoakProblem& p, const MoeCase& input, const 
   return "";
 }
 
+// The soak's truth assembled from the reference's pieces as the GPU reference assembles it
+// (tests/common/gpu_reference.h): the round's expert MLP options, the input scaled by the
+// weights when they go into it, finalize unweighted then. Checked against the fp64 model of
+// tests/common/double_model.h (written from SPEC apart from the reference) by the rule, so an
+// option the assembly dropped or applied twice shows here; the model reads the case's hidden
+// states and weights, so they are copied into `input`.
+std::string check_against_model(const SoakProblem& p, MoeCase& input, const ReferenceRouting& r,
+                                const std::vector<uint16_t>& x, const std::vector<uint16_t>& w1,
+                                const std::vector<uint16_t>& w2, const std::vector<uint16_t>& out) {
+  input.hidden_states = x;
+  input.gemm1_weights = w1;
+  input.gemm2_weights = w2;
+  const test::DoubleModel model = test::moe_double(input, r.routing.ids, r.routing.weights);
+  const test::Bf16RuleCheck check =
+      test::check_bf16_rule(test::bf16_to_double(out), model.exact, model.rounded);
+  if (check.ok) return "";
+  const int64_t i = check.first_failure, H = p.shape().hidden_size;
+  return "self-test: the reference's output vs the fp64 model at [" + std::to_string(i / H) + ", " +
+         std::to_string(i % H) + "]: worst error " + std::to_string(check.worst_error) +
+         " over the bound " + std::to_string(check.bound);
+}
+
 // The host half of the problem on the CPU (see soak_dry_run.h). The truth is the reference's
 // pieces with the design result standing in for the fp64 truth, so the rule's bound is its atol
 // alone and only identical results pass.
@@ -193,19 +218,27 @@ std::string self_test(const SoakProblem& p) {
   test::Rng rng(round_seed(p, 0));
   const float scale1 = gemm1_weights_scale(s), scale2 = gemm2_weights_scale(s);
   const std::vector<uint16_t> x = test::random_bf16(rng, T * H, -1.0f, 1.0f);
-  const std::vector<uint16_t> w1 =
-      test::random_bf16(rng, int64_t{s.local_num_experts} * 2 * I * H, -scale1, scale1);
+  const std::vector<uint16_t> w1 = test::random_bf16(
+      rng, int64_t{s.local_num_experts} * ref::gemm1_rows(p.config.activation, I) * H, -scale1,
+      scale1);
   const std::vector<uint16_t> w2 =
       test::random_bf16(rng, int64_t{s.local_num_experts} * H * I, -scale2, scale2);
 
+  // The expert MLP options of the round's input (host pointers into `input`).
+  const MoeArguments host = input.arguments();
+  const ref::ExpertMlp mlp = ref::expert_mlp(host);
+  const bool scaled = host.use_routing_scales_on_input;
+  const std::vector<uint16_t> x_scaled =
+      scaled ? ref::scale_input_reference(x.data(), r.routing, H) : std::vector<uint16_t>{};
   const ref::Permutation& perm = r.permutation;
-  const std::vector<uint16_t> act =
-      ref::activation_reference(x.data(), w1.data(), H, I, s.top_k, perm);
-  const std::vector<uint16_t> y = ref::gemm2_reference(act, w2.data(), H, I, perm);
-  const std::vector<uint16_t> out = ref::finalize_reference(r.routing, perm, y, H);
+  const std::vector<uint16_t> act = ref::activation_reference(scaled ? x_scaled.data() : x.data(),
+                                                              w1.data(), H, I, s.top_k, perm, mlp);
+  const std::vector<uint16_t> y = ref::gemm2_reference(act, w2.data(), H, I, perm, mlp);
+  const std::vector<uint16_t> out = ref::finalize_reference(r.routing, perm, y, H, scaled);
   const std::vector<double> out_truth = test::bf16_to_double(out);
   const std::vector<double> y_truth = test::bf16_to_double(y);
   const Truth truth{r.routing, perm, out, out_truth, y, y_truth};
+  if (std::string e = check_against_model(p, input, r, x, w1, w2, out); !e.empty()) return e;
 
   Outputs ours;
   if (std::string e = run_reference_outputs(p, input, x, w1, w2, perm.num_local(), ours);
@@ -241,11 +274,55 @@ void print_estimate(const std::vector<double>& seconds, double budget) {
       1e3 * sorted.back(), static_cast<long long>(fit), budget);
 }
 
+// The axes of the expert MLP, whose every label the CPU self-test must reach too (the GPU
+// reference's share of the options is checked on the device by
+// GpuMoe.GpuReferenceWithExpertMlpOptionsMatchesCpuReference).
+const char* const kSelfTestedAxes[] = {"activation", "act_params", "expert_biases", "input_scales"};
+
+// Self-tested problems per label of kSelfTestedAxes ("axis=label" -> count).
+class SelfTestMix {
+ public:
+  void add(const SoakProblem& p) {
+    for (const Axis& axis : draw_axes()) {
+      if (selected(axis))
+        ++counts_[std::string(axis.name) + "=" + axis.label_of(p, kAssumedNumSms)];
+    }
+  }
+  void print(std::FILE* out) const {
+    std::fprintf(out, "self-tested expert MLP options:");
+    for (const auto& [label, count] : counts_) {
+      std::fprintf(out, " %s %lld", label.c_str(), static_cast<long long>(count));
+    }
+    std::fprintf(out, "\n");
+  }
+  std::vector<std::string> gaps() const {
+    std::vector<std::string> gaps;
+    for (const Axis& axis : draw_axes()) {
+      if (!selected(axis)) continue;
+      for (const std::string& label : axis.labels) {
+        const std::string key = std::string(axis.name) + "=" + label;
+        if (counts_.count(key) == 0) gaps.push_back(key + " never self-tested on the CPU");
+      }
+    }
+    return gaps;
+  }
+
+ private:
+  static bool selected(const Axis& axis) {
+    for (const char* name : kSelfTestedAxes) {
+      if (std::string(name) == axis.name) return true;
+    }
+    return false;
+  }
+  std::map<std::string, int64_t> counts_;
+};
+
 }  // namespace
 
 int dry_run(const DryRunOptions& o) {
   Tally tally(kAssumedNumSms);
   std::vector<double> seconds;
+  SelfTestMix self_test_mix;
   int64_t errors = 0, self_tests = 0;
   const bool one = o.only_index >= 0 || o.only_seed != 0;
   const int64_t first = o.only_index >= 0 ? o.only_index : 0;
@@ -259,6 +336,7 @@ int dry_run(const DryRunOptions& o) {
     std::string error = check_drawn(p);
     if (error.empty() && self_tests < o.self_tests && (one || fits_self_test(p))) {
       ++self_tests;
+      self_test_mix.add(p);
       error = self_test(p);
     }
     if (!error.empty()) {
@@ -274,9 +352,15 @@ int dry_run(const DryRunOptions& o) {
               kAssumedNumSms);
   tally.print_mix(stdout);
   print_estimate(seconds, o.budget_seconds);
+  self_test_mix.print(stdout);
   int64_t coverage = 0;
   if (!one) {
-    for (const std::string& gap : tally.coverage_errors()) {
+    std::vector<std::string> gaps = tally.coverage_errors();
+    // The self-test's reach counts once its budget is spent (a short run may not get there).
+    if (self_tests == o.self_tests) {
+      for (const std::string& gap : self_test_mix.gaps()) gaps.push_back(gap);
+    }
+    for (const std::string& gap : gaps) {
       std::printf("COVERAGE: %s\n", gap.c_str());
       ++coverage;
     }

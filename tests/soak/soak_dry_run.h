@@ -4,8 +4,11 @@
 //   * the mix reaches every label of every axis (soak_draw.h's draw_axes());
 //   * a CPU self-test on the small problems: the routing input (window and hostile values as
 //     drawn), the reference routing, and run_reference() as "ours" against the reference's
-//     pieces, which the soak's comparisons must accept, while a nudged element, map entry or
-//     replay id must be caught;
+//     pieces (with the problem's expert MLP options: activation, parameters, biases, weights on
+//     the input), which the soak's comparisons must accept, while a nudged element, map entry or
+//     replay id must be caught; those pieces against the fp64 model (tests/common/double_model.h)
+//     by the tolerance rule; every label of the expert MLP's axes self-tested once the
+//     self-test budget is spent;
 //   * the cost model's estimate of the run, and how many problems fit the time budget.
 // Prints the mix and the estimate; the last line reads "soak dry run: ...".
 #pragma once

@@ -25,7 +25,8 @@ float gemm2_weights_scale(const MoeShape& shape);
 
 // The routing input of round `round`: fresh random logits (and bias) or routed ids and weights,
 // then the problem's window (a cold window: routed ids all outside it, logits low inside it)
-// and hostile values. Each hostile kind is applied at least once when T >= 1, so a problem that
+// and hostile values. The case also holds the round's expert MLP parameters and biases (MoeCase
+// draws them, fresh per round, when the config asks for them). Each hostile kind is applied at least once when T >= 1, so a problem that
 // says "bad_ids" has a bad id.
 test::MoeCase make_routing_input(const SoakProblem& problem, int round);
 
