@@ -46,29 +46,14 @@ struct GpuReferenceResult {
 
 // The expert MLP's options as gpu_reference reads them: MoeArguments' fields with DEVICE
 // pointers. The default is plain SwiGLU without parameters or biases, weights applied at finalize.
-struct GpuReferenceMlp {
-  Activation activation = Activation::kSwiglu;
-  const float* alpha = nullptr;        // [E_loc] fp32 or nullptr (Swiglu)
-  const float* beta = nullptr;         // [E_loc] fp32 or nullptr (Swiglu)
-  const float* clamp_limit = nullptr;  // [E_loc] fp32 or nullptr (Swiglu, SwigluStep)
-  const void* gemm1_bias = nullptr;    // [E_loc, 2I] (gated) or [E_loc, I], gemm1_bias_dtype
-  DType gemm1_bias_dtype = DType::kBF16;
-  const void* gemm2_bias = nullptr;  // [E_loc, H], gemm2_bias_dtype
-  DType gemm2_bias_dtype = DType::kBF16;
-  bool scales_on_input = false;  // use_routing_scales_on_input (K == 1)
+struct GpuReferenceMlp : ref::ExpertMlp {  // the CPU reference's options, device pointers
+  bool scales_on_input = false;             // use_routing_scales_on_input (K == 1)
 };
 
 // The options of a MoeArguments whose pointers are device pointers (e.g. the arguments of run()).
 inline GpuReferenceMlp gpu_reference_mlp(const MoeArguments& device_args) {
   GpuReferenceMlp mlp;
-  mlp.activation = device_args.activation;
-  mlp.alpha = device_args.gemm1_alpha;
-  mlp.beta = device_args.gemm1_beta;
-  mlp.clamp_limit = device_args.gemm1_clamp_limit;
-  mlp.gemm1_bias = device_args.gemm1_bias;
-  mlp.gemm1_bias_dtype = device_args.gemm1_bias_dtype;
-  mlp.gemm2_bias = device_args.gemm2_bias;
-  mlp.gemm2_bias_dtype = device_args.gemm2_bias_dtype;
+  static_cast<ref::ExpertMlp&>(mlp) = ref::expert_mlp(device_args);
   mlp.scales_on_input = device_args.use_routing_scales_on_input;
   return mlp;
 }
