@@ -37,7 +37,7 @@ canonical layout (``fusedmoe.prepare_weights``) and cached on the module; the ca
 when a weight tensor is replaced (``.to()``, ``load_state_dict(assign=True)``) or modified in
 place through autograd-visible ops (its ``_version`` changes). Writes through ``param.data`` are
 invisible: call ``prepare(model, refresh=True)`` after them. MEMORY: the cache is a second copy of
-the experts' weights (for Qwen3-30B-A3B, ~57 GiB of its ~61 GiB in bf16). ``convert_in_place(model)``
+the experts' weights (for Qwen3-30B-A3B, 54 GiB of its 57 GiB in bf16). ``convert_in_place(model)``
 keeps one copy instead: the parameters themselves are rewritten into the canonical layout (one
 expert at a time), at the price that the module then only works with fusedmoe (no fallback: autograd
 or another ``experts_implementation`` raises or misreads them) and ``state_dict()`` holds the
@@ -378,28 +378,29 @@ def _swiglu_constants(spec: ExpertsSpec, num_experts: int, device):
 def _mark_static(*tensors) -> None:
     """CUDA tensors read by compiled code through a module attribute: static addresses, so that
     CUDA-graph trees (torch.compile mode="reduce-overhead") neither copy them each replay nor keep
-    replaying a stale address (the mark guards on it). transformers' StaticCache does the same."""
+    replaying a stale address (guard=True: a re-converted copy recompiles). transformers'
+    StaticCache marks its tensors the same way."""
     mark = getattr(torch._dynamo, "mark_static_address", None)
     for tensor in tensors:
         if mark is not None and tensor is not None and tensor.device.type == "cuda":
-            mark(tensor)
+            mark(tensor, guard=True)
 
 
 def _convert(module) -> _State:
     """Builds the module's state: identifies its math and converts a copy of its weights."""
     spec = experts_spec(module)
     gemm1, bias1, gemm2, bias2 = _sources(module, spec)
+    # A converted tensor that still aliases its source (already canonical) is copied: the cache
+    # must not change when the parameter is later modified in place.
+    own = lambda converted, source: converted.clone() if converted.data_ptr() == source.data_ptr() else converted  # noqa: E731
     with torch.no_grad():
         gemm1_c, gemm2_c = fusedmoe.prepare_weights(
             gemm1.detach(), gemm2.detach(), gate_up=spec.gate_up, transposed=spec.transposed, gated=spec.gated
         )
-        if gemm1_c is gemm1 or gemm1_c.data_ptr() == gemm1.data_ptr():
-            gemm1_c = gemm1_c.clone()  # already canonical: still a copy, the parameter may change later
-        if gemm2_c.data_ptr() == gemm2.data_ptr():
-            gemm2_c = gemm2_c.clone()
-        bias1_c = None if bias1 is None else fusedmoe.prepare_gemm1_bias(
-            bias1.detach(), gate_up=spec.gate_up, gated=spec.gated).clone()
-        bias2_c = None if bias2 is None else bias2.detach().contiguous().clone()
+        gemm1_c, gemm2_c = own(gemm1_c, gemm1), own(gemm2_c, gemm2)
+        bias1_c = None if bias1 is None else own(fusedmoe.prepare_gemm1_bias(
+            bias1.detach(), gate_up=spec.gate_up, gated=spec.gated), bias1)
+        bias2_c = None if bias2 is None else own(bias2.detach().contiguous(), bias2)
     sizes = (gemm1_c.shape[0], gemm2_c.shape[2], gemm2_c.shape[1])
     _check_sizes(module, sizes)
     _check_device(gemm1_c.device)
@@ -493,7 +494,7 @@ def _run(module, state: _State, hidden_states, top_k_index, top_k_weights) -> to
     spec = state.spec
     shape = hidden_states.shape
     x = hidden_states.reshape(-1, hidden_size).contiguous()
-    ids = top_k_index.reshape(x.shape[0], -1).to(torch.int32).contiguous()
+    ids = top_k_index.reshape(x.shape[0], top_k_index.shape[-1]).to(torch.int32).contiguous()
     weights = top_k_weights.reshape(ids.shape)
     if weights.dtype not in (torch.bfloat16, torch.float32):
         weights = weights.float()  # fp16 and fp64 routing weights: fp32 keeps them (nearly) exact
