@@ -290,3 +290,55 @@ class RoutingPin:
 
     def _router_hook(self, name, output):
         return self._next(name, tuple(output))
+
+
+# ---- a plain-torch stand-in of the extended routed operator ---------------------------------------
+def _standin_activation(activation_type, gemm1_out, intermediate_size, alpha, beta, limit):
+    """The activations of the extended operator's contract, on canonical [up; gate] columns."""
+    if activation_type in (0, 1, 2, 6):  # non-gated: act(up)
+        return {0: torch.nn.functional.gelu, 1: torch.relu, 2: torch.nn.functional.silu,
+                6: lambda u: torch.relu(u).square()}[activation_type](gemm1_out)
+    up, gate = gemm1_out[:, :intermediate_size], gemm1_out[:, intermediate_size:]
+    if activation_type == 3:
+        if limit is not None:
+            gate, up = gate.clamp(max=limit), up.clamp(min=-limit, max=limit)
+        a = 1.0 if alpha is None else alpha
+        b = 0.0 if beta is None else beta
+        return gate * torch.sigmoid(a * gate) * (up + b)
+    if activation_type == 4:
+        return torch.nn.functional.gelu(gate) * up
+    if activation_type == 8:
+        return torch.nn.functional.gelu(gate, approximate="tanh") * up
+    raise ValueError(f"activation_type: the stand-in has no {activation_type}")
+
+
+def routed_moe_standin(topk_ids, hidden_states, gemm1_weights, gemm2_weights, num_experts, top_k, n_group,
+                       topk_group, intermediate_size, local_expert_offset, local_num_experts, *args,
+                       activation_type=3, gemm1_alpha=None, gemm1_beta=None, gemm1_clamp_limit=None,
+                       gemm1_bias=None, gemm2_bias=None, use_routing_scales_on_input=False, **kwargs):
+    """``trtllm_bf16_routed_moe`` with the extended operator's arguments, in fp32 per expert, from its
+    contract: gemm1 [E, 2I, H] rows [up; gate] (or [E, I, H] non-gated), biases added to each GEMM's
+    output, the expert output weighted by the routing weight, or (scales on the input, K == 1)
+    computed on bf16(w * x) and not weighted again. Tests the integration's use of the arguments,
+    not the kernels."""
+    ids, weights = topk_ids
+    x = hidden_states.float()
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for k in range(top_k):
+            e = int(ids[t, k]) - local_expert_offset
+            if not 0 <= e < local_num_experts:
+                continue
+            w = weights[t, k].float()
+            xe = (w * x[t]).to(torch.bfloat16).float() if use_routing_scales_on_input else x[t]
+            h = gemm1_weights[e].float() @ xe
+            if gemm1_bias is not None:
+                h = h + gemm1_bias[e].float()
+            per = lambda c: None if c is None else float(c[e])  # noqa: E731
+            a = _standin_activation(activation_type, h[None], intermediate_size, per(gemm1_alpha),
+                                    per(gemm1_beta), per(gemm1_clamp_limit))[0]
+            y = gemm2_weights[e].float() @ a.to(torch.bfloat16).float()
+            if gemm2_bias is not None:
+                y = y + gemm2_bias[e].float()
+            out[t] += y if use_routing_scales_on_input else w * y
+    return out.to(torch.bfloat16)

@@ -18,8 +18,8 @@ import fusedmoe
 from conftest import requires_hopper
 from hf_cases import (BLOCK_EXTENDED, BLOCK_TODAY, BLOCK_UNSUPPORTED, MODEL_FAMILIES, MODEL_FAMILIES_EXTENDED, VOCAB,
                       RoutingPin, assert_bf16_close, build_experts, clone_module_fp32, devices, first_divergence,
-                      fusedmoe_hf, init_experts_, max_abs, set_implementation, tiny_config, tiny_model,
-                      transformers, xfail_if_operator_lacks_feature)
+                      fusedmoe_hf, init_experts_, max_abs, routed_moe_standin, set_implementation, tiny_config,
+                      tiny_model, transformers, xfail_if_operator_lacks_feature)
 
 
 # ---- registration -------------------------------------------------------------------------------
@@ -113,6 +113,14 @@ def test_block_parity_operator_extensions(family, cls, num_tokens, weights_dtype
     spec = fusedmoe_hf.experts_spec(build_experts(family, cls, generator))
     with xfail_if_operator_lacks_feature(f"{cls.__name__} ({spec.describe()})"):
         _check_block(family, cls, device, num_tokens, weights_dtype, generator)
+
+
+@pytest.mark.parametrize("family, cls", BLOCK_EXTENDED)
+def test_block_parity_extensions_with_operator_standin(family, cls, generator, monkeypatch):
+    # The integration's use of the extended arguments (activation numbers, clamp constants, bias
+    # row order, layouts), checked now against a plain-torch stand-in of the operator's contract.
+    monkeypatch.setattr(fusedmoe, "trtllm_bf16_routed_moe", routed_moe_standin)
+    _check_block(family, cls, "cpu", 13, torch.float32, generator)
 
 
 @pytest.mark.parametrize("family, cls", BLOCK_UNSUPPORTED)
@@ -262,6 +270,19 @@ def test_model_logits_and_greedy_tokens(family, device, generator, monkeypatch):
 def test_model_logits_and_greedy_tokens_operator_extensions(family, device, generator, monkeypatch):
     with xfail_if_operator_lacks_feature(family):
         _check_model(family, device, generator, monkeypatch)
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES_EXTENDED)
+def test_model_extensions_with_operator_standin(family, generator, monkeypatch):
+    standin_calls = [0]
+
+    def standin(*args, **kwargs):
+        standin_calls[0] += 1
+        return routed_moe_standin(*args, **kwargs)
+
+    monkeypatch.setattr(fusedmoe, "trtllm_bf16_routed_moe", standin)
+    _check_model(family, "cpu", generator, monkeypatch)
+    assert standin_calls[0] > 0
 
 
 def test_llama4_block_parity(generator):
