@@ -400,18 +400,23 @@ def test_convert_in_place_keeps_one_copy_and_restores(generator, monkeypatch):
         assert torch.equal(model(tokens).logits, cached)
 
 
-def test_convert_in_place_transposed_layout_round_trips(generator):
-    module = build_experts("aria", transformers.models.aria.modeling_aria.AriaExperts, generator)
-    module.config._experts_implementation = "fusedmoe"
+def test_convert_in_place_transposed_interleaved_with_biases_round_trips(generator, monkeypatch):
+    # GPT-OSS's layout (x @ W, interleaved gate/up, biases) in place; the operator is the plain-torch
+    # stand-in of its extended contract until the extended operator is merged.
+    monkeypatch.setattr(fusedmoe, "trtllm_bf16_routed_moe", routed_moe_standin)
+    module = build_experts("gpt_oss", transformers.models.gpt_oss.modeling_gpt_oss.GptOssExperts, generator)
     holder = torch.nn.Sequential(module)
-    gate_up, down = module.gate_up_proj.detach().clone(), module.down_proj.detach().clone()
+    original = {n: p.detach().clone() for n, p in module.named_parameters()}
     x, ids, weights = _block_inputs(7, 64, torch.bfloat16, generator, "cpu")
     cached = _run_block(module, "fusedmoe", x, ids, weights)
-    fusedmoe_hf.convert_in_place(holder)
-    assert tuple(module.gate_up_proj.shape) == (8, gate_up.shape[2], 64)
+    assert fusedmoe_hf.convert_in_place(holder) == 1
+    num_experts, hidden, two_i = original["gate_up_proj"].shape
+    assert tuple(module.gate_up_proj.shape) == (num_experts, two_i, hidden)
+    assert torch.equal(module.gate_up_proj_bias[:, two_i // 2:], original["gate_up_proj_bias"][:, ::2])
     assert torch.equal(_run_block(module, "fusedmoe", x, ids, weights), cached)
-    fusedmoe_hf.restore_layout(holder)
-    assert torch.equal(module.gate_up_proj, gate_up) and torch.equal(module.down_proj, down)
+    assert fusedmoe_hf.restore_layout(holder) == 1
+    for name, param in module.named_parameters():
+        assert torch.equal(param, original[name]), name
 
 
 # ---- torch.compile and CUDA graphs ---------------------------------------------------------------
@@ -477,10 +482,20 @@ def test_gpu_static_cache_generate_with_cuda_graphs(generator, monkeypatch):
 
 
 @requires_hopper
-def test_gpu_non_bf16_inputs_never_reach_the_kernels(generator, monkeypatch):
+def test_gpu_float32_model_never_reaches_the_kernels(generator, monkeypatch):
     monkeypatch.setattr(fusedmoe_hf, "_WARNED", set())
-    model = tiny_model("mixtral", generator, "fusedmoe", dtype=torch.float16, device="cuda")
+    model = tiny_model("mixtral", generator, "fusedmoe", dtype=torch.float32, device="cuda")
     calls = _count_operator_calls(monkeypatch)
+    tokens = torch.randint(3, VOCAB, (1, 5), generator=generator).cuda()
     with torch.no_grad(), warnings.catch_warnings(record=True):
-        model(torch.randint(3, VOCAB, (1, 5), generator=generator).cuda())
-    assert calls[0] == 0
+        ours = model(tokens).logits
+        set_implementation(model, "grouped_mm")
+        theirs = model(tokens).logits
+    assert calls[0] == 0 and torch.equal(ours, theirs)
+
+
+def test_other_devices_fall_back(generator):
+    module = build_experts("qwen3_moe", transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeExperts, generator)
+    x = torch.empty(3, 64, dtype=torch.bfloat16, device="meta")
+    reason = fusedmoe_hf._fallback_reason(module, x, None, fusedmoe_hf._sources_for_checks(module, None))
+    assert reason is not None and reason.startswith("device meta")

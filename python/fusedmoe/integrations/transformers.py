@@ -322,9 +322,18 @@ def _sources(module, spec):
     return tuple(None if n is None else getattr(module, n) for n in _source_names(module, spec))
 
 
+def _version_of(tensor: torch.Tensor) -> int:
+    """The tensor's in-place write counter; -1 for inference tensors, which have none (weights
+    moved or loaded under torch.inference_mode(): their in-place writes go unseen, as .data's)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
 def _source_key(tensors) -> tuple:
     return tuple(
-        None if t is None else (weakref.ref(t), t.data_ptr(), t._version, tuple(t.shape), t.device, t.dtype)
+        None if t is None else (weakref.ref(t), t.data_ptr(), _version_of(t), tuple(t.shape), t.device, t.dtype)
         for t in tensors
     )
 
@@ -338,7 +347,7 @@ def _key_matches(key, tensors) -> bool:
                 return False
             continue
         ref, address, version, shape, device, dtype = entry
-        if (ref() is not tensor or tensor.data_ptr() != address or tensor._version != version
+        if (ref() is not tensor or tensor.data_ptr() != address or _version_of(tensor) != version
                 or tuple(tensor.shape) != shape or tensor.device != device or tensor.dtype != dtype):
             return False
     return True
@@ -390,6 +399,9 @@ def _convert(module) -> _State:
     """Builds the module's state: identifies its math and converts a copy of its weights."""
     spec = experts_spec(module)
     gemm1, bias1, gemm2, bias2 = _sources(module, spec)
+    sizes = _layouts.gemm1_dims(gemm1, spec.transposed, spec.gated)
+    _check_sizes(module, sizes)  # before copying anything
+    _check_device(gemm1.device)
     # A converted tensor that still aliases its source (already canonical) is copied: the cache
     # must not change when the parameter is later modified in place.
     own = lambda converted, source: converted.clone() if converted.data_ptr() == source.data_ptr() else converted  # noqa: E731
@@ -401,9 +413,6 @@ def _convert(module) -> _State:
         bias1_c = None if bias1 is None else own(fusedmoe.prepare_gemm1_bias(
             bias1.detach(), gate_up=spec.gate_up, gated=spec.gated), bias1)
         bias2_c = None if bias2 is None else own(bias2.detach().contiguous(), bias2)
-    sizes = (gemm1_c.shape[0], gemm2_c.shape[2], gemm2_c.shape[1])
-    _check_sizes(module, sizes)
-    _check_device(gemm1_c.device)
     constants = _swiglu_constants(spec, sizes[0], gemm1_c.device)
     _mark_static(gemm1_c, gemm2_c, bias1_c, bias2_c, *(constants or ()))
     return _State(spec, sizes, False, gemm1_c, gemm2_c, bias1_c, bias2_c, constants,
