@@ -22,7 +22,8 @@ point where that exceeds a quarter of free GPU memory is skipped and said so.
 Before timing, every implementation's last-token logits on a 64-token prompt are compared with
 grouped_mm's (fusedmoe must also have run in every layer, not fallen back). Output: a table, and
 ``--json PATH``. Without a GPU it says so and stops; ``--cpu`` runs a tiny smoke version on the CPU
-(fusedmoe's CPU reference; times meaningless). About 1-2 minutes on an H200 with the defaults.
+(fusedmoe's CPU reference; times meaningless). Expected to take 1-2 minutes on an H200 with the
+defaults (an estimate until the first GPU run).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def build_model(preset: str, layers: int, vocab: int | None, device: str, attn: 
     if vocab:
         kwargs["vocab_size"] = vocab
     if class_name == "GptOssConfig":
-        kwargs["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+        kwargs["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                                 for i in range(layers)]
     config = getattr(transformers, class_name)(**kwargs)
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(
@@ -198,7 +200,6 @@ def bench_prefill(model, impl, num_tokens, args, on_gpu) -> dict:
             step()
         step_ms = median_ms(step, args.warmup, args.reps, on_gpu)
         experts_ms = median_ms(lambda: [m(*a) for m, a in calls], args.warmup, args.reps, on_gpu)
-    del calls
     return dict(row, mode="eager", step_ms=step_ms, tokens_per_s=1e3 * num_tokens / step_ms,
                 experts_ms=experts_ms, experts_share=experts_ms / step_ms)
 
@@ -211,7 +212,8 @@ def bench_decode(model, impl, batch, args, on_gpu) -> dict:
         return dict(row, mode=skip)
     device = model.device
     steps = 2 + 2 + args.warmup + args.reps + 4  # warm-ups, graph warm-ups, timed steps, slack
-    cache = StaticCache(config=model.config, max_cache_len=args.context + steps + 2 * (args.warmup + args.reps))
+    cache = StaticCache(config=model.config,
+                        max_cache_len=args.context + steps + 2 * (args.warmup + args.reps))
     kw = {cache_kwarg(model): cache, "use_cache": True}
     context = torch.randint(0, model.config.vocab_size, (batch, args.context), device=device)
     step_ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
@@ -231,15 +233,12 @@ def bench_decode(model, impl, batch, args, on_gpu) -> dict:
         step_ms = median_ms(run, args.warmup, args.reps, on_gpu)
         experts_run, _ = graphed(lambda: [m(*a) for m, a in calls], on_gpu)
         experts_ms = median_ms(experts_run, args.warmup, args.reps, on_gpu)
-    del calls, cache
     return dict(row, mode=mode, step_ms=step_ms, tokens_per_s=1e3 * batch / step_ms,
                 experts_ms=experts_ms, experts_share=experts_ms / step_ms)
 
 
 def check_parity(model, on_gpu) -> dict:
     """Last-token logits of every implementation vs grouped_mm on one prompt; fusedmoe must run."""
-    from fusedmoe.integrations import transformers as fusedmoe_hf
-
     ids = torch.randint(0, model.config.vocab_size, (1, 64), device=model.device)
     logits = {}
     with torch.no_grad():
@@ -270,7 +269,8 @@ def print_table(rows) -> None:
           f"{'experts %':>9} {'x grouped_mm':>12}  mode")
     for r in rows:
         if "step_ms" not in r:
-            print(f"{r['phase']:<16} {r['impl']:<11} {'-':>9} {'-':>11} {'-':>10} {'-':>9} {'-':>12}  {r['mode']}")
+            dashes = " ".join(f"{'-':>{w}}" for w in (9, 11, 10, 9, 12))
+            print(f"{r['phase']:<16} {r['impl']:<11} {dashes}  {r['mode']}")
             continue
         ref = base.get(r["phase"])
         speedup = f"{ref['step_ms'] / r['step_ms']:.2f}" if ref else "-"
@@ -299,10 +299,10 @@ def run(args, on_gpu: bool) -> int:
     print(f"# {args.model}: {layers} of {PRESETS[args.model][1]} decoder layers, vocab "
           f"{model.config.vocab_size}, random bf16 weights, attention {args.attn}; "
           f"{torch.cuda.get_device_name() if on_gpu else 'CPU smoke run (times meaningless)'}")
-    print(f"# parity (last-token logits vs grouped_mm): " + ", ".join(
-        f"{k} {v.get('max_rel_diff_vs_grouped_mm', v.get('error')):.3g}" if "error" not in v else f"{k} {v['error'][:100]}"
-        for k, v in parity.items() if isinstance(v, dict)) + f"; fusedmoe ran in {parity['fusedmoe_layers']}/{layers} layers"
-          + ("" if ok else "  <-- FAIL"))
+    summary = [f"{k} {v['error'][:100]}" if "error" in v else f"{k} {v['max_rel_diff_vs_grouped_mm']:.3g}"
+               for k, v in parity.items() if isinstance(v, dict)]
+    print(f"# parity (last-token logits vs grouped_mm, relative): {', '.join(summary)}; fusedmoe ran in "
+          f"{parity['fusedmoe_layers']}/{layers} layers" + ("" if ok else "  <-- FAIL"))
     rows = []
     for num_tokens in args.prefill:
         for impl in IMPLS:

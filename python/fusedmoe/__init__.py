@@ -4,6 +4,8 @@ FlashInfer-compatible entry points ``trtllm_bf16_moe`` (routing from logits) and
 ``trtllm_bf16_routed_moe`` (routing given), registered as torch.library custom ops
 (``torch.ops.fusedmoe.moe_out`` / ``moe_unfinalized``) so ``torch.compile(fullgraph=True)`` and CUDA graphs
 work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. See docs/python.md.
+``fusedmoe.integrations.transformers`` plugs it into Hugging Face transformers as
+``experts_implementation="fusedmoe"`` (docs/transformers.md).
 """
 
 import torch  # noqa: F401  (loads the CUDA runtime the extension links against)

@@ -68,7 +68,8 @@ def gemm1_dims(gemm1_weights: torch.Tensor, transposed: bool, gated: bool) -> Tu
             f"experts{', transposed' if transposed else ''}), got shape {tuple(gemm1_weights.shape)}"
         )
     if rows == 0 or hidden_size == 0 or num_experts == 0:
-        raise ValueError(f"gemm1_weights: expected non-empty dimensions, got shape {tuple(gemm1_weights.shape)}")
+        raise ValueError(
+            f"gemm1_weights: expected non-empty dimensions, got shape {tuple(gemm1_weights.shape)}")
     return num_experts, rows // 2 if gated else rows, hidden_size
 
 
@@ -102,7 +103,8 @@ def _rows_from_canonical(rows: torch.Tensor, gate_up: str, dim: int) -> torch.Te
     return torch.stack([gate, up], dim + 1).flatten(dim, dim + 1)
 
 
-def gemm1_to_canonical(gemm1_weights: torch.Tensor, gate_up: str, transposed: bool, gated: bool) -> torch.Tensor:
+def gemm1_to_canonical(gemm1_weights: torch.Tensor, gate_up: str, transposed: bool,
+                       gated: bool) -> torch.Tensor:
     """gemm1 as stored -> canonical [E, 2I, H] (gated) or [E, I, H], contiguous."""
     weights = gemm1_weights.transpose(1, 2) if transposed else gemm1_weights
     if gated:
@@ -153,7 +155,8 @@ def prepare_weights(gemm1_weights, gemm2_weights, weight_layout, gate_up, transp
         return gemm1_weights, gemm2_weights
     num_local, intermediate_size, hidden_size = gemm1_sizes(gemm1_weights, transposed, gated)
     _check_3d("gemm2_weights", gemm2_weights, gemm1_weights.device)
-    expected = (num_local, intermediate_size, hidden_size) if transposed else (num_local, hidden_size, intermediate_size)
+    expected = ((num_local, intermediate_size, hidden_size) if transposed
+                else (num_local, hidden_size, intermediate_size))
     if tuple(gemm2_weights.shape) != expected:
         raise ValueError(
             f"gemm2_weights: expected shape [{', '.join(map(str, expected))}] "
@@ -172,9 +175,11 @@ def prepare_gemm1_bias(bias, gate_up, gated):
     if not isinstance(bias, torch.Tensor):
         raise TypeError(f"bias: expected a torch.Tensor, got {type(bias).__name__}")
     if bias.dtype not in (torch.bfloat16, torch.float32):
-        raise TypeError(f"bias: expected dtype bfloat16 or float32, got {str(bias.dtype).replace('torch.', '')}")
+        raise TypeError(
+            f"bias: expected dtype bfloat16 or float32, got {str(bias.dtype).replace('torch.', '')}")
     if bias.dim() != 2:
-        raise ValueError(f"bias: expected 2 dimensions [E, {'2I' if gated else 'I'}], got shape {tuple(bias.shape)}")
+        raise ValueError(
+            f"bias: expected 2 dimensions [E, {'2I' if gated else 'I'}], got shape {tuple(bias.shape)}")
     if bias.device.type not in ("cpu", "cuda"):
         raise ValueError(f"bias: expected a cpu or cuda tensor, got device {bias.device}")
     if gated and (bias.shape[1] == 0 or bias.shape[1] % 2):

@@ -43,16 +43,18 @@ def tiny_config(family: str):
     if family == "deepseek_v3":  # MLA attention, grouped sigmoid router, a shared expert
         common = {k: v for k, v in _COMMON.items() if k != "head_dim"}
         common["num_key_value_heads"] = 4
-        return t.DeepseekV3Config(**common, intermediate_size=128, moe_intermediate_size=32, n_routed_experts=8,
-                                  num_experts_per_tok=2, n_shared_experts=1, n_group=2, topk_group=1,
-                                  first_k_dense_replace=0, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
-                                  qk_nope_head_dim=16, v_head_dim=16, routed_scaling_factor=2.5)
+        return t.DeepseekV3Config(**common, intermediate_size=128, moe_intermediate_size=32,
+                                  n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, n_group=2,
+                                  topk_group=1, first_k_dense_replace=0, q_lora_rank=32, kv_lora_rank=16,
+                                  qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+                                  routed_scaling_factor=2.5)
     if family == "gpt_oss":  # clamped SwiGLU, biases, interleaved gate/up, transposed weights
         return t.GptOssConfig(**_COMMON, intermediate_size=32, num_local_experts=8, num_experts_per_tok=2,
                               sliding_window=8, layer_types=["sliding_attention", "full_attention"])
     if family == "llama4":  # routing scale on the expert input, K = 1, a shared expert
-        return t.Llama4TextConfig(**_COMMON, intermediate_size=32, intermediate_size_mlp=128, num_local_experts=8,
-                                  num_experts_per_tok=1, interleave_moe_layer_step=1, attention_chunk_size=64)
+        return t.Llama4TextConfig(**_COMMON, intermediate_size=32, intermediate_size_mlp=128,
+                                  num_local_experts=8, num_experts_per_tok=1, interleave_moe_layer_step=1,
+                                  attention_chunk_size=64)
     raise ValueError(family)
 
 
@@ -122,7 +124,8 @@ def registry_experts_classes():
                 continue
             for cls in vars(module).values():
                 if (inspect.isclass(cls) and cls.__module__ == module_name
-                        and hasattr(getattr(cls, "forward", None), "__wrapped__") and hasattr(cls, "_apply_gate")):
+                        and hasattr(getattr(cls, "forward", None), "__wrapped__")
+                        and hasattr(cls, "_apply_gate")):
                     found.append((family, cls))
     return found
 
@@ -179,7 +182,8 @@ def _classify():
             continue
         spec = _spec_or_none(module)
         case = pytest.param(family, cls, id=f"{family}.{cls.__name__}")
-        (unsupported if spec is None else extended if spec.needs_operator_extensions() else today).append(case)
+        group = unsupported if spec is None else extended if spec.needs_operator_extensions() else today
+        group.append(case)
     return today, extended, unsupported
 
 
@@ -192,9 +196,9 @@ def max_abs(a, b) -> float:
 
 
 def assert_bf16_close(ours, bf16_ref, ref, what: str, seed: int) -> None:
-    """The bf16 rule of the tests: max|ours - ref| <= 2 * max|bf16_ref - ref| + atol, where ``ref`` is the fp32
-    computation on the same bf16 inputs and ``bf16_ref`` the model's own bf16 implementation;
-    atol = one bf16 spacing at the largest |ref|."""
+    """The bf16 rule of the tests: max|ours - ref| <= 2 * max|bf16_ref - ref| + atol, where ``ref``
+    is the fp32 computation on the same bf16 inputs and ``bf16_ref`` the model's own bf16
+    implementation; atol = one bf16 spacing at the largest |ref|."""
     assert torch.isfinite(ours).all(), f"{what}: non-finite output (seed {seed})"
     err, ref_err = max_abs(ours, ref), max_abs(bf16_ref, ref)
     atol = BF16_EPS * (ref.abs().max().item() if ref.numel() else 0.0)

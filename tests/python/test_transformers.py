@@ -16,10 +16,14 @@ import torch
 
 import fusedmoe
 from conftest import requires_hopper
-from hf_cases import (BLOCK_EXTENDED, BLOCK_TODAY, BLOCK_UNSUPPORTED, MODEL_FAMILIES, MODEL_FAMILIES_EXTENDED, VOCAB,
-                      RoutingPin, assert_bf16_close, build_experts, clone_module_fp32, devices, first_divergence,
-                      fusedmoe_hf, init_experts_, max_abs, routed_moe_standin, set_implementation, tiny_config,
-                      tiny_model, transformers, xfail_if_operator_lacks_feature)
+from hf_cases import (BLOCK_EXTENDED, BLOCK_TODAY, BLOCK_UNSUPPORTED, MODEL_FAMILIES,
+                      MODEL_FAMILIES_EXTENDED, VOCAB, RoutingPin, assert_bf16_close, build_experts,
+                      clone_module_fp32, devices, first_divergence, fusedmoe_hf, init_experts_, max_abs,
+                      routed_moe_standin, set_implementation, tiny_config, tiny_model, transformers,
+                      xfail_if_operator_lacks_feature)
+
+
+_QWEN3_EXPERTS = transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeExperts
 
 
 # ---- registration -------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ def test_gpt_oss_layout_is_interleaved_clamped_swiglu(generator):
 def test_expert_parallel_sentinel_ids_contribute_nothing(generator):
     # transformers marks slots routed to another rank with id == num_experts; fusedmoe drops any
     # id outside [0, E): the same as a zero weight, bit for bit.
-    module = build_experts("qwen3_moe", transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeExperts, generator)
+    module = build_experts("qwen3_moe", _QWEN3_EXPERTS, generator)
     x, ids, weights = _block_inputs(9, 64, torch.float32, generator, "cpu")
     sentinel_ids, zero_weights = ids.clone(), weights.clone()
     sentinel_ids[::2, 1] = 8
@@ -344,7 +348,8 @@ def test_autograd_falls_back_and_backpropagates(generator, monkeypatch):
         ours = model(tokens).logits
     ours.float().square().mean().backward()
     experts = fusedmoe_hf.fusedmoe_experts_modules(model)[0]
-    assert calls[0] == 0 and experts.gate_up_proj.grad is not None and experts.gate_up_proj.grad.abs().sum() > 0
+    assert calls[0] == 0
+    assert experts.gate_up_proj.grad is not None and experts.gate_up_proj.grad.abs().sum() > 0
     set_implementation(model, "grouped_mm")
     assert torch.equal(ours, model(tokens).logits)
 
@@ -378,8 +383,8 @@ def test_convert_in_place_keeps_one_copy_and_restores(generator, monkeypatch):
     model = tiny_model("qwen3_moe", generator, "fusedmoe")
     tokens = torch.randint(3, VOCAB, (2, 7), generator=generator)
     experts = fusedmoe_hf.fusedmoe_experts_modules(model)
-    original = {id(e): (e.gate_up_proj.detach().clone(), e.down_proj.detach().clone(), e.gate_up_proj.data_ptr())
-                for e in experts}
+    original = {id(e): (e.gate_up_proj.detach().clone(), e.down_proj.detach().clone(),
+                        e.gate_up_proj.data_ptr()) for e in experts}
     with torch.no_grad():
         cached = model(tokens).logits
     assert fusedmoe_hf.convert_in_place(model) == len(experts)
@@ -444,8 +449,9 @@ def test_static_cache_generate(generator):
     prompt = torch.randint(3, VOCAB, (1, 6), generator=generator)
     dynamic, dynamic_logits = _greedy(model, prompt)
     static, static_logits = _greedy(model, prompt, cache_implementation="static")
-    _assert_same_greedy_tokens(static, dynamic, dynamic_logits, _tie_tolerance(static_logits[0], dynamic_logits[0]),
-                               "static cache", generator.initial_seed())
+    tolerance = _tie_tolerance(static_logits[0], dynamic_logits[0])
+    _assert_same_greedy_tokens(static, dynamic, dynamic_logits, tolerance, "static cache",
+                               generator.initial_seed())
 
 
 @requires_hopper
@@ -475,8 +481,9 @@ def test_gpu_static_cache_generate_with_cuda_graphs(generator, monkeypatch):
     eager, eager_logits = _greedy(model, prompt, new_tokens=12)
     graphed, graphed_logits = _greedy(model, prompt, new_tokens=12, cache_implementation="static")
     assert hasattr(model, "_compiled_call"), "generate() did not compile the decode step"
-    _assert_same_greedy_tokens(graphed, eager, eager_logits, _tie_tolerance(graphed_logits[0], eager_logits[0]),
-                               "CUDA-graph decode", generator.initial_seed())
+    tolerance = _tie_tolerance(graphed_logits[0], eager_logits[0])
+    _assert_same_greedy_tokens(graphed, eager, eager_logits, tolerance, "CUDA-graph decode",
+                               generator.initial_seed())
     graphed_again, _ = _greedy(model, prompt, new_tokens=12, cache_implementation="static")
     assert torch.equal(graphed_again, graphed), "graph replays are not deterministic"
 
@@ -495,7 +502,7 @@ def test_gpu_float32_model_never_reaches_the_kernels(generator, monkeypatch):
 
 
 def test_other_devices_fall_back(generator):
-    module = build_experts("qwen3_moe", transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeExperts, generator)
+    module = build_experts("qwen3_moe", _QWEN3_EXPERTS, generator)
     x = torch.empty(3, 64, dtype=torch.bfloat16, device="meta")
     reason = fusedmoe_hf._fallback_reason(module, x, None, fusedmoe_hf._sources_for_checks(module, None))
     assert reason is not None and reason.startswith("device meta")

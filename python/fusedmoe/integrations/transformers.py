@@ -165,8 +165,10 @@ def _silu(x):
     return x * torch.sigmoid(x)
 
 
-_GATED_ACTIVATIONS = ((SWIGLU, _silu), (GEGLU, F.gelu), (GEGLU_TANH, functools.partial(F.gelu, approximate="tanh")))
-_NON_GATED_ACTIVATIONS = ((SILU, _silu), (GELU, F.gelu), (RELU, F.relu), (RELU2, lambda x: F.relu(x).square()))
+_GATED_ACTIVATIONS = (  # activation of the gate rows, times the up rows
+    (SWIGLU, _silu), (GEGLU, F.gelu), (GEGLU_TANH, functools.partial(F.gelu, approximate="tanh")))
+_NON_GATED_ACTIVATIONS = (
+    (SILU, _silu), (GELU, F.gelu), (RELU, F.relu), (RELU2, lambda x: F.relu(x).square()))
 
 
 def _split_gate_up(gate_up_out: torch.Tensor, order: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +242,8 @@ def _identify_activation(module, act_fn, candidates, device) -> int:
         with torch.no_grad():
             got = act_fn(probe)
     except Exception as error:
-        raise UnsupportedExperts(f"{type(module).__name__}: its act_fn failed on an fp32 probe ({error})") from error
+        raise UnsupportedExperts(
+            f"{type(module).__name__}: its act_fn failed on an fp32 probe ({error})") from error
     for activation_type, function in candidates:
         if _same(got, function(probe)):
             return activation_type
@@ -270,7 +273,8 @@ def experts_spec(module) -> ExpertsSpec:
         activation_type = _identify_activation(module, module.act_fn, _GATED_ACTIVATIONS, gemm1.device)
         return ExpertsSpec(True, "gate_up", True, activation_type, False, scales_on_input=True)
     if getattr(module, "has_post_expert_norm", False):
-        raise UnsupportedExperts(f"{name}: a norm after each expert (has_post_expert_norm) is not part of fusedmoe")
+        raise UnsupportedExperts(
+            f"{name}: a norm after each expert (has_post_expert_norm) is not part of fusedmoe")
     gemm1_name, bias1_name, gemm2_name, bias2_name = _weight_names(module)
     for attribute in (gemm1_name, bias1_name, gemm2_name, bias2_name):
         if attribute is not None and not isinstance(getattr(module, attribute, None), torch.Tensor):
@@ -284,7 +288,8 @@ def experts_spec(module) -> ExpertsSpec:
         raise UnsupportedExperts(f"{name}: {error}") from error
     if gated:
         order, activation_type, alpha, beta, limit = _identify_gating(module, intermediate_size, gemm1.device)
-        return ExpertsSpec(True, order, transposed, activation_type, bias1_name is not None, alpha, beta, limit)
+        return ExpertsSpec(True, order, transposed, activation_type, bias1_name is not None,
+                           alpha, beta, limit)
     activation_type = _identify_activation(module, module.act_fn, _NON_GATED_ACTIVATIONS, gemm1.device)
     return ExpertsSpec(False, "up_gate", transposed, activation_type, bias1_name is not None)
 
@@ -333,7 +338,8 @@ def _version_of(tensor: torch.Tensor) -> int:
 
 def _source_key(tensors) -> tuple:
     return tuple(
-        None if t is None else (weakref.ref(t), t.data_ptr(), _version_of(t), tuple(t.shape), t.device, t.dtype)
+        None if t is None
+        else (weakref.ref(t), t.data_ptr(), _version_of(t), tuple(t.shape), t.device, t.dtype)
         for t in tensors
     )
 
@@ -362,7 +368,8 @@ def _check_sizes(module, sizes, top_k: Optional[int] = None) -> None:
             f"{_checks.SIZE_MULTIPLE}, got H={hidden_size}, I={intermediate_size}"
         )
     if num_experts > _checks.MAX_NUM_EXPERTS:
-        raise UnsupportedExperts(f"{name}: fusedmoe takes at most {_checks.MAX_NUM_EXPERTS} experts, got {num_experts}")
+        raise UnsupportedExperts(
+            f"{name}: fusedmoe takes at most {_checks.MAX_NUM_EXPERTS} experts, got {num_experts}")
     if top_k is not None and top_k > _checks.MAX_TOP_K:
         raise UnsupportedExperts(f"{name}: fusedmoe takes top_k <= {_checks.MAX_TOP_K}, got {top_k}")
 
@@ -380,8 +387,8 @@ def _check_device(device: torch.device) -> None:
 def _swiglu_constants(spec: ExpertsSpec, num_experts: int, device):
     if spec.swiglu_limit is None:
         return None
-    full = lambda value: torch.full((num_experts,), float(value), dtype=torch.float32, device=device)  # noqa: E731
-    return full(spec.swiglu_alpha), full(spec.swiglu_beta), full(spec.swiglu_limit)
+    return tuple(torch.full((num_experts,), float(value), dtype=torch.float32, device=device)
+                 for value in (spec.swiglu_alpha, spec.swiglu_beta, spec.swiglu_limit))
 
 
 def _mark_static(*tensors) -> None:
@@ -404,7 +411,9 @@ def _convert(module) -> _State:
     _check_device(gemm1.device)
     # A converted tensor that still aliases its source (already canonical) is copied: the cache
     # must not change when the parameter is later modified in place.
-    own = lambda converted, source: converted.clone() if converted.data_ptr() == source.data_ptr() else converted  # noqa: E731
+    def own(converted, source):
+        return converted.clone() if converted.data_ptr() == source.data_ptr() else converted
+
     with torch.no_grad():
         gemm1_c, gemm2_c = fusedmoe.prepare_weights(
             gemm1.detach(), gemm2.detach(), gate_up=spec.gate_up, transposed=spec.transposed, gated=spec.gated
@@ -510,7 +519,8 @@ def _run(module, state: _State, hidden_states, top_k_index, top_k_weights) -> to
     weights = weights.contiguous()
     top_k = ids.shape[1]
     if top_k > _checks.MAX_TOP_K:
-        raise UnsupportedExperts(f"{type(module).__name__}: fusedmoe takes top_k <= {_checks.MAX_TOP_K}, got {top_k}")
+        raise UnsupportedExperts(
+            f"{type(module).__name__}: fusedmoe takes top_k <= {_checks.MAX_TOP_K}, got {top_k}")
     extras = {}
     if spec.activation_type != SWIGLU:
         extras["activation_type"] = spec.activation_type
@@ -649,8 +659,8 @@ def prepare(model: torch.nn.Module, *, refresh: bool = False) -> int:
     """Converts the weights of every fusedmoe experts module of ``model`` now (else: at its first
     forward). Call it before ``torch.compile`` or CUDA-graph capture, to fail early on an
     unsupported module, or with ``refresh=True`` after changing weights through ``param.data``
-    (which drops every cached copy in ``model``, selected now or not). Modules whose weights are not bf16 are skipped (their forward falls back). Returns the number
-    of modules prepared."""
+    (which drops every cached copy in ``model``, selected now or not). Modules whose weights are
+    not bf16 are skipped (their forward falls back). Returns the number of modules prepared."""
     if refresh:  # every cached copy, also of modules switched to another implementation for now
         for module in model.modules():
             state = getattr(module, _STATE, None)
@@ -674,7 +684,8 @@ def _rewrite_per_expert(param: torch.Tensor, convert, new_shape) -> None:
     elements per expert), in its own storage: one expert's worth of extra memory."""
     data = param.data
     if not data.is_contiguous():
-        raise ValueError(f"convert_in_place: expected contiguous expert weights, got strides {tuple(data.stride())}")
+        raise ValueError(
+            f"convert_in_place: expected contiguous expert weights, got strides {tuple(data.stride())}")
     flat = data.view(data.shape[0], -1)
     for expert in range(data.shape[0]):
         flat[expert].copy_(convert(data[expert].unsqueeze(0)).reshape(-1))
@@ -702,7 +713,8 @@ def convert_in_place(model: torch.nn.Module) -> int:
         gemm1, gemm2 = getattr(module, gemm1_name), getattr(module, gemm2_name)
         for name, tensor in ((gemm1_name, gemm1), (gemm2_name, gemm2)):
             if tensor.dtype != torch.bfloat16:
-                raise TypeError(f"convert_in_place: {type(module).__name__}.{name} is {tensor.dtype}, expected bfloat16")
+                raise TypeError(
+                    f"convert_in_place: {type(module).__name__}.{name} is {tensor.dtype}, expected bfloat16")
         num_experts, intermediate_size, hidden_size = _layouts.gemm1_dims(gemm1, spec.transposed, spec.gated)
         sizes = (num_experts, intermediate_size, hidden_size)
         _check_sizes(module, sizes)
@@ -735,13 +747,15 @@ def restore_layout(model: torch.nn.Module) -> int:
         num_experts, intermediate_size, hidden_size = state.sizes
         gemm1_name, bias1_name, gemm2_name, _ = _source_names(module, spec)
         rows = 2 * intermediate_size if spec.gated else intermediate_size
-        gemm1_shape = (num_experts, hidden_size, rows) if spec.transposed else (num_experts, rows, hidden_size)
+        gemm1_shape = ((num_experts, hidden_size, rows) if spec.transposed
+                       else (num_experts, rows, hidden_size))
         gemm2_shape = (num_experts, intermediate_size, hidden_size) if spec.transposed else (
             num_experts, hidden_size, intermediate_size)
         with torch.no_grad():
             _rewrite_per_expert(
                 getattr(module, gemm1_name),
-                lambda w: _layouts.to_checkpoint_gemm1(w, spec.gate_up, spec.transposed, spec.gated), gemm1_shape)
+                lambda w: _layouts.to_checkpoint_gemm1(w, spec.gate_up, spec.transposed, spec.gated),
+                gemm1_shape)
             _rewrite_per_expert(getattr(module, gemm2_name),
                                 lambda w: _layouts.to_checkpoint_gemm2(w, spec.transposed), gemm2_shape)
             if bias1_name is not None:
