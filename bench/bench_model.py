@@ -350,7 +350,8 @@ def parse_args(argv):
     parser.add_argument("--prefill", type=lambda s: [int(x) for x in s.split(",")], default=[2048, 8192])
     parser.add_argument("--decode", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64])
     parser.add_argument("--context", type=int, default=512, help="tokens in the KV cache before decoding")
-    parser.add_argument("--attn", default="sdpa", help="attn_implementation (default sdpa)")
+    parser.add_argument("--attn", default=None,
+                        help="attn_implementation (default sdpa; eager for gpt-oss, which has no sdpa path)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -363,6 +364,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.attn is None:
+        args.attn = "eager" if PRESETS[args.model][0] == "GptOssConfig" else "sdpa"
     if args.cpu:
         # A toy model of the preset's family: the code paths, not the numbers.
         class_name, real_layers, kwargs = PRESETS[args.model]
