@@ -5,7 +5,8 @@ FlashInfer-compatible entry points ``trtllm_bf16_moe`` (routing from logits) and
 (``torch.ops.fusedmoe.moe_out`` / ``moe_unfinalized``) so ``torch.compile(fullgraph=True)`` and CUDA graphs
 work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. See docs/python.md;
 ``ExpertParallelMoE`` splits the experts over the ranks of a torch.distributed group
-(docs/distributed.md).
+(docs/distributed.md), and ``fusedmoe.integrations.transformers`` plugs it into Hugging Face
+transformers as ``experts_implementation="fusedmoe"`` (docs/transformers.md).
 """
 
 import torch  # noqa: F401  (loads the CUDA runtime the extension links against)
@@ -17,6 +18,7 @@ from .api import (
     WeightLayout,
     pack_topk,
     permuted_capacity,
+    prepare_gemm1_bias,
     prepare_weights,
     reserve_workspace,
     trtllm_bf16_moe,
@@ -36,6 +38,7 @@ __all__ = [
     "WeightLayout",
     "pack_topk",
     "permuted_capacity",
+    "prepare_gemm1_bias",
     "prepare_weights",
     "reserve_workspace",
     "trtllm_bf16_moe",

@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from . import _checks, _ext, _ops
+from . import _checks, _ext, _layouts, _ops
 
 
 class RoutingMethod(enum.IntEnum):
@@ -160,26 +160,51 @@ def prepare_weights(
     gemm1_weights: torch.Tensor,
     gemm2_weights: torch.Tensor,
     weight_layout: int = WeightLayout.Canonical,
+    *,
+    gate_up: str = "up_gate",
+    transposed: bool = False,
+    gated: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Converts canonical expert weights once, at load time, into the layout ``weight_layout``.
+    """Converts expert weights once, at load time, into fusedmoe's layout ``weight_layout``.
 
-    Only the canonical layout exists in this version, so this validates the weights (bf16,
-    contiguous, gemm1 [E_loc, 2I, H] and gemm2 [E_loc, H, I] of matching sizes) and returns them
-    unchanged. Pass the results with ``use_shuffled_weight=False, weight_layout=weight_layout``.
+    Canonical: gemm1 [E_loc, 2I, H] with rows [0, I) up and [I, 2I) gate, gemm2 [E_loc, H, I]
+    (``y = W @ x`` per expert), bf16, contiguous. ``w1, w2 = prepare_weights(w1, w2)`` validates
+    canonical weights and returns them unchanged (no copy). The keyword options describe how a
+    checkpoint stores them; any other combination returns new contiguous canonical tensors (one
+    copy of the weights, made here, once):
+
+    Args:
+        gemm1_weights, gemm2_weights: bf16 expert weights (any strides when converted).
+        weight_layout: the layout to produce; only ``WeightLayout.Canonical`` exists.
+        gate_up: order of the 2I gate/up rows of gemm1: ``"up_gate"`` (canonical, rows [up; gate]),
+            ``"gate_up"`` (rows [gate; up]: Hugging Face's ``gate_up_proj``, Qwen3-MoE, Mixtral,
+            DeepSeek, Llama 4) or ``"interleaved"`` (row 2j gate j, row 2j+1 up j: GPT-OSS's
+            ``gate_up_proj[..., ::2]`` is gate, ``[..., 1::2]`` up).
+        transposed: True when stored for ``y = x @ W``: gemm1 [E, H, 2I] (the gate/up order then
+            runs along the last dimension) and gemm2 [E, I, H] (GPT-OSS, Llama 4).
+        gated: False for non-gated experts (``act(up) -> down``): gemm1 [E, I, H] ([E, H, I]
+            transposed); ``gate_up`` must then stay "up_gate".
+
+    Returns:
+        (gemm1 [E_loc, 2I or I, H], gemm2 [E_loc, H, I]) to pass with ``use_shuffled_weight=False,
+        weight_layout=weight_layout``.
+
+    Raises:
+        TypeError (a non-tensor, a dtype other than bf16, a non-bool option) or ValueError (shape,
+        device, option value) naming the argument.
     """
-    _checks.check_layout(False, weight_layout)
-    _checks.check_tensor("gemm1_weights", gemm1_weights, (torch.bfloat16,), (None, None, None))
-    num_local, two_i, hidden_size = gemm1_weights.shape
-    if two_i == 0 or two_i % 2:
-        raise ValueError(f"gemm1_weights: expected dim 1 = 2 * intermediate_size > 0, got {two_i}")
-    _checks.check_tensor(
-        "gemm2_weights",
-        gemm2_weights,
-        (torch.bfloat16,),
-        (num_local, hidden_size, two_i // 2),
-        gemm1_weights.device,
-    )
-    return gemm1_weights, gemm2_weights
+    return _layouts.prepare_weights(gemm1_weights, gemm2_weights, weight_layout, gate_up, transposed, gated)
+
+
+def prepare_gemm1_bias(bias: torch.Tensor, *, gate_up: str = "up_gate", gated: bool = True) -> torch.Tensor:
+    """Converts a gemm1 bias once, at load time, into the canonical row order of ``prepare_weights``.
+
+    ``bias`` is [E_loc, 2I] (gated) in the ``gate_up`` order of its weights (GPT-OSS's
+    ``gate_up_proj_bias`` is "interleaved"), or [E_loc, I] with ``gated=False``; bf16 or fp32 (kept).
+    Returns a contiguous [E_loc, 2I] tensor with [up; gate] columns (or the [E_loc, I] bias as is,
+    made contiguous). The gemm2 bias [E_loc, H] has no gate/up order and needs no conversion.
+    """
+    return _layouts.prepare_gemm1_bias(bias, gate_up, gated)
 
 
 def validate_routing(topk_ids, num_experts: int) -> Optional[Tuple[int, int]]:
