@@ -1,7 +1,6 @@
 """Shared pieces of the transformers integration tests: tiny models, every registry experts class,
 random weights, the bf16 tolerance rule, and the marker for operator features not merged yet."""
 
-import contextlib
 import copy
 import importlib
 import inspect
@@ -206,26 +205,6 @@ def assert_bf16_close(ours, bf16_ref, ref, what: str, seed: int) -> None:
         f"{what}: max|fusedmoe - fp32| = {err:.4g} > 2 * {ref_err:.4g} (bf16 model's own error) + {atol:.3g} "
         f"(seed {seed})"
     )
-
-
-# ---- operator features the lead's branch adds --------------------------------------------------
-def lacks_operator_feature(error: BaseException) -> bool:
-    """True for the errors today's operator gives for an argument or activation it does not have."""
-    text = str(error)
-    return ((isinstance(error, TypeError) and "unexpected keyword argument" in text)
-            or (isinstance(error, ValueError) and text.startswith("activation_type:")))
-
-
-@contextlib.contextmanager
-def xfail_if_operator_lacks_feature(what: str):
-    """Runs the body; an error meaning "the operator lacks this feature" becomes an xfail (these
-    tests pass once the operator's activation/bias/clamp/scales-on-input extensions are in)."""
-    try:
-        yield
-    except (TypeError, ValueError) as error:
-        if lacks_operator_feature(error):
-            pytest.xfail(f"operator lacks a feature {what} needs: {error}")
-        raise
 
 
 def devices():

@@ -3,8 +3,8 @@
 Tiny random models built from configs (no download) and every experts class the installed
 transformers dispatches through its registry. Parity is the tests' bf16 rule against an fp32 run of
 the same model (hf_cases.assert_bf16_close). Tests that need the operator's extensions (other
-activations, GPT-OSS's clamped SwiGLU and biases, Llama 4's scales on the input) are separate and
-xfail, only on the operator's "no such argument/activation" errors, until those are merged.
+activations, GPT-OSS's clamped SwiGLU and biases, Llama 4's scales on the input) are separate,
+and each also runs against a plain-torch stand-in of the operator's contract.
 """
 
 import copy
@@ -19,8 +19,7 @@ from conftest import requires_hopper
 from hf_cases import (BLOCK_EXTENDED, BLOCK_TODAY, BLOCK_UNSUPPORTED, MODEL_FAMILIES,
                       MODEL_FAMILIES_EXTENDED, VOCAB, RoutingPin, assert_bf16_close, build_experts,
                       clone_module_fp32, devices, first_divergence, fusedmoe_hf, init_experts_, max_abs,
-                      routed_moe_standin, set_implementation, tiny_config, tiny_model, transformers,
-                      xfail_if_operator_lacks_feature)
+                      routed_moe_standin, set_implementation, tiny_config, tiny_model, transformers)
 
 
 _QWEN3_EXPERTS = transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeExperts
@@ -114,9 +113,7 @@ def test_block_parity(family, cls, num_tokens, weights_dtype, device, generator)
 @pytest.mark.parametrize("num_tokens, weights_dtype", [(1, torch.bfloat16), (19, torch.float32)])
 @pytest.mark.parametrize("family, cls", BLOCK_EXTENDED)
 def test_block_parity_operator_extensions(family, cls, num_tokens, weights_dtype, device, generator):
-    spec = fusedmoe_hf.experts_spec(build_experts(family, cls, generator))
-    with xfail_if_operator_lacks_feature(f"{cls.__name__} ({spec.describe()})"):
-        _check_block(family, cls, device, num_tokens, weights_dtype, generator)
+    _check_block(family, cls, device, num_tokens, weights_dtype, generator)
 
 
 @pytest.mark.parametrize("family, cls", BLOCK_EXTENDED)
@@ -272,8 +269,7 @@ def test_model_logits_and_greedy_tokens(family, device, generator, monkeypatch):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("family", MODEL_FAMILIES_EXTENDED)
 def test_model_logits_and_greedy_tokens_operator_extensions(family, device, generator, monkeypatch):
-    with xfail_if_operator_lacks_feature(family):
-        _check_model(family, device, generator, monkeypatch)
+    _check_model(family, device, generator, monkeypatch)
 
 
 @pytest.mark.parametrize("family", MODEL_FAMILIES_EXTENDED)
@@ -307,8 +303,7 @@ def test_llama4_block_parity(generator):
         ref, _ = reference(x.float())
         bf16_ref, _ = block(x)
         config._experts_implementation = "fusedmoe"
-        with xfail_if_operator_lacks_feature("Llama 4 (scales on the expert input)"):
-            ours, logits = block(x)
+        ours, logits = block(x)
     assert_bf16_close(ours, bf16_ref, ref, "Llama4TextMoe", generator.initial_seed())
 
 

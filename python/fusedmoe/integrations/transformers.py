@@ -629,8 +629,11 @@ def _llama4_forward(self, hidden_states, original_forward):
         )
     state = _prepared_state(experts)
     router_scores, router_logits = self.router(flat)
-    ids = torch.topk(router_logits, self.top_k, dim=1).indices  # the router's own selection
-    weights = router_scores.gather(1, ids)  # sigmoid of the selected logit, as the router gives it
+    # The experts the router's scores select (sigmoid of the chosen logits; -inf -> 0 elsewhere),
+    # exactly the ones the model's own forward weights: a top-k of the logits could pick another
+    # expert at a tie of the logits that the scores already settled.
+    ids = torch.topk(router_scores, self.top_k, dim=1).indices
+    weights = router_scores.gather(1, ids)
     routed = _run(experts, state, flat, ids, weights)
     out = self.shared_expert(flat)
     out.add_(routed)
