@@ -43,7 +43,7 @@ def moe_from_logits(fusedmoe: ModuleType, *, routing_logits: torch.Tensor,
         top_k=top_k, n_group=n_group, topk_group=topk_group,
         intermediate_size=intermediate_size, local_expert_offset=local_expert_offset,
         local_num_experts=local_num_experts, routed_scaling_factor=routed_scaling_factor,
-        routing_method_type=routing_method_type, **_extras(hidden_states, output))
+        routing_method_type=routing_method_type, **_extras(output))
     return _output_tensor(out)
 
 
@@ -63,18 +63,15 @@ def moe_routed(fusedmoe: ModuleType, *, topk_ids: torch.Tensor | tuple[torch.Ten
         topk_group=0, intermediate_size=intermediate_size,
         local_expert_offset=local_expert_offset, local_num_experts=local_num_experts,
         routed_scaling_factor=1.0, routing_method_type=routing_method_type,
-        **_extras(hidden_states, output))
+        **_extras(output))
     return _output_tensor(out)
 
 
-def _extras(hidden_states: torch.Tensor, output: torch.Tensor | None) -> dict:
-    """fusedmoe's keyword extras: a workspace sized for this T, so that no call grows it (the
-    package sizes its cached workspace for tune_max_num_tokens, default 8192, and the grid goes to
-    16384), and the caller's output tensor when there is one."""
-    extras = {"tune_max_num_tokens": max(8192, hidden_states.shape[0])}
-    if output is not None:
-        extras["output"] = output
-    return extras
+def _extras(output: torch.Tensor | None) -> dict:
+    """fusedmoe's keyword extras: the caller's output tensor when there is one. (Each call takes
+    its scratch from PyTorch's caching allocator: a cached block in steady state, the graph's pool
+    under capture, so no size needs announcing.)"""
+    return {} if output is None else {"output": output}
 
 
 def _output_tensor(result) -> torch.Tensor:
