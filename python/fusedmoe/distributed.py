@@ -17,6 +17,13 @@ move the tokens, one interface:
   per (token, slot); the token's rank sums them with the routing weights in ascending slot order,
   exactly as the operator's own finalize does. The counts go through the host: one host sync.
 
+The expert MLP's options of the operator (``activation_type``, ``gemm1_alpha``, ``gemm1_beta``,
+``gemm1_clamp_limit``, ``gemm1_bias``, ``gemm2_bias``, ``use_routing_scales_on_input``) are
+constructor options, their per-expert tensors given for this rank's experts like the weights; every
+operator call that computes experts gets them. Biases are inside each (token, slot)'s expert row,
+which exactly one rank computes; with ``use_routing_scales_on_input`` the weights scaled the
+experts' inputs, so both modes sum the rows with weights of 1, as the operator's finalize does.
+
 Determinism: neither mode uses a reduction whose order the communication library chooses. The
 all-gather mode's partials are summed in rank order 0, 1, ..., W-1; the all-to-all mode sums each
 token's K slots in ascending k with the operator's fmaf rounding, so its output is bitwise the
@@ -92,6 +99,16 @@ class ExpertParallelMoE:
         routing_method_type, n_group, topk_group, routed_scaling_factor, routing_bias: as in
             ``trtllm_bf16_moe``; used when a call passes ``routing_logits``.
         expert_weights_dtype: as in ``trtllm_bf16_moe`` (logits routing only).
+        activation_type: an ``ActivationType`` (default Swiglu). Non-gated ones (Gelu, Relu, Silu,
+            Relu2) take gemm1_weights [E / W, intermediate_size, H].
+        gemm1_alpha, gemm1_beta, gemm1_clamp_limit: optional fp32 [E / W], one value per expert of
+            this rank (like the weights: entry j is expert ``local_expert_offset + j``); as in
+            ``trtllm_bf16_moe`` (alpha and beta: Swiglu only; the limit: Swiglu and SwigluStep).
+        gemm1_bias: optional [E / W, 2 * intermediate_size] (gated; up columns then gate columns)
+            or [E / W, intermediate_size] (non-gated), bf16 or fp32, this rank's experts.
+        gemm2_bias: optional [E / W, H] bf16 or fp32, this rank's experts.
+        use_routing_scales_on_input: top_k == 1 only: the expert computes on bf16(w * x) and its
+            output is not weighted again (Llama 4); the combine then sums with weights of 1.
 
     Attributes:
         rank, world_size, local_expert_offset, local_num_experts: this rank's place and experts.
@@ -99,9 +116,11 @@ class ExpertParallelMoE:
             ``CollectiveRecord`` to (for benchmarks; leave it None while capturing a CUDA graph).
 
     Raises:
-        TypeError, ValueError naming the argument: a wrong type, dtype, shape or device, E not a
-        multiple of W, a group whose backend cannot move the weights' device, or ranks that
-        disagree on any configuration value.
+        TypeError, ValueError naming the argument: a wrong type, dtype, shape or device (a
+        per-expert tensor with other than E / W experts in dim 0 included), E not a multiple of
+        W, a group whose backend cannot move the weights' device, or ranks that disagree on any
+        configuration value (the activation, use_routing_scales_on_input, and which per-expert
+        tensors are given, with their dtypes, included).
     """
 
     def __init__(
@@ -120,6 +139,13 @@ class ExpertParallelMoE:
         routed_scaling_factor: Optional[float] = None,
         routing_bias: Optional[torch.Tensor] = None,
         expert_weights_dtype: torch.dtype = torch.bfloat16,
+        activation_type: int = api.ActivationType.Swiglu,
+        gemm1_alpha: Optional[torch.Tensor] = None,
+        gemm1_beta: Optional[torch.Tensor] = None,
+        gemm1_clamp_limit: Optional[torch.Tensor] = None,
+        gemm1_bias: Optional[torch.Tensor] = None,
+        gemm2_bias: Optional[torch.Tensor] = None,
+        use_routing_scales_on_input: bool = False,
     ):
         # Without a usable group and device nothing can be exchanged: these raise at once.
         self.group = _resolve_group(group)
@@ -138,6 +164,8 @@ class ExpertParallelMoE:
                 gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size, mode,
                 routing_method_type, n_group, topk_group, routed_scaling_factor, routing_bias,
                 expert_weights_dtype,
+                _ExpertMlp(activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias,
+                           gemm2_bias, use_routing_scales_on_input),
             )
             error = None
         except (TypeError, ValueError) as raised:
@@ -146,7 +174,7 @@ class ExpertParallelMoE:
 
     def _configure(self, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
                    mode, routing_method_type, n_group, topk_group, routed_scaling_factor,
-                   routing_bias, expert_weights_dtype):
+                   routing_bias, expert_weights_dtype, mlp):
         """The constructor's local checks; sets the layer's attributes."""
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -171,13 +199,15 @@ class ExpertParallelMoE:
                 f"gemm1_weights: expected dim 2 (H) a positive multiple of {_checks.SIZE_MULTIPLE}, "
                 f"got shape {tuple(gemm1_weights.shape)}"
             )
+        activation = _checks.check_activation(mlp.activation_type)
         # The operator's own checks of the weights, sizes and expert window (no token).
         _checks.check_problem(
             gemm1_weights.new_empty((0, hidden_size)), gemm1_weights, gemm2_weights, num_experts,
-            top_k, intermediate_size, self.local_expert_offset, self.local_num_experts,
+            top_k, intermediate_size, self.local_expert_offset, self.local_num_experts, activation,
         )
         self.gemm1_weights, self.gemm2_weights = gemm1_weights, gemm2_weights
         self.hidden_size, self.top_k, self.intermediate_size = hidden_size, top_k, intermediate_size
+        self._mlp = self._check_mlp(mlp._replace(activation_type=activation))
 
         self.routing_method_type = api._routing_method(routing_method_type)
         self.n_group = _checks.check_int("n_group", 0 if n_group is None else n_group, 0, num_experts)
@@ -205,6 +235,32 @@ class ExpertParallelMoE:
             gemm1_weights.new_empty((0, hidden_size)),
             torch.empty((0, num_experts), dtype=torch.float32, device=self.device),
         )
+
+    def _check_mlp(self, mlp: "_ExpertMlp") -> "_ExpertMlp":
+        """The expert MLP's options, checked as the operator checks them for this rank's window."""
+        num_local = self.local_num_experts
+        for name in _PER_EXPERT:
+            tensor = getattr(mlp, name)
+            # A tensor for all E experts (or another count) gets a message saying whose experts.
+            wrong_count = isinstance(tensor, torch.Tensor) and tensor.dim() >= 1 and (
+                tensor.shape[0] != num_local
+            )
+            if wrong_count:
+                first = self.local_expert_offset
+                raise ValueError(
+                    f"{name}: expected this rank's {num_local} experts in dim 0 (experts [{first}, "
+                    f"{first + num_local}) of num_experts {self.num_experts}, like gemm1_weights), "
+                    f"got shape {tuple(tensor.shape)}"
+                )
+        _checks.check_expert_mlp(
+            mlp.activation_type, mlp.gemm1_alpha, mlp.gemm1_beta, mlp.gemm1_clamp_limit,
+            mlp.gemm1_bias, mlp.gemm2_bias, mlp.use_routing_scales_on_input, self.top_k, num_local,
+            self.intermediate_size, self.hidden_size, None,
+        )
+        for name in _PER_EXPERT:
+            if getattr(mlp, name) is not None:
+                _check_device(name, getattr(mlp, name), self.device)
+        return mlp
 
     # ---- public ----------------------------------------------------------------------------------
     def __call__(
@@ -327,9 +383,11 @@ class ExpertParallelMoE:
                 ("n_group", self.n_group),
                 ("topk_group", self.topk_group),
                 ("routed_scaling_factor", _float_bits(self.routed_scaling_factor)),
-                ("routing_bias", -1 if self.routing_bias is None else _dtype_code(self.routing_bias.dtype)),
+                ("routing_bias", _optional_dtype_code(self.routing_bias)),
                 ("expert_weights_dtype", _dtype_code(self.expert_weights_dtype)),
-            ]
+                ("activation_type", self._mlp.activation_type),
+                ("use_routing_scales_on_input", int(self._mlp.use_routing_scales_on_input)),
+            ] + [(name, _optional_dtype_code(getattr(self._mlp, name))) for name in _PER_EXPERT]
         else:
             fields = [(name, 0) for name in _CONFIG_FIELDS]
         values = [_error_code(error)] + [value for _, value in fields]
@@ -364,7 +422,7 @@ class ExpertParallelMoE:
                 self.intermediate_size, offset, num_local,
                 routed_scaling_factor=self.routed_scaling_factor,
                 routing_method_type=self.routing_method_type, do_finalize=False,
-                expert_weights_dtype=self.expert_weights_dtype,
+                expert_weights_dtype=self.expert_weights_dtype, **self._mlp._asdict(),
             )
         else:
             ids, weights = routed
@@ -374,13 +432,14 @@ class ExpertParallelMoE:
             gemm2_output, expert_weights, permuted = api.trtllm_bf16_routed_moe(
                 all_ids, all_x, self.gemm1_weights, self.gemm2_weights, self.num_experts,
                 self.top_k, None, None, self.intermediate_size, offset, num_local,
-                do_finalize=False,
+                do_finalize=False, **self._mlp._asdict(),
             )
 
         # This rank's partial: the operator's finalize accumulator over its local slots, not
-        # rounded to bf16 (fp32, ascending k).
+        # rounded to bf16 (fp32, ascending k; weights of 1 when they scaled the input).
         rows = permuted.view(total, self.top_k)
-        partial = _weighted_sum(gemm2_output, rows, rows >= 0, expert_weights)
+        weights = self._combine_weights(expert_weights)
+        partial = _weighted_sum(gemm2_output, rows, rows >= 0, weights)
 
         # Ordered reduce-scatter: every rank sends each rank the partials of that rank's tokens
         # (the bytes of an fp32 reduce-scatter) and sums what it receives in rank order.
@@ -465,19 +524,17 @@ class ExpertParallelMoE:
         send_ids = torch.where(
             owner.index_select(0, token) == dest.unsqueeze(1), ids.index_select(0, token), -1
         )
-        # Packed words with zero weight bits: the owner needs the ids only (outputs unweighted).
-        send_packed = (send_ids.to(torch.int32) << 16).contiguous()
         recv_x = x.new_empty((sum(recv_rows), hidden))
-        recv_packed = send_packed.new_empty((sum(recv_rows), top_k))
         self._all_to_all("dispatch_hidden", recv_x, send_x, recv_rows, send_rows)
-        self._all_to_all("dispatch_ids", recv_packed, send_packed, recv_rows, send_rows)
+        recv_routing = self._dispatch_routing(send_ids, weights, token, recv_rows, send_rows)
 
-        # The owner computes its slots and returns one unweighted row per slot, in the order
+        # The owner computes its slots and returns one unweighted row per slot (with
+        # use_routing_scales_on_input: computed on the weighted input), in the order
         # (source rank, source token, k) ascending: the order the source sent them in.
         gemm2_output, _, permuted = api.trtllm_bf16_routed_moe(
-            recv_packed, recv_x, self.gemm1_weights, self.gemm2_weights, self.num_experts,
+            recv_routing, recv_x, self.gemm1_weights, self.gemm2_weights, self.num_experts,
             top_k, None, None, self.intermediate_size, self.local_expert_offset,
-            self.local_num_experts, do_finalize=False,
+            self.local_num_experts, do_finalize=False, **self._mlp._asdict(),
         )
         local = torch.nonzero_static(permuted >= 0, size=sum(recv_slots)).squeeze(1)
         send_y = gemm2_output.index_select(0, permuted.index_select(0, local))
@@ -488,7 +545,42 @@ class ExpertParallelMoE:
         # its place in that order (the inverse of the stable sort), then the operator's finalize.
         by_owner = torch.sort(owner.flatten(), stable=True).indices
         row_of_slot = torch.argsort(by_owner).view(num_tokens, top_k)
-        return _weighted_sum(recv_y, row_of_slot, valid, weights).to(torch.bfloat16)
+        combine_weights = self._combine_weights(weights)
+        return _weighted_sum(recv_y, row_of_slot, valid, combine_weights).to(torch.bfloat16)
+
+    def _dispatch_routing(self, send_ids, weights, token, recv_rows, send_rows):
+        """Sends each dispatched row's K ids (and, with use_routing_scales_on_input, weights) to
+        its destination; returns the routing input of the owner's operator call.
+
+        The owner's outputs are unweighted, so without use_routing_scales_on_input it needs the
+        ids only: packed words with zero weight bits. With it the weights scale the owner's
+        input, so they travel as they are: bf16 ones in the packed words' low bits, fp32 ones
+        beside plain ids (a second all-to-all), so that the owner computes on bf16(w * x) with
+        the very w of the single-GPU call.
+        """
+        send_ids = send_ids.to(torch.int32)
+        num_rows = sum(recv_rows)
+        if not self._mlp.use_routing_scales_on_input:
+            send_packed = (send_ids << 16).contiguous()
+        elif weights.dtype == torch.bfloat16:
+            send_packed = api.pack_topk(send_ids, weights.index_select(0, token)).contiguous()
+        else:
+            recv_ids = send_ids.new_empty((num_rows, self.top_k))
+            self._all_to_all("dispatch_ids", recv_ids, send_ids.contiguous(), recv_rows, send_rows)
+            send_weights = weights.index_select(0, token).contiguous()
+            recv_weights = send_weights.new_empty((num_rows, self.top_k))
+            self._all_to_all("dispatch_weights", recv_weights, send_weights, recv_rows, send_rows)
+            return recv_ids, recv_weights
+        recv_packed = send_packed.new_empty((num_rows, self.top_k))
+        self._all_to_all("dispatch_ids", recv_packed, send_packed, recv_rows, send_rows)
+        return recv_packed
+
+    def _combine_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """The weights the combine multiplies the expert rows by: the routing weights, or bf16
+        ones when they already scaled the input (the operator's finalize weighs those rows by 1)."""
+        if self._mlp.use_routing_scales_on_input:
+            return torch.ones(weights.shape, dtype=torch.bfloat16, device=weights.device)
+        return weights
 
     def _exchange_counts(self, counts, error):
         """All-to-all of [rows, slots, failure] per destination (host sync); returns the send and
@@ -556,17 +648,33 @@ class ExpertParallelMoE:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+class _ExpertMlp(NamedTuple):
+    """The operator's expert MLP options, with its keyword names (passed as ``**mlp._asdict()``)."""
+
+    activation_type: int
+    gemm1_alpha: Optional[torch.Tensor]  # fp32 [E_loc]
+    gemm1_beta: Optional[torch.Tensor]  # fp32 [E_loc]
+    gemm1_clamp_limit: Optional[torch.Tensor]  # fp32 [E_loc]
+    gemm1_bias: Optional[torch.Tensor]  # [E_loc, 2I or I]
+    gemm2_bias: Optional[torch.Tensor]  # [E_loc, H]
+    use_routing_scales_on_input: bool
+
+
+# The per-expert tensors among the options (dim 0: this rank's experts).
+_PER_EXPERT = ("gemm1_alpha", "gemm1_beta", "gemm1_clamp_limit", "gemm1_bias", "gemm2_bias")
+
 # Argument names a rank's failure is reported by to the other ranks (code = 1 + index).
 _ARGUMENTS = (
     "gemm1_weights", "gemm2_weights", "num_experts", "top_k", "intermediate_size", "mode",
     "routing_method_type", "n_group", "topk_group", "routed_scaling_factor", "routing_bias",
     "expert_weights_dtype", "hidden_states", "routing_logits", "topk_ids", "topk_weights",
-    "num_tokens_per_rank",
-)
+    "num_tokens_per_rank", "activation_type", "use_routing_scales_on_input",
+) + _PER_EXPERT
 _CONFIG_FIELDS = (
     "num_experts", "top_k", "intermediate_size", "gemm1_weights", "mode", "routing_method_type",
     "n_group", "topk_group", "routed_scaling_factor", "routing_bias", "expert_weights_dtype",
-)
+    "activation_type", "use_routing_scales_on_input",
+) + _PER_EXPERT
 
 
 def _error_code(error) -> int:
@@ -727,6 +835,11 @@ def _dtype_code(dtype: torch.dtype) -> int:
     return {torch.float32: 0, torch.bfloat16: 1}.get(dtype, 2)
 
 
+def _optional_dtype_code(tensor: Optional[torch.Tensor]) -> int:
+    """-1 for an absent optional tensor, else its dtype's code."""
+    return -1 if tensor is None else _dtype_code(tensor.dtype)
+
+
 def _shown(name: str, value: int):
     if name == "mode":
         return repr(MODES[value])
@@ -734,6 +847,10 @@ def _shown(name: str, value: int):
         return torch.tensor(value, dtype=torch.int64).view(torch.float64).item()
     if name == "gemm1_weights":
         return f"hidden size {value}"
-    if name in ("routing_bias", "expert_weights_dtype"):
+    if name in ("routing_bias", "expert_weights_dtype") + _PER_EXPERT:
         return {-1: "None", 0: "float32", 1: "bfloat16"}.get(value, "other")
+    if name == "activation_type":
+        return api.ActivationType(value).name
+    if name == "use_routing_scales_on_input":
+        return bool(value)
     return value

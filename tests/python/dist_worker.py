@@ -51,6 +51,7 @@ class Case:
     logits_dtype: torch.dtype = torch.float32
     expert_weights_dtype: torch.dtype = torch.bfloat16
     static_counts: bool = False  # allgather: pass num_tokens_per_rank (the no-sync path)
+    mlp: str = "swiglu"  # the expert MLP: swiglu | gptoss_bf16 | gptoss_fp32 | relu2 | llama4
 
 
 def cases(world: int) -> List[Case]:
@@ -70,11 +71,50 @@ def cases(world: int) -> List[Case]:
         Case("no_tokens_anywhere", [0] * world, method=1),
         Case("cancelling_bf16", other, routing="cancel_bf16"),
         Case("cancelling_fp32", uneven, routing="cancel_fp32"),
+        # The expert MLP's options (docs/distributed.md "Expert MLP options").
+        Case("gptoss_bf16_bias", uneven, method=1, mlp="gptoss_bf16", static_counts=True),
+        Case("gptoss_fp32_bias", other, routing="pair_fp32", mlp="gptoss_fp32"),
+        Case("relu2", other, method=2, mlp="relu2"),
+        Case("llama4_on_input", other, method=3, mlp="llama4"),
+        Case("llama4_on_input_fp32_weights", uneven, method=3, mlp="llama4",
+             expert_weights_dtype=torch.float32),
+        Case("llama4_on_input_packed", even, method=3, routing="packed", mlp="llama4"),
+        Case("llama4_on_input_pair_fp32", other, method=3, routing="pair_fp32", mlp="llama4",
+             static_counts=True),
     ]
 
 
+def make_mlp(case: Case, generator) -> ref.Mlp:
+    """The expert MLP of ``case`` for all E experts (the layer gets each rank's slice), with
+    random per-expert values (never zeros; limits near 1 make the clamps bite)."""
+    uniform = lambda lo, hi, *shape: lo + (hi - lo) * torch.rand(*shape, generator=generator)  # noqa: E731
+    if case.mlp == "swiglu":
+        return ref.Mlp()
+    if case.mlp.startswith("gptoss"):  # Swiglu with alpha, beta, clamp limit and both biases
+        dtype = torch.float32 if case.mlp == "gptoss_fp32" else torch.bfloat16
+        return ref.Mlp(
+            3, alpha=uniform(1.0, 2.0, E), beta=uniform(0.5, 1.5, E), limit=uniform(0.5, 1.5, E),
+            bias1=(0.5 * torch.randn(E, 2 * I, generator=generator)).to(dtype),
+            bias2=(0.5 * torch.randn(E, H, generator=generator)).to(dtype),
+        )
+    if case.mlp == "relu2":  # non-gated: gemm1 [E, I, H], and its [E, I] bias
+        return ref.Mlp(6, bias1=(0.5 * torch.randn(E, I, generator=generator)).to(torch.bfloat16))
+    if case.mlp == "llama4":  # K == 1, the routing weight on the input
+        return ref.Mlp(on_input=True)
+    raise ValueError(f"unknown mlp {case.mlp}")
+
+
+def local_mlp(mlp: ref.Mlp, experts: slice) -> dict:
+    """The layer's keyword arguments for the experts ``experts`` of ``mlp``."""
+    kwargs = mlp.kwargs()
+    for name, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            kwargs[name] = value[experts].contiguous()
+    return kwargs
+
+
 def make_problem(case: Case, world: int, seed: int):
-    """The whole problem (all ranks' tokens, all experts) and its routing inputs."""
+    """The whole problem (all ranks' tokens, all experts), its routing inputs and expert MLP."""
     generator = torch.Generator().manual_seed(seed)
     params = METHOD_PARAMS[case.method]
     total = sum(case.counts)
@@ -82,6 +122,9 @@ def make_problem(case: Case, world: int, seed: int):
         total, H, I, E, params["top_k"], case.logits_dtype,
         torch.bfloat16 if params.get("bias") else None, generator,
     )
+    mlp = make_mlp(case, generator)
+    if mlp.activation not in ref.GATED:
+        problem.gemm1_weights = problem.gemm1_weights[:, :I].contiguous()
     routed = None
     if case.routing != "logits":
         ids = torch.stack([torch.randperm(E, generator=generator)[: problem.top_k]
@@ -89,7 +132,7 @@ def make_problem(case: Case, world: int, seed: int):
         weights = torch.randn(total, problem.top_k, generator=generator) + 0.3  # some negative
         if total > 2:
             ids[1, 0] = E + 3  # routed nowhere: contributes zero on every rank
-            ids[2, 1] = -2
+            ids[2, min(1, problem.top_k - 1)] = -2
         if case.routing.startswith("cancel"):
             # Slots 0 and 2 on one expert with weights +-2^20 (fp32: 24 significant bits): their
             # sum cancels, so the fp32 roundings of the running sum, hence the order and the fma
@@ -106,14 +149,15 @@ def make_problem(case: Case, world: int, seed: int):
             routed = (ids, weights.to(torch.bfloat16))
         else:
             routed = fusedmoe.pack_topk(ids, weights)
-    return problem, routed
+    return problem, routed, mlp
 
 
-def single_process(problem, routed, case: Case):
+def single_process(problem, routed, case: Case, mlp: ref.Mlp):
     """The operator on the whole problem: (output, ids, expert_weights, gemm2_output, permuted)."""
     routing = routing_kwargs(case.method)
     common = (problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights, E,
               problem.top_k, routing["n_group"], routing["topk_group"], I, 0, E)
+    options = mlp.kwargs()
     if routed is None:
         replay = torch.empty(problem.hidden_states.shape[0], problem.top_k, dtype=torch.int16)
 
@@ -122,13 +166,13 @@ def single_process(problem, routed, case: Case):
                 problem.routing_logits, problem.routing_bias, *common,
                 routed_scaling_factor=routing["routed_scaling_factor"],
                 routing_method_type=case.method, expert_weights_dtype=case.expert_weights_dtype,
-                **kwargs,
+                **options, **kwargs,
             )
         gemm2_output, expert_weights, permuted = call(do_finalize=False, routing_replay_out=replay)
         ids = replay.to(torch.int32)
     else:
         def call(**kwargs):
-            return fusedmoe.trtllm_bf16_routed_moe(routed, *common, **kwargs)
+            return fusedmoe.trtllm_bf16_routed_moe(routed, *common, **options, **kwargs)
         gemm2_output, expert_weights, permuted = call(do_finalize=False)
         ids = routed[0] if isinstance(routed, tuple) else fusedmoe.unpack_topk(routed)[0]
     return call(), ids, expert_weights, gemm2_output, permuted
@@ -139,7 +183,7 @@ def rank_slice(counts: List[int], rank: int) -> slice:
     return slice(start, start + counts[rank])
 
 
-def make_layer(problem, case: Case, mode: str, group=None, **overrides):
+def make_layer(problem, case: Case, mode: str, mlp: ref.Mlp, group=None, **overrides):
     rank, world = dist.get_rank(), dist.get_world_size()
     num_local = E // world
     experts = slice(rank * num_local, (rank + 1) * num_local)
@@ -148,6 +192,7 @@ def make_layer(problem, case: Case, mode: str, group=None, **overrides):
         mode=mode, routing_method_type=case.method, n_group=routing["n_group"],
         topk_group=routing["topk_group"], routed_scaling_factor=routing["routed_scaling_factor"],
         routing_bias=problem.routing_bias, expert_weights_dtype=case.expert_weights_dtype,
+        **local_mlp(mlp, experts),
     )
     kwargs.update(overrides)
     return fusedmoe.ExpertParallelMoE(
@@ -180,11 +225,11 @@ def check_case(case: Case, mode: str, seed: int, device="cpu"):
     the float64 reference by the tolerance rule, and reruns bitwise.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
-    problem, routed = make_problem(case, world, seed)
+    problem, routed, mlp = make_problem(case, world, seed)
     where = f"case {case.name}, mode {mode}, rank {rank}/{world}, seed {seed}"
-    single, ids, expert_weights, gemm2_output, permuted = single_process(problem, routed, case)
+    single, ids, expert_weights, gemm2_output, permuted = single_process(problem, routed, case, mlp)
 
-    layer = make_layer(problem.to(device), case, mode)
+    layer = make_layer(problem.to(device), case, mode, mlp.to(device))
     ours = call_layer(layer, problem, routed, case, device)
     again = call_layer(layer, problem, routed, case, device)
     mine = rank_slice(case.counts, rank)
@@ -198,13 +243,14 @@ def check_case(case: Case, mode: str, seed: int, device="cpu"):
         # The tolerance rule against the float64 reference of this rank's tokens.
         ref.assert_close_to_reference(
             ours, problem.hidden_states[mine], problem.gemm1_weights, problem.gemm2_weights,
-            ids[mine], expert_weights[mine], seed=f"{seed}; {where}",
+            ids[mine], expert_weights[mine], seed=f"{seed}; {where}", mlp=mlp,
         )
     if device != "cpu":
         return
-    if mode == "alltoall":
+    if mode == "alltoall" or problem.top_k == 1:
         # All-to-all: each token's slots summed in ascending k with fmaf, on the same expert
         # outputs (the CPU reference's rows do not depend on the batch): the operator's bits.
+        # All-gather with K == 1: one rank's partial is the operator's sum, the others add +0.
         different = (ours.view(torch.int16) != expected.view(torch.int16)).sum().item()
         assert different == 0, f"{different} elements differ from the single-process operator ({where})"
     else:
@@ -212,7 +258,10 @@ def check_case(case: Case, mode: str, seed: int, device="cpu"):
         # sums differ by a few fp32 roundings of sum_k |w y| before the one bf16 rounding.
         slots = permuted.view(-1, problem.top_k)[mine].long()
         y = gemm2_output.double()[slots.clamp(min=0)]  # [T, K, H]
-        w = expert_weights[mine].double().unsqueeze(2) * (slots >= 0).unsqueeze(2)
+        w = expert_weights[mine].double()
+        if mlp.on_input:  # the rows carry the weights already: summed with weights of 1
+            w = torch.ones_like(w)
+        w = w.unsqueeze(2) * (slots >= 0).unsqueeze(2)
         magnitude = (w * y).abs().sum(1)
         bound = 2.0**-7 * expected.double().abs() + 2.0**-20 * magnitude + 1e-30
         excess = ((ours.double() - expected.double()).abs() - bound).max().item()
@@ -235,7 +284,7 @@ def check_errors(seed: int) -> None:
     """Clear errors on every rank, and the group still usable afterwards (no rank left waiting)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     case = Case("errors", [4, 2] + [1] * (world - 2), method=1)
-    problem, _ = make_problem(case, world, seed)
+    problem, _, _ = make_problem(case, world, seed)
     num_local = E // world
     w1 = problem.gemm1_weights[rank * num_local:(rank + 1) * num_local].contiguous()
     w2 = problem.gemm2_weights[rank * num_local:(rank + 1) * num_local].contiguous()
@@ -264,6 +313,7 @@ def check_errors(seed: int) -> None:
     finally:
         fdist.dist.get_backend = real_get_backend
     expect_error(TypeError, "group", fusedmoe.ExpertParallelMoE, "world", w1, w2, E, 4, I)
+    check_mlp_errors(w1, w2)
 
     mine = rank_slice(case.counts, rank)
     x, logits = problem.hidden_states[mine].contiguous(), problem.routing_logits[mine].contiguous()
@@ -292,17 +342,66 @@ def check_errors(seed: int) -> None:
         assert layer(x, logits).shape == x.shape
 
 
+def check_mlp_errors(w1, w2) -> None:
+    """The expert MLP's options: shapes, dtypes, devices and ranks that disagree, named."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    num_local = E // world
+    layer = fusedmoe.ExpertParallelMoE
+    ones = lambda *shape, dtype=torch.float32: torch.ones(*shape, dtype=dtype)  # noqa: E731
+    relu2 = dict(activation_type=fusedmoe.ActivationType.Relu2)
+    w1_plain = w1[:, :I].contiguous()  # non-gated: [E_loc, I, H]
+
+    # Per-expert tensors for all E experts instead of this rank's E / W: the message says whose.
+    try:
+        layer(None, w1, w2, E, 4, I, gemm1_alpha=ones(E))
+        raise AssertionError("gemm1_alpha for all experts: nothing raised")
+    except ValueError as raised:
+        assert str(raised).startswith(f"gemm1_alpha: expected this rank's {num_local} experts"), raised
+    expect_error(ValueError, "gemm2_bias", layer, None, w1, w2, E, 4, I, gemm2_bias=ones(E, H))
+    expect_error(ValueError, "gemm1_clamp_limit", layer, None, w1, w2, E, 4, I,
+                 gemm1_clamp_limit=ones(num_local, 1))
+    # Wrong columns: a gated gemm1 bias is [E_loc, 2I], a non-gated one [E_loc, I].
+    expect_error(ValueError, "gemm1_bias", layer, None, w1, w2, E, 4, I, gemm1_bias=ones(num_local, I))
+    expect_error(ValueError, "gemm1_bias", layer, None, w1_plain, w2, E, 4, I,
+                 gemm1_bias=ones(num_local, 2 * I), **relu2)
+    expect_error(ValueError, "gemm2_bias", layer, None, w1, w2, E, 4, I, gemm2_bias=ones(num_local, I))
+    # One rank's bad dtype: it raises its TypeError, the others a ValueError naming it.
+    bad_bias = ones(num_local, H, dtype=torch.float16 if rank == 1 else torch.bfloat16)
+    expect_error(TypeError if rank == 1 else ValueError, "gemm2_bias", layer, None, w1, w2, E, 4, I,
+                 gemm2_bias=bad_bias)
+    expect_error(TypeError, "gemm1_beta", layer, None, w1, w2, E, 4, I,
+                 gemm1_beta=ones(num_local, dtype=torch.bfloat16))
+    expect_error(ValueError, "gemm1_alpha", layer, None, w1, w2, E, 4, I, gemm1_alpha=ones(num_local).to("meta"))
+    # Options the activation does not read, weights of the other kind, unknown activations.
+    expect_error(ValueError, "gemm1_alpha", layer, None, w1_plain, w2, E, 4, I,
+                 gemm1_alpha=ones(num_local), **relu2)
+    expect_error(ValueError, "gemm1_weights", layer, None, w1, w2, E, 4, I, **relu2)
+    expect_error(ValueError, "activation_type", layer, None, w1, w2, E, 4, I, activation_type=5)
+    # Input-side routing weights need K == 1; the flag must be a bool.
+    expect_error(ValueError, "use_routing_scales_on_input", layer, None, w1, w2, E, 4, I,
+                 use_routing_scales_on_input=True)
+    expect_error(TypeError, "use_routing_scales_on_input", layer, None, w1, w2, E, 1, I,
+                 use_routing_scales_on_input=1)
+    # Ranks that disagree: the activation, the flag, which per-expert tensors are given.
+    expect_error(ValueError, "activation_type", layer, None, w1, w2, E, 4, I,
+                 activation_type=4 if rank == 1 else 3)
+    expect_error(ValueError, "use_routing_scales_on_input", layer, None, w1, w2, E, 1, I,
+                 routing_method_type=3, use_routing_scales_on_input=rank == 1)
+    expect_error(ValueError, "gemm1_bias", layer, None, w1, w2, E, 4, I,
+                 gemm1_bias=ones(num_local, 2 * I) if rank == 0 else None)
+
+
 def check_collective_log(seed: int) -> None:
     """The benchmark's hook: each collective logged once, bytes sent == bytes received overall."""
     rank, world = dist.get_rank(), dist.get_world_size()
     case = cases(world)[0]  # uneven counts, a rank without tokens
-    problem, routed = make_problem(case, world, seed)
+    problem, routed, mlp = make_problem(case, world, seed)
     expected_steps = {
         "allgather": ["gather_counts", "dispatch_hidden", "dispatch_logits", "combine_partials"],
         "alltoall": ["exchange_counts", "dispatch_hidden", "dispatch_ids", "combine_outputs"],
     }
     for mode in fdist.MODES:
-        layer = make_layer(problem, case, mode)
+        layer = make_layer(problem, case, mode, mlp)
         layer.collective_log = []
         call_layer(layer, problem, routed, case, "cpu")
         log = layer.collective_log
@@ -320,10 +419,10 @@ def check_graph_capture(seed: int) -> None:
     """All-gather mode with static counts, captured in a CUDA graph: replays compute new inputs."""
     rank, world = dist.get_rank(), dist.get_world_size()
     case = Case("graph", [5, 0, 3, 2][:world], method=2, static_counts=True)
-    problem, _ = make_problem(case, world, seed)
-    fresh, _ = make_problem(case, world, seed + 1)
+    problem, _, mlp = make_problem(case, world, seed)
+    fresh, _, _ = make_problem(case, world, seed + 1)
     cuda = problem.to("cuda")
-    layer = make_layer(cuda, case, "allgather")
+    layer = make_layer(cuda, case, "allgather", mlp.to("cuda"))
     layer.reserve_workspace(max(case.counts))
     mine = rank_slice(case.counts, rank)
     x = cuda.hidden_states[mine].contiguous()

@@ -1,9 +1,11 @@
 """fusedmoe.ExpertParallelMoE on CPU tensors over gloo (2 and 4 processes): runs in CI.
 
 Each test spawns the processes (file rendezvous in a temporary directory); every rank runs every
-case of dist_worker.cases in both modes and compares with the single-process operator on the
-whole problem: bitwise for the all-to-all mode, within the tolerance rule and a rounding bound
-for the all-gather mode. NCCL on GPUs: test_distributed_gpu.py.
+case of dist_worker.cases (routing methods and inputs, and the expert MLP options: GPT-OSS-like
+Swiglu with biases, Relu2, Llama 4's weights on the input) in both modes and compares with the
+single-process operator on the whole problem: bitwise for the all-to-all mode and for K == 1,
+within the tolerance rule and a rounding bound for the all-gather mode. NCCL on GPUs:
+test_distributed_gpu.py.
 """
 
 import fractions
