@@ -145,6 +145,11 @@ Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
 Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   using namespace detail;
   FUSEDMOE_RETURN_IF_ERROR(validate(args));
+  if (args.weights_dtype == DType::kFP8E4M3) {
+    return Status::Error(StatusCode::kNotImplemented,
+                         "weights_dtype: FP8 block-scale weights run on the CPU (run_reference) "
+                         "only; this build has no FP8 GPU kernels yet");
+  }
   const MoeShape& shape = args.shape;
   const size_t needed_bytes = workspace_layout_bytes(shape);
   if (workspace_bytes < needed_bytes) {

@@ -18,6 +18,7 @@ const char* dtype_name(DType dtype) {
   switch (dtype) {
     case DType::kBF16: return "bf16";
     case DType::kFP32: return "fp32";
+    case DType::kFP8E4M3: return "fp8_e4m3";
   }
   return "unknown_dtype";
 }

@@ -16,7 +16,8 @@ std::string str(int64_t value) { return std::to_string(value); }
 bool is_dtype(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kFP32; }
 
 std::string dtype_str(DType dtype) {
-  return is_dtype(dtype) ? dtype_name(dtype) : "DType(" + str(static_cast<int>(dtype)) + ")";
+  if (is_dtype(dtype) || dtype == DType::kFP8E4M3) return dtype_name(dtype);
+  return "DType(" + str(static_cast<int>(dtype)) + ")";
 }
 
 
@@ -113,6 +114,65 @@ Status validate_expert_mlp(const MoeArguments& args) {
   return Status::Ok();
 }
 
+// The FP8 block-scale variant's element types, sizes and scales (MoeArguments' FP8 fields).
+Status validate_fp8(const MoeArguments& args) {
+  const auto is_bf16_or_fp8 = [](DType dtype) {
+    return dtype == DType::kBF16 || dtype == DType::kFP8E4M3;
+  };
+  if (!is_bf16_or_fp8(args.weights_dtype)) {
+    return invalid_argument("weights_dtype", "bf16 (0) or fp8_e4m3 (2)",
+                            dtype_str(args.weights_dtype));
+  }
+  if (!is_bf16_or_fp8(args.hidden_states_dtype)) {
+    return invalid_argument("hidden_states_dtype", "bf16 (0) or fp8_e4m3 (2)",
+                            dtype_str(args.hidden_states_dtype));
+  }
+  if (args.weights_dtype != DType::kFP8E4M3) {
+    if (args.hidden_states_dtype != DType::kBF16) {
+      return invalid_argument("hidden_states_dtype", "bf16 with bf16 weights (fp8 hidden states "
+                              "need weights_dtype fp8_e4m3)", dtype_str(args.hidden_states_dtype));
+    }
+    const char* scale = args.gemm1_weights_scale   ? "gemm1_weights_scale"
+                        : args.gemm2_weights_scale ? "gemm2_weights_scale"
+                        : args.hidden_states_scale ? "hidden_states_scale"
+                                                   : nullptr;
+    if (scale) return invalid_argument(scale, "nullptr with bf16 weights", "a pointer");
+    return Status::Ok();
+  }
+  const MoeShape& shape = args.shape;
+  if (shape.hidden_size % kFp8BlockSize != 0) {
+    return invalid_argument("shape.hidden_size", "a multiple of 128 with fp8 weights",
+                            str(shape.hidden_size));
+  }
+  if (shape.intermediate_size % kFp8BlockSize != 0) {
+    return invalid_argument("shape.intermediate_size", "a multiple of 128 with fp8 weights",
+                            str(shape.intermediate_size));
+  }
+  if (args.use_routing_scales_on_input) {
+    return invalid_argument("use_routing_scales_on_input", "false with fp8 weights", "true");
+  }
+  if (Status s = check_required("gemm1_weights_scale", args.gemm1_weights_scale,
+                                "with fp8 weights");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = check_required("gemm2_weights_scale", args.gemm2_weights_scale,
+                                "with fp8 weights");
+      !s.ok()) {
+    return s;
+  }
+  const bool fp8_input = args.hidden_states_dtype == DType::kFP8E4M3;
+  if (!fp8_input && args.hidden_states_scale) {
+    return invalid_argument("hidden_states_scale", "nullptr with bf16 hidden states (they are "
+                            "quantised inside)", "a pointer");
+  }
+  if (fp8_input && shape.num_tokens > 0) {
+    return check_required("hidden_states_scale", args.hidden_states_scale,
+                          "with fp8 hidden states when T > 0");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status invalid_argument(const std::string& argument, const std::string& expected,
@@ -185,6 +245,7 @@ Status validate(const MoeArguments& args) {
     return s;
   }
   if (Status s = detail::validate_expert_mlp(args); !s.ok()) return s;
+  if (Status s = detail::validate_fp8(args); !s.ok()) return s;
 
   // Exactly one routing input.
   const bool has_logits = args.logits.logits != nullptr;

@@ -20,7 +20,10 @@ using test::MoeCase;
 using test::MoeCaseConfig;
 using test::RoutingInput;
 
-enum class Base { kLogits, kDeepSeek, kUnfinalized, kPacked, kUnpackedBf16, kUnpackedFp32 };
+enum class Base { kLogits, kDeepSeek, kUnfinalized, kPacked, kUnpackedBf16, kUnpackedFp32, kFp8 };
+
+// Block scales for the FP8 bases: validate() never reads them (any non-null pointer will do).
+const std::vector<float> kSomeScales(64, 1.0f);
 
 MoeCaseConfig base_config(Base base, uint64_t seed) {
   MoeCaseConfig cfg;
@@ -52,8 +55,22 @@ MoeCaseConfig base_config(Base base, uint64_t seed) {
       cfg.with_bias = false;
       cfg.routed_weights_dtype = DType::kFP32;
       break;
+    case Base::kFp8:  // FP8 weights need H and I multiples of 128 (arguments() sets the rest)
+      cfg.shape = test::make_shape(5, 128, 256, 8, 2);
+      break;
   }
   return cfg;
+}
+
+// The case's arguments; the FP8 base marks its weights e4m3 with block scales.
+MoeArguments base_arguments(Base base, MoeCase& c) {
+  MoeArguments args = c.arguments();
+  if (base == Base::kFp8) {
+    args.weights_dtype = DType::kFP8E4M3;
+    args.gemm1_weights_scale = kSomeScales.data();
+    args.gemm2_weights_scale = kSomeScales.data();
+  }
+  return args;
 }
 
 struct Rule {
@@ -102,8 +119,45 @@ const std::vector<Rule>& rules() {
        [](MoeArguments& a) { a.weight_layout = static_cast<WeightLayout>(1); }, "weight_layout",
        "1"},
       {"expert_weights_dtype enum", Base::kLogits,
-       [](MoeArguments& a) { a.expert_weights_dtype = static_cast<DType>(2); },
-       "expert_weights_dtype", "DType(2)"},
+       [](MoeArguments& a) { a.expert_weights_dtype = static_cast<DType>(3); },
+       "expert_weights_dtype", "DType(3)"},
+      {"expert_weights_dtype fp8", Base::kLogits,
+       [](MoeArguments& a) { a.expert_weights_dtype = DType::kFP8E4M3; }, "expert_weights_dtype",
+       "fp8_e4m3"},
+      {"weights_dtype fp32", Base::kLogits, [](MoeArguments& a) { a.weights_dtype = DType::kFP32; },
+       "weights_dtype", "fp32"},
+      {"hidden_states_dtype enum", Base::kFp8,
+       [](MoeArguments& a) { a.hidden_states_dtype = static_cast<DType>(9); },
+       "hidden_states_dtype", "DType(9)"},
+      {"fp8 hidden states with bf16 weights", Base::kLogits,
+       [](MoeArguments& a) {
+         a.hidden_states_dtype = DType::kFP8E4M3;
+         a.hidden_states_scale = kSomeScales.data();
+       },
+       "hidden_states_dtype", "fp8_e4m3"},
+      {"weight scale with bf16 weights", Base::kLogits,
+       [](MoeArguments& a) { a.gemm2_weights_scale = kSomeScales.data(); }, "gemm2_weights_scale",
+       "a pointer"},
+      {"fp8 H not multiple of 128", Base::kFp8, [](MoeArguments& a) { a.shape.hidden_size = 136; },
+       "shape.hidden_size", "136"},
+      {"fp8 I not multiple of 128", Base::kFp8,
+       [](MoeArguments& a) { a.shape.intermediate_size = 200; }, "shape.intermediate_size", "200"},
+      {"fp8 no gemm1 scale", Base::kFp8, [](MoeArguments& a) { a.gemm1_weights_scale = nullptr; },
+       "gemm1_weights_scale", "nullptr"},
+      {"fp8 no gemm2 scale", Base::kFp8, [](MoeArguments& a) { a.gemm2_weights_scale = nullptr; },
+       "gemm2_weights_scale", "nullptr"},
+      {"fp8 hidden states without scale", Base::kFp8,
+       [](MoeArguments& a) { a.hidden_states_dtype = DType::kFP8E4M3; }, "hidden_states_scale",
+       "nullptr"},
+      {"fp8 scale with bf16 hidden states", Base::kFp8,
+       [](MoeArguments& a) { a.hidden_states_scale = kSomeScales.data(); }, "hidden_states_scale",
+       "a pointer"},
+      {"fp8 routing scales on input", Base::kFp8,
+       [](MoeArguments& a) {
+         a.shape.top_k = 1;
+         a.use_routing_scales_on_input = true;
+       },
+       "use_routing_scales_on_input", "true"},
       {"both routing inputs", Base::kLogits,
        [](MoeArguments& a) { a.routed.topk_ids = kSomeIds.data(); }, "logits.logits", "both"},
       {"no routing input", Base::kLogits, [](MoeArguments& a) { a.logits.logits = nullptr; },
@@ -196,7 +250,7 @@ TEST(Validate, EveryRuleRejectsWithItsOwnMessageAndWritesNothing) {
   for (const Rule& rule : rules()) {
     SCOPED_TRACE(rule.name);
     MoeCase c(base_config(rule.base, ++seed));
-    MoeArguments args = c.arguments();
+    MoeArguments args = base_arguments(rule.base, c);
     ASSERT_TRUE(validate(args).ok()) << "base config must be valid: " << validate(args).message;
     rule.mutate(args);
     const uint64_t inputs = c.input_checksum();
@@ -247,10 +301,19 @@ TEST(Validate, ValidEdgeCasesPass) {
     EXPECT_TRUE(run_reference(args).ok());
   }
   for (const Base base : {Base::kLogits, Base::kUnfinalized, Base::kPacked, Base::kUnpackedBf16,
-                          Base::kUnpackedFp32}) {
+                          Base::kUnpackedFp32, Base::kFp8}) {
     MoeCase c(base_config(base, 4));
-    EXPECT_TRUE(validate(c.arguments()).ok()) << static_cast<int>(base);
+    EXPECT_TRUE(validate(base_arguments(base, c)).ok()) << static_cast<int>(base);
   }
+  // FP8: e4m3 hidden states with their scale; T = 0 needs none.
+  MoeCase fp8(base_config(Base::kFp8, 7));
+  MoeArguments fp8_args = base_arguments(Base::kFp8, fp8);
+  fp8_args.hidden_states_dtype = DType::kFP8E4M3;
+  fp8_args.hidden_states_scale = kSomeScales.data();
+  EXPECT_TRUE(validate(fp8_args).ok()) << validate(fp8_args).message;
+  fp8_args.shape.num_tokens = 0;
+  fp8_args.hidden_states_scale = nullptr;
+  EXPECT_TRUE(validate(fp8_args).ok()) << validate(fp8_args).message;
   // Bias is allowed (and ignored) for a method that does not read it; Llama4 with K = 1.
   MoeCaseConfig cfg = base_config(Base::kLogits, 5);
   cfg.method = RoutingMethod::kSigmoid;
@@ -320,6 +383,7 @@ TEST(Names, EnumsAndCapacity) {
   EXPECT_STREQ(status_code_name(StatusCode::kWorkspaceTooSmall), "workspace_too_small");
   EXPECT_STREQ(dtype_name(DType::kBF16), "bf16");
   EXPECT_STREQ(dtype_name(DType::kFP32), "fp32");
+  EXPECT_STREQ(dtype_name(DType::kFP8E4M3), "fp8_e4m3");
   const char* expected[kNumRoutingMethods] = {
       "Default", "Renormalize",   "DeepSeekV3", "Llama4",  "RenormalizeNaive",
       "TopK",    "SigmoidRenorm", "MiniMax2",   "Sigmoid", "TopKSigmoid"};

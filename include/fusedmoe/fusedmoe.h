@@ -49,7 +49,9 @@ const char* status_code_name(StatusCode code);
 // ----------------------------------------------------------------------------------------------
 // Element types, routing methods, layouts
 // ----------------------------------------------------------------------------------------------
-enum class DType : int { kBF16 = 0, kFP32 = 1 };
+// kFP8E4M3 is float8_e4m3fn (1 sign, 4 exponent, 3 mantissa bits, bias 7, no infinities, largest
+// finite 448, NaN 0x7F/0xFF): the FP8 variant's weights and, optionally, hidden states.
+enum class DType : int { kBF16 = 0, kFP32 = 1, kFP8E4M3 = 2 };
 
 const char* dtype_name(DType dtype);
 
@@ -110,6 +112,10 @@ constexpr int kSizeMultiple = 8;  // H and I must be multiples of this
 // tile index with headroom, and H, I <= 2^20 keep workspace_size() far from wrapping size_t.
 constexpr int64_t kMaxNumSlots = int64_t{1} << 30;    // T * K
 constexpr int64_t kMaxFeatureSize = int64_t{1} << 20;  // H and I
+// The FP8 variant: 128x128 weight blocks and 1x128 activation groups share one fp32 scale each,
+// so H and I must be multiples of 128 there; quantising divides by scale = amax / 448.
+constexpr int kFp8BlockSize = 128;
+constexpr float kFp8E4M3Max = 448.0f;
 
 // ----------------------------------------------------------------------------------------------
 // Packed top-k routing: bits 31..16 = expert id as signed int16, bits 15..0 = bf16 weight bits.
@@ -162,9 +168,9 @@ struct MoeArguments {
   MoeShape shape;
 
   // Inputs (never written).
-  const void* hidden_states = nullptr;  // [T, H] bf16
+  const void* hidden_states = nullptr;  // [T, H] bf16 (FP8 variant: or e4m3, see below)
   const void* gemm1_weights = nullptr;  // [E_loc, 2I, H] bf16 (gated), [E_loc, I, H] (non-gated)
-  const void* gemm2_weights = nullptr;  // [E_loc, H, I] bf16
+  const void* gemm2_weights = nullptr;  // [E_loc, H, I] bf16 (FP8 variant: e4m3 both)
   WeightLayout weight_layout = WeightLayout::kCanonical;
 
   // The expert MLP: activation, its per-expert parameters and the expert biases (all optional).
@@ -183,6 +189,20 @@ struct MoeArguments {
   // K == 1 only: the expert computes on bf16(w * x) (the routing weight applied to its input,
   // as Llama 4 does) and its output is not weighted again.
   bool use_routing_scales_on_input = false;
+
+  // The FP8 block-scale variant (FlashInfer's DeepSeekFp8 recipe, docs/SPEC.md "FP8 block-scale
+  // variant"). weights_dtype = kFP8E4M3 makes gemm1_weights and gemm2_weights e4m3 bytes (same
+  // shapes) with one fp32 scale per 128x128 block, weight = e4m3 value * its block's scale:
+  DType weights_dtype = DType::kBF16;          // kBF16 or kFP8E4M3
+  const float* gemm1_weights_scale = nullptr;  // FP8: [E_loc, N1 / 128, H / 128], N1 = 2I or I
+  const float* gemm2_weights_scale = nullptr;  // FP8: [E_loc, H / 128, I / 128]
+  // With FP8 weights the hidden states are bf16 (quantised inside, per token and 128-column group:
+  // scale = amax / 448, e4m3 = RNE(x / scale) saturated to +-448) or already e4m3 (kFP8E4M3) with
+  // hidden_states_scale [H / 128, T] fp32, group-major (FlashInfer's layout). Both GEMMs promote
+  // each 128-deep block's fp32 partial sum by the product of its two scales; GEMM1's activation
+  // is rounded to bf16 and quantised the same way before GEMM2. H and I multiples of 128.
+  DType hidden_states_dtype = DType::kBF16;    // kBF16, or kFP8E4M3 with FP8 weights
+  const float* hidden_states_scale = nullptr;  // [H / 128, T] when hidden_states_dtype is FP8
 
   // Routing: exactly one of logits.logits and routed.topk_ids is non-null.
   LogitsRouting logits;
@@ -223,6 +243,8 @@ Status workspace_size(const MoeShape& shape, size_t* workspace_bytes);
 
 // The operator on the GPU (device pointers). Asynchronous on `stream`; no allocation, no host
 // synchronisation. On a non-ok status nothing has been enqueued and no output written.
+// FP8 weights (weights_dtype kFP8E4M3) are not served on the GPU by this build: kNotImplemented,
+// before any CUDA call; run_reference() computes them.
 // The workspace holds the call's routing, permutation and activations until its last kernel has
 // run: it must not be used by another call in flight on another stream at the same time (give
 // each stream its own; reuse on the same stream is safe, the stream orders the calls). Thread-safe

@@ -1,5 +1,6 @@
 // CPU reference of the operator after routing: permutation, the two expert GEMMs with the
-// activation and biases, routing weights on the input, finalize, and run_reference() which strings the pieces together (SPEC "The math",
+// activation and biases (in BF16, or in FP8 with block scales), routing weights on the input,
+// finalize, and run_reference() which strings the pieces together (SPEC "The math",
 // docs/DESIGN.md).
 //
 // Speed without cleverness: rows are processed expert by expert; each weight row is widened to
@@ -13,6 +14,7 @@
 
 #include "activation.h"
 #include "reference/bf16.h"
+#include "reference/fp8.h"
 #include "reference/reference.h"
 
 namespace fusedmoe {
@@ -35,6 +37,24 @@ void widen_row(const uint16_t* bf16, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = detail::bf16_bits_to_float(bf16[i]);
 }
 
+void widen_e4m3_row(const uint8_t* codes, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = detail::e4m3_to_float(codes[i]);
+}
+
+// The FP8 GEMMs' dot product (n % 128 == 0): each 128-deep block's fp32 partial sum (dot's fixed
+// order) promoted by the product of its two scales into an fp32 accumulator, block by block, with
+// one fma (acc = fma(a_scale * w_scale, partial, acc), what nvcc makes of `acc += scale * partial`).
+float fp8_dot(const float* a, const float* a_scales, const float* w, const float* w_scales,
+              int64_t n) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b * kFp8BlockSize < n; ++b) {
+    const float partial = dot(a + b * kFp8BlockSize, w + b * kFp8BlockSize, kFp8BlockSize);
+    const float scale = a_scales[b] * w_scales[b];
+    acc = std::fma(scale, partial, acc);
+  }
+  return acc;
+}
+
 // Element `index` of an optional bias in bf16 or fp32, widened (0 when there is no bias).
 float bias_at(const void* bias, DType dtype, int64_t index) {
   if (bias == nullptr) return 0.0f;
@@ -43,6 +63,33 @@ float bias_at(const void* bias, DType dtype, int64_t index) {
 }
 
 }  // namespace
+
+void activate_rows(const float* g, int64_t num_rows, int64_t intermediate_size,
+                   const ExpertMlp& mlp, int32_t expert, uint16_t* act) {
+  const int64_t I = intermediate_size;
+  const int64_t N = gemm1_rows(mlp.activation, I);
+  const bool gated = is_gated(mlp.activation);
+  // Plain SwiGLU keeps the pinned silu(gate) * up (the GEMM1 fast path's formula).
+  const bool plain_swiglu = mlp.activation == Activation::kSwiglu && mlp.alpha == nullptr &&
+                            mlp.beta == nullptr && mlp.clamp_limit == nullptr;
+  const activation::ExpertParams params = activation::expert_params(
+      mlp.activation, mlp.alpha, mlp.beta, mlp.clamp_limit, expert);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const float* g_row = g + r * N;
+    uint16_t* act_row = act + r * I;
+    for (int64_t j = 0; j < I; ++j) {
+      float a;
+      if (plain_swiglu) {
+        a = silu(g_row[I + j]) * g_row[j];
+      } else if (gated) {
+        a = activation::gated(mlp.activation, g_row[I + j], g_row[j], params);
+      } else {
+        a = activation::plain(mlp.activation, g_row[j]);
+      }
+      act_row[j] = detail::float_to_bf16_bits(a);
+    }
+  }
+}
 
 ExpertMlp expert_mlp(const MoeArguments& args) {
   ExpertMlp mlp;
@@ -94,10 +141,6 @@ std::vector<uint16_t> activation_reference(const uint16_t* x, const uint16_t* w1
                                            const ExpertMlp& mlp) {
   const int64_t H = hidden_size, I = intermediate_size;
   const int64_t N = gemm1_rows(mlp.activation, I);  // g's length: 2I gated, I non-gated
-  const bool gated = is_gated(mlp.activation);
-  // Plain SwiGLU keeps the pinned silu(gate) * up (the GEMM1 fast path's formula).
-  const bool plain_swiglu = mlp.activation == Activation::kSwiglu && mlp.alpha == nullptr &&
-                            mlp.beta == nullptr && mlp.clamp_limit == nullptr;
   const int32_t num_experts = static_cast<int32_t>(permutation.expert_offsets.size()) - 1;
   std::vector<uint16_t> act(permutation.num_local() * I);
   std::vector<float> rows, g, weight_row(H);
@@ -123,24 +166,7 @@ std::vector<uint16_t> activation_reference(const uint16_t* x, const uint16_t* w1
         g[r * N + j] = mlp.gemm1_bias ? dot_value + bias : dot_value;
       }
     }
-    // act = bf16(activation), up = g[0, I), gate = g[I, 2I) when gated.
-    const activation::ExpertParams params = activation::expert_params(
-        mlp.activation, mlp.alpha, mlp.beta, mlp.clamp_limit, e);
-    for (int64_t r = 0; r < num_rows; ++r) {
-      const float* g_row = g.data() + r * N;
-      uint16_t* act_row = act.data() + (begin + r) * I;
-      for (int64_t j = 0; j < I; ++j) {
-        float a;
-        if (plain_swiglu) {
-          a = silu(g_row[I + j]) * g_row[j];
-        } else if (gated) {
-          a = activation::gated(mlp.activation, g_row[I + j], g_row[j], params);
-        } else {
-          a = activation::plain(mlp.activation, g_row[j]);
-        }
-        act_row[j] = detail::float_to_bf16_bits(a);
-      }
-    }
+    activate_rows(g.data(), num_rows, I, mlp, e, act.data() + begin * I);
   }
   return act;
 }
@@ -165,6 +191,95 @@ std::vector<uint16_t> gemm2_reference(const std::vector<uint16_t>& act, const ui
       const float bias = bias_at(mlp.gemm2_bias, mlp.gemm2_bias_dtype, e * H + h);
       for (int64_t r = 0; r < num_rows; ++r) {
         const float dot_value = dot(rows.data() + r * I, weight_row.data(), I);
+        y[(begin + r) * H + h] =
+            detail::float_to_bf16_bits(mlp.gemm2_bias ? dot_value + bias : dot_value);
+      }
+    }
+  }
+  return y;
+}
+
+Fp8Rows quantize_rows_fp8(const uint16_t* bf16, int64_t num_rows, int64_t cols) {
+  Fp8Rows q;
+  q.cols = cols;
+  q.codes.resize(num_rows * cols);
+  q.scales.resize(num_rows * (cols / kFp8BlockSize));
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    widen_row(bf16 + r * cols, cols, row.data());
+    detail::quantize_groups_e4m3(row.data(), cols, q.codes.data() + r * cols,
+                                 q.scales.data() + r * (cols / kFp8BlockSize));
+  }
+  return q;
+}
+
+std::vector<uint16_t> activation_reference_fp8(const Fp8Rows& x, const Fp8Weights& w1,
+                                               int64_t intermediate_size, int32_t top_k,
+                                               const Permutation& permutation,
+                                               const ExpertMlp& mlp) {
+  const int64_t H = x.cols, I = intermediate_size;
+  const int64_t N = gemm1_rows(mlp.activation, I);
+  const int64_t groups = H / kFp8BlockSize;
+  const int32_t num_experts = static_cast<int32_t>(permutation.expert_offsets.size()) - 1;
+  std::vector<uint16_t> act(permutation.num_local() * I);
+  std::vector<float> rows, row_scales, g, weight_row(H);
+
+  for (int32_t e = 0; e < num_experts; ++e) {
+    const int64_t begin = permutation.expert_offsets[e];
+    const int64_t num_rows = permutation.expert_offsets[e + 1] - begin;
+    if (num_rows == 0) continue;
+    // The expert's input rows, gathered: e4m3 values widened (num_rows, H) and their scales.
+    rows.resize(num_rows * H);
+    row_scales.resize(num_rows * groups);
+    for (int64_t r = 0; r < num_rows; ++r) {
+      const int64_t token = permutation.permuted_slots[begin + r] / top_k;
+      widen_e4m3_row(x.codes.data() + token * H, H, rows.data() + r * H);
+      std::copy_n(x.scales.data() + token * groups, groups, row_scales.data() + r * groups);
+    }
+    g.resize(num_rows * N);
+    const uint8_t* w1_expert = w1.codes + static_cast<int64_t>(e) * N * H;
+    const float* w1_scales = w1.scales + static_cast<int64_t>(e) * (N / kFp8BlockSize) * groups;
+    for (int64_t j = 0; j < N; ++j) {
+      widen_e4m3_row(w1_expert + j * H, H, weight_row.data());
+      const float* block_scales = w1_scales + (j / kFp8BlockSize) * groups;
+      const float bias = bias_at(mlp.gemm1_bias, mlp.gemm1_bias_dtype, e * N + j);
+      for (int64_t r = 0; r < num_rows; ++r) {
+        const float dot_value = fp8_dot(rows.data() + r * H, row_scales.data() + r * groups,
+                                        weight_row.data(), block_scales, H);
+        g[r * N + j] = mlp.gemm1_bias ? dot_value + bias : dot_value;
+      }
+    }
+    activate_rows(g.data(), num_rows, I, mlp, e, act.data() + begin * I);
+  }
+  return act;
+}
+
+std::vector<uint16_t> gemm2_reference_fp8(const std::vector<uint16_t>& act, const Fp8Weights& w2,
+                                          int64_t hidden_size, int64_t intermediate_size,
+                                          const Permutation& permutation, const ExpertMlp& mlp) {
+  const int64_t H = hidden_size, I = intermediate_size;
+  const int64_t groups = I / kFp8BlockSize;
+  const int32_t num_experts = static_cast<int32_t>(permutation.expert_offsets.size()) - 1;
+  const Fp8Rows a = quantize_rows_fp8(act.data(), permutation.num_local(), I);
+  std::vector<uint16_t> y(permutation.num_local() * H);
+  std::vector<float> rows, weight_row(I);
+
+  for (int32_t e = 0; e < num_experts; ++e) {
+    const int64_t begin = permutation.expert_offsets[e];
+    const int64_t num_rows = permutation.expert_offsets[e + 1] - begin;
+    if (num_rows == 0) continue;
+    rows.resize(num_rows * I);
+    widen_e4m3_row(a.codes.data() + begin * I, num_rows * I, rows.data());
+    const uint8_t* w2_expert = w2.codes + static_cast<int64_t>(e) * H * I;
+    const float* w2_scales = w2.scales + static_cast<int64_t>(e) * (H / kFp8BlockSize) * groups;
+    for (int64_t h = 0; h < H; ++h) {
+      widen_e4m3_row(w2_expert + h * I, I, weight_row.data());
+      const float* block_scales = w2_scales + (h / kFp8BlockSize) * groups;
+      const float bias = bias_at(mlp.gemm2_bias, mlp.gemm2_bias_dtype, e * H + h);
+      for (int64_t r = 0; r < num_rows; ++r) {
+        const float dot_value =
+            fp8_dot(rows.data() + r * I, a.scales.data() + (begin + r) * groups,
+                    weight_row.data(), block_scales, I);
         y[(begin + r) * H + h] =
             detail::float_to_bf16_bits(mlp.gemm2_bias ? dot_value + bias : dot_value);
       }
@@ -210,6 +325,24 @@ std::vector<uint16_t> finalize_reference(const Routing& routing, const Permutati
   return out;
 }
 
+Fp8Rows fp8_hidden_states(const MoeArguments& args) {
+  const int64_t T = args.shape.num_tokens, H = args.shape.hidden_size;
+  if (args.hidden_states_dtype != DType::kFP8E4M3) {
+    return quantize_rows_fp8(static_cast<const uint16_t*>(args.hidden_states), T, H);
+  }
+  // Given e4m3 codes with scales [H / 128, T] (group-major): made token-major.
+  const int64_t groups = H / kFp8BlockSize;
+  Fp8Rows x;
+  x.cols = H;
+  const auto* codes = static_cast<const uint8_t*>(args.hidden_states);
+  x.codes.assign(codes, codes + T * H);
+  x.scales.resize(T * groups);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t g = 0; g < groups; ++g) x.scales[t * groups + g] = args.hidden_states_scale[g * T + t];
+  }
+  return x;
+}
+
 }  // namespace ref
 
 Status run_reference(const MoeArguments& args) {
@@ -234,10 +367,21 @@ Status run_reference(const MoeArguments& args) {
     scaled_x = ref::scale_input_reference(x, routing, H);
     x = scaled_x.data();
   }
-  const std::vector<uint16_t> act = ref::activation_reference(
-      x, static_cast<const uint16_t*>(args.gemm1_weights), H, I, K, perm, mlp);
-  const std::vector<uint16_t> y = ref::gemm2_reference(
-      act, static_cast<const uint16_t*>(args.gemm2_weights), H, I, perm, mlp);
+  std::vector<uint16_t> act, y;
+  if (args.weights_dtype == DType::kFP8E4M3) {
+    const ref::Fp8Rows x8 = ref::fp8_hidden_states(args);
+    const ref::Fp8Weights w1{static_cast<const uint8_t*>(args.gemm1_weights),
+                             args.gemm1_weights_scale};
+    const ref::Fp8Weights w2{static_cast<const uint8_t*>(args.gemm2_weights),
+                             args.gemm2_weights_scale};
+    act = ref::activation_reference_fp8(x8, w1, I, K, perm, mlp);
+    y = ref::gemm2_reference_fp8(act, w2, H, I, perm, mlp);
+  } else {
+    act = ref::activation_reference(x, static_cast<const uint16_t*>(args.gemm1_weights), H, I, K,
+                                    perm, mlp);
+    y = ref::gemm2_reference(act, static_cast<const uint16_t*>(args.gemm2_weights), H, I, perm,
+                             mlp);
+  }
 
   if (args.do_finalize) {
     const std::vector<uint16_t> out =

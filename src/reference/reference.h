@@ -111,6 +111,49 @@ std::vector<uint16_t> gemm2_reference(const std::vector<uint16_t>& act, const ui
                                       int64_t hidden_size, int64_t intermediate_size,
                                       const Permutation& permutation, const ExpertMlp& mlp = {});
 
+// act[r, j] for rows r of one expert from their GEMM1 output g [num_rows, 2I or I] (fp32, bias
+// included): the formulas above, rounded once to bf16. act: [num_rows, I].
+void activate_rows(const float* g, int64_t num_rows, int64_t intermediate_size,
+                   const ExpertMlp& mlp, int32_t expert, uint16_t* act);
+
+// ---- the FP8 block-scale variant (docs/SPEC.md "FP8 block-scale variant") -----------------------
+
+// Rows quantised per 128-column group: e4m3 codes [rows, cols] and fp32 scales [rows, cols / 128].
+struct Fp8Rows {
+  int64_t cols = 0;
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+};
+
+// bf16 rows [num_rows, cols] (cols % 128 == 0) quantised group by group (src/reference/fp8.h).
+Fp8Rows quantize_rows_fp8(const uint16_t* bf16, int64_t num_rows, int64_t cols);
+
+// The call's hidden states as FP8 rows: bf16 ones quantised, e4m3 ones with hidden_states_scale
+// [H / 128, T] made token-major.
+Fp8Rows fp8_hidden_states(const MoeArguments& args);
+
+// One GEMM's e4m3 weights [E_loc, N, K] and their fp32 block scales [E_loc, N / 128, K / 128].
+struct Fp8Weights {
+  const uint8_t* codes = nullptr;
+  const float* scales = nullptr;
+};
+
+// activation_reference with FP8 operands: g[p, j] = sum over 128-blocks b of
+// (x_scale[t, b] * w1_scale[e, j / 128, b]) * (fp32 dot of the block's e4m3 values), accumulated
+// in fp32 in ascending b (+ gemm1_bias), then activate_rows. Returns [num_local, I] bf16.
+std::vector<uint16_t> activation_reference_fp8(const Fp8Rows& x, const Fp8Weights& w1,
+                                               int64_t intermediate_size, int32_t top_k,
+                                               const Permutation& permutation,
+                                               const ExpertMlp& mlp = {});
+
+// gemm2_reference with FP8 operands: each bf16 act row quantised per 128-group, then the same
+// block-promoted dot with w2 [E_loc, H, I] (scales [E_loc, H / 128, I / 128]), + gemm2_bias,
+// rounded to bf16. Returns [num_local, H].
+std::vector<uint16_t> gemm2_reference_fp8(const std::vector<uint16_t>& act, const Fp8Weights& w2,
+                                          int64_t hidden_size, int64_t intermediate_size,
+                                          const Permutation& permutation,
+                                          const ExpertMlp& mlp = {});
+
 // Routing weights on the input (use_routing_scales_on_input, K == 1): x'[t, :] = bf16(x[t, :] *
 // w[t]) with w the weight as used (routing.weights). Returns [T, H] bf16 bits.
 std::vector<uint16_t> scale_input_reference(const uint16_t* x, const Routing& routing,
