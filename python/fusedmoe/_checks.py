@@ -13,6 +13,7 @@ import torch
 MAX_TOP_K = 32
 MAX_NUM_EXPERTS = 1024
 SIZE_MULTIPLE = 8
+FP8_BLOCK = 128  # the FP8 variant's block: H and I multiples of it
 
 # FlashInfer's ActivationType numbers of the activations fusedmoe computes (api.ActivationType).
 SWIGLU_ACTIVATION = 3
@@ -99,12 +100,17 @@ def check_problem(
     local_expert_offset,
     local_num_experts,
     activation_type=SWIGLU_ACTIVATION,
+    fp8=False,
 ) -> Tuple[int, int, torch.device]:
     """Checks the tensors and sizes every call shares. Returns (num_tokens, hidden_size, device).
 
     gemm1_weights is [E_loc, 2I, H] for a gated ``activation_type``, [E_loc, I, H] otherwise.
+    ``fp8``: the FP8 variant (float8_e4m3fn weights, bf16 or float8_e4m3fn hidden states, H and I
+    multiples of 128).
     """
-    check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
+    weight_dtypes = (torch.float8_e4m3fn,) if fp8 else (torch.bfloat16,)
+    hidden_dtypes = (torch.bfloat16, torch.float8_e4m3fn) if fp8 else (torch.bfloat16,)
+    check_tensor("hidden_states", hidden_states, hidden_dtypes, (None, None))
     device = hidden_states.device
     num_tokens, hidden_size = hidden_states.shape
     num_experts = check_int("num_experts", num_experts, 1, MAX_NUM_EXPERTS)
@@ -118,20 +124,29 @@ def check_problem(
         raise ValueError(
             f"hidden_states: expected hidden size (dim 1) a positive multiple of {SIZE_MULTIPLE}, got {hidden_size}"
         )
+    if fp8 and intermediate_size % FP8_BLOCK:
+        raise ValueError(
+            f"intermediate_size: expected a multiple of {FP8_BLOCK} with FP8 weights, got {intermediate_size}"
+        )
+    if fp8 and hidden_size % FP8_BLOCK:
+        raise ValueError(
+            f"hidden_states: expected hidden size (dim 1) a multiple of {FP8_BLOCK} with FP8 weights, "
+            f"got {hidden_size}"
+        )
     check_int("local_num_experts", local_num_experts, 1, num_experts)
     check_int("local_expert_offset", local_expert_offset, 0, num_experts - local_num_experts)
     gemm1_rows = (2 if activation_type in GATED_ACTIVATIONS else 1) * intermediate_size
     check_tensor(
         "gemm1_weights",
         gemm1_weights,
-        (torch.bfloat16,),
+        weight_dtypes,
         (local_num_experts, gemm1_rows, hidden_size),
         device,
     )
     check_tensor(
         "gemm2_weights",
         gemm2_weights,
-        (torch.bfloat16,),
+        weight_dtypes,
         (local_num_experts, hidden_size, intermediate_size),
         device,
     )

@@ -7,7 +7,10 @@ Two ops share one argument list:
     when all its mutable arguments are None ("getitem is not an OpOverload").
   * ``fusedmoe::moe_unfinalized`` returns fresh
     ``(gemm2_output, expert_weights, expanded_idx_to_permuted_idx)`` (do_finalize=False).
-Both may also write ``routing_replay_out`` and a caller ``workspace`` (declared mutated).
+Both may also write ``routing_replay_out`` and a caller ``workspace`` (declared mutated). Their
+last three arguments (default None) are the FP8 variant's scales: with float8_e4m3fn weights,
+``gemm1_weights_scale`` and ``gemm2_weights_scale``; with float8_e4m3fn hidden states,
+``hidden_states_scale``.
 
 Tensors reach the C++ layer (``fusedmoe._ext``) as DLPack views. CUDA tensors run ``run()`` on
 the current stream of their device; CPU tensors run ``run_reference()``. Nothing is allocated
@@ -43,10 +46,15 @@ def _launch(
     routing_method, n_group, topk_group, routed_scaling_factor, activation, gemm1_alpha,
     gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias, use_routing_scales_on_input,
     expert_weights_fp32, do_finalize, enable_pdl, output, gemm2_output, expert_weights,
-    expanded_idx_to_permuted_idx, routing_replay_out, workspace,
+    expanded_idx_to_permuted_idx, routing_replay_out, workspace, hidden_states_scale=None,
+    gemm1_weights_scale=None, gemm2_weights_scale=None,
 ):
     """Calls fusedmoe._ext.moe: run() on the current stream for CUDA tensors (with the caller's
-    workspace or per-call scratch), run_reference() for CPU tensors."""
+    workspace or per-call scratch), run_reference() for CPU tensors. float8_e4m3fn tensors (the
+    FP8 variant) go as uint8 views with their scales."""
+    as_bytes = lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t  # noqa: E731
+    hidden_states, gemm1_weights, gemm2_weights = (
+        as_bytes(hidden_states), as_bytes(gemm1_weights), as_bytes(gemm2_weights))
     device = hidden_states.device
     on_gpu = device.type == "cuda"
     stream = 0
@@ -72,7 +80,7 @@ def _launch(
             use_routing_scales_on_input, expert_weights_fp32, do_finalize, output, gemm2_output,
             expert_weights,
             expanded_idx_to_permuted_idx, routing_replay_out, workspace, enable_pdl, on_gpu,
-            stream,
+            stream, hidden_states_scale, gemm1_weights_scale, gemm2_weights_scale,
         )
 
 
@@ -129,6 +137,9 @@ def moe_unfinalized(
     enable_pdl: bool,
     routing_replay_out: Optional[torch.Tensor],
     workspace: Optional[torch.Tensor],
+    hidden_states_scale: Optional[torch.Tensor] = None,
+    gemm1_weights_scale: Optional[torch.Tensor] = None,
+    gemm2_weights_scale: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The do_finalize=False operator: (gemm2_output, expert_weights, expanded_idx_to_permuted_idx)."""
     outputs = _unfinalized_outputs(hidden_states, top_k, topk_weights, expert_weights_fp32)
@@ -138,7 +149,8 @@ def moe_unfinalized(
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
         activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
         use_routing_scales_on_input, expert_weights_fp32, False, enable_pdl, None, *outputs,
-        routing_replay_out, workspace,
+        routing_replay_out, workspace, hidden_states_scale, gemm1_weights_scale,
+        gemm2_weights_scale,
     )
     return outputs
 
@@ -186,6 +198,9 @@ def moe_out(
     output: torch.Tensor,
     routing_replay_out: Optional[torch.Tensor],
     workspace: Optional[torch.Tensor],
+    hidden_states_scale: Optional[torch.Tensor] = None,
+    gemm1_weights_scale: Optional[torch.Tensor] = None,
+    gemm2_weights_scale: Optional[torch.Tensor] = None,
 ) -> None:
     """The finalized operator written into the caller's ``output`` [T, H] bf16."""
     _launch(
@@ -194,8 +209,8 @@ def moe_out(
         local_num_experts, routing_method, n_group, topk_group, routed_scaling_factor,
         activation, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
         use_routing_scales_on_input, expert_weights_fp32, True, enable_pdl, output, None, None,
-        None,
-        routing_replay_out, workspace,
+        None, routing_replay_out, workspace, hidden_states_scale, gemm1_weights_scale,
+        gemm2_weights_scale,
     )
 
 

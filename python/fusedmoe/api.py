@@ -61,6 +61,17 @@ class ActivationType(enum.IntEnum):
         return int(self) in _checks.GATED_ACTIVATIONS
 
 
+class Fp8QuantizationType(enum.IntEnum):
+    """FlashInfer's FP8 recipes (same numbers). fusedmoe offers DeepSeekFp8: float8_e4m3fn with one
+    fp32 scale per 128x128 weight block and per 128-column group of each activation row."""
+
+    NoneFp8 = 0
+    DeepSeekFp8 = 1
+    MxFp8 = 2
+    PerTensorFp8 = 3
+    PerChannelFp8 = 4
+
+
 class WeightLayout(enum.IntEnum):
     """Weight layouts fusedmoe reads. Canonical: gemm1 [E_loc, 2I, H] (rows [0, I) up, [I, 2I)
     gate), gemm2 [E_loc, H, I], both row-major. Its value 0 equals FlashInfer's MajorK."""
@@ -243,17 +254,23 @@ def _run(
     topk_weights, num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
     local_num_experts, routed_scaling_factor, routing_method_type, do_finalize, enable_pdl,
     tune_max_num_tokens, routing_replay_out, output, workspace, expert_weights_fp32, mlp,
+    fp8_scales=None,
 ):
-    """Checks what both entry points share, then calls the custom op. ``mlp``: (activation_type,
+    """Checks what the entry points share, then calls the custom op. ``mlp``: (activation_type,
     gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
-    use_routing_scales_on_input)."""
+    use_routing_scales_on_input). ``fp8_scales``: None (BF16), or the FP8 variant's
+    (hidden_states_scale, gemm1_weights_scale, gemm2_weights_scale)."""
     activation = _checks.check_activation(mlp[0])
     num_tokens, hidden_size, device = _checks.check_problem(
         hidden_states, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
-        local_expert_offset, local_num_experts, activation,
+        local_expert_offset, local_num_experts, activation, fp8=fp8_scales is not None,
     )
     _checks.check_expert_mlp(activation, *mlp[1:], top_k, local_num_experts, intermediate_size,
                              hidden_size, device)
+    if fp8_scales is not None:
+        _check_fp8_scales(hidden_states, gemm1_weights, gemm2_weights, *fp8_scales)
+    else:
+        fp8_scales = (None, None, None)
     _checks.check_int("tune_max_num_tokens", tune_max_num_tokens, 0)
     _checks.check_optional_output(
         "routing_replay_out", routing_replay_out, torch.int16, (num_tokens, top_k), device
@@ -272,13 +289,41 @@ def _run(
     if not do_finalize:
         if output is not None:
             raise ValueError("output: expected None when do_finalize=False (the outputs are returned)")
-        return list(torch.ops.fusedmoe.moe_unfinalized(*args, *tail, routing_replay_out, workspace))
+        return list(torch.ops.fusedmoe.moe_unfinalized(
+            *args, *tail, routing_replay_out, workspace, *fp8_scales))
     if output is None:
-        output = hidden_states.new_empty((num_tokens, hidden_size))
+        output = hidden_states.new_empty((num_tokens, hidden_size), dtype=torch.bfloat16)
     else:
         _checks.check_tensor("output", output, (torch.bfloat16,), (num_tokens, hidden_size), device)
-    torch.ops.fusedmoe.moe_out(*args, *tail, output, routing_replay_out, workspace)
+    torch.ops.fusedmoe.moe_out(*args, *tail, output, routing_replay_out, workspace, *fp8_scales)
     return output
+
+
+def _check_fp8_scales(hidden_states, gemm1_weights, gemm2_weights, hidden_states_scale,
+                      gemm1_weights_scale, gemm2_weights_scale) -> None:
+    """The FP8 variant's scales against the (already checked) tensors; CUDA tensors refused."""
+    device = hidden_states.device
+    num_tokens, hidden_size = hidden_states.shape
+    num_local, rows, _ = gemm1_weights.shape
+    intermediate_size = gemm2_weights.shape[2]
+    block = _checks.FP8_BLOCK
+    if hidden_states.dtype == torch.float8_e4m3fn:
+        _checks.check_tensor("hidden_states_scale", hidden_states_scale, (torch.float32,),
+                             (hidden_size // block, num_tokens), device)
+    elif hidden_states_scale is not None:
+        raise ValueError(
+            "hidden_states_scale: expected None for bfloat16 hidden_states (the operator quantises "
+            "them per token and 128-column group), got a tensor"
+        )
+    _checks.check_tensor("gemm1_weights_scale", gemm1_weights_scale, (torch.float32,),
+                         (num_local, rows // block, hidden_size // block), device)
+    _checks.check_tensor("gemm2_weights_scale", gemm2_weights_scale, (torch.float32,),
+                         (num_local, hidden_size // block, intermediate_size // block), device)
+    if device.type == "cuda":
+        raise NotImplementedError(
+            "hidden_states: the FP8 block-scale variant runs on CPU tensors (the reference) only in "
+            "this build; its Hopper kernels are not built yet (got cuda tensors)"
+        )
 
 
 def trtllm_bf16_moe(
@@ -374,20 +419,10 @@ def trtllm_bf16_moe(
     _checks.check_layout(use_shuffled_weight, weight_layout)
     _checks.check_unsupported(norm_topk_prob)
     _checks.check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
-    device = hidden_states.device
-    num_tokens = hidden_states.shape[0]
-    _checks.check_int("num_experts", num_experts, 1, _checks.MAX_NUM_EXPERTS)
-    _checks.check_tensor(
-        "routing_logits", routing_logits, (torch.float32, torch.bfloat16), (num_tokens, num_experts), device
+    method, n_group, topk_group, scale = _logits_routing(
+        routing_logits, routing_bias, hidden_states, num_experts, routing_method_type, n_group,
+        topk_group, routed_scaling_factor,
     )
-    if routing_bias is not None:
-        _checks.check_tensor(
-            "routing_bias", routing_bias, (torch.float32, torch.bfloat16), (num_experts,), device
-        )
-    method = _routing_method(routing_method_type)
-    n_group = _checks.check_int("n_group", 0 if n_group is None else n_group, 0, num_experts)
-    topk_group = _checks.check_int("topk_group", 0 if topk_group is None else topk_group, 0, num_experts)
-    scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
     return _run(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, None, None,
         num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
@@ -446,6 +481,218 @@ def trtllm_bf16_routed_moe(
     _checks.check_layout(use_shuffled_weight, weight_layout)
     _checks.check_unsupported(True, gemm1_lora_delta)
     _checks.check_tensor("hidden_states", hidden_states, (torch.bfloat16,), (None, None))
+    ids, weights = _routed_input(topk_ids, hidden_states, top_k)
+    _routing_method(routing_method_type)
+    return _run(
+        hidden_states, gemm1_weights, gemm2_weights, None, None, ids, weights, num_experts, top_k,
+        0, 0, intermediate_size, local_expert_offset, local_num_experts, 1.0,
+        int(RoutingMethod.Default), do_finalize, enable_pdl, tune_max_num_tokens,
+        routing_replay_out, output, _workspace_argument(workspace_buffer, workspace),
+        weights is not None and weights.dtype == torch.float32,
+        (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
+         use_routing_scales_on_input),
+    )
+
+
+def trtllm_fp8_block_scale_moe(
+    routing_logits: torch.Tensor,
+    routing_bias: Optional[torch.Tensor],
+    hidden_states: torch.Tensor,
+    hidden_states_scale: Optional[torch.Tensor],
+    gemm1_weights: torch.Tensor,
+    gemm1_weights_scale: torch.Tensor,
+    gemm2_weights: torch.Tensor,
+    gemm2_weights_scale: torch.Tensor,
+    num_experts: int,
+    top_k: int,
+    n_group: Optional[int],
+    topk_group: Optional[int],
+    intermediate_size: int,
+    local_expert_offset: int,
+    local_num_experts: int,
+    routed_scaling_factor: Optional[float],
+    routing_method_type: int = RoutingMethod.Default,
+    use_shuffled_weight: bool = False,
+    weight_layout: int = WeightLayout.Canonical,
+    do_finalize: bool = True,
+    enable_pdl: Optional[bool] = None,
+    tune_max_num_tokens: int = 8192,
+    fp8_quantization_type: int = Fp8QuantizationType.DeepSeekFp8,
+    num_fused_shared_experts: Optional[int] = None,
+    activation_type: int = ActivationType.Swiglu,
+    norm_topk_prob: bool = True,
+    routing_replay_out: Optional[torch.Tensor] = None,
+    gemm1_alpha: Optional[torch.Tensor] = None,
+    gemm1_beta: Optional[torch.Tensor] = None,
+    gemm1_clamp_limit: Optional[torch.Tensor] = None,
+    output: Optional[torch.Tensor] = None,
+    valid_hidden_size: Optional[int] = None,
+    valid_intermediate_size: Optional[int] = None,
+    *,
+    gemm1_bias: Optional[torch.Tensor] = None,
+    gemm2_bias: Optional[torch.Tensor] = None,
+    expert_weights_dtype: torch.dtype = torch.bfloat16,
+    workspace_buffer: Optional[torch.Tensor] = None,
+) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """FP8 block-scale MoE layer routed from logits (FlashInfer's ``trtllm_fp8_block_scale_moe``).
+
+    The contract of ``trtllm_bf16_moe`` with FP8 experts (docs/SPEC.md "FP8 block-scale variant"):
+    float8_e4m3fn weights with one fp32 scale per 128x128 block, activations quantised per token
+    and 128-column group (scale = amax / 448), fp32 accumulation promoted per 128-deep block, the
+    activation rounded to bf16 and quantised the same way before GEMM2, bf16 output.
+    **This build runs it on CPU tensors only** (the reference); CUDA tensors raise
+    NotImplementedError after every argument check.
+
+    Args:
+        hidden_states: [T, H] bfloat16 (quantised inside) or float8_e4m3fn with
+            ``hidden_states_scale`` [H / 128, T] float32 (``fp8.quantize_fp8_activations`` makes
+            both from bf16; the result is then bitwise the bf16 input's). None for bf16 input.
+        gemm1_weights: float8_e4m3fn [E_loc, 2I, H] (rows [0, I) up, [I, 2I) gate) or
+            [E_loc, I, H] for a non-gated activation; ``gemm1_weights_scale`` float32
+            [E_loc, 2I / 128 (or I / 128), H / 128].
+        gemm2_weights: float8_e4m3fn [E_loc, H, I]; ``gemm2_weights_scale`` float32
+            [E_loc, H / 128, I / 128]. ``fp8.prepare_fp8_weights`` converts checkpoints.
+        intermediate_size, H: multiples of 128.
+        fp8_quantization_type: ``Fp8QuantizationType.DeepSeekFp8`` (the only recipe offered).
+        num_fused_shared_experts: None or 0. valid_hidden_size, valid_intermediate_size: None or
+            the full sizes (no padded weights).
+        Everything else as in ``trtllm_bf16_moe`` (``enable_pdl`` None means True; the expert
+        MLP's options and biases included; no ``use_routing_scales_on_input``).
+
+    Raises:
+        TypeError, ValueError naming the argument; NotImplementedError for CUDA tensors.
+    """
+    _checks.check_layout(use_shuffled_weight, weight_layout)
+    _checks.check_unsupported(norm_topk_prob)
+    _check_fp8_options(fp8_quantization_type, num_fused_shared_experts, valid_hidden_size,
+                       valid_intermediate_size, hidden_states, intermediate_size)
+    method, n_group, topk_group, scale = _logits_routing(
+        routing_logits, routing_bias, hidden_states, num_experts, routing_method_type, n_group,
+        topk_group, routed_scaling_factor,
+    )
+    return _run(
+        hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, None, None,
+        num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
+        local_num_experts, scale, method, do_finalize, True if enable_pdl is None else enable_pdl,
+        tune_max_num_tokens, routing_replay_out, output, workspace_buffer,
+        _expert_weights_fp32(expert_weights_dtype),
+        (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias, False),
+        (hidden_states_scale, gemm1_weights_scale, gemm2_weights_scale),
+    )
+
+
+def trtllm_fp8_block_scale_routed_moe(
+    topk_ids: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]],
+    routing_bias: Optional[torch.Tensor],
+    hidden_states: torch.Tensor,
+    hidden_states_scale: Optional[torch.Tensor],
+    gemm1_weights: torch.Tensor,
+    gemm1_weights_scale: torch.Tensor,
+    gemm2_weights: torch.Tensor,
+    gemm2_weights_scale: torch.Tensor,
+    num_experts: int,
+    top_k: int,
+    n_group: Optional[int],
+    topk_group: Optional[int],
+    intermediate_size: int,
+    local_expert_offset: int,
+    local_num_experts: int,
+    routed_scaling_factor: Optional[float],
+    routing_method_type: int = RoutingMethod.Default,
+    use_shuffled_weight: bool = False,
+    weight_layout: int = WeightLayout.Canonical,
+    do_finalize: bool = True,
+    enable_pdl: Optional[bool] = None,
+    gemm1_lora_delta: Optional[torch.Tensor] = None,
+    output: Optional[torch.Tensor] = None,
+    tune_max_num_tokens: int = 8192,
+    fp8_quantization_type: int = Fp8QuantizationType.DeepSeekFp8,
+    activation_type: int = ActivationType.Swiglu,
+    gemm1_alpha: Optional[torch.Tensor] = None,
+    gemm1_beta: Optional[torch.Tensor] = None,
+    gemm1_clamp_limit: Optional[torch.Tensor] = None,
+    valid_hidden_size: Optional[int] = None,
+    valid_intermediate_size: Optional[int] = None,
+    *,
+    gemm1_bias: Optional[torch.Tensor] = None,
+    gemm2_bias: Optional[torch.Tensor] = None,
+    workspace_buffer: Optional[torch.Tensor] = None,
+) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """FP8 block-scale MoE layer with routing given (FlashInfer's ``trtllm_fp8_block_scale_routed_moe``).
+
+    ``topk_ids`` as in ``trtllm_bf16_routed_moe`` (packed, or an (ids, weights) pair with bf16 or
+    fp32 weights used exactly as given); ``routing_bias``, ``n_group``, ``topk_group``,
+    ``routed_scaling_factor`` and ``routing_method_type`` are accepted for FlashInfer
+    compatibility and ignored. Everything else as in ``trtllm_fp8_block_scale_moe``: **CPU tensors
+    only in this build**.
+    """
+    _checks.check_layout(use_shuffled_weight, weight_layout)
+    _checks.check_unsupported(True, gemm1_lora_delta)
+    _check_fp8_options(fp8_quantization_type, None, valid_hidden_size, valid_intermediate_size,
+                       hidden_states, intermediate_size)
+    ids, weights = _routed_input(topk_ids, hidden_states, top_k)
+    _routing_method(routing_method_type)
+    return _run(
+        hidden_states, gemm1_weights, gemm2_weights, None, None, ids, weights, num_experts, top_k,
+        0, 0, intermediate_size, local_expert_offset, local_num_experts, 1.0,
+        int(RoutingMethod.Default), do_finalize, True if enable_pdl is None else enable_pdl,
+        tune_max_num_tokens, None, output, workspace_buffer,
+        weights is not None and weights.dtype == torch.float32,
+        (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias, False),
+        (hidden_states_scale, gemm1_weights_scale, gemm2_weights_scale),
+    )
+
+
+def _check_fp8_options(fp8_quantization_type, num_fused_shared_experts, valid_hidden_size,
+                       valid_intermediate_size, hidden_states, intermediate_size) -> None:
+    """FlashInfer's FP8 options beyond the DeepSeekFp8 recipe: anything but their defaults (or
+    the full sizes) is an error; also checks hidden_states' dtype and rank."""
+    if isinstance(fp8_quantization_type, bool) or not isinstance(fp8_quantization_type, int):
+        raise TypeError(
+            f"fp8_quantization_type: expected an int or Fp8QuantizationType, got "
+            f"{type(fp8_quantization_type).__name__}"
+        )
+    if int(fp8_quantization_type) != Fp8QuantizationType.DeepSeekFp8:
+        raise ValueError(
+            f"fp8_quantization_type: expected Fp8QuantizationType.DeepSeekFp8 (1: 128x128 block "
+            f"scales), got {int(fp8_quantization_type)}"
+        )
+    if num_fused_shared_experts not in (None, 0):
+        raise ValueError(
+            f"num_fused_shared_experts: expected None or 0 (shared experts are not fused), got "
+            f"{num_fused_shared_experts}"
+        )
+    _checks.check_tensor("hidden_states", hidden_states, (torch.bfloat16, torch.float8_e4m3fn),
+                         (None, None))
+    for name, value, full in (("valid_hidden_size", valid_hidden_size, hidden_states.shape[1]),
+                              ("valid_intermediate_size", valid_intermediate_size, intermediate_size)):
+        if value is not None and value != full:
+            raise ValueError(f"{name}: expected None or {full} (padded weights are not supported), got {value}")
+
+
+def _logits_routing(routing_logits, routing_bias, hidden_states, num_experts, routing_method_type,
+                    n_group, topk_group, routed_scaling_factor):
+    """Checks the logits routing arguments (hidden_states already checked). Returns (method,
+    n_group, topk_group, scale) with FlashInfer's None defaults resolved."""
+    device = hidden_states.device
+    num_tokens = hidden_states.shape[0]
+    _checks.check_int("num_experts", num_experts, 1, _checks.MAX_NUM_EXPERTS)
+    _checks.check_tensor(
+        "routing_logits", routing_logits, (torch.float32, torch.bfloat16), (num_tokens, num_experts), device
+    )
+    if routing_bias is not None:
+        _checks.check_tensor(
+            "routing_bias", routing_bias, (torch.float32, torch.bfloat16), (num_experts,), device
+        )
+    method = _routing_method(routing_method_type)
+    n_group = _checks.check_int("n_group", 0 if n_group is None else n_group, 0, num_experts)
+    topk_group = _checks.check_int("topk_group", 0 if topk_group is None else topk_group, 0, num_experts)
+    scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
+    return method, n_group, topk_group, scale
+
+
+def _routed_input(topk_ids, hidden_states, top_k):
+    """Checks the routed input (packed tensor or (ids, weights) pair). Returns (ids, weights or None)."""
     device = hidden_states.device
     num_tokens = hidden_states.shape[0]
     _checks.check_int("top_k", top_k, 1, _checks.MAX_TOP_K)
@@ -459,19 +706,9 @@ def trtllm_bf16_routed_moe(
         _checks.check_tensor(
             "topk_weights", weights, (torch.bfloat16, torch.float32), (num_tokens, top_k), device
         )
-    else:
-        ids, weights = topk_ids, None
-        _checks.check_tensor("topk_ids", ids, (torch.int32,), (num_tokens, top_k), device)
-    _routing_method(routing_method_type)
-    return _run(
-        hidden_states, gemm1_weights, gemm2_weights, None, None, ids, weights, num_experts, top_k,
-        0, 0, intermediate_size, local_expert_offset, local_num_experts, 1.0,
-        int(RoutingMethod.Default), do_finalize, enable_pdl, tune_max_num_tokens,
-        routing_replay_out, output, _workspace_argument(workspace_buffer, workspace),
-        weights is not None and weights.dtype == torch.float32,
-        (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias,
-         use_routing_scales_on_input),
-    )
+        return ids, weights
+    _checks.check_tensor("topk_ids", topk_ids, (torch.int32,), (num_tokens, top_k), device)
+    return topk_ids, None
 
 
 def _routing_method(routing_method_type) -> int:

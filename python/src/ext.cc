@@ -3,7 +3,8 @@
 // Tensors arrive as DLPack views (nb::ndarray, untyped): this file knows no framework. The Python
 // side (python/fusedmoe/_checks.py) has already checked device, dtype, shape and contiguity and
 // names the argument when one is wrong; this layer only turns views into the raw pointers of
-// MoeArguments, reads dtypes off DLPack, and turns a non-ok Status into a Python exception:
+// MoeArguments, reads dtypes off DLPack (float8_e4m3fn tensors come as uint8 views), and turns a
+// non-ok Status into a Python exception:
 //   kInvalidArgument, kWorkspaceTooSmall -> ValueError
 //   kNotImplemented                     -> NotImplementedError
 //   kCudaError                          -> RuntimeError
@@ -53,6 +54,9 @@ fusedmoe::DType to_dtype(const Array& array, const char* argument) {
   throw nb::type_error((std::string(argument) + ": expected bfloat16 or float32").c_str());
 }
 
+// One-byte elements: the uint8 views the Python layer makes of float8_e4m3fn tensors.
+bool is_byte(const Array& array) { return array.dtype() == nb::dtype<uint8_t>(); }
+
 // A tensor with no elements (T == 0) may export a null data pointer, but MoeArguments tells a
 // given input from a missing one by its pointer: a given empty tensor gets this never-read address.
 alignas(16) char g_empty_tensor[16];
@@ -87,7 +91,9 @@ void moe(const Array& hidden_states, const Array& gemm1_weights, const Array& ge
          bool use_routing_scales_on_input, bool expert_weights_fp32, bool do_finalize,
          const OptArray& output, const OptArray& gemm2_output, const OptArray& expert_weights,
          const OptArray& expanded_idx_to_permuted_idx, const OptArray& routing_replay_out,
-         const OptArray& workspace, bool enable_pdl, bool on_gpu, uintptr_t stream) {
+         const OptArray& workspace, bool enable_pdl, bool on_gpu, uintptr_t stream,
+         const OptArray& hidden_states_scale, const OptArray& gemm1_weights_scale,
+         const OptArray& gemm2_weights_scale) {
   fusedmoe::MoeArguments args;
   args.shape = make_shape(static_cast<int64_t>(hidden_states.shape(0)),
                           static_cast<int64_t>(hidden_states.shape(1)), intermediate_size,
@@ -109,6 +115,16 @@ void moe(const Array& hidden_states, const Array& gemm1_weights, const Array& ge
     args.gemm2_bias_dtype = to_dtype(*gemm2_bias, "gemm2_bias");
   }
   args.use_routing_scales_on_input = use_routing_scales_on_input;
+  // The FP8 variant: e4m3 tensors arrive as uint8 views (one byte per element).
+  if (is_byte(gemm1_weights)) {
+    args.weights_dtype = fusedmoe::DType::kFP8E4M3;
+    args.gemm1_weights_scale = static_cast<const float*>(data_of(gemm1_weights_scale));
+    args.gemm2_weights_scale = static_cast<const float*>(data_of(gemm2_weights_scale));
+  }
+  if (is_byte(hidden_states)) {
+    args.hidden_states_dtype = fusedmoe::DType::kFP8E4M3;
+    args.hidden_states_scale = static_cast<const float*>(data_of(hidden_states_scale));
+  }
 
   if (routing_logits) {
     args.logits.logits = data_of(routing_logits);
@@ -205,7 +221,11 @@ NB_MODULE(_ext, m) {
         nb::arg("gemm2_output").none(), nb::arg("expert_weights").none(),
         nb::arg("expanded_idx_to_permuted_idx").none(), nb::arg("routing_replay_out").none(),
         nb::arg("workspace").none(), nb::arg("enable_pdl"), nb::arg("on_gpu"), nb::arg("stream"),
-        "Runs the operator (GPU run() or CPU run_reference()) on pre-checked tensors.");
+        nb::arg("hidden_states_scale").none() = nb::none(),
+        nb::arg("gemm1_weights_scale").none() = nb::none(),
+        nb::arg("gemm2_weights_scale").none() = nb::none(),
+        "Runs the operator (GPU run() or CPU run_reference()) on pre-checked tensors; uint8 "
+        "weights (hidden states) are the FP8 variant's e4m3 bytes with their scales.");
   m.def("workspace_size", &workspace_size, nb::arg("num_tokens"), nb::arg("hidden_size"),
         nb::arg("intermediate_size"), nb::arg("num_experts"), nb::arg("top_k"),
         nb::arg("local_expert_offset"), nb::arg("local_num_experts"),

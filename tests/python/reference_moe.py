@@ -270,3 +270,69 @@ def assert_weights_match(ours_bf16, weights_fp32, seed=None):
     slack = BF16_EPS * weights_fp32.abs() + 1e-6
     worst = ((ours - weights_fp32).abs() - slack).max().item() if ours.numel() else -1.0
     assert worst <= 0, f"expert_weights differ from SPEC's weights beyond one bf16 ulp (seed {seed})"
+
+
+# ---- the FP8 block-scale variant (SPEC "FP8 block-scale variant") ------------------------------------
+FP8_BLOCK = 128
+
+
+def quantize_groups_fp8(values: torch.Tensor):
+    """values [R, C] (C % 128 == 0) -> (e4m3 [R, C], scales [R, C / 128] fp32), SPEC's rule:
+    scale = amax / 448 over each 128-group (NaN skipped), e4m3 = RNE(v / scale) saturated to
+    +-448, v itself where scale == 0. Written with plain torch ops, independently of fusedmoe.fp8."""
+    rows, cols = values.shape
+    v = values.float().reshape(rows, cols // FP8_BLOCK, FP8_BLOCK)
+    magnitude = v.abs()
+    amax = torch.where(magnitude.isnan(), torch.zeros_like(magnitude), magnitude).amax(-1, keepdim=True)
+    scale = amax / 448.0
+    scaled = torch.where(scale > 0, v / scale, v).clamp(-448.0, 448.0)
+    return scaled.to(torch.float8_e4m3fn).reshape(rows, cols), scale.reshape(rows, -1)
+
+
+def dequantize_rows_fp8(codes, scales, dtype=torch.float64):
+    """e4m3 [R, C] with scales [R, C / 128] -> values [R, C] (exact in float64)."""
+    rows, cols = codes.shape
+    v = codes.to(dtype).reshape(rows, cols // FP8_BLOCK, FP8_BLOCK) * scales.to(dtype)[..., None]
+    return v.reshape(rows, cols)
+
+
+def dequantize_blocks_fp8(codes, scales, dtype=torch.float64):
+    """e4m3 [N, K] with 128x128 block scales [N / 128, K / 128] -> values [N, K]."""
+    n, k = codes.shape
+    v = codes.to(dtype).reshape(n // FP8_BLOCK, FP8_BLOCK, k // FP8_BLOCK, FP8_BLOCK)
+    return (v * scales.to(dtype)[:, None, :, None]).reshape(n, k)
+
+
+def moe_reference_fp8(x_codes, x_scales, w1, w1_scales, w2, w2_scales, ids, weights,
+                      local_expert_offset=0, bf16_stages=False, mlp: Optional[Mlp] = None):
+    """Output [T, H] float64 of the FP8 variant for e4m3 hidden states x_codes [T, H] with
+    token-major scales x_scales [T, H / 128] and e4m3 expert weights with block scales.
+
+    The GEMMs sum exact products of the dequantised operands (float64, or float32 with
+    ``bf16_stages`` and the bf16 roundings of y and the output, the tolerance rule's error scale);
+    the activation is rounded to bf16 and quantised per 128-group before GEMM2 in both, as SPEC
+    pins it.
+    """
+    mlp = Mlp() if mlp is None else mlp
+    compute = torch.float32 if bf16_stages else torch.float64
+    ids = ids.detach().cpu().long()
+    w = weights.detach().cpu().to(compute)
+    x = dequantize_rows_fp8(x_codes.cpu(), x_scales.cpu(), compute)
+    num_tokens, hidden_size = x.shape
+    inter = w2.shape[2]
+    bias = lambda t, e: 0.0 if t is None else t[e].detach().cpu().to(compute)  # noqa: E731
+    out = torch.zeros(num_tokens, hidden_size, dtype=compute)
+    for e in range(w1.shape[0]):
+        tokens, slots = torch.nonzero(ids == local_expert_offset + e, as_tuple=True)
+        if tokens.numel() == 0:
+            continue
+        g = x[tokens] @ dequantize_blocks_fp8(w1[e].cpu(), w1_scales[e].cpu(), compute).T + bias(mlp.bias1, e)
+        a = activate(g, inter, mlp, e).to(torch.bfloat16)
+        a = dequantize_rows_fp8(*quantize_groups_fp8(a), compute)
+        y = a @ dequantize_blocks_fp8(w2[e].cpu(), w2_scales[e].cpu(), compute).T + bias(mlp.bias2, e)
+        if bf16_stages:
+            y = y.to(torch.bfloat16).to(compute)
+        out.index_add_(0, tokens, w[tokens, slots, None] * y)
+    if bf16_stages:
+        out = out.to(torch.bfloat16)
+    return out.double()
