@@ -2,7 +2,8 @@
 //
 // Every input is a byte string read as a little program that builds one MoeArguments:
 //   1. validate() on hostile arguments (limits +-1, negative and huge sizes, bad enum values,
-//      null or dangling pointers, both or neither routing input): it never crashes and accepts
+//      null or dangling pointers, both or neither routing input, the FP8 variant's dtypes, sizes
+//      and scales): it never crashes and accepts
 //      exactly when an independent transcription of SPEC's rules (expected_valid below) does;
 //      a rejection reads "<argument>: expected <x>, got <y>" and run_reference() rejects alike.
 //   2. run_reference() on small valid shapes with random, mostly hostile routing (raw int32 ids,
@@ -86,6 +87,20 @@ bool expected_valid(const MoeArguments& a) {
   if (int64_t{s.local_expert_offset} + s.local_num_experts > s.num_experts) return false;
   if (a.weight_layout != WeightLayout::kCanonical || !is_dtype(a.expert_weights_dtype)) {
     return false;
+  }
+  // The FP8 variant's element types, sizes and scales.
+  const auto bf16_or_fp8 = [](DType d) { return d == DType::kBF16 || d == DType::kFP8E4M3; };
+  if (!bf16_or_fp8(a.weights_dtype) || !bf16_or_fp8(a.hidden_states_dtype)) return false;
+  if (a.weights_dtype == DType::kBF16) {
+    if (a.hidden_states_dtype != DType::kBF16) return false;
+    if (a.gemm1_weights_scale || a.gemm2_weights_scale || a.hidden_states_scale) return false;
+  } else {
+    if (s.hidden_size % 128 != 0 || s.intermediate_size % 128 != 0) return false;
+    if (!a.gemm1_weights_scale || !a.gemm2_weights_scale) return false;
+    if (a.hidden_states_dtype == DType::kBF16 && a.hidden_states_scale) return false;
+    if (a.hidden_states_dtype == DType::kFP8E4M3 && s.num_tokens > 0 && !a.hidden_states_scale) {
+      return false;
+    }
   }
   const bool has_logits = a.logits.logits != nullptr, has_ids = a.routed.topk_ids != nullptr;
   if (has_logits == has_ids) return false;
@@ -211,6 +226,20 @@ void fuzz_validate(Bytes& in) {
   a.expert_weights = pointer(8);
   a.expanded_idx_to_permuted_idx = static_cast<int32_t*>(pointer(8));
   a.routing_replay_out = static_cast<int16_t*>(pointer(1));
+  if (in.range(0, 3) == 0) {  // the FP8 variant: mostly e4m3 weights on 128-multiple sizes
+    const auto bf16_or_fp8 = [&] {
+      return static_cast<DType>(in.range(0, 4) == 0 ? in.pick(kEnums) : 2 * in.range(0, 1));
+    };
+    a.weights_dtype = in.range(0, 3) == 0 ? bf16_or_fp8() : DType::kFP8E4M3;
+    a.hidden_states_dtype = bf16_or_fp8();
+    a.gemm1_weights_scale = static_cast<const float*>(pointer(6));
+    a.gemm2_weights_scale = static_cast<const float*>(pointer(6));
+    a.hidden_states_scale = static_cast<const float*>(pointer(1));
+    if (in.range(0, 3) != 0) {
+      a.shape.hidden_size = 128 * in.range(1, 4);
+      a.shape.intermediate_size = in.range(0, 4) == 0 ? 8 * in.range(1, 32) : 128 * in.range(1, 4);
+    }
+  }
 
   const Status status = validate(a);
   const bool expected = expected_valid(a);
