@@ -7,7 +7,8 @@
 //      exactly when an independent transcription of SPEC's rules (expected_valid below) does;
 //      a rejection reads "<argument>: expected <x>, got <y>" and run_reference() rejects alike.
 //   2. run_reference() on small valid shapes with random, mostly hostile routing (raw int32 ids,
-//      NaN/inf/denormal weight bits, NaN/inf logits, every method and dtype, shards): it never
+//      NaN/inf/denormal weight bits, NaN/inf logits, every method and dtype, shards; one call in
+//      four with FP8 weights of hostile e4m3 codes and scales): it never
 //      crashes, writes only inside its outputs (guard bytes around each stay intact, and
 //      AddressSanitizer watches the inputs), writes every element it promises, never changes an
 //      input, gives the same bits twice; ids outside [0, E) and outside the shard are non-local
@@ -24,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -300,8 +302,25 @@ float hostile_fp32(Bytes& in) {
   return static_cast<float>(in.range(-4000, 4000)) / 1000.0f;  // ordinary logits
 }
 
+// e4m3 codes for the FP8 variant's tensors: mostly any byte, some NaN (0x7F, 0xFF), +-448,
+// zeros and the smallest subnormal; from a generator seeded by the input (tensors of 10^5 bytes).
+struct HostileE4m3 {
+  std::mt19937 rng;
+  uint8_t operator()() {
+    static const uint8_t kSpecial[] = {0x7F, 0xFF, 0x7E, 0xFE, 0x00, 0x80, 0x01};
+    const uint32_t r = rng();
+    return (r & 0xF00u) == 0 ? kSpecial[r % 7] : static_cast<uint8_t>(r);
+  }
+};
+
 void fuzz_reference(Bytes& in) {
-  const int64_t T = in.range(0, 6), H = 8 * in.range(1, 3), I = 8 * in.range(1, 2);
+  // One call in four takes the FP8 variant (H and I multiples of 128): hostile e4m3 weights and
+  // block scales, bf16 or hostile e4m3 hidden states with hostile scales.
+  const bool fp8 = in.range(0, 3) == 0;
+  const bool fp8_input = fp8 && in.flag();
+  const int64_t T = in.range(0, 6);
+  const int64_t H = fp8 ? 128 * in.range(1, 2) : 8 * in.range(1, 3);
+  const int64_t I = fp8 ? 128 : 8 * in.range(1, 2);
   const int32_t E = static_cast<int32_t>(in.range(1, 12));
   int32_t K = static_cast<int32_t>(in.range(1, std::min<int32_t>(E, 6)));
   const int32_t E_loc = static_cast<int32_t>(in.range(1, E));
@@ -385,6 +404,35 @@ void fuzz_reference(Bytes& in) {
   a.hidden_states = x.data();
   a.gemm1_weights = w1.data();
   a.gemm2_weights = w2.data();
+  std::vector<uint8_t> x8, w18, w28;
+  std::vector<float> x_scale, w1_scale, w2_scale;
+  if (fp8) {
+    HostileE4m3 code{std::mt19937(static_cast<uint32_t>(in.bits(4)))};
+    w18.resize(w1.size());
+    w28.resize(w2.size());
+    for (auto* v : {&w18, &w28}) {
+      for (uint8_t& c : *v) c = code();
+    }
+    w1_scale.resize(E_loc * (2 * I / 128) * (H / 128));
+    w2_scale.resize(E_loc * (H / 128) * (I / 128));
+    for (auto* v : {&w1_scale, &w2_scale}) {
+      for (float& f : *v) f = hostile_fp32(in);
+    }
+    a.weights_dtype = DType::kFP8E4M3;
+    a.gemm1_weights = w18.data();
+    a.gemm2_weights = w28.data();
+    a.gemm1_weights_scale = w1_scale.data();
+    a.gemm2_weights_scale = w2_scale.data();
+    if (fp8_input) {
+      x8.resize(x.size());
+      for (uint8_t& c : x8) c = code();
+      x_scale.resize(std::max<int64_t>(T * (H / 128), 1));
+      for (float& f : x_scale) f = hostile_fp32(in);
+      a.hidden_states_dtype = DType::kFP8E4M3;
+      a.hidden_states = x8.data();
+      a.hidden_states_scale = x_scale.data();
+    }
+  }
 
   constexpr uint16_t kPoisonBf16 = 0xFFC1;  // a NaN the reference never writes (it canonicalises)
   Guarded<uint16_t> output(T * H, kPoisonBf16), rows(slots * H, kPoisonBf16);
@@ -406,6 +454,8 @@ void fuzz_reference(Bytes& in) {
                               wb0 = weights_bf16;
   const std::vector<int32_t> ids0 = ids;
   const std::vector<float> lf0 = logits_fp32, bf0 = bias_fp32, wf0 = weights_fp32;
+  const std::vector<uint8_t> x80 = x8, w180 = w18, w280 = w28;
+  const std::vector<float> xs0 = x_scale, w1s0 = w1_scale, w2s0 = w2_scale;
   const auto same_bytes = [](const std::vector<float>& p, const std::vector<float>& q) {
     return p.size() == q.size() &&
            (p.empty() || std::memcmp(p.data(), q.data(), p.size() * 4) == 0);
@@ -414,7 +464,9 @@ void fuzz_reference(Bytes& in) {
   FUZZ_CHECK(status.ok(), status.message);
   FUZZ_CHECK(x == x0 && w1 == w10 && w2 == w20 && logits_bf16 == lb0 && bias_bf16 == bb0 &&
                  weights_bf16 == wb0 && ids == ids0 && same_bytes(logits_fp32, lf0) &&
-                 same_bytes(bias_fp32, bf0) && same_bytes(weights_fp32, wf0),
+                 same_bytes(bias_fp32, bf0) && same_bytes(weights_fp32, wf0) && x8 == x80 &&
+                 w18 == w180 && w28 == w280 && same_bytes(x_scale, xs0) &&
+                 same_bytes(w1_scale, w1s0) && same_bytes(w2_scale, w2s0),
              "an input was written");
   output.check_guards("output");
   rows.check_guards("gemm2_output");
@@ -514,7 +566,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 // Driver without libFuzzer: seeded random inputs of random length for a time budget.
 //   fuzz_moe [-max_total_time=SECONDS] [-seed=N]    (the libFuzzer flag spellings)
 #include <chrono>
-#include <random>
 
 int main(int argc, char** argv) {
   double seconds = 20;
