@@ -109,6 +109,13 @@ class ExpertParallelMoE:
         gemm2_bias: optional [E / W, H] bf16 or fp32, this rank's experts.
         use_routing_scales_on_input: top_k == 1 only: the expert computes on bf16(w * x) and its
             output is not weighted again (Llama 4); the combine then sums with weights of 1.
+        gemm1_weights_scale, gemm2_weights_scale: with float8_e4m3fn weights (the FP8
+            block-scale variant, docs/fp8.md), this rank's fp32 block scales
+            [E / W, (2I or I) / 128, H / 128] and [E / W, H / 128, I / 128]; None with bf16
+            weights. The bf16 hidden states are quantised per token by the operator on whichever
+            rank computes them, so the result is the single-device FP8 operator's. (The FP8
+            variant runs on CPU tensors only in this release; not with
+            use_routing_scales_on_input.)
 
     Attributes:
         rank, world_size, local_expert_offset, local_num_experts: this rank's place and experts.
@@ -146,6 +153,8 @@ class ExpertParallelMoE:
         gemm1_bias: Optional[torch.Tensor] = None,
         gemm2_bias: Optional[torch.Tensor] = None,
         use_routing_scales_on_input: bool = False,
+        gemm1_weights_scale: Optional[torch.Tensor] = None,
+        gemm2_weights_scale: Optional[torch.Tensor] = None,
     ):
         # Without a usable group and device nothing can be exchanged: these raise at once.
         self.group = _resolve_group(group)
@@ -166,6 +175,7 @@ class ExpertParallelMoE:
                 expert_weights_dtype,
                 _ExpertMlp(activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias,
                            gemm2_bias, use_routing_scales_on_input),
+                (gemm1_weights_scale, gemm2_weights_scale),
             )
             error = None
         except (TypeError, ValueError) as raised:
@@ -174,7 +184,7 @@ class ExpertParallelMoE:
 
     def _configure(self, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
                    mode, routing_method_type, n_group, topk_group, routed_scaling_factor,
-                   routing_bias, expert_weights_dtype, mlp):
+                   routing_bias, expert_weights_dtype, mlp, scales):
         """The constructor's local checks; sets the layer's attributes."""
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -187,7 +197,8 @@ class ExpertParallelMoE:
             )
         self.local_num_experts = num_experts // self.world_size
         self.local_expert_offset = self.rank * self.local_num_experts
-        _checks.check_tensor("gemm1_weights", gemm1_weights, (torch.bfloat16,), (None, None, None))
+        _checks.check_tensor("gemm1_weights", gemm1_weights, (torch.bfloat16, torch.float8_e4m3fn),
+                             (None, None, None))
         num_local, _, hidden_size = gemm1_weights.shape
         if num_local != self.local_num_experts:
             raise ValueError(
@@ -201,13 +212,16 @@ class ExpertParallelMoE:
             )
         activation = _checks.check_activation(mlp.activation_type)
         # The operator's own checks of the weights, sizes and expert window (no token).
+        no_tokens = torch.empty((0, hidden_size), dtype=torch.bfloat16, device=self.device)
+        fp8 = gemm1_weights.dtype == torch.float8_e4m3fn
         _checks.check_problem(
-            gemm1_weights.new_empty((0, hidden_size)), gemm1_weights, gemm2_weights, num_experts,
-            top_k, intermediate_size, self.local_expert_offset, self.local_num_experts, activation,
+            no_tokens, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
+            self.local_expert_offset, self.local_num_experts, activation, fp8=fp8,
         )
         self.gemm1_weights, self.gemm2_weights = gemm1_weights, gemm2_weights
         self.hidden_size, self.top_k, self.intermediate_size = hidden_size, top_k, intermediate_size
         self._mlp = self._check_mlp(mlp._replace(activation_type=activation))
+        self._fp8_scales = self._check_fp8_scales(fp8, *scales)
 
         self.routing_method_type = api._routing_method(routing_method_type)
         self.n_group = _checks.check_int("n_group", 0 if n_group is None else n_group, 0, num_experts)
@@ -232,7 +246,7 @@ class ExpertParallelMoE:
         # The routing rules the C++ layer checks (DeepSeekV3 groups, Llama4's K == 1, ...): a
         # token-free routing call raises them now rather than after a collective.
         self._route(
-            gemm1_weights.new_empty((0, hidden_size)),
+            no_tokens,
             torch.empty((0, num_experts), dtype=torch.float32, device=self.device),
         )
 
@@ -261,6 +275,67 @@ class ExpertParallelMoE:
             if getattr(mlp, name) is not None:
                 _check_device(name, getattr(mlp, name), self.device)
         return mlp
+
+    def _check_fp8_scales(self, fp8: bool, gemm1_weights_scale, gemm2_weights_scale):
+        """The block scales of FP8 weights (None with bf16 weights); returns them or None."""
+        if not fp8:
+            for name, scale in (("gemm1_weights_scale", gemm1_weights_scale),
+                                ("gemm2_weights_scale", gemm2_weights_scale)):
+                if scale is not None:
+                    raise ValueError(f"{name}: expected None with bfloat16 weights, got a tensor")
+            return None
+        if self._mlp.use_routing_scales_on_input:
+            raise ValueError("use_routing_scales_on_input: expected False with float8_e4m3fn weights, got True")
+        block = _checks.FP8_BLOCK
+        rows, hidden = self.gemm1_weights.shape[1], self.hidden_size
+        for name, scale, shape in (
+            ("gemm1_weights_scale", gemm1_weights_scale,
+             (self.local_num_experts, rows // block, hidden // block)),
+            ("gemm2_weights_scale", gemm2_weights_scale,
+             (self.local_num_experts, hidden // block, self.intermediate_size // block)),
+        ):
+            _checks.check_tensor(name, scale, (torch.float32,), shape)
+            _check_device(name, scale, self.device)
+        return gemm1_weights_scale, gemm2_weights_scale
+
+    def _experts_from_logits(self, logits, x, offset: int, num_local: int):
+        """The operator, routed from logits, over experts [offset, offset + num_local) of this
+        rank, do_finalize=False: [gemm2_output, expert_weights, expanded_idx_to_permuted_idx]."""
+        routing = (self.num_experts, self.top_k, self.n_group or None, self.topk_group or None,
+                   self.intermediate_size, offset, num_local)
+        options = dict(routing_method_type=self.routing_method_type, do_finalize=False,
+                       expert_weights_dtype=self.expert_weights_dtype)
+        if self._fp8_scales is None:
+            return api.trtllm_bf16_moe(
+                logits, self.routing_bias, x, self.gemm1_weights, self.gemm2_weights, *routing,
+                routed_scaling_factor=self.routed_scaling_factor, **options, **self._mlp._asdict(),
+            )
+        scale1, scale2 = self._fp8_scales
+        return api.trtllm_fp8_block_scale_moe(
+            logits, self.routing_bias, x, None, self.gemm1_weights, scale1, self.gemm2_weights,
+            scale2, *routing, self.routed_scaling_factor, **options, **self._fp8_mlp(),
+        )
+
+    def _experts_routed(self, routing, x, offset: int, num_local: int):
+        """The operator with routing given (packed, or an (ids, weights) pair) over experts
+        [offset, offset + num_local) of this rank, do_finalize=False."""
+        sizes = (self.num_experts, self.top_k, None, None, self.intermediate_size, offset, num_local)
+        if self._fp8_scales is None:
+            return api.trtllm_bf16_routed_moe(
+                routing, x, self.gemm1_weights, self.gemm2_weights, *sizes, do_finalize=False,
+                **self._mlp._asdict(),
+            )
+        scale1, scale2 = self._fp8_scales
+        return api.trtllm_fp8_block_scale_routed_moe(
+            routing, None, x, None, self.gemm1_weights, scale1, self.gemm2_weights, scale2, *sizes,
+            None, do_finalize=False, **self._fp8_mlp(),
+        )
+
+    def _fp8_mlp(self) -> dict:
+        """The expert MLP options as the FP8 entry points take them (no input-side weights)."""
+        options = self._mlp._asdict()
+        del options["use_routing_scales_on_input"]
+        return options
 
     # ---- public ----------------------------------------------------------------------------------
     def __call__(
@@ -387,6 +462,7 @@ class ExpertParallelMoE:
                 ("expert_weights_dtype", _dtype_code(self.expert_weights_dtype)),
                 ("activation_type", self._mlp.activation_type),
                 ("use_routing_scales_on_input", int(self._mlp.use_routing_scales_on_input)),
+                ("weights_dtype", _dtype_code(self.gemm1_weights.dtype)),
             ] + [(name, _optional_dtype_code(getattr(self._mlp, name))) for name in _PER_EXPERT]
         else:
             fields = [(name, 0) for name in _CONFIG_FIELDS]
@@ -416,24 +492,15 @@ class ExpertParallelMoE:
         offset, num_local = self.local_expert_offset, self.local_num_experts
         if logits is not None:
             all_logits = self._all_gather_rows("dispatch_logits", logits, counts)
-            gemm2_output, expert_weights, permuted = api.trtllm_bf16_moe(
-                all_logits, self.routing_bias, all_x, self.gemm1_weights, self.gemm2_weights,
-                self.num_experts, self.top_k, self.n_group or None, self.topk_group or None,
-                self.intermediate_size, offset, num_local,
-                routed_scaling_factor=self.routed_scaling_factor,
-                routing_method_type=self.routing_method_type, do_finalize=False,
-                expert_weights_dtype=self.expert_weights_dtype, **self._mlp._asdict(),
-            )
+            gemm2_output, expert_weights, permuted = self._experts_from_logits(
+                all_logits, all_x, offset, num_local)
         else:
             ids, weights = routed
             all_ids = self._all_gather_rows("dispatch_ids", ids, counts)
             if weights is not None:
                 all_ids = (all_ids, self._all_gather_rows("dispatch_weights", weights, counts))
-            gemm2_output, expert_weights, permuted = api.trtllm_bf16_routed_moe(
-                all_ids, all_x, self.gemm1_weights, self.gemm2_weights, self.num_experts,
-                self.top_k, None, None, self.intermediate_size, offset, num_local,
-                do_finalize=False, **self._mlp._asdict(),
-            )
+            gemm2_output, expert_weights, permuted = self._experts_routed(
+                all_ids, all_x, offset, num_local)
 
         # This rank's partial: the operator's finalize accumulator over its local slots, not
         # rounded to bf16 (fp32, ascending k; weights of 1 when they scaled the input).
@@ -531,11 +598,8 @@ class ExpertParallelMoE:
         # The owner computes its slots and returns one unweighted row per slot (with
         # use_routing_scales_on_input: computed on the weighted input), in the order
         # (source rank, source token, k) ascending: the order the source sent them in.
-        gemm2_output, _, permuted = api.trtllm_bf16_routed_moe(
-            recv_routing, recv_x, self.gemm1_weights, self.gemm2_weights, self.num_experts,
-            top_k, None, None, self.intermediate_size, self.local_expert_offset,
-            self.local_num_experts, do_finalize=False, **self._mlp._asdict(),
-        )
+        gemm2_output, _, permuted = self._experts_routed(
+            recv_routing, recv_x, self.local_expert_offset, self.local_num_experts)
         local = torch.nonzero_static(permuted >= 0, size=sum(recv_slots)).squeeze(1)
         send_y = gemm2_output.index_select(0, permuted.index_select(0, local))
         recv_y = x.new_empty((sum(send_slots), hidden))
@@ -669,11 +733,12 @@ _ARGUMENTS = (
     "routing_method_type", "n_group", "topk_group", "routed_scaling_factor", "routing_bias",
     "expert_weights_dtype", "hidden_states", "routing_logits", "topk_ids", "topk_weights",
     "num_tokens_per_rank", "activation_type", "use_routing_scales_on_input",
+    "gemm1_weights_scale", "gemm2_weights_scale",
 ) + _PER_EXPERT
 _CONFIG_FIELDS = (
     "num_experts", "top_k", "intermediate_size", "gemm1_weights", "mode", "routing_method_type",
     "n_group", "topk_group", "routed_scaling_factor", "routing_bias", "expert_weights_dtype",
-    "activation_type", "use_routing_scales_on_input",
+    "activation_type", "use_routing_scales_on_input", "weights_dtype",
 ) + _PER_EXPERT
 
 
@@ -853,4 +918,6 @@ def _shown(name: str, value: int):
         return api.ActivationType(value).name
     if name == "use_routing_scales_on_input":
         return bool(value)
+    if name == "weights_dtype":
+        return {1: "bfloat16", 2: "float8_e4m3fn"}.get(value, "other")
     return value

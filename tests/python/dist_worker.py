@@ -16,6 +16,7 @@ import torch.distributed as dist
 import fusedmoe
 import reference_moe as ref
 from fusedmoe import distributed as fdist
+from fusedmoe import fp8
 from moe_cases import METHOD_PARAMS, routing_kwargs
 
 H, I, E = 64, 32, 16
@@ -459,6 +460,71 @@ def main_gpu(rank: int, world: int, init_file: str, seed: int) -> None:
         dist.destroy_process_group()
 
 
+def check_fp8(seed: int) -> None:
+    """The FP8 block-scale variant in both modes (docs/distributed.md "FP8 experts"): against
+    the single-process FP8 operator on the whole problem, bitwise where the BF16 layer is bitwise
+    (all-to-all; all-gather with K == 1), within the rounding bound of the ordered fp32 partials
+    for the all-gather with K = 2. Also its errors."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    hidden, inter, experts = 256, 128, 8  # FP8 blocks: H and I multiples of 128
+    generator = torch.Generator().manual_seed(seed)
+    counts = {2: [5, 0], 4: [3, 0, 4, 2]}[world]
+    total = sum(counts)
+    x = torch.randn(total, hidden, generator=generator).to(torch.bfloat16)
+    logits = torch.randn(total, experts, generator=generator)
+    w1, s1 = fp8.quantize_fp8_weights(torch.randn(experts, 2 * inter, hidden, generator=generator) / 16)
+    w2, s2 = fp8.quantize_fp8_weights(torch.randn(experts, hidden, inter, generator=generator) / 12)
+    num_local = experts // world
+    mine_experts = slice(rank * num_local, (rank + 1) * num_local)
+    mine = rank_slice(counts, rank)
+    where = f"fp8, rank {rank}/{world}, seed {seed}"
+
+    def layer(mode, top_k, method, **kwargs):
+        return fusedmoe.ExpertParallelMoE(
+            None, w1[mine_experts].contiguous(), w2[mine_experts].contiguous(), experts, top_k,
+            inter, mode=mode, routing_method_type=method,
+            gemm1_weights_scale=s1[mine_experts].contiguous(),
+            gemm2_weights_scale=s2[mine_experts].contiguous(), **kwargs,
+        )
+
+    for top_k, method in ((2, 1), (1, 3)):
+        single = fusedmoe.trtllm_fp8_block_scale_moe(
+            logits, None, x, None, w1, s1, w2, s2, experts, top_k, None, None, inter, 0, experts,
+            None, routing_method_type=method)[mine]
+        for mode in fdist.MODES:
+            ours = layer(mode, top_k, method)(x[mine].contiguous(), logits[mine].contiguous())
+            assert ours.shape == single.shape and ours.dtype == torch.bfloat16, where
+            if mode == "alltoall" or top_k == 1:
+                different = (ours.view(torch.int16) != single.view(torch.int16)).sum().item()
+                assert different == 0, f"{different} elements differ ({where}, {mode}, K {top_k})"
+            elif single.numel():
+                bound = 2.0**-7 * single.double().abs() + 1e-6 * single.double().abs().max()
+                assert ((ours.double() - single.double()).abs() <= bound).all(), f"{where}, {mode}"
+    # Routed input (ids, fp32 weights), all-to-all: bitwise.
+    ids = torch.stack([torch.randperm(experts, generator=generator)[:2] for _ in range(total)])
+    pair = (ids.to(torch.int32), torch.rand(total, 2, generator=generator) + 0.1)
+    single = fusedmoe.trtllm_fp8_block_scale_routed_moe(
+        pair, None, x, None, w1, s1, w2, s2, experts, 2, None, None, inter, 0, experts, None)[mine]
+    ours = layer("alltoall", 2, 1)(x[mine].contiguous(),
+                                  topk_ids=tuple(t[mine].contiguous() for t in pair))
+    assert torch.equal(ours.view(torch.int16), single.view(torch.int16)), f"{where}, routed"
+
+    # Errors, raised on every rank: a scale missing, a scale with bf16 weights, FP8 with the
+    # weights on the input.
+    w1_local, w2_local = w1[mine_experts].contiguous(), w2[mine_experts].contiguous()
+    expect_error(TypeError, "gemm2_weights_scale", fusedmoe.ExpertParallelMoE, None, w1_local,
+                 w2_local, experts, 2, inter, gemm1_weights_scale=s1[mine_experts].contiguous())
+    bf16_w1 = torch.zeros(num_local, 2 * inter, hidden, dtype=torch.bfloat16)
+    bf16_w2 = torch.zeros(num_local, hidden, inter, dtype=torch.bfloat16)
+    expect_error(ValueError, "gemm1_weights_scale", fusedmoe.ExpertParallelMoE, None, bf16_w1,
+                 bf16_w2, experts, 2, inter, gemm1_weights_scale=s1[mine_experts].contiguous())
+    expect_error(ValueError, "use_routing_scales_on_input", fusedmoe.ExpertParallelMoE, None,
+                 w1_local, w2_local, experts, 1, inter, routing_method_type=3,
+                 use_routing_scales_on_input=True,
+                 gemm1_weights_scale=s1[mine_experts].contiguous(),
+                 gemm2_weights_scale=s2[mine_experts].contiguous())
+
+
 def main(rank: int, world: int, init_file: str, seed: int, with_errors: bool) -> None:
     """Entry point of one spawned CPU (gloo) process."""
     init(rank, world, init_file, "gloo")
@@ -467,6 +533,7 @@ def main(rank: int, world: int, init_file: str, seed: int, with_errors: bool) ->
             for mode in fdist.MODES:
                 check_case(case, mode, seed + index)
         check_collective_log(seed)
+        check_fp8(seed)
         if with_errors:
             check_errors(seed)
     finally:
