@@ -68,4 +68,42 @@ __device__ __forceinline__ void store_warp_block_16x128(uint8_t* staging,
   __syncwarp();  // the staging buffer is reused by the next block
 }
 
+// store_warp_block_16x128 for a 16 x 64 block (packed[8][2]: the FP8 GEMM1's activation columns):
+// the same staging (rows use the first 128 of their 256 bytes), lane l moving chunk l % 8 of rows
+// l / 8 + 4 k.
+__device__ __forceinline__ void store_warp_block_16x64(uint8_t* staging,
+                                                       const uint32_t (&packed)[8][2],
+                                                       __nv_bfloat16* out, int64_t row_stride,
+                                                       int32_t first_row, int32_t row_end,
+                                                       int64_t col0, int64_t num_cols,
+                                                       bool out_aligned) {
+  const int lane = threadIdx.x % 32;
+  const int matrix_row = lane % 8 + 8 * ((lane / 8) % 2);
+#pragma unroll
+  for (int i = 0; i < 8; i += 2) {
+    const int chunk = i + lane / 16;
+    ptx::stmatrix_x4(staging + staging_offset(matrix_row, chunk), packed[i][0], packed[i][1],
+                     packed[i + 1][0], packed[i + 1][1]);
+  }
+  __syncwarp();
+  const int chunk = lane % 8;
+  const int64_t col = col0 + 8 * chunk;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int row = lane / 8 + 4 * k;
+    const uint4 v = *reinterpret_cast<const uint4*>(staging + staging_offset(row, chunk));
+    const int32_t p = first_row + row;
+    if (p >= row_end || col >= num_cols) continue;
+    __nv_bfloat16* dst = out + int64_t(p) * row_stride + col;
+    if (out_aligned) {
+      *reinterpret_cast<uint4*>(dst) = v;
+    } else {
+      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dst[j] = e[j];
+    }
+  }
+  __syncwarp();
+}
+
 }  // namespace fusedmoe::device

@@ -1,0 +1,292 @@
+// GPU tests of the FP8 block-scale variant (docs/fp8.md): run() against run_reference() on the
+// same e4m3 weights for every routing input, several methods, activations with their options and
+// biases, expert windows, both do_finalize modes, e4m3 and bf16 hidden states, decode and prefill
+// sizes; the quantiser kernel bitwise against the reference's rule; reruns (with and without PDL)
+// bitwise. Skips when no GPU is present. (The whole operator against an independent float64
+// model, on the GPU too: tests/python/test_fp8.py.)
+//
+// The GPU's GEMMs add a 128-deep block's products in the tensor cores' order, the reference in
+// its fixed fp32 order; a difference of an ulp can flip the bf16 rounding of an activation and
+// so, rarely, its e4m3 code. The outputs are therefore compared by norms: relative Frobenius
+// error <= 5e-3 and max |gpu - cpu| <= 3 % of max |cpu| (the FP8 quantisation itself moves the
+// output by a few per cent from the BF16 operator's: both would catch a wrong scale or block).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/fp8_case.h"
+#include "common/gpu_buffers.h"
+#include "common/host_data.h"
+#include "common/moe_case.h"
+#include "common/tolerance.h"
+#include "fusedmoe/fusedmoe.h"
+#include "launch/fp8_gemm.h"
+#include "reference/bf16.h"
+#include "reference/fp8.h"
+
+namespace fusedmoe::test {
+namespace {
+
+#define FUSEDMOE_SKIP_WITHOUT_GPU() \
+  if (!gpu_available()) GTEST_SKIP() << "no CUDA device"
+
+// Device copies of a host MoeArguments of an FP8 case; outputs come back with download().
+class DeviceFp8Call {
+ public:
+  DeviceFp8Call(Fp8Case& f, bool fp8_input) : f_(f) {
+    const MoeArguments host = f.arguments(fp8_input);
+    const MoeShape& s = host.shape;
+    const int64_t T = s.num_tokens, H = s.hidden_size, I = s.intermediate_size;
+    const int64_t E = s.num_experts, K = s.top_k, L = s.local_num_experts;
+    const int64_t N1 = f.c.gemm1_rows();
+    args_ = host;
+    args_.hidden_states = fp8_input ? up(host.hidden_states, T * H) : up(host.hidden_states, T * H * 2);
+    args_.hidden_states_scale =
+        static_cast<const float*>(fp8_input ? up(host.hidden_states_scale, (H / 128) * T * 4) : nullptr);
+    args_.gemm1_weights = up(host.gemm1_weights, L * N1 * H);
+    args_.gemm2_weights = up(host.gemm2_weights, L * H * I);
+    args_.gemm1_weights_scale =
+        static_cast<const float*>(up(host.gemm1_weights_scale, L * (N1 / 128) * (H / 128) * 4));
+    args_.gemm2_weights_scale =
+        static_cast<const float*>(up(host.gemm2_weights_scale, L * (H / 128) * (I / 128) * 4));
+    const auto bytes_of = [](DType d) { return d == DType::kFP32 ? 4 : 2; };
+    if (host.logits.logits) {
+      args_.logits.logits = up(host.logits.logits, T * E * bytes_of(host.logits.logits_dtype));
+      args_.logits.bias = up(host.logits.bias, E * bytes_of(host.logits.bias_dtype));
+    } else {
+      args_.routed.topk_ids = static_cast<const int32_t*>(up(host.routed.topk_ids, T * K * 4));
+      args_.routed.topk_weights =
+          up(host.routed.topk_weights, T * K * bytes_of(host.routed.weights_dtype));
+    }
+    args_.gemm1_alpha = static_cast<const float*>(up(host.gemm1_alpha, L * 4));
+    args_.gemm1_beta = static_cast<const float*>(up(host.gemm1_beta, L * 4));
+    args_.gemm1_clamp_limit = static_cast<const float*>(up(host.gemm1_clamp_limit, L * 4));
+    args_.gemm1_bias = up(host.gemm1_bias, L * N1 * bytes_of(host.gemm1_bias_dtype));
+    args_.gemm2_bias = up(host.gemm2_bias, L * H * bytes_of(host.gemm2_bias_dtype));
+    args_.output = out(host.output, T * H * 2);
+    args_.gemm2_output = out(host.gemm2_output, T * K * H * 2);
+    args_.expert_weights = out(host.expert_weights, T * K * bytes_of(host.expert_weights_dtype));
+    args_.expanded_idx_to_permuted_idx =
+        static_cast<int32_t*>(out(host.expanded_idx_to_permuted_idx, T * K * 4));
+    args_.routing_replay_out = static_cast<int16_t*>(out(host.routing_replay_out, T * K * 2));
+  }
+
+  Status run(bool enable_pdl) {
+    size_t bytes = 0;
+    if (Status s = workspace_size(args_.shape, DType::kFP8E4M3, &bytes); !s.ok()) return s;
+    DeviceArray<uint8_t> workspace(std::max<size_t>(bytes, 1));
+    workspace.fill_bytes(0xFF);  // the pipeline must not depend on a clean workspace
+    MoeArguments a = args_;
+    a.enable_pdl = enable_pdl;
+    const Status status = fusedmoe::run(a, workspace.get(), bytes, nullptr);
+    check_cuda(cudaGetLastError(), "run");
+    check_cuda(cudaDeviceSynchronize(), "run (async)");
+    return status;
+  }
+
+  // Device outputs into the case's host output buffers.
+  void download() {
+    for (const auto& [host, device, bytes] : outputs_) {
+      check_cuda(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "download");
+    }
+  }
+
+ private:
+  void* up(const void* host, int64_t bytes) {
+    if (host == nullptr) return nullptr;
+    buffers_.emplace_back(static_cast<size_t>(std::max<int64_t>(bytes, 1)));
+    if (bytes > 0) {
+      check_cuda(cudaMemcpy(buffers_.back().get(), host, bytes, cudaMemcpyHostToDevice), "upload");
+    }
+    return buffers_.back().get();
+  }
+  void* out(void* host, int64_t bytes) {
+    if (host == nullptr) return nullptr;
+    void* device = up(host, bytes);  // the host buffer's (poisoned) contents
+    outputs_.push_back({host, device, static_cast<size_t>(bytes)});
+    return device;
+  }
+
+  struct Output {
+    void* host;
+    void* device;
+    size_t bytes;
+  };
+  Fp8Case& f_;
+  MoeArguments args_;
+  std::vector<DeviceArray<uint8_t>> buffers_;
+  std::vector<Output> outputs_;
+};
+
+// Relative Frobenius error and max error of bf16 rows against the reference's.
+void expect_close_fp8(const std::vector<uint16_t>& gpu, const std::vector<uint16_t>& cpu,
+                      const char* what) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  double diff2 = 0.0, norm2 = 0.0, worst = 0.0, largest = 0.0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const double a = detail::bf16_bits_to_float(gpu[i]), b = detail::bf16_bits_to_float(cpu[i]);
+    ASSERT_TRUE(std::isfinite(a) || !std::isfinite(b)) << what << ": non-finite at " << i;
+    diff2 += (a - b) * (a - b);
+    norm2 += b * b;
+    worst = std::max(worst, std::fabs(a - b));
+    largest = std::max(largest, std::fabs(b));
+  }
+  ASSERT_GT(norm2, 0.0) << what << ": degenerate reference";
+  EXPECT_LE(std::sqrt(diff2 / norm2), 5e-3) << what;
+  EXPECT_LE(worst, 0.03 * largest) << what;
+}
+
+struct Fp8Spec {
+  const char* name;
+  int64_t T, H, I;
+  int32_t E, K, offset, local;
+  RoutingInput input = RoutingInput::kLogits;
+  RoutingMethod method = RoutingMethod::kRenormalize;
+  Activation activation = Activation::kSwiglu;
+  bool options = false;  // activation parameters and fp32 expert biases
+  bool do_finalize = true;
+  bool fp8_input = false;
+};
+
+MoeCaseConfig config_of(const Fp8Spec& spec, uint64_t seed) {
+  MoeCaseConfig cfg;
+  cfg.shape = make_shape(spec.T, spec.H, spec.I, spec.E, spec.K);
+  cfg.shape.local_expert_offset = spec.offset;
+  cfg.shape.local_num_experts = spec.local;
+  cfg.routing_input = spec.input;
+  cfg.method = spec.method;
+  if (spec.method == RoutingMethod::kDeepSeekV3) {
+    cfg.n_group = 4;
+    cfg.topk_group = 2;
+    cfg.with_bias = true;
+    cfg.routed_scaling_factor = 2.5f;
+  }
+  if (spec.input == RoutingInput::kUnpacked) cfg.routed_weights_dtype = DType::kFP32;
+  cfg.activation = spec.activation;
+  cfg.with_activation_params = spec.options;
+  cfg.with_expert_biases = spec.options;
+  cfg.expert_bias_dtype = DType::kFP32;
+  cfg.do_finalize = spec.do_finalize;
+  cfg.with_replay = true;
+  cfg.seed = seed;
+  return cfg;
+}
+
+void check_spec(const Fp8Spec& spec, uint64_t seed) {
+  SCOPED_TRACE(spec.name);
+  const MoeCaseConfig cfg = config_of(spec, seed);
+  Fp8Case cpu(cfg), gpu(cfg);
+  if (spec.fp8_input) {
+    cpu.quantize_hidden_states();
+    gpu.quantize_hidden_states();
+  }
+  ASSERT_TRUE(run_reference(cpu.arguments(spec.fp8_input)).ok());
+  gpu.c.poison_outputs();
+  DeviceFp8Call call(gpu, spec.fp8_input);
+  const Status status = call.run(/*enable_pdl=*/false);
+  ASSERT_TRUE(status.ok()) << status.message;
+  call.download();
+  EXPECT_EQ(first_difference(gpu.c.routing_replay_out, cpu.c.routing_replay_out), -1)
+      << "routing ids";
+  if (spec.do_finalize) {
+    expect_close_fp8(gpu.c.output, cpu.c.output, "output");
+  } else {
+    EXPECT_EQ(first_difference(gpu.c.expanded_idx_to_permuted_idx,
+                               cpu.c.expanded_idx_to_permuted_idx),
+              -1)
+        << "permutation map";
+    const int64_t rows = cpu.c.permuted_rows() * spec.H;  // rows the map names
+    std::vector<uint16_t> g(gpu.c.gemm2_output.begin(), gpu.c.gemm2_output.begin() + rows);
+    std::vector<uint16_t> r(cpu.c.gemm2_output.begin(), cpu.c.gemm2_output.begin() + rows);
+    if (rows > 0) expect_close_fp8(g, r, "gemm2_output");
+  }
+  // Reruns, with and without PDL, are bitwise the first run.
+  const std::vector<uint16_t> first = spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output;
+  ASSERT_TRUE(call.run(/*enable_pdl=*/true).ok());
+  call.download();
+  EXPECT_EQ(first_difference(spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output, first), -1)
+      << "rerun with PDL not bitwise";
+}
+
+TEST(GpuFp8, MatchesReferenceAcrossInputsActivationsAndWindows) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  const Fp8Spec specs[] = {
+      {"decode renormalize", 4, 512, 256, 16, 2, 0, 16},
+      {"prefill renormalize", 600, 512, 384, 8, 2, 0, 8},
+      {"deepseek window", 96, 768, 256, 16, 4, 4, 8, RoutingInput::kLogits,
+       RoutingMethod::kDeepSeekV3},
+      {"packed", 64, 256, 128, 8, 2, 0, 8, RoutingInput::kPacked},
+      {"unpacked fp32 triple", 64, 256, 256, 8, 2, 2, 4, RoutingInput::kUnpacked,
+       RoutingMethod::kRenormalize, Activation::kSwiglu, false, /*do_finalize=*/false},
+      {"gpt-oss-like swiglu options", 96, 384, 256, 8, 2, 0, 8, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, Activation::kSwiglu, true},
+      {"relu2 non-gated biases", 96, 256, 384, 8, 2, 0, 8, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, Activation::kRelu2, true},
+      {"geglu", 40, 256, 128, 4, 1, 0, 4, RoutingInput::kLogits, RoutingMethod::kRenormalize,
+       Activation::kGeglu},
+      {"e4m3 input", 200, 512, 256, 8, 2, 0, 8, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, Activation::kSwiglu, false, true, /*fp8_input=*/true},
+      {"empty window", 8, 256, 128, 64, 2, 60, 4},
+  };
+  uint64_t seed = 4000;
+  for (const Fp8Spec& spec : specs) check_spec(spec, ++seed);
+}
+
+TEST(GpuFp8, HiddenStatesInE4m3GiveTheBf16InputsResultBitwise) {
+  // The bf16 input is quantised by the GPU's kernel, the e4m3 input by the reference's rule on
+  // the host: bitwise equal outputs mean the kernel quantises exactly as the rule says.
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  const Fp8Spec spec{"e4m3 vs bf16", 300, 640, 256, 8, 2, 0, 8};
+  const MoeCaseConfig cfg = config_of(spec, 77);
+  Fp8Case from_bf16(cfg), from_fp8(cfg);
+  from_fp8.quantize_hidden_states();
+  DeviceFp8Call a(from_bf16, false), b(from_fp8, true);
+  ASSERT_TRUE(a.run(false).ok());
+  ASSERT_TRUE(b.run(false).ok());
+  a.download();
+  b.download();
+  EXPECT_EQ(first_difference(from_bf16.c.output, from_fp8.c.output), -1);
+}
+
+TEST(GpuFp8, QuantiserKernelFollowsTheRuleBitwise) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  const int64_t rows = 37, cols = 384, groups = cols / 128;
+  std::vector<uint16_t> values(rows * cols);
+  uint64_t state = 12345;
+  for (uint16_t& v : values) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    v = static_cast<uint16_t>(state >> 48);  // any bf16 bit pattern: NaN, inf, subnormals
+  }
+  for (int64_t c = 0; c < 128; ++c) values[3 * cols + c] = 0;  // a group of zeros
+  DeviceArray<uint16_t> in(values);
+  DeviceArray<uint8_t> codes(rows * cols);
+  DeviceArray<float> scales(groups * rows);
+  check_cuda(detail::launch_quantize_fp8(reinterpret_cast<const __nv_bfloat16*>(in.get()), rows,
+                                         nullptr, cols, codes.get(), scales.get(), rows, false,
+                                         nullptr),
+             "launch_quantize_fp8");
+  check_cuda(cudaDeviceSynchronize(), "quantize");
+  const std::vector<uint8_t> got_codes = codes.download();
+  const std::vector<float> got_scales = scales.download();
+  std::vector<float> row(cols), expected_scales(groups);
+  std::vector<uint8_t> expected_codes(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) row[c] = detail::bf16_bits_to_float(values[r * cols + c]);
+    detail::quantize_groups_e4m3(row.data(), cols, expected_codes.data(), expected_scales.data());
+    for (int64_t c = 0; c < cols; ++c) {
+      ASSERT_EQ(got_codes[r * cols + c], expected_codes[c]) << "row " << r << " col " << c;
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const float got = got_scales[g * rows + r];
+      ASSERT_EQ(std::memcmp(&got, &expected_scales[g], 4), 0) << "row " << r << " group " << g;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fusedmoe::test
