@@ -40,7 +40,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.distributed as dist
 
-from . import _checks, api
+from . import _checks, api, fp8
 
 MODES = ("allgather", "alltoall")
 
@@ -316,9 +316,10 @@ class ExpertParallelMoE:
             scale2, *routing, self.routed_scaling_factor, **options, **self._fp8_mlp(),
         )
 
-    def _experts_routed(self, routing, x, offset: int, num_local: int):
+    def _experts_routed(self, routing, x, offset: int, num_local: int, x_scale=None):
         """The operator with routing given (packed, or an (ids, weights) pair) over experts
-        [offset, offset + num_local) of this rank, do_finalize=False."""
+        [offset, offset + num_local) of this rank, do_finalize=False; x_scale: the scales of e4m3
+        hidden states (FP8 experts), or None for bf16 ones."""
         sizes = (self.num_experts, self.top_k, None, None, self.intermediate_size, offset, num_local)
         if self._fp8_scales is None:
             return api.trtllm_bf16_routed_moe(
@@ -327,8 +328,8 @@ class ExpertParallelMoE:
             )
         scale1, scale2 = self._fp8_scales
         return api.trtllm_fp8_block_scale_routed_moe(
-            routing, None, x, None, self.gemm1_weights, scale1, self.gemm2_weights, scale2, *sizes,
-            None, do_finalize=False, **self._fp8_mlp(),
+            routing, None, x, x_scale, self.gemm1_weights, scale1, self.gemm2_weights, scale2,
+            *sizes, None, do_finalize=False, **self._fp8_mlp(),
         )
 
     def _fp8_mlp(self) -> dict:
@@ -587,19 +588,17 @@ class ExpertParallelMoE:
         # ascending; the slots owned elsewhere are sent as id -1 (non-local there).
         pairs = torch.nonzero_static(hit.t().flatten(), size=sum(send_rows)).squeeze(1)
         dest, token = pairs // num_tokens, pairs % num_tokens
-        send_x = x.index_select(0, token)
         send_ids = torch.where(
             owner.index_select(0, token) == dest.unsqueeze(1), ids.index_select(0, token), -1
         )
-        recv_x = x.new_empty((sum(recv_rows), hidden))
-        self._all_to_all("dispatch_hidden", recv_x, send_x, recv_rows, send_rows)
+        recv_x, recv_x_scale = self._dispatch_hidden(x, token, recv_rows, send_rows)
         recv_routing = self._dispatch_routing(send_ids, weights, token, recv_rows, send_rows)
 
         # The owner computes its slots and returns one unweighted row per slot (with
         # use_routing_scales_on_input: computed on the weighted input), in the order
         # (source rank, source token, k) ascending: the order the source sent them in.
         gemm2_output, _, permuted = self._experts_routed(
-            recv_routing, recv_x, self.local_expert_offset, self.local_num_experts)
+            recv_routing, recv_x, self.local_expert_offset, self.local_num_experts, recv_x_scale)
         local = torch.nonzero_static(permuted >= 0, size=sum(recv_slots)).squeeze(1)
         send_y = gemm2_output.index_select(0, permuted.index_select(0, local))
         recv_y = x.new_empty((sum(send_slots), hidden))
@@ -611,6 +610,29 @@ class ExpertParallelMoE:
         row_of_slot = torch.argsort(by_owner).view(num_tokens, top_k)
         combine_weights = self._combine_weights(weights)
         return _weighted_sum(recv_y, row_of_slot, valid, combine_weights).to(torch.bfloat16)
+
+    def _dispatch_hidden(self, x, token, recv_rows, send_rows):
+        """Sends each dispatched row of x to its destination; returns (rows, their scales or None).
+
+        With FP8 experts the rows travel quantised, as the operator would quantise them on the
+        owner (per token and 128-column group, fusedmoe.fp8.quantize_fp8_activations, bitwise the
+        operator's rule): e4m3 codes and their fp32 scales, 1 + 4/128 bytes per value instead of
+        2, and the owner's operator call takes them as e4m3 hidden states with the same result.
+        """
+        num_rows = sum(recv_rows)
+        if self._fp8_scales is None:
+            send_x = x.index_select(0, token)
+            recv_x = x.new_empty((num_rows, self.hidden_size))
+            self._all_to_all("dispatch_hidden", recv_x, send_x, recv_rows, send_rows)
+            return recv_x, None
+        codes, scale = fp8.quantize_fp8_activations(x)  # [T, H] e4m3, [H / 128, T]
+        send_codes = codes.view(torch.uint8).index_select(0, token)
+        send_scale = scale.t().index_select(0, token).contiguous()  # [rows, H / 128]
+        recv_codes = send_codes.new_empty((num_rows, self.hidden_size))
+        recv_scale = send_scale.new_empty((num_rows, send_scale.shape[1]))
+        self._all_to_all("dispatch_hidden", recv_codes, send_codes, recv_rows, send_rows)
+        self._all_to_all("dispatch_hidden_scale", recv_scale, send_scale, recv_rows, send_rows)
+        return recv_codes.view(torch.float8_e4m3fn), recv_scale.t().contiguous()
 
     def _dispatch_routing(self, send_ids, weights, token, recv_rows, send_rows):
         """Sends each dispatched row's K ids (and, with use_routing_scales_on_input, weights) to

@@ -52,7 +52,7 @@ def quantize_fp8_activations(hidden_states: torch.Tensor) -> Tuple[torch.Tensor,
     _check_multiple("hidden_states", "dim 1 (H)", hidden_size)
     groups = hidden_states.float().view(num_tokens, hidden_size // BLOCK, BLOCK)
     codes, scale = _quantize(groups, _amax(groups, -1))
-    return codes.view(num_tokens, hidden_size), scale.view(num_tokens, -1).t().contiguous()
+    return codes.view(num_tokens, hidden_size), scale.view(num_tokens, hidden_size // BLOCK).t().contiguous()
 
 
 def quantize_fp8_weights(weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -62,6 +62,12 @@ def test_quantize_fp8_activations_is_the_rule_bitwise(generator):
     assert codes[3, 200].float() == -448.0 and scale[1, 3] == torch.tensor(8192.0) / 448.0
 
 
+def test_quantize_fp8_activations_of_no_tokens():
+    codes, scale = fp8.quantize_fp8_activations(torch.zeros(0, 256, dtype=torch.bfloat16))
+    assert codes.shape == (0, 256) and codes.dtype == FP8
+    assert scale.shape == (2, 0) and scale.dtype == torch.float32
+
+
 def test_quantize_fp8_weights_per_block(generator):
     w = torch.randn(3, 256, 384, generator=generator)
     w[1, 130, 7] = 50.0  # block (1, 0) of expert 1 gets a large amax
