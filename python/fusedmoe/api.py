@@ -542,8 +542,7 @@ def trtllm_fp8_block_scale_moe(
     float8_e4m3fn weights with one fp32 scale per 128x128 block, activations quantised per token
     and 128-column group (scale = amax / 448), fp32 accumulation promoted per 128-deep block, the
     activation rounded to bf16 and quantised the same way before GEMM2, bf16 output.
-    **This build runs it on CPU tensors only** (the reference); CUDA tensors raise
-    NotImplementedError after every argument check.
+    CUDA tensors run the Hopper kernels, CPU tensors the CPU reference.
 
     Args:
         hidden_states: [T, H] bfloat16 (quantised inside) or float8_e4m3fn with
@@ -562,7 +561,7 @@ def trtllm_fp8_block_scale_moe(
         MLP's options and biases included; no ``use_routing_scales_on_input``).
 
     Raises:
-        TypeError, ValueError naming the argument; NotImplementedError for CUDA tensors.
+        TypeError, ValueError naming the argument.
     """
     _checks.check_layout(use_shuffled_weight, weight_layout)
     _checks.check_unsupported(norm_topk_prob)
@@ -625,8 +624,7 @@ def trtllm_fp8_block_scale_routed_moe(
     ``topk_ids`` as in ``trtllm_bf16_routed_moe`` (packed, or an (ids, weights) pair with bf16 or
     fp32 weights used exactly as given); ``routing_bias``, ``n_group``, ``topk_group``,
     ``routed_scaling_factor`` and ``routing_method_type`` are accepted for FlashInfer
-    compatibility and ignored. Everything else as in ``trtllm_fp8_block_scale_moe``: **CPU tensors
-    only in this build**.
+    compatibility and ignored. Everything else as in ``trtllm_fp8_block_scale_moe``.
     """
     _checks.check_layout(use_shuffled_weight, weight_layout)
     _checks.check_unsupported(True, gemm1_lora_delta)

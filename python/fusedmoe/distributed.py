@@ -113,9 +113,8 @@ class ExpertParallelMoE:
             block-scale variant, docs/fp8.md), this rank's fp32 block scales
             [E / W, (2I or I) / 128, H / 128] and [E / W, H / 128, I / 128]; None with bf16
             weights. The bf16 hidden states are quantised per token by the operator on whichever
-            rank computes them, so the result is the single-device FP8 operator's. (The FP8
-            variant runs on CPU tensors only in this release; not with
-            use_routing_scales_on_input.)
+            rank computes them, so the result is the single-device FP8 operator's (not with
+            use_routing_scales_on_input).
 
     Attributes:
         rank, world_size, local_expert_offset, local_num_experts: this rank's place and experts.
