@@ -112,9 +112,9 @@ class ExpertParallelMoE:
         gemm1_weights_scale, gemm2_weights_scale: with float8_e4m3fn weights (the FP8
             block-scale variant, docs/fp8.md), this rank's fp32 block scales
             [E / W, (2I or I) / 128, H / 128] and [E / W, H / 128, I / 128]; None with bf16
-            weights. The bf16 hidden states are quantised per token by the operator on whichever
-            rank computes them, so the result is the single-device FP8 operator's (not with
-            use_routing_scales_on_input).
+            weights. The bf16 hidden states are quantised on the token's rank by the operator's
+            rule and move in e4m3 with their scales, so the result is the single-device FP8
+            operator's (not with use_routing_scales_on_input).
 
     Attributes:
         rank, world_size, local_expert_offset, local_num_experts: this rank's place and experts.
@@ -297,9 +297,10 @@ class ExpertParallelMoE:
             _check_device(name, scale, self.device)
         return gemm1_weights_scale, gemm2_weights_scale
 
-    def _experts_from_logits(self, logits, x, offset: int, num_local: int):
+    def _experts_from_logits(self, logits, x, offset: int, num_local: int, x_scale=None):
         """The operator, routed from logits, over experts [offset, offset + num_local) of this
-        rank, do_finalize=False: [gemm2_output, expert_weights, expanded_idx_to_permuted_idx]."""
+        rank, do_finalize=False: [gemm2_output, expert_weights, expanded_idx_to_permuted_idx].
+        x_scale: the scales of e4m3 hidden states (FP8 experts), or None for bf16 ones."""
         routing = (self.num_experts, self.top_k, self.n_group or None, self.topk_group or None,
                    self.intermediate_size, offset, num_local)
         options = dict(routing_method_type=self.routing_method_type, do_finalize=False,
@@ -311,7 +312,7 @@ class ExpertParallelMoE:
             )
         scale1, scale2 = self._fp8_scales
         return api.trtllm_fp8_block_scale_moe(
-            logits, self.routing_bias, x, None, self.gemm1_weights, scale1, self.gemm2_weights,
+            logits, self.routing_bias, x, x_scale, self.gemm1_weights, scale1, self.gemm2_weights,
             scale2, *routing, self.routed_scaling_factor, **options, **self._fp8_mlp(),
         )
 
@@ -488,19 +489,19 @@ class ExpertParallelMoE:
         if total == 0:
             return x.new_empty((0, self.hidden_size))
 
-        all_x = self._all_gather_rows("dispatch_hidden", x, counts)
+        all_x, all_x_scale = self._gather_hidden(x, counts)
         offset, num_local = self.local_expert_offset, self.local_num_experts
         if logits is not None:
             all_logits = self._all_gather_rows("dispatch_logits", logits, counts)
             gemm2_output, expert_weights, permuted = self._experts_from_logits(
-                all_logits, all_x, offset, num_local)
+                all_logits, all_x, offset, num_local, all_x_scale)
         else:
             ids, weights = routed
             all_ids = self._all_gather_rows("dispatch_ids", ids, counts)
             if weights is not None:
                 all_ids = (all_ids, self._all_gather_rows("dispatch_weights", weights, counts))
             gemm2_output, expert_weights, permuted = self._experts_routed(
-                all_ids, all_x, offset, num_local)
+                all_ids, all_x, offset, num_local, all_x_scale)
 
         # This rank's partial: the operator's finalize accumulator over its local slots, not
         # rounded to bf16 (fp32, ascending k; weights of 1 when they scaled the input).
@@ -537,6 +538,17 @@ class ExpertParallelMoE:
             name = "routing_logits" if logits is not None else "topk_ids"
             raise ValueError(f"{name}: expected the same kind of routing input on every rank, got {shown}")
         return [row[1] for row in rows]
+
+    def _gather_hidden(self, x, counts):
+        """Every rank's rows of x in rank order, and their scales (None with bf16 experts). With
+        FP8 experts the rows travel quantised (``_quantized_rows``) and the operator takes them
+        as e4m3 hidden states: 1 + 1/32 bytes per value instead of 2, bitwise the same result."""
+        if self._fp8_scales is None:
+            return self._all_gather_rows("dispatch_hidden", x, counts), None
+        codes, scale = _quantized_rows(x)
+        all_codes = self._all_gather_rows("dispatch_hidden", codes, counts)
+        all_scale = self._all_gather_rows("dispatch_hidden_scale", scale, counts)
+        return all_codes.view(torch.float8_e4m3fn), all_scale.t().contiguous()
 
     def _all_gather_rows(self, name, tensor, counts):
         """[sum(counts), ...] rows of every rank in rank order (uneven counts padded, then compacted)."""
@@ -612,21 +624,18 @@ class ExpertParallelMoE:
 
     def _dispatch_hidden(self, x, token, recv_rows, send_rows):
         """Sends each dispatched row of x to its destination; returns (rows, their scales or None).
-
-        With FP8 experts the rows travel quantised, as the operator would quantise them on the
-        owner (per token and 128-column group, fusedmoe.fp8.quantize_fp8_activations, bitwise the
-        operator's rule): e4m3 codes and their fp32 scales, 1 + 4/128 bytes per value instead of
-        2, and the owner's operator call takes them as e4m3 hidden states with the same result.
-        """
+        With FP8 experts the rows travel quantised (``_quantized_rows``): 1 + 1/32 bytes per value
+        instead of 2, and the owner's operator call takes them as e4m3 hidden states with the
+        same result."""
         num_rows = sum(recv_rows)
         if self._fp8_scales is None:
             send_x = x.index_select(0, token)
             recv_x = x.new_empty((num_rows, self.hidden_size))
             self._all_to_all("dispatch_hidden", recv_x, send_x, recv_rows, send_rows)
             return recv_x, None
-        codes, scale = fp8.quantize_fp8_activations(x)  # [T, H] e4m3, [H / 128, T]
-        send_codes = codes.view(torch.uint8).index_select(0, token)
-        send_scale = scale.t().index_select(0, token).contiguous()  # [rows, H / 128]
+        codes, scale = _quantized_rows(x)
+        send_codes = codes.index_select(0, token)
+        send_scale = scale.index_select(0, token)
         recv_codes = send_codes.new_empty((num_rows, self.hidden_size))
         recv_scale = send_scale.new_empty((num_rows, send_scale.shape[1]))
         self._all_to_all("dispatch_hidden", recv_codes, send_codes, recv_rows, send_rows)
@@ -733,6 +742,14 @@ class ExpertParallelMoE:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+def _quantized_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """x [T, H] bf16 quantised as the FP8 operator quantises its hidden states (per token and
+    128-column group; ``fusedmoe.fp8.quantize_fp8_activations``, bitwise the operator's rule), in
+    the row-major forms a collective moves: (e4m3 codes as uint8 [T, H], fp32 scales [T, H / 128])."""
+    codes, scale = fp8.quantize_fp8_activations(x)  # [T, H] e4m3, [H / 128, T]
+    return codes.view(torch.uint8), scale.t().contiguous()
+
+
 class _ExpertMlp(NamedTuple):
     """The operator's expert MLP options, with its keyword names (passed as ``**mlp._asdict()``)."""
 
