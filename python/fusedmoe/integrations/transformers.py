@@ -43,6 +43,11 @@ expert at a time), at the price that the module then only works with fusedmoe (n
 or another ``experts_implementation`` raises or misreads them) and ``state_dict()`` holds the
 canonical layout until ``restore_layout(model)``.
 
+FP8 checkpoints (transformers' ``FP8Experts``, FineGrainedFP8) dispatch through transformers' FP8
+experts registry, where ``register()`` adds "fusedmoe" too: their e4m3 weights and 128 x 128 block
+scales run fusedmoe's FP8 block-scale variant (``fusedmoe_fp8_experts_forward``; on CUDA tensors it
+falls back to transformers' FP8 "grouped_mm" in this release, see docs/transformers.md).
+
 CPU tensors run fusedmoe's CPU reference (slow, exact to the contract). Under ``torch.compile``
 the conversion cannot run inside the trace: run one eager forward (``generate`` does: its prefill is
 eager) or call ``prepare(model)`` before compiling; staleness is not checked inside compiled code.
@@ -59,6 +64,7 @@ import torch.nn.functional as F
 
 import fusedmoe
 from fusedmoe import _checks, _layouts
+import fusedmoe.fp8  # noqa: F401  (fusedmoe.fp8.prepare_fp8_weights)
 
 NAME = "fusedmoe"
 MIN_TRANSFORMERS_VERSION = "5.7.0"  # the first release that accepts registered experts_implementation names
@@ -112,8 +118,19 @@ def _import_moe_registry():
     return moe
 
 
+def _import_fp8_registry():
+    """transformers' registry of FP8 experts forwards (FineGrainedFP8 checkpoints), or None when
+    this transformers has none."""
+    try:
+        from transformers.integrations import finegrained_fp8
+    except ImportError:
+        return None
+    return getattr(finegrained_fp8, "FP8ExpertsInterface", None)
+
+
 def register() -> None:
-    """Adds ``"fusedmoe"`` to transformers' experts registry (idempotent).
+    """Adds ``"fusedmoe"`` to transformers' experts registry (idempotent), and to its FP8 experts
+    registry (``FP8Experts`` of FineGrainedFP8 checkpoints) where transformers has one.
 
     After it, ``from_pretrained(..., experts_implementation="fusedmoe")``, ``from_config(config,
     experts_implementation="fusedmoe")`` and ``model.set_experts_implementation("fusedmoe")`` select
@@ -125,6 +142,9 @@ def register() -> None:
     """
     moe = _import_moe_registry()
     moe.ExpertsInterface.register(NAME, fusedmoe_experts_forward)
+    fp8_interface = _import_fp8_registry()
+    if fp8_interface is not None:
+        fp8_interface.register(NAME, fusedmoe_fp8_experts_forward)
     _patch_llama4()
 
 
@@ -505,27 +525,38 @@ def _prepared_state(module) -> _State:
     return state
 
 
+def _flat_call(hidden_states, top_k_index, top_k_weights, hidden_size):
+    """(x [T, H], ids int32 [T, K], weights [T, K] bf16 or fp32) of an experts forward's inputs."""
+    x = hidden_states.reshape(-1, hidden_size).contiguous()
+    ids = top_k_index.reshape(x.shape[0], top_k_index.shape[-1]).to(torch.int32).contiguous()
+    weights = top_k_weights.reshape(ids.shape)
+    if weights.dtype not in (torch.bfloat16, torch.float32):
+        weights = weights.float()  # fp16 and fp64 routing weights: fp32 keeps them (nearly) exact
+    return x, ids, weights.contiguous()
+
+
+def _activation_options(spec: ExpertsSpec, swiglu_constants) -> dict:
+    """The operator's keyword arguments for the spec's activation (nothing for plain SwiGLU)."""
+    options = {}
+    if spec.activation_type != SWIGLU:
+        options["activation_type"] = spec.activation_type
+    if swiglu_constants is not None:
+        options["gemm1_alpha"], options["gemm1_beta"], options["gemm1_clamp_limit"] = swiglu_constants
+    return options
+
+
 def _run(module, state: _State, hidden_states, top_k_index, top_k_weights) -> torch.Tensor:
     """The routed operator on [T, H] hidden states and the model's own routing."""
     gemm1, gemm2, bias1, bias2 = _operands(module, state)
     num_experts, intermediate_size, hidden_size = state.sizes
     spec = state.spec
     shape = hidden_states.shape
-    x = hidden_states.reshape(-1, hidden_size).contiguous()
-    ids = top_k_index.reshape(x.shape[0], top_k_index.shape[-1]).to(torch.int32).contiguous()
-    weights = top_k_weights.reshape(ids.shape)
-    if weights.dtype not in (torch.bfloat16, torch.float32):
-        weights = weights.float()  # fp16 and fp64 routing weights: fp32 keeps them (nearly) exact
-    weights = weights.contiguous()
+    x, ids, weights = _flat_call(hidden_states, top_k_index, top_k_weights, hidden_size)
     top_k = ids.shape[1]
     if top_k > _checks.MAX_TOP_K:
         raise UnsupportedExperts(
             f"{type(module).__name__}: fusedmoe takes top_k <= {_checks.MAX_TOP_K}, got {top_k}")
-    extras = {}
-    if spec.activation_type != SWIGLU:
-        extras["activation_type"] = spec.activation_type
-    if state.swiglu_constants is not None:
-        extras["gemm1_alpha"], extras["gemm1_beta"], extras["gemm1_clamp_limit"] = state.swiglu_constants
+    extras = _activation_options(spec, state.swiglu_constants)
     if bias1 is not None:
         extras["gemm1_bias"] = bias1
     if bias2 is not None:
@@ -570,6 +601,111 @@ def _sources_for_checks(module, state):
     if _is_llama4_experts(module):
         return module.gate_up_proj, None, module.down_proj, None
     return tuple(getattr(module, n, None) if n else None for n in _weight_names(module))
+
+
+# ---- FP8 experts (FineGrainedFP8 checkpoints: DeepSeek-V3/R1, Qwen3-FP8, ...) ---------------------
+@dataclasses.dataclass
+class _Fp8State:
+    """fusedmoe's view of one FP8Experts module: its spec and the converted e4m3 weights and block
+    scales (docs/fp8.md), with the identity of the tensors they came from."""
+
+    spec: ExpertsSpec
+    sizes: Tuple[int, int, int]  # (E, I, H)
+    operands: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # w1, s1, w2, s2
+    swiglu_constants: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    source_key: tuple
+
+
+_FP8_STATE = "_fusedmoe_fp8_state"
+
+
+def _fp8_sources(module):
+    gemm1 = "gate_up_proj" if getattr(module, "has_gate", True) else "up_proj"
+    names = (gemm1, gemm1 + "_scale_inv", "down_proj", "down_proj_scale_inv")
+    return tuple(getattr(module, n, None) for n in names)
+
+
+def _fp8_fallback_reason(module, hidden_states, top_k_weights) -> Optional[str]:
+    """Why this FP8Experts call cannot run in fusedmoe (None when it can)."""
+    gemm1, scale1, gemm2, scale2 = _fp8_sources(module)
+    if hidden_states.device.type == "cuda":
+        return ("CUDA tensors (fusedmoe's FP8 variant runs on the CPU reference only in this "
+                "release; its Hopper kernels are not built yet)")
+    if hidden_states.device.type != "cpu":
+        return f"device {hidden_states.device.type}"
+    if hidden_states.dtype != torch.bfloat16:
+        return f"dtype {str(hidden_states.dtype).replace('torch.', '')} (fusedmoe computes in bfloat16)"
+    if getattr(module, "activation_scheme", "dynamic") != "dynamic":
+        return "static activation scales (fusedmoe quantises activations per token and 128-group)"
+    block = getattr(module, "block_size", None)
+    if block is None or tuple(block) != (128, 128):
+        return f"block size {block} (fusedmoe's FP8 blocks are 128 x 128)"
+    if any(t is None for t in (gemm1, scale1, gemm2, scale2)):
+        return "missing weights or scales"
+    if gemm1.dtype != torch.float8_e4m3fn or scale1.dtype != torch.float32:
+        return f"weights {gemm1.dtype} with scales {scale1.dtype} (fusedmoe takes e4m3 with fp32 scales)"
+    if getattr(module, "has_bias", False):
+        return "expert biases"
+    if torch.is_grad_enabled() and (hidden_states.requires_grad or
+                                    (top_k_weights is not None and top_k_weights.requires_grad)):
+        return "autograd (fusedmoe has no backward)"
+    return None
+
+
+def _fp8_state(module) -> _Fp8State:
+    """The module's FP8 state, (re)built when missing or stale (the same staleness rules as the
+    bf16 cache: identity, address, version, shape, device and dtype of the source tensors)."""
+    sources = _fp8_sources(module)
+    state = getattr(module, _FP8_STATE, None)
+    if state is not None and _key_matches(state.source_key, sources):
+        return state
+    setattr(module, _FP8_STATE, None)
+    spec = experts_spec(module)
+    gemm1, scale1, gemm2, scale2 = sources
+    sizes = _layouts.gemm1_dims(gemm1, False, spec.gated)
+    _check_sizes(module, sizes)
+    with torch.no_grad():
+        operands = fusedmoe.fp8.prepare_fp8_weights(
+            gemm1.detach(), scale1.detach(), gemm2.detach(), scale2.detach(), gate_up=spec.gate_up,
+            gated=spec.gated)
+        # Own copies: the cache must not change when a parameter is later modified in place.
+        operands = tuple(c.clone() if c.data_ptr() == src.data_ptr() else c
+                         for c, src in zip(operands, sources))
+    state = _Fp8State(spec, sizes, operands, _swiglu_constants(spec, sizes[0], gemm1.device),
+                      _source_key(sources))
+    setattr(module, _FP8_STATE, state)
+    return state
+
+
+def fusedmoe_fp8_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                                 top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The FP8 registry entry "fusedmoe": an ``FP8Experts`` module's forward computed by fusedmoe's
+    FP8 block-scale variant (its 128 x 128 e4m3 weights and fp32 scales as they are, activations
+    quantised per token and 128-group, as the checkpoint's recipe does).
+
+    Falls back, with one warning per module class and reason, to transformers' own FP8
+    ``"grouped_mm"`` experts for what fusedmoe's FP8 variant does not take (CUDA tensors in this
+    release, static activation scales, other block sizes or scale formats, biases, autograd);
+    raises ``UnsupportedExperts`` for a gating fusedmoe does not compute.
+    """
+    reason = _fp8_fallback_reason(self, hidden_states, top_k_weights)
+    if reason is not None:
+        if not torch.compiler.is_compiling():
+            _warn_once(self, reason, fallback="transformers' FP8 'grouped_mm'")
+        from transformers.integrations import finegrained_fp8  # noqa: PLC0415
+
+        return finegrained_fp8.ALL_FP8_EXPERTS_FUNCTIONS["grouped_mm"](
+            self, hidden_states, top_k_index, top_k_weights)
+    state = _fp8_state(self)
+    num_experts, intermediate_size, hidden_size = state.sizes
+    x, ids, weights = _flat_call(hidden_states, top_k_index, top_k_weights, hidden_size)
+    w1, s1, w2, s2 = state.operands
+    out = fusedmoe.trtllm_fp8_block_scale_routed_moe(
+        (ids, weights), None, x, None, w1, s1, w2, s2, num_experts, ids.shape[1], None, None,
+        intermediate_size, 0, num_experts, None,
+        **_activation_options(state.spec, state.swiglu_constants),
+    )
+    return out.reshape(hidden_states.shape)
 
 
 # ---- Llama 4: experts outside the registry --------------------------------------------------------
