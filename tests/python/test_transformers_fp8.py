@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import reference_moe as ref
+from conftest import requires_hopper
 from fusedmoe import fp8
 from fusedmoe.integrations import transformers as fusedmoe_hf
 
@@ -126,3 +127,18 @@ def test_what_fusedmoe_does_not_take_falls_back_with_a_warning(generator, monkey
         warnings.simplefilter("error")  # once per class and reason
         module(x, ids, weights)
     assert calls == ["TestFP8Experts"] * 2
+
+
+@requires_hopper
+def test_gpu_matches_transformers_own_fp8_experts(generator):
+    # The same module on the GPU: "fusedmoe" against transformers' FP8 "grouped_mm" experts (its
+    # Triton/DeepGEMM FP8 GEMMs with the same dynamic per-token-group activation quantisation).
+    module = fp8_experts(generator).cuda()
+    x = torch.randn(T, H, generator=generator).to(torch.bfloat16).cuda()
+    ids, weights = (t.cuda() for t in routing(generator))
+    with torch.no_grad():
+        ours = module(x, ids, weights.to(torch.bfloat16))
+        theirs = finegrained_fp8.ALL_FP8_EXPERTS_FUNCTIONS["grouped_mm"](
+            module, x, ids, weights.to(torch.bfloat16))
+    relative = ((ours.float() - theirs.float()).norm() / theirs.float().norm()).item()
+    assert relative < 2e-2, f"relative difference {relative:.3g} (seed {generator.initial_seed()})"
