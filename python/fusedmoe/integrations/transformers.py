@@ -494,13 +494,13 @@ def _fallback_reason(module, hidden_states: torch.Tensor, top_k_weights, weights
     return None
 
 
-def _warn_once(module, reason: str, fallback: str = "'grouped_mm'") -> None:
+def _warn_once(module, reason: str, fallback: str = "'grouped_mm'", stacklevel: int = 4) -> None:
     key = (type(module).__name__, reason)
     if key not in _WARNED:
         _WARNED.add(key)
         warnings.warn(
             f"experts_implementation='fusedmoe': {type(module).__name__} falls back to {fallback} "
-            f"for {reason}", RuntimeWarning, stacklevel=4,
+            f"for {reason}", RuntimeWarning, stacklevel=stacklevel,
         )
 
 
@@ -578,20 +578,28 @@ def fusedmoe_experts_forward(self, hidden_states: torch.Tensor, top_k_index: tor
     Returns [T, H] in the dtype of ``hidden_states``. See the module docstring for what falls back
     and what raises.
     """
-    state = getattr(self, _STATE, None)
-    reason = _fallback_reason(self, hidden_states, top_k_weights, _sources_for_checks(self, state))
-    if reason is not None:
-        if state is not None and state.in_place:
-            raise RuntimeError(
-                f"experts_implementation='fusedmoe': {type(self).__name__} was converted in place "
-                f"(convert_in_place) and cannot fall back to another implementation for {reason}; "
-                "call fusedmoe.integrations.transformers.restore_layout(model) first"
-            )
-        if not torch.compiler.is_compiling():
-            _warn_once(self, reason)
+    if _falls_back(self, hidden_states, top_k_weights, "'grouped_mm'"):
         return _grouped_mm_forward()(self, hidden_states, top_k_index, top_k_weights)
     state = _prepared_state(self)
     return _run(self, state, hidden_states, top_k_index, top_k_weights)
+
+
+def _falls_back(module, hidden_states, top_k_weights, fallback: str) -> bool:
+    """True when this call must run `fallback` instead of fusedmoe (warned once per class and
+    reason); raises when the module was converted in place and so cannot fall back."""
+    state = getattr(module, _STATE, None)
+    reason = _fallback_reason(module, hidden_states, top_k_weights, _sources_for_checks(module, state))
+    if reason is None:
+        return False
+    if state is not None and state.in_place:
+        raise RuntimeError(
+            f"experts_implementation='fusedmoe': {type(module).__name__} was converted in place "
+            f"(convert_in_place) and cannot fall back to another implementation for {reason}; "
+            "call fusedmoe.integrations.transformers.restore_layout(model) first"
+        )
+    if not torch.compiler.is_compiling():
+        _warn_once(module, reason, fallback, stacklevel=5)  # one frame deeper than the forwards
+    return True
 
 
 def _sources_for_checks(module, state):
@@ -744,16 +752,7 @@ def _llama4_forward(self, hidden_states, original_forward):
     stay the model's; expert e computes on bf16(score * x) and its output is not weighted again."""
     experts = self.experts
     flat = hidden_states.reshape(-1, self.hidden_dim)
-    state = getattr(experts, _STATE, None)
-    reason = _fallback_reason(experts, flat, None, _sources_for_checks(experts, state))
-    if reason is not None:
-        if state is not None and state.in_place:
-            raise RuntimeError(
-                f"experts_implementation='fusedmoe': Llama4TextExperts was converted in place and "
-                f"cannot fall back for {reason}; call restore_layout(model) first"
-            )
-        if not torch.compiler.is_compiling():
-            _warn_once(experts, reason, "its own forward")
+    if _falls_back(experts, flat, None, "its own forward"):
         return original_forward(self, hidden_states)
     if self.top_k != 1:
         raise UnsupportedExperts(
