@@ -105,6 +105,23 @@ TEST(Fp8Quantize, ScaleIsAmaxOver448AndTheLargestLandsOn448) {
   }
 }
 
+TEST(Fp8Quantize, SignallingNansAreSkippedToo) {
+  // A bf16 signalling NaN (quiet bit clear) widens to a float signalling NaN, for which
+  // std::fmax returns NaN; the rule skips every NaN (the GPU's fmaxf does too).
+  std::vector<float> values(kFp8BlockSize, 1.0f);
+  values[7] = -3.0f;
+  values[9] = detail::bf16_bits_to_float(0x7F81);  // signalling
+  values[11] = detail::bf16_bits_to_float(0xFFC1);  // quiet, negative
+  ASSERT_TRUE(std::isnan(values[9]) && std::isnan(values[11]));
+  std::vector<uint8_t> codes(values.size());
+  float scale = 0.0f;
+  detail::quantize_groups_e4m3(values.data(), kFp8BlockSize, codes.data(), &scale);
+  EXPECT_EQ(scale, 3.0f / 448.0f);
+  EXPECT_EQ(codes[7], 0xFE);
+  EXPECT_EQ(codes[9], detail::kE4m3Nan);
+  EXPECT_EQ(codes[11], detail::kE4m3Nan);
+}
+
 // Random e4m3 weights (no NaN codes) and positive block scales for [E, N, K].
 struct RandomFp8Weights {
   std::vector<uint8_t> codes;
