@@ -5,11 +5,15 @@
 // bitwise. Skips when no GPU is present. (The whole operator against an independent float64
 // model, on the GPU too: tests/python/test_fp8.py.)
 //
-// The GPU's GEMMs add a 128-deep block's products in the tensor cores' order, the reference in
-// its fixed fp32 order; a difference of an ulp can flip the bf16 rounding of an activation and
-// so, rarely, its e4m3 code. The outputs are therefore compared by norms: relative Frobenius
-// error <= 5e-3 and max |gpu - cpu| <= 3 % of max |cpu| (the FP8 quantisation itself moves the
-// output by a few per cent from the BF16 operator's: both would catch a wrong scale or block).
+// Hopper's FP8 tensor cores add a 128-deep block's products with reduced precision (about 14
+// bits kept), so GEMM1 differs from the reference's fp32 sums by ~1e-4 relative; the activation's
+// bf16 rounding and e4m3 re-quantisation turn that into different codes for some activations (a
+// whole group's when its largest element rounds the other way). Measured on an H200, rows move by
+// up to ~4 % and whole outputs by ~0.5 % (docs/fp8.md "Accuracy on the GPU"). The operator is
+// therefore compared by norms: relative Frobenius error <= 1e-2 overall and <= 0.1 in every row
+// (a wrong scale, block or row moves its rows by tens of per cent), while the GEMM kernels alone
+// are held bitwise on problems whose arithmetic is exact (GpuFp8.*IsExactOnIntegerProblems*).
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -123,25 +127,29 @@ class DeviceFp8Call {
   std::vector<Output> outputs_;
 };
 
-// Relative Frobenius error and max error of bf16 rows against the reference's.
+// The rule above for bf16 rows of `cols` values against the reference's.
 void expect_close_fp8(const std::vector<uint16_t>& gpu, const std::vector<uint16_t>& cpu,
-                      const char* what) {
+                      int64_t cols, const char* what) {
   ASSERT_EQ(gpu.size(), cpu.size()) << what;
-  double diff2 = 0.0, norm2 = 0.0, worst = 0.0, largest = 0.0;
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    const double a = detail::bf16_bits_to_float(gpu[i]), b = detail::bf16_bits_to_float(cpu[i]);
-    ASSERT_TRUE(std::isfinite(a) || !std::isfinite(b)) << what << ": non-finite at " << i;
-    diff2 += (a - b) * (a - b);
-    norm2 += b * b;
-    worst = std::max(worst, std::fabs(a - b));
-    largest = std::max(largest, std::fabs(b));
+  double diff2 = 0.0, norm2 = 0.0, worst_row = 0.0;
+  for (size_t row = 0; row * cols < gpu.size(); ++row) {
+    double row_diff2 = 0.0, row_norm2 = 0.0;
+    for (size_t i = row * cols; i < (row + 1) * cols; ++i) {
+      const double a = detail::bf16_bits_to_float(gpu[i]), b = detail::bf16_bits_to_float(cpu[i]);
+      ASSERT_TRUE(std::isfinite(a) || !std::isfinite(b)) << what << ": non-finite at " << i;
+      row_diff2 += (a - b) * (a - b);
+      row_norm2 += b * b;
+    }
+    if (row_norm2 == 0.0) {
+      EXPECT_EQ(row_diff2, 0.0) << what << ": row " << row << " must be zeros";
+    } else {
+      worst_row = std::max(worst_row, std::sqrt(row_diff2 / row_norm2));
+    }
+    diff2 += row_diff2;
+    norm2 += row_norm2;
   }
-  if (norm2 == 0.0) {  // nothing routed to the window: zeros, exactly
-    EXPECT_EQ(worst, 0.0) << what << ": the reference is all zeros";
-    return;
-  }
-  EXPECT_LE(std::sqrt(diff2 / norm2), 5e-3) << what;
-  EXPECT_LE(worst, 0.03 * largest) << what;
+  if (norm2 > 0.0) EXPECT_LE(std::sqrt(diff2 / norm2), 1e-2) << what;
+  EXPECT_LE(worst_row, 0.1) << what;
 }
 
 struct Fp8Spec {
@@ -197,7 +205,7 @@ void check_spec(const Fp8Spec& spec, uint64_t seed) {
   EXPECT_EQ(first_difference(gpu.c.routing_replay_out, cpu.c.routing_replay_out), -1)
       << "routing ids";
   if (spec.do_finalize) {
-    expect_close_fp8(gpu.c.output, cpu.c.output, "output");
+    expect_close_fp8(gpu.c.output, cpu.c.output, spec.H, "output");
   } else {
     EXPECT_EQ(first_difference(gpu.c.expanded_idx_to_permuted_idx,
                                cpu.c.expanded_idx_to_permuted_idx),
@@ -209,7 +217,7 @@ void check_spec(const Fp8Spec& spec, uint64_t seed) {
                                                 [](int32_t p) { return p >= 0; });
     std::vector<uint16_t> g(gpu.c.gemm2_output.begin(), gpu.c.gemm2_output.begin() + rows);
     std::vector<uint16_t> r(cpu.c.gemm2_output.begin(), cpu.c.gemm2_output.begin() + rows);
-    if (rows > 0) expect_close_fp8(g, r, "gemm2_output");
+    if (rows > 0) expect_close_fp8(g, r, spec.H, "gemm2_output");
   }
   // Reruns, with and without PDL, are bitwise the first run.
   const std::vector<uint16_t> first = spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output;
