@@ -318,22 +318,29 @@ struct ExactGemmProblem {
     while (offsets[e + 1] <= p) ++e;
     return e;
   }
-  // The unique fp32 value of row p, column c (a column of B).
-  float exact(int64_t p, int64_t c) const {
-    const int32_t e = expert_of(p);
-    const int64_t row = gather.empty() ? p : gather[p];
-    float acc = 0.0f;
-    for (int64_t kb = 0; kb < k / 128; ++kb) {
-      float sum = 0.0f;
-      for (int64_t i = kb * 128; i < kb * 128 + 128; ++i) {
-        sum += detail::e4m3_to_float(a[row * k + i]) *
-               detail::e4m3_to_float(b[(int64_t(e) * n + c) * k + i]);
+  // The unique fp32 values [rows, n] (columns = rows of B), from the decoded operands.
+  std::vector<float> exact() const {
+    std::vector<float> af(a.size()), bf(b.size()), out(rows() * n);
+    for (size_t i = 0; i < a.size(); ++i) af[i] = detail::e4m3_to_float(a[i]);
+    for (size_t i = 0; i < b.size(); ++i) bf[i] = detail::e4m3_to_float(b[i]);
+    for (int64_t p = 0; p < rows(); ++p) {
+      const int32_t e = expert_of(p);
+      const int64_t row = gather.empty() ? p : gather[p];
+      for (int64_t c = 0; c < n; ++c) {
+        float acc = 0.0f;
+        for (int64_t kb = 0; kb < k / 128; ++kb) {
+          const float* x = &af[row * k + kb * 128];
+          const float* w = &bf[(int64_t(e) * n + c) * k + kb * 128];
+          float sum = 0.0f;  // an integer of at most 512: exact in any order
+          for (int i = 0; i < 128; ++i) sum += x[i] * w[i];
+          const float scale = a_scale[kb * a_rows + row] *
+                              b_scale[(int64_t(e) * (n / 128) + c / 128) * (k / 128) + kb];
+          acc = std::fma(scale, sum, acc);
+        }
+        out[p * n + c] = acc;
       }
-      const float scale = a_scale[kb * a_rows + row] *
-                          b_scale[(int64_t(e) * (n / 128) + c / 128) * (k / 128) + kb];
-      acc = std::fma(scale, sum, acc);
     }
-    return acc;
+    return out;
   }
 };
 
@@ -383,15 +390,16 @@ TEST(GpuFp8, Gemm2KernelIsExactOnIntegerProblems) {
     for (const bool relu2 : {false, true}) {
       SCOPED_TRACE(std::string(claim ? "claimed tiles" : "static tiles") +
                    (relu2 ? ", non-gated GEMM1 (relu2, gathered)" : ", GEMM2"));
-      const ExactGemmProblem problem(512, 1024, 23, /*gathered=*/relu2, claim ? 11 : 12);
+      const ExactGemmProblem problem(512, 768, 23, /*gathered=*/relu2, claim ? 11 : 12);
       detail::GemmEpilogue epilogue;
       epilogue.has_activation = relu2;
       epilogue.activation = Activation::kRelu2;
       const std::vector<uint16_t> out = run_exact_gemm(problem, false, claim, problem.n, epilogue);
+      const std::vector<float> exact = problem.exact();
       int64_t mismatches = 0;
       for (int64_t p = 0; p < problem.rows(); ++p) {
         for (int64_t c = 0; c < problem.n; ++c) {
-          float v = problem.exact(p, c);
+          float v = exact[p * problem.n + c];
           if (relu2) v = v > 0.0f ? v * v : 0.0f;
           const uint16_t want = detail::float_to_bf16_bits(v);
           if (out[p * problem.n + c] != want && ++mismatches <= 5) {
@@ -416,10 +424,11 @@ TEST(GpuFp8, GatedGemm1KernelIsExactOnIntegerProblemsUpToSilu) {
     detail::GemmEpilogue epilogue;
     epilogue.has_activation = true;  // plain SwiGLU
     const std::vector<uint16_t> out = run_exact_gemm(problem, true, claim, inter, epilogue);
+    const std::vector<float> exact = problem.exact();
     int64_t mismatches = 0;
     for (int64_t p = 0; p < problem.rows(); ++p) {
       for (int64_t j = 0; j < inter; ++j) {
-        const float up = problem.exact(p, j), gate = problem.exact(p, inter + j);
+        const float up = exact[p * problem.n + j], gate = exact[p * problem.n + inter + j];
         const float want = gate / (1.0f + std::exp(-gate)) * up;
         const float got = detail::bf16_bits_to_float(out[p * inter + j]);
         // One bf16 step (2^-7 relative) covers the rounding of a SiLU that differs in its
