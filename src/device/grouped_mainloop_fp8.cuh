@@ -4,15 +4,17 @@
 // Tile: 128 permuted rows (A, e4m3) x two B boxes of 64 rows (e4m3), K in blocks of 128: a
 // 128-byte swizzle row holds 128 e4m3 values, so one K block is exactly one scale block.
 //   producer warpgroup: all 128 threads gather A rows with 16-byte cp.async (the BF16 gather's
-//     byte geometry); the 16 threads that copy chunk 0 of a row also copy the row's scale of this
-//     K block with a 4-byte cp.async (a_scale, stride scale_stride per K block: group-major
-//     [K / 128, scale_stride]); thread 0 loads both B boxes by TMA.
+//     byte geometry); thread 0 loads both B boxes by TMA.
 //   consumer warpgroups 1, 2: rows [64 c, 64 c + 64); per K block four wgmma m64n128k32 (both
 //     boxes back to back) into tmp[64], then, once they retired, the promotion
 //       acc = fma(a_scale[row] * b_scale[box], tmp, acc)
+//     with both scales loaded from global memory by the consumer itself at the top of the K
+//     block (a_scale group-major [K / 128, scale_stride], L2-resident; the wgmmas hide the
+//     latency). Staging them in smem would need every reading lane to arrive on the empty
+//     barrier before the producer may overwrite them.
 //     (the reference's block-promoted sum, src/reference/moe.cc fp8_dot). The temporaries double
 //     the accumulators, hence N = 128 per tile instead of the BF16 path's 256.
-// Shared memory per stage: A 16 KiB + B 2 x 8 KiB + 512 bytes of row scales; 5 stages.
+// Shared memory per stage: A 16 KiB + B 2 x 8 KiB; 5 stages.
 #pragma once
 
 #include <cstdint>
@@ -56,7 +58,6 @@ struct Fp8SharedStorage {
   using Config = Fp8GemmConfig;
   alignas(1024) uint8_t a[Config::kStages][Config::kBlockM * Config::kBlockK];
   alignas(1024) uint8_t b[Config::kStages][2][Config::kBoxRows * Config::kBlockK];
-  alignas(16) float a_scale[Config::kStages][Config::kBlockM];
   alignas(128) uint8_t staging[4 * Config::kNumConsumerWarpgroups][kStagingBytesPerWarp];
   alignas(8) uint64_t full[Config::kStages];
   alignas(8) uint64_t empty[Config::kStages];
@@ -119,17 +120,14 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
     if (kClaimTiles && thread_idx == 0) publish_tile(smem, op.tile_counters, round);
     if (!scheduler.get(cta_tile<kClaimTiles>(smem, round), &tile)) break;
     const uint8_t* src[Config::kRowsPerProducerThread];  // row pointers at byte chunk * 16
-    const float* scale_src[Config::kRowsPerProducerThread];
     uint32_t row_valid = 0;
 #pragma unroll
     for (int i = 0; i < Config::kRowsPerProducerThread; ++i) {
       const int32_t p = tile.row_begin + first_row + i * Config::kRowStridePerProducerThread;
       src[i] = op.a;
-      scale_src[i] = op.a_scale;
       if (p < tile.row_end) {
         const int64_t row = op.gather_rows != nullptr ? op.gather_rows[p] : p;
         src[i] = op.a + row * op.k + chunk * 16;
-        scale_src[i] = op.a_scale + row;
         row_valid |= 1u << i;
       }
     }
@@ -152,11 +150,6 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
         const bool valid = (row_valid >> i) & 1u;  // K is a multiple of 128: no K tail
         ptx::cp_async_16_zfill(a_stage + r * 128 + swizzled_chunk_bytes,
                                valid ? src[i] + k0 : op.a, valid);
-        if (chunk == 0) {
-          ptx::cp_async_4_zfill(&smem.a_scale[pipe.stage][r],
-                                valid ? scale_src[i] + k_block * op.scale_stride : op.a_scale,
-                                valid);
-        }
       }
       ptx::cp_async_mbarrier_arrive_noinc(full);
       pipe.advance();
@@ -181,12 +174,27 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
   const float* b_scale1 =
       op.b_scale + (int64_t(tile.expert) * op.b_scale_rows + (b_row + op.b_box_stride) / 128) *
                        op.num_k_blocks;
+  // This thread's two rows' scales (rows past the tile's end: 0; their outputs are not stored).
+  const float* scale_a_row[2];
+  bool row_ok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int32_t p = tile.row_begin + row0 + 8 * h;
+    row_ok[h] = p < tile.row_end;
+    scale_a_row[h] =
+        op.a_scale + (row_ok[h] ? (op.gather_rows != nullptr ? op.gather_rows[p] : p) : 0);
+  }
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
   float tmp[64];
   for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
     const float scale_b0 = b_scale0[k_block];
     const float scale_b1 = b_scale1[k_block];
+    float scale_a[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      scale_a[h] = row_ok[h] ? scale_a_row[h][k_block * op.scale_stride] : 0.0f;
+    }
     ptx::mbarrier_wait(&smem.full[pipe.stage], pipe.phase);
     ptx::fence_proxy_async_smem();  // A arrived by cp.async (generic proxy); wgmma reads async
     const uint64_t desc_a = ptx::make_smem_desc_k_major_sw128(
@@ -201,7 +209,6 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
     ptx::wgmma_commit_group();
     ptx::wgmma_wait_group<0>();
     ptx::fence_operands(tmp);
-    const float scale_a[2] = {smem.a_scale[pipe.stage][row0], smem.a_scale[pipe.stage][row0 + 8]};
     __syncwarp();
     if (release_lane) ptx::mbarrier_arrive(&smem.empty[pipe.stage]);
     pipe.advance();

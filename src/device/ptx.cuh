@@ -77,13 +77,6 @@ __device__ __forceinline__ void cp_async_16_zfill(void* smem, const void* gmem, 
 
 // Arrives on `bar` once every cp.async this thread issued so far has landed. .noinc: the arrival
 // counts against the barrier's expected count (so the count includes one per issuing thread).
-// 4-byte cp.async (through L1), zero-filled when !valid: the FP8 GEMMs' per-row scales.
-__device__ __forceinline__ void cp_async_4_zfill(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(smem)), "l"(gmem),
-               "r"(valid ? 4 : 0)
-               : "memory");
-}
-
 __device__ __forceinline__ void cp_async_mbarrier_arrive_noinc(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar))
                : "memory");
