@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
 #pragma unroll
           for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(a[h][0], a[h][1]);
         }
-        device::store_warp_block_16x64(smem.staging[block.warp_idx], packed, params.out,
+        device::store_warp_block(smem.staging[block.warp_idx], packed, params.out,
                                        params.out_cols, tile.row_begin + block.row0,
                                        tile.row_end, j0, params.out_cols, out_aligned);
       } else {
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
 #pragma unroll
           for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(out[h][0], out[h][1]);
         }
-        device::store_warp_block_16x128(smem.staging[block.warp_idx], packed, params.out,
+        device::store_warp_block(smem.staging[block.warp_idx], packed, params.out,
                                         params.out_cols, tile.row_begin + block.row0,
                                         tile.row_end, n0, params.out_cols, out_aligned);
       }

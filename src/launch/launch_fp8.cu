@@ -7,6 +7,7 @@
 #include "kernels/sm90_gemm_fp8.cuh"
 #include "kernels/sm90_quantize_fp8.cuh"
 #include "launch/fp8_gemm.h"
+#include "launch/grouped_gemm_launch.h"
 #include "launch/tensor_map.h"
 
 namespace fusedmoe::detail {
@@ -25,29 +26,12 @@ cudaLaunchAttribute pdl_attribute(bool enable_pdl) {
 template <bool kGated>
 cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Params& params,
                             const CUtensorMap& tmap, bool enable_pdl, cudaStream_t stream) {
-  int device = 0, num_sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if ((err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device)) !=
-      cudaSuccess)
-    return err;
-  const bool claim = rows.tile_counters != nullptr;
-  auto kernel = claim ? kernels::sm90_gemm_fp8_kernel<true, kGated>
-                      : kernels::sm90_gemm_fp8_kernel<false, kGated>;
-  if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(kFp8GemmSmemBytes))) != cudaSuccess)
-    return err;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(heuristics::grouped_gemm_grid_size(num_sms, rows.max_rows,
-                                                           rows.num_experts,
-                                                           params.operands.num_n_blocks));
-  config.blockDim = dim3(device::Fp8GemmConfig::kNumThreads);
-  config.dynamicSmemBytes = kFp8GemmSmemBytes;
-  config.stream = stream;
-  cudaLaunchAttribute pdl = pdl_attribute(enable_pdl);
-  config.attrs = &pdl;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, tmap, params);
+  static_assert(device::Fp8GemmConfig::kNumThreads == device::GroupedGemmConfig::kNumThreads,
+                "launch_grouped_gemm launches the BF16 GEMMs' block size");
+  const auto kernel = rows.tile_counters != nullptr ? kernels::sm90_gemm_fp8_kernel<true, kGated>
+                                                    : kernels::sm90_gemm_fp8_kernel<false, kGated>;
+  return launch_grouped_gemm(kernel, tmap, params, rows.max_rows, rows.num_experts, enable_pdl,
+                             stream, kFp8GemmSmemBytes);
 }
 
 // The operands both GEMMs share.
