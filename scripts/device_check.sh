@@ -127,6 +127,18 @@ if [[ "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
     note "bench: FAILED (rc $?, see bench.log)"; tail -30 "$OUT/bench.log"
   fi
 fi
+# FUSEDMOE_BENCH_FP8=1: the FP8 benchmark (bench/bench_fp8.py) with FUSEDMOE_BENCH_FP8_ARGS
+# (default: the default model), its table in bench_fp8.log and bench_fp8.json.
+if [[ "${FUSEDMOE_BENCH_FP8:-0}" == 1 ]]; then
+  t0=$SECONDS
+  # shellcheck disable=SC2086
+  if PYTHONUNBUFFERED=1 timeout "${FUSEDMOE_BENCH_TIMEOUT:-420}" python3 bench/bench_fp8.py \
+      ${FUSEDMOE_BENCH_FP8_ARGS:-} --json "$OUT/bench_fp8.json" > "$OUT/bench_fp8.log" 2>&1; then
+    note "bench_fp8: ok ($((SECONDS - t0)) s)"
+  else
+    note "bench_fp8: FAILED (rc $?, see bench_fp8.log)"; tail -30 "$OUT/bench_fp8.log"
+  fi
+fi
 # The concurrency tests' control (FUSEDMOE_CONCURRENCY_CONTROL=1): with one workspace shared by
 # every call in flight (the Python package's old behaviour) the same tests must FAIL; a control
 # that passes means the tests cannot see the race they guard against.

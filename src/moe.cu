@@ -3,7 +3,9 @@
 //   route (logits) | decode (routed ids)  ->  slot_key, slot_weight  [T * K]
 //   [scale x by the weights (use_routing_scales_on_input) -> x' [T, H], in the y region]
 //   count -> offsets -> permute           ->  expert_offsets [E_loc + 1], gather_rows, permuted_idx
+//   [FP8 weights: x quantised per token and 128-group -> x8, x_scale (docs/fp8.md)]
 //   GEMM1 + activation (rows gathered)    ->  act [T * K, I]
+//   [FP8 weights: act quantised the same way -> act8, act_scale]
 //   GEMM2 (+ bias)                        ->  y [T * K, H]   (or straight into gemm2_output)
 //   finalize (do_finalize only)           ->  output [T, H]
 //
@@ -20,6 +22,7 @@
 #include "fusedmoe/fusedmoe.h"
 #include "heuristics.h"
 #include "launch/decode_gemm.h"
+#include "launch/fp8_gemm.h"
 #include "launch/grouped_gemm.h"
 #include "launch/pipeline.h"
 #include "validate.h"
@@ -45,10 +48,11 @@ size_t align_up(size_t bytes) {
 // The regions of the workspace in order, as byte sizes; carve_workspace walks the same list.
 struct LayoutSizes {
   size_t slot_key, slot_weight, chunk_prefix, expert_offsets, gather_rows, permuted_idx, act, y,
-      tile_counters;
+      tile_counters, x8, x_scale, act8, act_scale;
 };
 
-LayoutSizes layout_sizes(const MoeShape& shape) {
+// fp8: the FP8 variant's extra regions (the quantised x and activation with their scales).
+LayoutSizes layout_sizes(const MoeShape& shape, bool fp8) {
   const size_t num_slots = static_cast<size_t>(shape.num_tokens) * shape.top_k;
   const size_t num_local = static_cast<size_t>(shape.local_num_experts);
   LayoutSizes sizes{};
@@ -61,6 +65,14 @@ LayoutSizes layout_sizes(const MoeShape& shape) {
   sizes.act = align_up(num_slots * shape.intermediate_size * sizeof(__nv_bfloat16));
   sizes.y = align_up(num_slots * shape.hidden_size * sizeof(__nv_bfloat16));
   sizes.tile_counters = align_up(2 * sizeof(int32_t));
+  if (fp8) {
+    const size_t tokens = static_cast<size_t>(shape.num_tokens);
+    sizes.x8 = align_up(tokens * shape.hidden_size);
+    sizes.x_scale = align_up(tokens * (shape.hidden_size / kFp8BlockSize) * sizeof(float));
+    sizes.act8 = align_up(num_slots * shape.intermediate_size);
+    sizes.act_scale =
+        align_up(num_slots * (shape.intermediate_size / kFp8BlockSize) * sizeof(float));
+  }
   return sizes;
 }
 
@@ -102,16 +114,56 @@ GemmEpilogue gemm2_epilogue(const MoeArguments& args) {
   return epilogue;
 }
 
-}  // namespace
-
-size_t workspace_layout_bytes(const MoeShape& shape) {
-  const LayoutSizes s = layout_sizes(shape);
-  return s.slot_key + s.slot_weight + s.chunk_prefix + s.expert_offsets + s.gather_rows +
-         s.permuted_idx + s.act + s.y + s.tile_counters;
+// The FP8 variant's GEMMs (docs/fp8.md): x quantised (unless given in e4m3), GEMM1 with its
+// activation into the bf16 act, act quantised per 128-column group, GEMM2 into y.
+Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows rows, bool claim2,
+                     const __nv_bfloat16* x, __nv_bfloat16* y, const GemmEpilogue& epilogue1,
+                     const GemmEpilogue& epilogue2, cudaStream_t stream) {
+  const MoeShape& shape = args.shape;
+  const int64_t T = shape.num_tokens, H = shape.hidden_size, I = shape.intermediate_size;
+  const int64_t num_slots = T * shape.top_k;
+  const bool pdl = args.enable_pdl;
+  Fp8A x8{ws.x8, ws.x_scale, T, ws.gather_rows};
+  if (args.hidden_states_dtype == DType::kFP8E4M3) {
+    x8.a = static_cast<const uint8_t*>(args.hidden_states);
+    x8.scale = args.hidden_states_scale;
+  } else {
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        launch_quantize_fp8(x, T, nullptr, H, ws.x8, ws.x_scale, T, pdl, stream),
+        "launch_quantize_fp8 (hidden_states)");
+  }
+  const Fp8B w1{static_cast<const uint8_t*>(args.gemm1_weights), args.gemm1_weights_scale};
+  const Fp8B w2{static_cast<const uint8_t*>(args.gemm2_weights), args.gemm2_weights_scale};
+  if (is_gated(args.activation)) {
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        launch_gemm1_fp8(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream), "launch_gemm1_fp8");
+  } else {
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        launch_gemm2_fp8(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
+        "launch_gemm2_fp8 (non-gated GEMM1)");
+  }
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      launch_quantize_fp8(ws.act, num_slots, ws.expert_offsets + shape.local_num_experts, I,
+                          ws.act8, ws.act_scale, num_slots, pdl, stream),
+      "launch_quantize_fp8 (activation)");
+  rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
+  const Fp8A act8{ws.act8, ws.act_scale, num_slots, nullptr};
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      launch_gemm2_fp8(rows, act8, I, H, w2, y, epilogue2, pdl, stream), "launch_gemm2_fp8");
+  return Status::Ok();
 }
 
-Workspace carve_workspace(const MoeShape& shape, void* base) {
-  const LayoutSizes s = layout_sizes(shape);
+}  // namespace
+
+size_t workspace_layout_bytes(const MoeShape& shape, bool fp8) {
+  const LayoutSizes s = layout_sizes(shape, fp8);
+  return s.slot_key + s.slot_weight + s.chunk_prefix + s.expert_offsets + s.gather_rows +
+         s.permuted_idx + s.act + s.y + s.tile_counters + s.x8 + s.x_scale + s.act8 +
+         s.act_scale;
+}
+
+Workspace carve_workspace(const MoeShape& shape, void* base, bool fp8) {
+  const LayoutSizes s = layout_sizes(shape, fp8);
   char* cursor = static_cast<char*>(base);
   auto take = [&cursor](size_t bytes) {
     char* region = cursor;
@@ -128,6 +180,10 @@ Workspace carve_workspace(const MoeShape& shape, void* base) {
   ws.act = reinterpret_cast<__nv_bfloat16*>(take(s.act));
   ws.y = reinterpret_cast<__nv_bfloat16*>(take(s.y));
   ws.tile_counters = reinterpret_cast<int32_t*>(take(s.tile_counters));
+  ws.x8 = reinterpret_cast<uint8_t*>(take(s.x8));
+  ws.x_scale = reinterpret_cast<float*>(take(s.x_scale));
+  ws.act8 = reinterpret_cast<uint8_t*>(take(s.act8));
+  ws.act_scale = reinterpret_cast<float*>(take(s.act_scale));
   return ws;
 }
 
@@ -138,24 +194,34 @@ Status workspace_size(const MoeShape& shape, size_t* workspace_bytes) {
   if (workspace_bytes == nullptr) {
     return detail::invalid_argument("workspace_bytes", "a pointer", "nullptr");
   }
-  *workspace_bytes = detail::workspace_layout_bytes(shape);
+  *workspace_bytes = detail::workspace_layout_bytes(shape, false);
+  return Status::Ok();
+}
+
+Status workspace_size(const MoeShape& shape, DType weights_dtype, size_t* workspace_bytes) {
+  FUSEDMOE_RETURN_IF_ERROR(detail::validate_shape(shape));
+  if (weights_dtype != DType::kBF16 && weights_dtype != DType::kFP8E4M3) {
+    return detail::invalid_argument("weights_dtype", "bf16 (0) or fp8_e4m3 (2)",
+                                    dtype_name(weights_dtype));
+  }
+  if (workspace_bytes == nullptr) {
+    return detail::invalid_argument("workspace_bytes", "a pointer", "nullptr");
+  }
+  *workspace_bytes = detail::workspace_layout_bytes(shape, weights_dtype == DType::kFP8E4M3);
   return Status::Ok();
 }
 
 Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   using namespace detail;
   FUSEDMOE_RETURN_IF_ERROR(validate(args));
-  if (args.weights_dtype == DType::kFP8E4M3) {
-    return Status::Error(StatusCode::kNotImplemented,
-                         "weights_dtype: FP8 block-scale weights run on the CPU (run_reference) "
-                         "only; this build has no FP8 GPU kernels yet");
-  }
+  const bool fp8 = args.weights_dtype == DType::kFP8E4M3;
   const MoeShape& shape = args.shape;
-  const size_t needed_bytes = workspace_layout_bytes(shape);
+  const size_t needed_bytes = workspace_layout_bytes(shape, fp8);
   if (workspace_bytes < needed_bytes) {
     return Status::Error(StatusCode::kWorkspaceTooSmall,
                          "workspace_bytes: expected >= " + std::to_string(needed_bytes) +
                              " (workspace_size for num_tokens " + std::to_string(shape.num_tokens) +
+                             (fp8 ? " and fp8 weights" : "") +
                              "), got " + std::to_string(workspace_bytes));
   }
   if (shape.num_tokens == 0) return Status::Ok();
@@ -177,20 +243,21 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   // A non-gated GEMM1 is GEMM2-shaped (N = I output columns, each its own activation): it runs
   // on GEMM2's kernels with the rows of x gathered.
   const bool gated = is_gated(args.activation);
-  const bool decode1 =
+  // The FP8 variant has no weight-streaming decode GEMMs yet: its grouped GEMMs serve every size.
+  const bool decode1 = !fp8 && (
       gated ? heuristics::use_decode_gemm1(shape.num_tokens, shape.top_k, shape.num_experts,
                                            shape.local_num_experts, shape.intermediate_size,
                                            num_sms)
             : heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
                                            shape.local_num_experts, shape.intermediate_size,
-                                           num_sms);
+                                           num_sms));
   const bool decode2 =
-      heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
-                                   shape.local_num_experts, shape.hidden_size, num_sms);
+      !fp8 && heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
+                                           shape.local_num_experts, shape.hidden_size, num_sms);
   const auto gemm2 = decode2 ? launch_decode_gemm2 : launch_gemm2;
   const GemmEpilogue epilogue1 = gemm1_epilogue(args), epilogue2 = gemm2_epilogue(args);
 
-  const Workspace ws = carve_workspace(shape, workspace);
+  const Workspace ws = carve_workspace(shape, workspace, fp8);
   const int64_t num_slots = shape.num_tokens * shape.top_k;
   const int32_t num_local = shape.local_num_experts;
   const bool pdl = args.enable_pdl;
@@ -267,7 +334,10 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   const auto* w2 = static_cast<const __nv_bfloat16*>(args.gemm2_weights);
   const int64_t H = shape.hidden_size, I = shape.intermediate_size;
   rows.tile_counters = claim1 ? ws.tile_counters : nullptr;
-  if (gated) {
+  if (fp8) {
+    FUSEDMOE_RETURN_IF_ERROR(run_fp8_gemms(args, ws, rows, claim2, x, y, epilogue1, epilogue2,
+                                           stream));
+  } else if (gated) {
     const auto gemm1 = decode1 ? launch_decode_gemm1_swiglu : launch_gemm1_swiglu;
     FUSEDMOE_CUDA_RETURN_IF_ERROR(
         gemm1(rows, x, ws.gather_rows, H, I, w1, ws.act, pdl, stream, epilogue1),
@@ -278,9 +348,11 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
         gemm1(rows, x, H, I, w1, ws.act, pdl, stream, epilogue1, ws.gather_rows),
         "launch_gemm2 (non-gated GEMM1)");
   }
-  rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
-  FUSEDMOE_CUDA_RETURN_IF_ERROR(
-      gemm2(rows, ws.act, I, H, w2, y, pdl, stream, epilogue2, nullptr), "launch_gemm2");
+  if (!fp8) {
+    rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        gemm2(rows, ws.act, I, H, w2, y, pdl, stream, epilogue2, nullptr), "launch_gemm2");
+  }
   if (!args.do_finalize) return Status::Ok();
 
   // 4. Finalize: the weighted sum per token, in ascending k (weights of 1 when they went into

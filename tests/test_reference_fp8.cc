@@ -2,8 +2,8 @@
 // (every code, every rounding midpoint, saturation, NaN), the quantiser's rule (scale = amax / 448,
 // the largest element at +-448, zero groups, NaN), the reference's FP8 GEMMs against a direct
 // fp64 evaluation of the block-promoted sums, the bf16 and e4m3 hidden-state inputs agreeing
-// bitwise, and run() refusing FP8 weights (no GPU kernels yet) before touching the device. The
-// whole operator against an independent PyTorch model: tests/python/test_fp8.py.
+// bitwise. The whole operator against an independent PyTorch model: tests/python/test_fp8.py;
+// the GPU against this reference: tests/test_gpu_fp8.cu.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/host_data.h"
+#include "common/fp8_case.h"
 #include "common/moe_case.h"
 #include "common/tolerance.h"
 #include "reference/bf16.h"
@@ -104,6 +105,23 @@ TEST(Fp8Quantize, ScaleIsAmaxOver448AndTheLargestLandsOn448) {
   }
 }
 
+TEST(Fp8Quantize, SignallingNansAreSkippedToo) {
+  // A bf16 signalling NaN (quiet bit clear) widens to a float signalling NaN, for which
+  // std::fmax returns NaN; the rule skips every NaN (the GPU's fmaxf does too).
+  std::vector<float> values(kFp8BlockSize, 1.0f);
+  values[7] = -3.0f;
+  values[9] = detail::bf16_bits_to_float(0x7F81);  // signalling
+  values[11] = detail::bf16_bits_to_float(0xFFC1);  // quiet, negative
+  ASSERT_TRUE(std::isnan(values[9]) && std::isnan(values[11]));
+  std::vector<uint8_t> codes(values.size());
+  float scale = 0.0f;
+  detail::quantize_groups_e4m3(values.data(), kFp8BlockSize, codes.data(), &scale);
+  EXPECT_EQ(scale, 3.0f / 448.0f);
+  EXPECT_EQ(codes[7], 0xFE);
+  EXPECT_EQ(codes[9], detail::kE4m3Nan);
+  EXPECT_EQ(codes[11], detail::kE4m3Nan);
+}
+
 // Random e4m3 weights (no NaN codes) and positive block scales for [E, N, K].
 struct RandomFp8Weights {
   std::vector<uint8_t> codes;
@@ -183,55 +201,6 @@ TEST(ReferenceFp8, GemmsMatchTheirBlockPromotedSumsInFp64) {
   EXPECT_GT(worst_y, 0.0) << "suspiciously exact: were the rows compared at all?";
 }
 
-// A MoeCase run with FP8 weights: the case's bf16 weights quantised per 128x128 block.
-struct Fp8Case {
-  test::MoeCase c;
-  std::vector<uint8_t> w1, w2;
-  std::vector<float> w1_scales, w2_scales;
-
-  explicit Fp8Case(const test::MoeCaseConfig& cfg) : c(cfg) {
-    const MoeShape& s = c.shape();
-    quantize_blocks(c.gemm1_weights, s.local_num_experts, c.gemm1_rows(), s.hidden_size, w1,
-                    w1_scales);
-    quantize_blocks(c.gemm2_weights, s.local_num_experts, s.hidden_size, s.intermediate_size, w2,
-                    w2_scales);
-  }
-  // amax / 448 per block, like the Python package's quantize_fp8_weights.
-  static void quantize_blocks(const std::vector<uint16_t>& bf16, int64_t experts, int64_t n,
-                              int64_t k, std::vector<uint8_t>& codes, std::vector<float>& scales) {
-    codes.resize(bf16.size());
-    scales.assign(experts * (n / 128) * (k / 128), 0.0f);
-    for (int64_t e = 0; e < experts; ++e) {
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t i = 0; i < k; ++i) {
-          float& scale = scales[(e * (n / 128) + r / 128) * (k / 128) + i / 128];
-          scale = std::fmax(scale, std::fabs(detail::bf16_bits_to_float(bf16[(e * n + r) * k + i])));
-        }
-      }
-    }
-    for (float& s : scales) s /= 448.0f;
-    for (int64_t e = 0; e < experts; ++e) {
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t i = 0; i < k; ++i) {
-          const int64_t at = (e * n + r) * k + i;
-          const float scale = scales[(e * (n / 128) + r / 128) * (k / 128) + i / 128];
-          const float v = detail::bf16_bits_to_float(bf16[at]);
-          codes[at] = float_to_e4m3(scale > 0.0f ? v / scale : v);
-        }
-      }
-    }
-  }
-  MoeArguments arguments() {
-    MoeArguments a = c.arguments();
-    a.weights_dtype = DType::kFP8E4M3;
-    a.gemm1_weights = w1.data();
-    a.gemm2_weights = w2.data();
-    a.gemm1_weights_scale = w1_scales.data();
-    a.gemm2_weights_scale = w2_scales.data();
-    return a;
-  }
-};
-
 test::MoeCaseConfig fp8_config(uint64_t seed) {
   test::MoeCaseConfig cfg;
   cfg.shape = test::make_shape(21, 256, 128, 8, 2);
@@ -242,22 +211,12 @@ test::MoeCaseConfig fp8_config(uint64_t seed) {
 }
 
 TEST(ReferenceFp8, Fp8HiddenStatesWithTheirScalesGiveTheBf16InputsResultBitwise) {
-  Fp8Case bf16_input(fp8_config(21));
+  test::Fp8Case bf16_input(fp8_config(21));
   ASSERT_TRUE(run_reference(bf16_input.arguments()).ok());
 
-  Fp8Case fp8_input(fp8_config(21));
-  const MoeShape& s = fp8_input.c.shape();
-  const ref::Fp8Rows x8 =
-      ref::quantize_rows_fp8(fp8_input.c.hidden_states.data(), s.num_tokens, s.hidden_size);
-  std::vector<float> scale_t(x8.scales.size());  // [H / 128, T], group-major
-  const int64_t groups = s.hidden_size / 128;
-  for (int64_t t = 0; t < s.num_tokens; ++t) {
-    for (int64_t g = 0; g < groups; ++g) scale_t[g * s.num_tokens + t] = x8.scales[t * groups + g];
-  }
-  MoeArguments args = fp8_input.arguments();
-  args.hidden_states = x8.codes.data();
-  args.hidden_states_dtype = DType::kFP8E4M3;
-  args.hidden_states_scale = scale_t.data();
+  test::Fp8Case fp8_input(fp8_config(21));
+  fp8_input.quantize_hidden_states();
+  const MoeArguments args = fp8_input.arguments(/*fp8_input=*/true);
   ASSERT_TRUE(run_reference(args).ok());
   EXPECT_EQ(test::first_difference(fp8_input.c.output, bf16_input.c.output), -1);
 
@@ -275,17 +234,6 @@ TEST(ReferenceFp8, Fp8HiddenStatesWithTheirScalesGiveTheBf16InputsResultBitwise)
   const double relative = std::sqrt(diff / norm);
   EXPECT_GT(relative, 1e-3);
   EXPECT_LT(relative, 0.1);
-}
-
-TEST(ReferenceFp8, RunRefusesFp8WeightsBeforeTouchingTheDevice) {
-  // Valid FP8 arguments on host pointers and no workspace: run() must answer kNotImplemented
-  // from its checks alone (this machine may have no GPU at all), never touch the pointers.
-  Fp8Case f(fp8_config(3));
-  const MoeArguments args = f.arguments();
-  ASSERT_TRUE(validate(args).ok()) << validate(args).message;
-  const Status status = run(args, nullptr, 0, nullptr);
-  EXPECT_EQ(status.code, StatusCode::kNotImplemented);
-  EXPECT_EQ(status.message.rfind("weights_dtype: ", 0), 0u) << status.message;
 }
 
 }  // namespace

@@ -240,11 +240,13 @@ Status validate(const MoeArguments& args);
 // Bytes of device workspace that run() needs for this shape; monotone in num_tokens, so sizing
 // once with the largest T serves every smaller T. Validates the shape.
 Status workspace_size(const MoeShape& shape, size_t* workspace_bytes);
+// The same for calls with weights of `weights_dtype` (kBF16: the above; kFP8E4M3: more, for the
+// quantised hidden states and activation).
+Status workspace_size(const MoeShape& shape, DType weights_dtype, size_t* workspace_bytes);
 
 // The operator on the GPU (device pointers). Asynchronous on `stream`; no allocation, no host
 // synchronisation. On a non-ok status nothing has been enqueued and no output written.
-// FP8 weights (weights_dtype kFP8E4M3) are not served on the GPU by this build: kNotImplemented,
-// before any CUDA call; run_reference() computes them.
+// FP8 weights (weights_dtype kFP8E4M3) need workspace_size(shape, kFP8E4M3, ...) bytes.
 // The workspace holds the call's routing, permutation and activations until its last kernel has
 // run: it must not be used by another call in flight on another stream at the same time (give
 // each stream its own; reuse on the same stream is safe, the stream orders the calls). Thread-safe

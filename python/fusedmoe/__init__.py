@@ -7,8 +7,7 @@ work. CUDA tensors run the Hopper kernels; CPU tensors run the CPU reference. Se
 ``ExpertParallelMoE`` splits the experts over the ranks of a torch.distributed group
 (docs/distributed.md), and ``fusedmoe.integrations.transformers`` plugs it into Hugging Face
 transformers as ``experts_implementation="fusedmoe"`` (docs/transformers.md). The FP8
-block-scale variant (``trtllm_fp8_block_scale_moe``, helpers in ``fusedmoe.fp8``) runs on CPU
-tensors only in this release (docs/fp8.md).
+block-scale variant: ``trtllm_fp8_block_scale_moe``, helpers in ``fusedmoe.fp8`` (docs/fp8.md).
 """
 
 import torch  # noqa: F401  (loads the CUDA runtime the extension links against)

@@ -62,7 +62,7 @@ def _launch(
         num_tokens, hidden_size = hidden_states.shape
         shape = (hidden_size, intermediate_size, num_experts, top_k, local_expert_offset,
                  local_num_experts)
-        needed = _ext.workspace_size(num_tokens, *shape)
+        needed = _ext.workspace_size(num_tokens, *shape, gemm1_weights.dtype == torch.uint8)
         if workspace is not None and workspace.numel() < needed:
             raise ValueError(
                 f"workspace: expected >= {needed} bytes (workspace_size for {num_tokens} tokens), "

@@ -95,18 +95,25 @@ def workspace_size(
     top_k: int,
     local_expert_offset: int = 0,
     local_num_experts: Optional[int] = None,
+    *,
+    weights_dtype: torch.dtype = torch.bfloat16,
 ) -> int:
     """Bytes of GPU workspace a call needs; a buffer sized for the largest T serves every smaller T.
 
     Only needed to pass ``workspace=`` yourself (one workspace per stream with calls in flight);
     otherwise each call takes its scratch from PyTorch's caching allocator on its stream.
+    ``weights_dtype=torch.float8_e4m3fn`` sizes it for the FP8 block-scale variant (more: the
+    quantised hidden states and activation).
     """
     if local_num_experts is None:
         local_num_experts = num_experts
+    if weights_dtype not in (torch.bfloat16, torch.float8_e4m3fn):
+        raise ValueError(
+            f"weights_dtype: expected torch.bfloat16 or torch.float8_e4m3fn, got {weights_dtype}")
     return int(
         _ext.workspace_size(
             num_tokens, hidden_size, intermediate_size, num_experts, top_k, local_expert_offset,
-            local_num_experts,
+            local_num_experts, weights_dtype == torch.float8_e4m3fn,
         )
     )
 
@@ -319,11 +326,6 @@ def _check_fp8_scales(hidden_states, gemm1_weights, gemm2_weights, hidden_states
                          (num_local, rows // block, hidden_size // block), device)
     _checks.check_tensor("gemm2_weights_scale", gemm2_weights_scale, (torch.float32,),
                          (num_local, hidden_size // block, intermediate_size // block), device)
-    if device.type == "cuda":
-        raise NotImplementedError(
-            "hidden_states: the FP8 block-scale variant runs on CPU tensors (the reference) only in "
-            "this build; its Hopper kernels are not built yet (got cuda tensors)"
-        )
 
 
 def trtllm_bf16_moe(
@@ -540,8 +542,7 @@ def trtllm_fp8_block_scale_moe(
     float8_e4m3fn weights with one fp32 scale per 128x128 block, activations quantised per token
     and 128-column group (scale = amax / 448), fp32 accumulation promoted per 128-deep block, the
     activation rounded to bf16 and quantised the same way before GEMM2, bf16 output.
-    **This build runs it on CPU tensors only** (the reference); CUDA tensors raise
-    NotImplementedError after every argument check.
+    CUDA tensors run the Hopper kernels, CPU tensors the CPU reference.
 
     Args:
         hidden_states: [T, H] bfloat16 (quantised inside) or float8_e4m3fn with
@@ -560,7 +561,7 @@ def trtllm_fp8_block_scale_moe(
         MLP's options and biases included; no ``use_routing_scales_on_input``).
 
     Raises:
-        TypeError, ValueError naming the argument; NotImplementedError for CUDA tensors.
+        TypeError, ValueError naming the argument.
     """
     _checks.check_layout(use_shuffled_weight, weight_layout)
     _checks.check_unsupported(norm_topk_prob)
@@ -623,8 +624,7 @@ def trtllm_fp8_block_scale_routed_moe(
     ``topk_ids`` as in ``trtllm_bf16_routed_moe`` (packed, or an (ids, weights) pair with bf16 or
     fp32 weights used exactly as given); ``routing_bias``, ``n_group``, ``topk_group``,
     ``routed_scaling_factor`` and ``routing_method_type`` are accepted for FlashInfer
-    compatibility and ignored. Everything else as in ``trtllm_fp8_block_scale_moe``: **CPU tensors
-    only in this build**.
+    compatibility and ignored. Everything else as in ``trtllm_fp8_block_scale_moe``.
     """
     _checks.check_layout(use_shuffled_weight, weight_layout)
     _checks.check_unsupported(True, gemm1_lora_delta)

@@ -114,8 +114,7 @@ class ExpertParallelMoE:
             [E / W, (2I or I) / 128, H / 128] and [E / W, H / 128, I / 128]; None with bf16
             weights. The bf16 hidden states are quantised on the token's rank by the operator's
             rule and move in e4m3 with their scales, so the result is the single-device FP8
-            operator's. (The FP8 variant runs on CPU tensors only in this release; not with
-            use_routing_scales_on_input.)
+            operator's (not with use_routing_scales_on_input).
 
     Attributes:
         rank, world_size, local_expert_offset, local_num_experts: this rank's place and experts.

@@ -29,7 +29,9 @@ FP8 = torch.float8_e4m3fn
 
 def _quantize(values: torch.Tensor, amax: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """values [..., n] fp32 with amax broadcastable to them -> (e4m3 codes, scale = amax / 448)."""
-    scale = amax / E4M3_MAX
+    # Elementwise over a tensor: divided by a Python scalar, CUDA tensors multiply by its
+    # reciprocal, which is not always the correctly rounded amax / 448 the rule pins.
+    scale = amax / torch.full_like(amax, E4M3_MAX)
     scaled = torch.where(scale > 0, values / scale, values)
     return scaled.clamp(-E4M3_MAX, E4M3_MAX).to(FP8), scale
 

@@ -173,12 +173,12 @@ void moe(const Array& hidden_states, const Array& gemm1_weights, const Array& ge
 // Bytes of GPU workspace for a call with this shape (monotone in num_tokens).
 int64_t workspace_size(int64_t num_tokens, int64_t hidden_size, int64_t intermediate_size,
                        int64_t num_experts, int64_t top_k, int64_t local_expert_offset,
-                       int64_t local_num_experts) {
+                       int64_t local_num_experts, bool fp8) {
   size_t bytes = 0;
   throw_if_error(fusedmoe::workspace_size(
       make_shape(num_tokens, hidden_size, intermediate_size, num_experts, top_k,
                  local_expert_offset, local_num_experts),
-      &bytes));
+      fp8 ? fusedmoe::DType::kFP8E4M3 : fusedmoe::DType::kBF16, &bytes));
   return static_cast<int64_t>(bytes);
 }
 
@@ -228,8 +228,8 @@ NB_MODULE(_ext, m) {
         "weights (hidden states) are the FP8 variant's e4m3 bytes with their scales.");
   m.def("workspace_size", &workspace_size, nb::arg("num_tokens"), nb::arg("hidden_size"),
         nb::arg("intermediate_size"), nb::arg("num_experts"), nb::arg("top_k"),
-        nb::arg("local_expert_offset"), nb::arg("local_num_experts"),
-        "Bytes of GPU workspace that run() needs for this shape.");
+        nb::arg("local_expert_offset"), nb::arg("local_num_experts"), nb::arg("fp8") = false,
+        "Bytes of GPU workspace that run() needs for this shape (fp8: FP8 weights).");
   m.def("permuted_capacity", &fusedmoe::permuted_capacity, nb::arg("num_tokens"),
         nb::arg("top_k"), nb::arg("local_num_experts"),
         "Rows of gemm2_output for a do_finalize=False call with num_tokens tokens.");

@@ -1,5 +1,5 @@
-// Epilogue piece shared by the grouped GEMMs: one warp's 16 x 128 bf16 output block goes from
-// wgmma fragments to global memory through a 4 KiB smem staging buffer, so that global stores
+// Epilogue piece shared by the grouped GEMMs: one warp's 16 x 128 (or 16 x 64) bf16 output block
+// goes from wgmma fragments to global memory through a 4 KiB smem staging buffer, so that global stores
 // are 16-byte and row-contiguous (a warp instruction writes two full 256-byte row segments)
 // instead of the fragments' 4-byte pieces spread over 8 rows.
 //
@@ -27,32 +27,36 @@ __device__ __forceinline__ int staging_offset(int row, int chunk) {
   return row * 256 + 16 * (chunk ^ (row % 8));
 }
 
-// packed[i][h]: the lane's bf16 pair of n8 chunk i (columns 8 i + 2 (lane % 4) + {0, 1}) in
-// fragment row lane / 4 + 8 h. Row r of the block is global row first_row + r (stored only when
-// < row_end); column 8 c is global column col0 + 8 c (stored only when < num_cols, a multiple
-// of 8). out_aligned: out and row_stride allow 16-byte stores (else 2-byte stores).
-__device__ __forceinline__ void store_warp_block_16x128(uint8_t* staging,
-                                                        const uint32_t (&packed)[16][2],
-                                                        __nv_bfloat16* out, int64_t row_stride,
-                                                        int32_t first_row, int32_t row_end,
-                                                        int64_t col0, int64_t num_cols,
-                                                        bool out_aligned) {
+// One warp's 16-row block of kChunks n8 chunks (16: 128 columns; 8: 64, the FP8 GEMM1's
+// activation columns). packed[i][h]: the lane's bf16 pair of chunk i (columns 8 i + 2 (lane % 4)
+// + {0, 1}) in fragment row lane / 4 + 8 h. Row r of the block is global row first_row + r
+// (stored only when < row_end); column 8 c is global column col0 + 8 c (stored only when
+// < num_cols, a multiple of 8). out_aligned: out and row_stride allow 16-byte stores (else
+// 2-byte stores). A 64-column block uses the first 128 of its staging rows' 256 bytes.
+template <int kChunks>
+__device__ __forceinline__ void store_warp_block(uint8_t* staging,
+                                                 const uint32_t (&packed)[kChunks][2],
+                                                 __nv_bfloat16* out, int64_t row_stride,
+                                                 int32_t first_row, int32_t row_end, int64_t col0,
+                                                 int64_t num_cols, bool out_aligned) {
+  static_assert(kChunks == 8 || kChunks == 16, "a block is 64 or 128 columns");
   const int lane = threadIdx.x % 32;
   // Fragments -> staging: matrices (chunk i, rows 0-7), (i, 8-15), (i+1, 0-7), (i+1, 8-15).
   const int matrix_row = lane % 8 + 8 * ((lane / 8) % 2);
 #pragma unroll
-  for (int i = 0; i < 16; i += 2) {
+  for (int i = 0; i < kChunks; i += 2) {
     const int chunk = i + lane / 16;
     ptx::stmatrix_x4(staging + staging_offset(matrix_row, chunk), packed[i][0], packed[i][1],
                      packed[i + 1][0], packed[i + 1][1]);
   }
   __syncwarp();
-  // Staging -> global: lane l moves chunk l % 16 of rows l / 16 + 2 k.
-  const int chunk = lane % 16;
+  // Staging -> global: lane l moves chunk l % kChunks of rows l / kChunks + (32 / kChunks) k.
+  constexpr int kRowsPerPass = 32 / kChunks;
+  const int chunk = lane % kChunks;
   const int64_t col = col0 + 8 * chunk;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    const int row = lane / 16 + 2 * k;
+  for (int k = 0; k < 16 / kRowsPerPass; ++k) {
+    const int row = lane / kChunks + kRowsPerPass * k;
     const uint4 v = *reinterpret_cast<const uint4*>(staging + staging_offset(row, chunk));
     const int32_t p = first_row + row;
     if (p >= row_end || col >= num_cols) continue;

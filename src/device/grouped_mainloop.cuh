@@ -109,16 +109,18 @@ struct GroupedOperands {
 };
 
 // Stage index and phase parity of a ring of kStages buffers.
-struct PipelineState {
+template <int kStages = GroupedGemmConfig::kStages>
+struct PipelineStateOf {
   int32_t stage = 0;
   uint32_t phase = 0;
   __device__ void advance() {
-    if (++stage == GroupedGemmConfig::kStages) {
+    if (++stage == kStages) {
       stage = 0;
       phase ^= 1;
     }
   }
 };
+using PipelineState = PipelineStateOf<>;
 
 __device__ inline void init_barriers(SharedStorage& smem) {
   using Config = GroupedGemmConfig;
@@ -150,7 +152,8 @@ __device__ inline void init_barriers(SharedStorage& smem) {
 // A dynamic claim waits for its atomic here, while the consumers still have up to kStages loaded
 // K blocks to work on. (Claiming earlier measured slower: the CTAs then run tiles claimed a tile
 // before, fewer neighbours are in flight together; step 9.)
-__device__ inline void publish_tile(SharedStorage& smem, int32_t* counters, uint32_t round) {
+template <class Storage>
+__device__ inline void publish_tile(Storage& smem, int32_t* counters, uint32_t round) {
   using Config = GroupedGemmConfig;
   const int32_t index = round == 0 ? static_cast<int32_t>(blockIdx.x)
                                    : static_cast<int32_t>(gridDim.x) + atomicAdd(&counters[0], 1);
@@ -161,7 +164,8 @@ __device__ inline void publish_tile(SharedStorage& smem, int32_t* counters, uint
 }
 
 // Every lane of a warp together: the CTA's tile index number `count` (0, 1, ... in order).
-__device__ inline int32_t read_tile(SharedStorage& smem, uint32_t count) {
+template <class Storage>
+__device__ inline int32_t read_tile(Storage& smem, uint32_t count) {
   using Config = GroupedGemmConfig;
   const int slot = count % Config::kTileSlots;
   ptx::mbarrier_wait(&smem.tile_full[slot], (count / Config::kTileSlots) & 1);
@@ -176,8 +180,8 @@ __device__ inline int32_t read_tile(SharedStorage& smem, uint32_t count) {
 }
 
 // Every lane of a warp together: the CTA's tile number `count` (0, 1, ... in order).
-template <bool kClaimTiles>
-__device__ __forceinline__ int32_t cta_tile(SharedStorage& smem, uint32_t count) {
+template <bool kClaimTiles, class Storage>
+__device__ __forceinline__ int32_t cta_tile(Storage& smem, uint32_t count) {
   if constexpr (kClaimTiles) {
     return read_tile(smem, count);
   } else {

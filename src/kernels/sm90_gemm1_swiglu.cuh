@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
           }
         }
       }
-      device::store_warp_block_16x128(smem.staging[block.warp_idx], packed, params.act,
+      device::store_warp_block(smem.staging[block.warp_idx], packed, params.act,
                                       params.intermediate_size, tile.row_begin + block.row0,
                                       tile.row_end, int64_t(tile.n_block) * Config::kHalfN,
                                       params.intermediate_size, act_aligned);

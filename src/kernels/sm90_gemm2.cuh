@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
             }
           }
         }
-        device::store_warp_block_16x128(smem.staging[block.warp_idx], packed, params.y,
+        device::store_warp_block(smem.staging[block.warp_idx], packed, params.y,
                                         params.hidden_size, tile.row_begin + block.row0,
                                         tile.row_end, n0 + half * Config::kHalfN,
                                         params.hidden_size, y_aligned);

@@ -1,5 +1,6 @@
-// Host launch shared by launch_gemm1_swiglu.cu and launch_gemm2.cu: persistent grid sized by
-// heuristics.h, dynamic smem limit, optional PDL attribute. Include only from .cu files.
+// Host launch shared by launch_gemm1_swiglu.cu, launch_gemm2.cu and launch_fp8.cu: persistent
+// grid sized by heuristics.h, dynamic smem limit, optional PDL attribute. Include only from .cu
+// files.
 #pragma once
 
 #include <cstdint>
@@ -19,10 +20,12 @@ using GroupedGemmKernel = void (*)(CUtensorMap, Params);
 constexpr size_t kGroupedGemmSmemBytes = sizeof(device::SharedStorage) + 1024;
 static_assert(kGroupedGemmSmemBytes <= 227 * 1024, "more smem than an sm_90 CTA may have");
 
+// smem_bytes: the kernel's dynamic smem (the FP8 GEMMs' storage differs from the BF16 one's).
 template <typename Params>
 cudaError_t launch_grouped_gemm(GroupedGemmKernel<Params> kernel, const CUtensorMap& tmap,
                                 const Params& params, int64_t max_rows, int32_t num_experts,
-                                bool enable_pdl, cudaStream_t stream) {
+                                bool enable_pdl, cudaStream_t stream,
+                                size_t smem_bytes = kGroupedGemmSmemBytes) {
   int device = 0, num_sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
@@ -30,14 +33,14 @@ cudaError_t launch_grouped_gemm(GroupedGemmKernel<Params> kernel, const CUtensor
       cudaSuccess)
     return err;
   if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(kGroupedGemmSmemBytes))) != cudaSuccess)
+                                  static_cast<int>(smem_bytes))) != cudaSuccess)
     return err;
 
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(heuristics::grouped_gemm_grid_size(num_sms, max_rows, num_experts,
                                                            params.operands.num_n_blocks));
   config.blockDim = dim3(device::GroupedGemmConfig::kNumThreads);
-  config.dynamicSmemBytes = kGroupedGemmSmemBytes;
+  config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
   cudaLaunchAttribute pdl;
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -40,12 +40,18 @@ struct Workspace {
   __nv_bfloat16* y = nullptr;         // [T * K, H]: GEMM2 output (when do_finalize); before
                                       // GEMM1 runs, the scaled x of use_routing_scales_on_input
   int32_t* tile_counters = nullptr;   // [2]: the grouped GEMMs' dynamic tile claims
+  // The FP8 variant's regions (null without FP8 weights): e4m3 codes and group-major scales.
+  uint8_t* x8 = nullptr;        // [T, H]
+  float* x_scale = nullptr;     // [H / 128, T]
+  uint8_t* act8 = nullptr;      // [T * K, I]
+  float* act_scale = nullptr;   // [I / 128, T * K]
 };
 
 // Bytes of the layout for this shape (shape assumed valid), and the carving of a buffer at least
 // that large. Both are pure functions of the shape, monotone in num_tokens.
-size_t workspace_layout_bytes(const MoeShape& shape);
-Workspace carve_workspace(const MoeShape& shape, void* base);
+// fp8: with the FP8 variant's regions (FP8 weights).
+size_t workspace_layout_bytes(const MoeShape& shape, bool fp8);
+Workspace carve_workspace(const MoeShape& shape, void* base, bool fp8);
 
 // ---- launchers (src/launch/launch_*.cu); each returns the launch's cudaError_t ----------------
 

@@ -40,22 +40,35 @@ cudaError_t get_encode_tiled(EncodeTiledFn* fn) {
 
 }  // namespace
 
-cudaError_t make_tensor_map_3d_bf16_sw128(CUtensorMap* map, const void* base, uint64_t dim0,
-                                          uint64_t dim1, uint64_t dim2, uint32_t box0,
-                                          uint32_t box1) {
+// The 3-D, 128-byte-swizzled map of either element type.
+cudaError_t make_tensor_map_3d_sw128(CUtensorMap* map, CUtensorMapDataType type,
+                                     uint64_t element_bytes, const void* base, uint64_t dim0,
+                                     uint64_t dim1, uint64_t dim2, uint32_t box0, uint32_t box1) {
   EncodeTiledFn encode = nullptr;
   if (const cudaError_t err = get_encode_tiled(&encode); err != cudaSuccess) return err;
   const cuuint64_t dims[3] = {dim0, dim1, dim2};
-  const cuuint64_t strides_bytes[2] = {dim0 * sizeof(__nv_bfloat16),
-                                       dim0 * dim1 * sizeof(__nv_bfloat16)};
+  const cuuint64_t strides_bytes[2] = {dim0 * element_bytes, dim0 * dim1 * element_bytes};
   const cuuint32_t box[3] = {box0, box1, 1};
   const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult res = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base),
-                              dims, strides_bytes, box, element_strides,
-                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+  const CUresult res = encode(map, type, 3, const_cast<void*>(base), dims, strides_bytes, box,
+                              element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return res == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t make_tensor_map_3d_bf16_sw128(CUtensorMap* map, const void* base, uint64_t dim0,
+                                          uint64_t dim1, uint64_t dim2, uint32_t box0,
+                                          uint32_t box1) {
+  return make_tensor_map_3d_sw128(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, sizeof(__nv_bfloat16),
+                                  base, dim0, dim1, dim2, box0, box1);
+}
+
+cudaError_t make_tensor_map_3d_u8_sw128(CUtensorMap* map, const void* base, uint64_t dim0,
+                                        uint64_t dim1, uint64_t dim2, uint32_t box0,
+                                        uint32_t box1) {
+  return make_tensor_map_3d_sw128(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, base, dim0, dim1, dim2,
+                                  box0, box1);
 }
 
 }  // namespace fusedmoe::detail

@@ -16,4 +16,9 @@ cudaError_t make_tensor_map_3d_bf16_sw128(CUtensorMap* map, const void* base, ui
                                           uint64_t dim1, uint64_t dim2, uint32_t box0,
                                           uint32_t box1);
 
+// The same for bytes (the FP8 variant's e4m3 weights): dim0 a multiple of 16, box0 at most 128.
+cudaError_t make_tensor_map_3d_u8_sw128(CUtensorMap* map, const void* base, uint64_t dim0,
+                                        uint64_t dim1, uint64_t dim2, uint32_t box0,
+                                        uint32_t box1);
+
 }  // namespace fusedmoe::detail

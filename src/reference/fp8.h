@@ -55,8 +55,12 @@ inline uint8_t float_to_e4m3(float value) {
 inline void quantize_groups_e4m3(const float* values, int64_t n, uint8_t* codes, float* scales) {
   for (int64_t g = 0; g * kFp8BlockSize < n; ++g) {
     const float* v = values + g * kFp8BlockSize;
+    // A comparison skips every NaN; std::fmax would return NaN for a signalling one.
     float amax = 0.0f;
-    for (int i = 0; i < kFp8BlockSize; ++i) amax = std::fmax(amax, std::fabs(v[i]));
+    for (int i = 0; i < kFp8BlockSize; ++i) {
+      const float magnitude = std::fabs(v[i]);
+      if (magnitude > amax) amax = magnitude;
+    }
     const float scale = amax / kFp8E4M3Max;
     scales[g] = scale;
     for (int i = 0; i < kFp8BlockSize; ++i) {

@@ -4,6 +4,7 @@ included) for every routing input, several methods, activations with their optio
 and an expert window; bf16 and pre-quantised e4m3 hidden states agree bitwise; the helpers of
 ``fusedmoe.fp8`` follow the rule and convert checkpoints exactly; every unsupported option and bad
 argument is an error naming it; the custom ops pass opcheck and torch.compile with FP8 tensors.
+With a Hopper GPU, the kernels against the same model.
 """
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 import fusedmoe
 import reference_moe as ref
-from conftest import poison
+from conftest import poison, requires_hopper
 from fusedmoe import fp8
 
 FP8 = torch.float8_e4m3fn
@@ -302,12 +303,40 @@ def test_fp8_errors_name_the_argument(name, overrides, error, message, generator
     assert output.isnan().all(), "a rejected call wrote its output"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fp8_on_cuda_tensors_is_refused_clearly(generator):
-    x, logits, w1, s1, w2, s2 = (t.cuda() for t in make_fp8_problem(generator))
-    with pytest.raises(NotImplementedError, match="FP8 block-scale variant runs on CPU tensors"):
-        fusedmoe.trtllm_fp8_block_scale_moe(logits, None, x, None, w1, s1, w2, s2, E, K, None,
-                                            None, I, 0, E, None, routing_method_type=1)
+@requires_hopper
+@pytest.mark.parametrize("name,routing", ROUTINGS, ids=[r[0] for r in ROUTINGS])
+def test_fp8_on_the_gpu_matches_the_fp8_model(name, routing, generator):
+    # The Hopper kernels against the float64 model, and their e4m3-input path bitwise against
+    # their bf16-input path (the GPU's quantiser follows the rule).
+    x, logits, w1, s1, w2, s2 = make_fp8_problem(generator, num_tokens=300)
+    seed = generator.initial_seed()
+    cuda = lambda *ts: [t.cuda() for t in ts]  # noqa: E731
+    xc, lc, w1c, s1c, w2c, s2c = cuda(x, logits, w1, s1, w2, s2)
+    if "routed" in routing:
+        ids = torch.stack([torch.randperm(E, generator=generator)[:K] for _ in range(300)])
+        weights = torch.rand(300, K, generator=generator) + 0.1
+        out = fusedmoe.trtllm_fp8_block_scale_routed_moe(
+            (ids.to(torch.int32).cuda(), weights.cuda()), None, xc, None, w1c, s1c, w2c, s2c, E, K,
+            None, None, I, 0, E, None)
+    else:
+        bias = torch.randn(E, generator=generator) if routing.get("bias") else None
+        ids, weights = ref.route(logits, bias, routing["method"], K, routing.get("n_group", 0),
+                                 routing.get("topk_group", 0),
+                                 routing.get("routed_scaling_factor") or 1.0)
+        weights = weights.to(torch.bfloat16).float()
+        out = fusedmoe.trtllm_fp8_block_scale_moe(
+            lc, None if bias is None else bias.cuda(), xc, None, w1c, s1c, w2c, s2c, E, K,
+            routing.get("n_group"), routing.get("topk_group"), I, 0, E,
+            routing.get("routed_scaling_factor"), routing_method_type=routing["method"])
+        x8, x_scale = fp8.quantize_fp8_activations(xc)
+        again = fusedmoe.trtllm_fp8_block_scale_moe(
+            lc, None if bias is None else bias.cuda(), x8, x_scale, w1c, s1c, w2c, s2c, E, K,
+            routing.get("n_group"), routing.get("topk_group"), I, 0, E,
+            routing.get("routed_scaling_factor"), routing_method_type=routing["method"])
+        assert torch.equal(out.view(torch.int16), again.view(torch.int16))
+    codes, scales = ref.quantize_groups_fp8(x)
+    exact = ref.moe_reference_fp8(codes, scales, w1, s1, w2, s2, ids, weights)
+    ref.assert_fp8_gpu_close(out, exact, seed)  # the GPU's rule (reference_moe.py)
 
 
 # ---- custom ops ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import reference_moe as ref
+from conftest import requires_hopper
 from fusedmoe import fp8
 from fusedmoe.integrations import transformers as fusedmoe_hf
 
@@ -126,3 +127,30 @@ def test_what_fusedmoe_does_not_take_falls_back_with_a_warning(generator, monkey
         warnings.simplefilter("error")  # once per class and reason
         module(x, ids, weights)
     assert calls == ["TestFP8Experts"] * 2
+
+
+@requires_hopper
+def test_gpu_matches_the_fp8_model_and_transformers_own_fp8_experts(generator):
+    # The same module on the GPU: "fusedmoe" against the float64 FP8 model by the GPU's rule
+    # (reference_moe.assert_fp8_gpu_close), and, where transformers' FP8 "grouped_mm" experts can
+    # run (they need the `kernels` package and its Hub kernels), against them too.
+    module = fp8_experts(generator).cuda()
+    x = torch.randn(T, H, generator=generator).to(torch.bfloat16)
+    ids, weights = routing(generator)
+    with torch.no_grad():
+        ours = module(x.cuda(), ids.cuda(), weights.to(torch.bfloat16).cuda())
+    w1, s1, w2, s2 = fp8.prepare_fp8_weights(module.gate_up_proj, module.gate_up_proj_scale_inv,
+                                             module.down_proj, module.down_proj_scale_inv,
+                                             gate_up="gate_up")
+    codes, scales = ref.quantize_groups_fp8(x)
+    exact = ref.moe_reference_fp8(codes, scales, w1, s1, w2, s2, ids,
+                                  weights.to(torch.bfloat16).float(), mlp=ref.Mlp(3))
+    ref.assert_fp8_gpu_close(ours, exact, generator.initial_seed())
+    try:
+        with torch.no_grad():
+            theirs = finegrained_fp8.ALL_FP8_EXPERTS_FUNCTIONS["grouped_mm"](
+                module, x.cuda(), ids.cuda(), weights.to(torch.bfloat16).cuda())
+    except ImportError as exc:  # no `kernels` package (or no Hub access) on this machine
+        pytest.skip(f"transformers' own FP8 experts cannot run here: {exc}")
+    relative = ((ours.float() - theirs.float()).norm() / theirs.float().norm()).item()
+    assert relative < 2e-2, f"relative difference {relative:.3g} (seed {generator.initial_seed()})"

@@ -45,8 +45,7 @@ canonical layout until ``restore_layout(model)``.
 
 FP8 checkpoints (transformers' ``FP8Experts``, FineGrainedFP8) dispatch through transformers' FP8
 experts registry, where ``register()`` adds "fusedmoe" too: their e4m3 weights and 128 x 128 block
-scales run fusedmoe's FP8 block-scale variant (``fusedmoe_fp8_experts_forward``; on CUDA tensors it
-falls back to transformers' FP8 "grouped_mm" in this release, see docs/transformers.md).
+scales run fusedmoe's FP8 block-scale variant (``fusedmoe_fp8_experts_forward``, docs/transformers.md).
 
 CPU tensors run fusedmoe's CPU reference (slow, exact to the contract). Under ``torch.compile``
 the conversion cannot run inside the trace: run one eager forward (``generate`` does: its prefill is
@@ -636,10 +635,7 @@ def _fp8_sources(module):
 def _fp8_fallback_reason(module, hidden_states, top_k_weights) -> Optional[str]:
     """Why this FP8Experts call cannot run in fusedmoe (None when it can)."""
     gemm1, scale1, gemm2, scale2 = _fp8_sources(module)
-    if hidden_states.device.type == "cuda":
-        return ("CUDA tensors (fusedmoe's FP8 variant runs on the CPU reference only in this "
-                "release; its Hopper kernels are not built yet)")
-    if hidden_states.device.type != "cpu":
+    if hidden_states.device.type not in ("cpu", "cuda"):
         return f"device {hidden_states.device.type}"
     if hidden_states.dtype != torch.bfloat16:
         return f"dtype {str(hidden_states.dtype).replace('torch.', '')} (fusedmoe computes in bfloat16)"
@@ -672,6 +668,7 @@ def _fp8_state(module) -> _Fp8State:
     gemm1, scale1, gemm2, scale2 = sources
     sizes = _layouts.gemm1_dims(gemm1, False, spec.gated)
     _check_sizes(module, sizes)
+    _check_device(gemm1.device)
     with torch.no_grad():
         operands = fusedmoe.fp8.prepare_fp8_weights(
             gemm1.detach(), scale1.detach(), gemm2.detach(), scale2.detach(), gate_up=spec.gate_up,
@@ -692,8 +689,8 @@ def fusedmoe_fp8_experts_forward(self, hidden_states: torch.Tensor, top_k_index:
     quantised per token and 128-group, as the checkpoint's recipe does).
 
     Falls back, with one warning per module class and reason, to transformers' own FP8
-    ``"grouped_mm"`` experts for what fusedmoe's FP8 variant does not take (CUDA tensors in this
-    release, static activation scales, other block sizes or scale formats, biases, autograd);
+    ``"grouped_mm"`` experts for what fusedmoe's FP8 variant does not take (static activation
+    scales, other block sizes or scale formats, biases, autograd);
     raises ``UnsupportedExperts`` for a gating fusedmoe does not compute.
     """
     reason = _fp8_fallback_reason(self, hidden_states, top_k_weights)

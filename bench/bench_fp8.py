@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""The FP8 benchmark (bench/README.md "FP8"): the six models of bench_moe.py with 128x128
+block-scaled e4m3 experts (docs/fp8.md), against the FP8 floor and, in the same run, the BF16
+operator on the same (dequantised) weights, a dequantise-then-torch._grouped_mm MoE and a
+per-expert loop that dequantises each expert it uses.
+
+Floor: max(bytes / BW, flops / PEAK_FP8), with bytes = the fp8 weights and block scales of the
+experts hit + the bf16 hidden states in and out, and PEAK_FP8 a large torch._scaled_mm of e4m3
+measured in the same run (BW: a device copy, as in bench_moe.py). Every implementation is checked
+before it is timed: fusedmoe FP8 against a float64 model of the FP8 arithmetic (the same
+quantisation of x and of the activation), the bf16 ones against the float32 MoE on the
+dequantised weights. Times are CUDA-graph replays with a cold L2 (the loop: eager).
+
+Without a GPU, --cpu checks fusedmoe's FP8 CPU reference against the float64 model on small
+problems (a check, not a benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baselines  # noqa: E402
+import bench_moe as bm  # noqa: E402
+import fusedmoe_adapter  # noqa: E402
+
+TOKEN_GRID = [1, 16, 256, 4096, 16384]
+BLOCK = 128
+MAX_REL_NORM = 1e-2
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights, the float64 FP8 model, the baselines
+# ------------------------------------------------------------------------------------------------
+def make_fp8_weights(fp8, model: bm.ModelShape, device: str, seed: int):
+    """(w1 e4m3, s1, w2 e4m3, s2) from bench_moe's bf16 weights, quantised 16 experts at a time
+    (the fp32 temporaries of a whole deepseek-v3 layer would not fit)."""
+    w1, w2 = bm.make_weights(model, model.experts, device, seed)
+    parts = [[], [], [], []]
+    for first in range(0, model.experts, 16):
+        q1, s1 = fp8.quantize_fp8_weights(w1[first:first + 16])
+        q2, s2 = fp8.quantize_fp8_weights(w2[first:first + 16])
+        for part, value in zip(parts, (q1, s1, q2, s2)):
+            part.append(value)
+    del w1, w2
+    return tuple(torch.cat(part) for part in parts)
+
+
+def dequantized(fp8, weights, scales, first: int = 0, count: int | None = None) -> torch.Tensor:
+    """bf16 copies of experts [first, first + count) (16 at a time, like make_fp8_weights)."""
+    count = weights.shape[0] - first if count is None else count
+    out = torch.empty(count, *weights.shape[1:], dtype=torch.bfloat16, device=weights.device)
+    for start in range(0, count, 16):
+        stop = min(start + 16, count)
+        out[start:stop] = fp8.dequantize_fp8_weights(weights[first + start:first + stop],
+                                                     scales[first + start:first + stop])
+    return out
+
+
+def quantized_rows(fp8, rows: torch.Tensor) -> torch.Tensor:
+    """bf16 rows through the operator's per-128-group quantiser, dequantised to float32."""
+    codes, scale = fp8.quantize_fp8_activations(rows)
+    return (codes.float().view(rows.shape[0], -1, BLOCK) * scale.t().unsqueeze(2)).view(rows.shape)
+
+
+def fp8_model(fp8, x, w1, s1, w2, s2, ids, weights) -> torch.Tensor:
+    """The FP8 operator's arithmetic in float64, expert by expert: [T, H] float64. (Float64, not
+    float32: cuBLAS may run float32 GEMMs in TF32, whose ~1e-3 error the activation's e4m3
+    re-quantisation amplifies into a per-cent difference, docs/fp8.md "Accuracy on the GPU".)"""
+    inter = w2.shape[2]
+    xq = quantized_rows(fp8, x).double()
+    out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    for e in torch.unique(ids).tolist():
+        tokens, slots = torch.nonzero(ids == e, as_tuple=True)
+        g = xq[tokens] @ fp8.dequantize_fp8_weights(w1[e:e + 1], s1[e:e + 1])[0].double().t()
+        act = (F.silu(g[:, inter:]) * g[:, :inter]).to(torch.bfloat16)
+        w2e = fp8.dequantize_fp8_weights(w2[e:e + 1], s2[e:e + 1])[0].double()
+        y = quantized_rows(fp8, act).double() @ w2e.t()
+        out.index_add_(0, tokens, y.to(torch.bfloat16).double() * weights[tokens, slots, None].double())
+    return out
+
+
+def dequant_grouped_mm(fp8, w1, s1, w2, s2, x, ids, weights) -> torch.Tensor:
+    """The fallback of engines without FP8 MoE kernels: dequantise every local expert to bf16 on
+    each call, then the torch._grouped_mm MoE of bench_moe.py."""
+    gmm = baselines.GroupedMmMoe(dequantized(fp8, w1, s1), dequantized(fp8, w2, s2))
+    return gmm(x, ids, weights, all_local=True)
+
+
+def dequant_loop(fp8, w1, s1, w2, s2, x, ids, weights) -> torch.Tensor:
+    """A per-expert loop that dequantises each expert it uses (bf16 math, fp32 token sums)."""
+    inter = w2.shape[2]
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in torch.unique(ids).tolist():
+        tokens, slots = torch.nonzero(ids == e, as_tuple=True)
+        g = x[tokens] @ dequantized(fp8, w1, s1, e, 1)[0].t()
+        y = (F.silu(g[:, inter:]) * g[:, :inter]) @ dequantized(fp8, w2, s2, e, 1)[0].t()
+        out.index_add_(0, tokens, y.float() * weights[tokens, slots, None].float())
+    return out.to(torch.bfloat16)
+
+
+def fp8_floor(model: bm.ModelShape, ids: torch.Tensor, bw: float, peak_fp8: float) -> dict:
+    """The FP8 floor from the routed ids (every expert local)."""
+    num_tokens = ids.shape[0]
+    experts_hit = int(torch.unique(ids).numel())
+    h, i = model.hidden, model.inter
+    weight_bytes = 3 * h * i + 4 * ((2 * i // BLOCK) * (h // BLOCK) + (h // BLOCK) * (i // BLOCK))
+    floor_bytes = experts_hit * weight_bytes + 2 * num_tokens * h * 2
+    floor_flops = 6 * ids.numel() * h * i
+    return {"experts_hit": experts_hit, "bytes": floor_bytes, "flops": floor_flops,
+            "floor_us": 1e6 * max(floor_bytes / bw, floor_flops / peak_fp8)}
+
+
+def rel_norm(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.to(ref.dtype) - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU
+# ------------------------------------------------------------------------------------------------
+def measure_peak_fp8(timer, size: int = 8192) -> float:
+    """PEAK_FP8: a size^3 e4m3 GEMM through torch._scaled_mm (per-tensor scales, bf16 out)."""
+    a = torch.randn(size, size, device="cuda").to(torch.float8_e4m3fn)
+    b = torch.randn(size, size, device="cuda").to(torch.float8_e4m3fn).t()  # column-major
+    one = torch.ones((), device="cuda")
+    call = lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
+    for _ in range(3):
+        call()
+    us = timer.median_us(call, max(timer.reps, 20), sync_before=False)
+    return 2 * size ** 3 / (us * 1e-6)
+
+
+def bench_point(fusedmoe, fp8, model, num_tokens, w, w_bf16, timer, args, bw, peak_fp8) -> dict:
+    w1, s1, w2, s2 = w
+    logits, bias, x = bm.make_inputs(model, num_tokens, "cuda", seed=2000 + num_tokens)
+    ids, weights = bm.route_for(model, logits, bias)
+    row = {"model": model.name, "T": num_tokens, **fp8_floor(model, ids, bw, peak_fp8),
+           "impls": {}}
+    ref_fp8 = fp8_model(fp8, x, w1, s1, w2, s2, ids, weights)
+    ref_bf16 = baselines.moe_reference(x, *w_bf16, ids, weights)
+    common = dict(num_experts=model.experts, top_k=model.top_k, n_group=model.n_group or None,
+                  topk_group=model.topk_group or None, intermediate_size=model.inter,
+                  local_expert_offset=0, local_num_experts=model.experts)
+    calls = {
+        "fusedmoe_fp8": (ref_fp8, lambda: fusedmoe.trtllm_fp8_block_scale_moe(
+            logits, bias, x, None, w1, s1, w2, s2, common["num_experts"], common["top_k"],
+            common["n_group"], common["topk_group"], common["intermediate_size"], 0,
+            common["local_num_experts"], model.scale, routing_method_type=model.method)),
+        "fusedmoe_bf16": (ref_bf16, lambda: fusedmoe.trtllm_bf16_moe(
+            logits, bias, x, *w_bf16, common["num_experts"], common["top_k"], common["n_group"],
+            common["topk_group"], common["intermediate_size"], 0, common["local_num_experts"],
+            routed_scaling_factor=model.scale, routing_method_type=model.method)),
+        "dequant_grouped_mm": (ref_bf16, lambda: dequant_grouped_mm(
+            fp8, w1, s1, w2, s2, x, *bm.route_for(model, logits, bias))),
+        "loop": (ref_bf16, lambda: dequant_loop(fp8, w1, s1, w2, s2, x, *bm.route_for(model, logits, bias))),
+    }
+    for name, (ref, call) in calls.items():
+        result = row["impls"].setdefault(name, {})
+        try:
+            result["rel_norm"] = rel_norm(call(), ref)
+            result["ok"] = result["rel_norm"] <= MAX_REL_NORM
+            if not result["ok"]:
+                continue
+            if name == "loop":
+                if not args.no_loop:
+                    result["us"], _ = timer.time_eager(call, args.loop_budget)
+                continue
+            graph, _ = timer.capture(call)
+            result["us"] = timer.time_graph(graph)
+            del graph
+        except Exception as exc:  # record and go on
+            result["ok"] = False
+            result["error"] = f"{type(exc).__name__}: {exc}"
+    ours = row["impls"]["fusedmoe_fp8"].get("us")
+    if ours:
+        row["pct_floor"] = 100.0 * row["floor_us"] / ours
+        for other in ("fusedmoe_bf16", "dequant_grouped_mm", "loop"):
+            theirs = row["impls"][other].get("us")
+            if theirs:
+                row[f"x_{other}"] = theirs / ours
+    torch.cuda.empty_cache()
+    return row
+
+
+def format_row(row: dict) -> str:
+    us = lambda name: row["impls"].get(name, {}).get("us")  # noqa: E731
+    cell = lambda v, spec: f"{v:{spec}}" if v is not None else "-"  # noqa: E731
+    return (f"{row['model']:<16}{row['T']:>7}{row['floor_us']:>10.1f} | "
+            f"{cell(us('fusedmoe_fp8'), '.1f'):>10}{cell(row.get('pct_floor'), '.1f'):>8}"
+            f"{cell(row.get('x_fusedmoe_bf16'), '.2f'):>8}{cell(row.get('x_dequant_grouped_mm'), '.2f'):>8} | "
+            f"{cell(us('fusedmoe_bf16'), '.1f'):>10}{cell(us('dequant_grouped_mm'), '.1f'):>10}"
+            f"{cell(us('loop'), '.1f'):>10}")
+
+
+HEADER = (f"{'model':<16}{'T':>7}{'floor us':>10} | {'fp8 us':>10}{'%floor':>8}{'x bf16':>8}"
+          f"{'x dqgmm':>8} | {'bf16 us':>10}{'dqgmm us':>10}{'loop us':>10}")
+
+
+def run_gpu(args) -> int:
+    from timing import Timer, measure_bandwidth  # noqa: PLC0415 (needs CUDA)
+
+    fusedmoe, why_absent = fusedmoe_adapter.load()
+    if fusedmoe is None or not hasattr(fusedmoe, "trtllm_fp8_block_scale_moe"):
+        print(f"*** fusedmoe with the FP8 variant NOT importable ({why_absent}) ***")
+        return 1
+    from fusedmoe import fp8  # noqa: PLC0415
+    timer = Timer(args.warmup, args.reps)
+    bw = measure_bandwidth(timer)
+    peak_fp8 = measure_peak_fp8(timer)
+    device, commit = torch.cuda.get_device_name(), bm.git_commit()
+    print(f"device {device} | BW {bw / 1e9:.0f} GB/s | PEAK_FP8 {peak_fp8 / 1e12:.0f} TFLOP/s "
+          f"(torch._scaled_mm e4m3 8192^3) | commit {commit}")
+    print(HEADER)
+    rows, failures = [], []
+    for name in args.models:
+        model = bm.MODELS[name]
+        if model.hidden % BLOCK or model.inter % BLOCK:
+            print(f"    ({name}: H {model.hidden} / I {model.inter} are not multiples of {BLOCK}: "
+                  f"no 128x128 block-scaled form; skipped)", flush=True)
+            continue
+        started = time.perf_counter()
+        w = make_fp8_weights(fp8, model, "cuda", seed=list(bm.MODELS).index(name))
+        w_bf16 = (dequantized(fp8, w[0], w[1]), dequantized(fp8, w[2], w[3]))
+        for num_tokens in args.tokens:
+            row = bench_point(fusedmoe, fp8, model, num_tokens, w, w_bf16, timer, args, bw, peak_fp8)
+            rows.append(row)
+            print(format_row(row), flush=True)
+            for impl, result in row["impls"].items():
+                if not result.get("ok"):
+                    failures.append((name, num_tokens, impl))
+                    print(f"    {impl} FAIL: {result}")
+        print(f"    ({name}: {time.perf_counter() - started:.0f} s)", flush=True)
+        del w, w_bf16
+        torch.cuda.empty_cache()
+    print(f"device {device} | BW {bw / 1e9:.0f} GB/s | PEAK_FP8 {peak_fp8 / 1e12:.0f} TFLOP/s | "
+          f"commit {commit}")
+    print(f"correctness failures: {failures if failures else 'none'}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            {"device": device, "commit": commit, "bw_bytes_per_s": bw,
+             "peak_fp8_flop_per_s": peak_fp8, "rows": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 1 if failures else 0
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU: the FP8 reference against the float64 model
+# ------------------------------------------------------------------------------------------------
+def run_cpu(args) -> int:
+    print("*** NO GPU FOUND: this is fusedmoe's FP8 CPU REFERENCE checked against the float64 "
+          "model of the FP8 arithmetic on small problems; a check, not a benchmark. ***")
+    fusedmoe, why_absent = fusedmoe_adapter.load()
+    if fusedmoe is None or not hasattr(fusedmoe, "trtllm_fp8_block_scale_moe"):
+        print(f"fusedmoe with the FP8 variant not importable ({why_absent}); exit status 1")
+        return 1
+    from fusedmoe import fp8  # noqa: PLC0415
+    failures = 0
+    models = [bm.ModelShape("tiny-renormalize", 256, 128, 16, 4, bm.routing.RENORMALIZE),
+              bm.ModelShape("tiny-deepseek", 384, 256, 32, 4, bm.routing.DEEPSEEK_V3, n_group=8,
+                            topk_group=4, scale=2.5, has_bias=True)]
+    for model in models:
+        w = make_fp8_weights(fp8, model, "cpu", seed=7)
+        for num_tokens in (1, 7, 33):
+            logits, bias, x = bm.make_inputs(model, num_tokens, "cpu", seed=num_tokens)
+            ids, weights = bm.route_for(model, logits, bias)
+            ref = fp8_model(fp8, x, *w, ids, weights)
+            out = fusedmoe.trtllm_fp8_block_scale_moe(
+                logits, bias, x, None, *w[:2], *w[2:], model.experts, model.top_k,
+                model.n_group or None, model.topk_group or None, model.inter, 0, model.experts,
+                model.scale, routing_method_type=model.method)
+            error = rel_norm(out, ref)
+            ok = error <= 1e-2
+            failures += not ok
+            print(f"{model.name:<18}{num_tokens:>5}  fusedmoe_fp8  {'ok' if ok else 'FAIL'}  "
+                  f"rel {error:.2g}")
+    print(f"FP8 CPU reference check: {'all ok' if failures == 0 else f'{failures} FAILED'}")
+    return 1 if failures else 0
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=bm.DEFAULT_MODEL,
+                        help=f"comma-separated names or 'all'; known: {', '.join(bm.MODELS)}")
+    parser.add_argument("--tokens", default=None, help=f"token counts (default {TOKEN_GRID})")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--loop-budget", type=float, default=1.0)
+    parser.add_argument("--no-loop", action="store_true")
+    parser.add_argument("--cpu", action="store_true")
+    args = parser.parse_args(argv)
+    args.models = list(bm.MODELS) if args.models == "all" else args.models.split(",")
+    unknown = [m for m in args.models if m not in bm.MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}")
+    args.tokens = TOKEN_GRID if args.tokens is None else [int(t) for t in args.tokens.split(",")]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.cpu or not torch.cuda.is_available():
+        return run_cpu(args)
+    return run_gpu(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

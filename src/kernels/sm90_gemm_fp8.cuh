@@ -1,0 +1,132 @@
+// The FP8 block-scale grouped GEMMs of the MoE layer (sm_90a, docs/fp8.md), on the mainloop of
+// device/grouped_mainloop_fp8.cuh:
+//   kGated true  (GEMM1 + a gated activation): a = e4m3 x [T, H] gathered by gather_rows, scales
+//     [H / 128, T]; w = w1 [E_loc, 2I, H]; a tile is 128 rows x 64 activation columns j0 = 64 n:
+//     box 0 = up rows [j0, j0 + 64), box 1 = gate rows [I + j0, I + j0 + 64) (so
+//     b_block_stride 64, b_box_stride I); out = act [max_rows, I] bf16.
+//   kGated false (GEMM2, and GEMM1 of a non-gated activation): a = e4m3 act [max_rows, I] (or x
+//     gathered), w = w2 [E_loc, H, I] (or w1 [E_loc, I, H]); a tile is 128 rows x 128 columns
+//     n0 = 128 n: boxes [n0, n0 + 64) and [n0 + 64, n0 + 128); out = y [max_rows, H] bf16 (or
+//     act).
+// Epilogue: the expert's bias and the activation of `epilogue` (plain SwiGLU / nothing when it
+// is plain), rounded to bf16, staged through smem, masked 16-byte stores (device/epilogue.cuh).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include "device/grouped_mainloop_fp8.cuh"
+#include "launch/gemm_epilogue.h"
+
+namespace fusedmoe::kernels {
+
+struct GemmFp8Params {
+  device::Fp8Operands operands;
+  int64_t out_cols;  // row length of out: I (GEMM1) or H (GEMM2)
+  __nv_bfloat16* out;
+  detail::GemmEpilogue epilogue;
+};
+
+// silu as the BF16 GEMM1's plain SwiGLU computes it (kernels/sm90_gemm1_swiglu.cuh).
+__device__ __forceinline__ float silu_fast(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+
+template <bool kClaimTiles, bool kGated>
+__global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
+    sm90_gemm_fp8_kernel(const __grid_constant__ CUtensorMap tmap_b, const GemmFp8Params params) {
+  using Config = device::Fp8GemmConfig;
+  using device::WarpRole;
+
+  extern __shared__ uint8_t smem_raw[];
+  auto& smem = *reinterpret_cast<device::Fp8SharedStorage*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const auto role = threadIdx.x < 128 ? WarpRole::kProducer : WarpRole::kConsumer;
+  if (threadIdx.x == 0) {
+    ptx::tma_prefetch_descriptor(&tmap_b);
+    device::init_barriers_fp8(smem);
+  }
+  __syncthreads();
+  ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and the quantised A come earlier
+  const device::Fp8Operands& op = params.operands;
+
+  if (role == WarpRole::kProducer) {
+    ptx::setmaxnreg_dec<Config::kProducerRegs>();
+    device::run_producer_fp8<kClaimTiles>(smem, op, &tmap_b);
+  } else {
+    ptx::setmaxnreg_inc<Config::kConsumerRegs>();
+    const int consumer_idx = threadIdx.x / 128 - 1;
+    const device::WarpBlock block(consumer_idx);
+    const bool out_aligned = reinterpret_cast<uintptr_t>(params.out) % 16 == 0;
+    const detail::GemmEpilogue& epi = params.epilogue;
+    const bool plain = epi.bias == nullptr && (!epi.has_activation ||
+                                               (epi.activation == Activation::kSwiglu &&
+                                                epi.alpha == nullptr && epi.beta == nullptr &&
+                                                epi.clamp_limit == nullptr));
+    device::GroupedTileScheduler<Config::kBlockM> scheduler(op.expert_offsets, op.num_experts,
+                                                            op.num_n_blocks);
+    device::Fp8PipelineState pipe;
+    device::GroupedTile tile;
+    for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile);
+         ++count) {
+      float acc[64];
+      device::consume_tile_fp8(smem, op, tile, consumer_idx, pipe, acc);
+      const int64_t lane_col = 2 * (threadIdx.x % 4);
+      if constexpr (kGated) {
+        // up = acc[4 i + ..] (i < 8), gate = acc[4 (i + 8) + ..]: act columns j0 + 8 i + ...
+        const int64_t inter = params.out_cols;
+        const int64_t j0 = int64_t(tile.n_block) * Config::kBoxRows;
+        const activation::ExpertParams expert_params = epi.params(tile.expert);
+        uint32_t packed[8][2];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          float a[2][2];
+#pragma unroll
+          for (int v = 0; v < 2; ++v) {
+            const int64_t j = j0 + lane_col + 8 * i + v;
+            const bool in_range = j < inter;
+            const float up_bias = in_range ? epi.bias_at(tile.expert, j) : 0.0f;
+            const float gate_bias = in_range ? epi.bias_at(tile.expert, inter + j) : 0.0f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const float up = acc[4 * i + 2 * h + v] + up_bias;
+              const float gate = acc[4 * (i + 8) + 2 * h + v] + gate_bias;
+              a[h][v] = plain ? silu_fast(gate) * up
+                              : activation::gated(epi.activation, gate, up, expert_params);
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(a[h][0], a[h][1]);
+        }
+        device::store_warp_block(smem.staging[block.warp_idx], packed, params.out,
+                                       params.out_cols, tile.row_begin + block.row0,
+                                       tile.row_end, j0, params.out_cols, out_aligned);
+      } else {
+        const int64_t n0 = int64_t(tile.n_block) * Config::kBlockN;
+        uint32_t packed[16][2];
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          float out[2][2];
+#pragma unroll
+          for (int v = 0; v < 2; ++v) {
+            const int64_t n = n0 + lane_col + 8 * i + v;
+            const float bias = n < params.out_cols ? epi.bias_at(tile.expert, n) : 0.0f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const float g = acc[4 * i + 2 * h + v] + bias;
+              out[h][v] = epi.has_activation ? activation::plain(epi.activation, g) : g;
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(out[h][0], out[h][1]);
+        }
+        device::store_warp_block(smem.staging[block.warp_idx], packed, params.out,
+                                        params.out_cols, tile.row_begin + block.row0,
+                                        tile.row_end, n0, params.out_cols, out_aligned);
+      }
+    }
+  }
+  ptx::griddepcontrol_launch_dependents();
+}
+
+}  // namespace fusedmoe::kernels

@@ -1,0 +1,64 @@
+// Quantises bf16 rows to e4m3 per 128-column group (docs/fp8.md, src/reference/fp8.h):
+//   amax = max |v| (NaNs skipped), scale = amax / 448, e4m3 = RNE(v / scale) saturated to +-448
+//   (v itself when scale == 0; NaN stays NaN).
+// codes [rows, cols] e4m3; scales group-major [cols / 128, scale_stride] (the layout of the FP8
+// GEMMs' row scales and of FlashInfer's hidden_states_scale). One warp per (row, group): lane l
+// holds values 4 l .. 4 l + 3 of the group. Rows at or past *num_rows_device (when given; the
+// activation's row count is only known on the device) are skipped.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+#include "device/ptx.cuh"
+
+namespace fusedmoe::kernels {
+
+struct QuantizeFp8Params {
+  const __nv_bfloat16* in;          // [rows, cols]
+  int64_t rows;                     // host bound (the grid covers it)
+  const int32_t* num_rows_device;   // nullptr: all `rows`
+  int64_t cols;                     // a multiple of 128
+  uint8_t* codes;                   // [rows, cols]
+  float* scales;                    // [cols / 128, scale_stride]
+  int64_t scale_stride;
+};
+
+constexpr int kQuantizeThreads = 256;
+
+__global__ void __launch_bounds__(kQuantizeThreads)
+    sm90_quantize_fp8_kernel(const QuantizeFp8Params params) {
+  ptx::griddepcontrol_wait();
+  const int lane = threadIdx.x % 32;
+  const int64_t warp = (int64_t(blockIdx.x) * kQuantizeThreads + threadIdx.x) / 32;
+  const int64_t groups = params.cols / 128;
+  const int64_t row = warp / groups, group = warp % groups;
+  const int64_t limit = params.num_rows_device ? *params.num_rows_device : params.rows;
+  if (row < limit && row < params.rows) {
+    const int64_t at = row * params.cols + group * 128 + 4 * lane;
+    const uint2 raw = *reinterpret_cast<const uint2*>(params.in + at);
+    const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    float v[4];
+    const float2 lo = __bfloat1622float2(pair[0]), hi = __bfloat1622float2(pair[1]);
+    v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i]));  // fmaxf skips NaN
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+    }
+    const float scale = __fdiv_rn(amax, 448.0f);
+    float q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = scale > 0.0f ? __fdiv_rn(v[i], scale) : v[i];
+    const uint32_t packed = uint32_t(ptx::cvt_e4m3x2(q[0], q[1])) |
+                            (uint32_t(ptx::cvt_e4m3x2(q[2], q[3])) << 16);
+    *reinterpret_cast<uint32_t*>(params.codes + at) = packed;
+    if (lane == 0) params.scales[group * params.scale_stride + row] = scale;
+  }
+  ptx::griddepcontrol_launch_dependents();
+}
+
+}  // namespace fusedmoe::kernels

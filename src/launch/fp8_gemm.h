@@ -1,0 +1,49 @@
+// Host-side interface of the FP8 block-scale pipeline's kernels (src/moe.cu calls these; the
+// kernels are kernels/sm90_quantize_fp8.cuh and kernels/sm90_gemm_fp8.cuh, docs/fp8.md).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include "launch/gemm_epilogue.h"
+#include "launch/grouped_gemm.h"
+
+namespace fusedmoe::detail {
+
+// codes [rows, cols] e4m3 and scales [cols / 128, scale_stride] from bf16 in [rows, cols];
+// rows at or past *num_rows_device (when given) are skipped. cols a multiple of 128.
+cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
+                                const int32_t* num_rows_device, int64_t cols, uint8_t* codes,
+                                float* scales, int64_t scale_stride, bool enable_pdl,
+                                cudaStream_t stream);
+
+// An e4m3 operand A with its row scales: a [*, k], scale of row r in K block b at
+// scale[b * scale_stride + r]; row(p) = gather_rows[p] when given, else p.
+struct Fp8A {
+  const uint8_t* a = nullptr;
+  const float* scale = nullptr;
+  int64_t scale_stride = 0;
+  const int32_t* gather_rows = nullptr;
+};
+
+// An e4m3 weight [E_loc, n, k] with block scales [E_loc, n / 128, k / 128].
+struct Fp8B {
+  const uint8_t* w = nullptr;
+  const float* scale = nullptr;
+};
+
+// GEMM1 with a gated activation: act [max_rows, I] bf16 from A = x (k = H) and w1 [E_loc, 2I, H];
+// `epilogue` has the activation (plain: SwiGLU) and bias.
+cudaError_t launch_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
+                             int64_t intermediate_size, const Fp8B& w1, __nv_bfloat16* act,
+                             const GemmEpilogue& epilogue, bool enable_pdl, cudaStream_t stream);
+
+// GEMM2 (and a non-gated GEMM1): y [max_rows, n] bf16 from A (k columns) and w [E_loc, n, k];
+// `epilogue`: bias, and a non-gated activation when has_activation.
+cudaError_t launch_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, int64_t n,
+                             const Fp8B& w, __nv_bfloat16* y, const GemmEpilogue& epilogue,
+                             bool enable_pdl, cudaStream_t stream);
+
+}  // namespace fusedmoe::detail

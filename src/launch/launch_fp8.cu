@@ -1,0 +1,120 @@
+// Host launchers of the FP8 block-scale pipeline's kernels (launch/fp8_gemm.h): the quantiser's
+// grid, the FP8 GEMMs' uint8 tensor maps, parameters, persistent grid, smem and PDL.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "heuristics.h"
+#include "kernels/sm90_gemm_fp8.cuh"
+#include "kernels/sm90_quantize_fp8.cuh"
+#include "launch/fp8_gemm.h"
+#include "launch/grouped_gemm_launch.h"
+#include "launch/tensor_map.h"
+
+namespace fusedmoe::detail {
+namespace {
+
+constexpr size_t kFp8GemmSmemBytes = sizeof(device::Fp8SharedStorage) + 1024;
+static_assert(kFp8GemmSmemBytes <= 227 * 1024, "more smem than an sm_90 CTA may have");
+
+cudaLaunchAttribute pdl_attribute(bool enable_pdl) {
+  cudaLaunchAttribute pdl;
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = enable_pdl ? 1 : 0;
+  return pdl;
+}
+
+template <bool kGated>
+cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Params& params,
+                            const CUtensorMap& tmap, bool enable_pdl, cudaStream_t stream) {
+  static_assert(device::Fp8GemmConfig::kNumThreads == device::GroupedGemmConfig::kNumThreads,
+                "launch_grouped_gemm launches the BF16 GEMMs' block size");
+  const auto kernel = rows.tile_counters != nullptr ? kernels::sm90_gemm_fp8_kernel<true, kGated>
+                                                    : kernels::sm90_gemm_fp8_kernel<false, kGated>;
+  return launch_grouped_gemm(kernel, tmap, params, rows.max_rows, rows.num_experts, enable_pdl,
+                             stream, kFp8GemmSmemBytes);
+}
+
+// The operands both GEMMs share.
+kernels::GemmFp8Params make_params(const GroupedRows& rows, const Fp8A& a, int64_t k,
+                                   const Fp8B& w, int64_t w_rows, __nv_bfloat16* out,
+                                   int64_t out_cols, const GemmEpilogue& epilogue) {
+  kernels::GemmFp8Params params;
+  device::Fp8Operands& op = params.operands;
+  op.expert_offsets = rows.expert_offsets;
+  op.num_experts = rows.num_experts;
+  op.tile_counters = rows.tile_counters;
+  op.num_k_blocks = static_cast<int32_t>(k / device::Fp8GemmConfig::kBlockK);
+  op.k = k;
+  op.a = a.a;
+  op.a_scale = a.scale;
+  op.scale_stride = a.scale_stride;
+  op.gather_rows = a.gather_rows;
+  op.b_scale = w.scale;
+  op.b_scale_rows = static_cast<int32_t>(w_rows / 128);
+  params.out_cols = out_cols;
+  params.out = out;
+  params.epilogue = epilogue;
+  return params;
+}
+
+}  // namespace
+
+cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
+                                const int32_t* num_rows_device, int64_t cols, uint8_t* codes,
+                                float* scales, int64_t scale_stride, bool enable_pdl,
+                                cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  if (reinterpret_cast<uintptr_t>(in) % 8 != 0 || reinterpret_cast<uintptr_t>(codes) % 4 != 0) {
+    return cudaErrorMisalignedAddress;
+  }
+  kernels::QuantizeFp8Params params{in, rows, num_rows_device, cols, codes, scales, scale_stride};
+  const int64_t warps = rows * (cols / 128);
+  constexpr int64_t kWarpsPerBlock = kernels::kQuantizeThreads / 32;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock));
+  config.blockDim = dim3(kernels::kQuantizeThreads);
+  config.stream = stream;
+  cudaLaunchAttribute pdl = pdl_attribute(enable_pdl);
+  config.attrs = &pdl;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernels::sm90_quantize_fp8_kernel, params);
+}
+
+cudaError_t launch_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
+                             int64_t intermediate_size, const Fp8B& w1, __nv_bfloat16* act,
+                             const GemmEpilogue& epilogue, bool enable_pdl, cudaStream_t stream) {
+  using Config = device::Fp8GemmConfig;
+  if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;
+  if (reinterpret_cast<uintptr_t>(x.a) % 16 != 0) return cudaErrorMisalignedAddress;
+  CUtensorMap tmap;  // [E_loc, 2I, H] bytes, boxes of (128 of H, 64 rows, 1 expert)
+  cudaError_t err = make_tensor_map_3d_u8_sw128(&tmap, w1.w, hidden_size, 2 * intermediate_size,
+                                                rows.num_experts, Config::kBlockK,
+                                                Config::kBoxRows);
+  if (err != cudaSuccess) return err;
+  kernels::GemmFp8Params params = make_params(rows, x, hidden_size, w1, 2 * intermediate_size,
+                                              act, intermediate_size, epilogue);
+  params.operands.num_n_blocks =
+      static_cast<int32_t>((intermediate_size + Config::kBoxRows - 1) / Config::kBoxRows);
+  params.operands.b_block_stride = Config::kBoxRows;
+  params.operands.b_box_stride = static_cast<int32_t>(intermediate_size);
+  return launch_gemm_fp8<true>(rows, params, tmap, enable_pdl, stream);
+}
+
+cudaError_t launch_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, int64_t n,
+                             const Fp8B& w, __nv_bfloat16* y, const GemmEpilogue& epilogue,
+                             bool enable_pdl, cudaStream_t stream) {
+  using Config = device::Fp8GemmConfig;
+  if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;
+  if (reinterpret_cast<uintptr_t>(a.a) % 16 != 0) return cudaErrorMisalignedAddress;
+  CUtensorMap tmap;  // [E_loc, n, k] bytes, boxes of (128 of k, 64 rows, 1 expert)
+  cudaError_t err = make_tensor_map_3d_u8_sw128(&tmap, w.w, k, n, rows.num_experts,
+                                                Config::kBlockK, Config::kBoxRows);
+  if (err != cudaSuccess) return err;
+  kernels::GemmFp8Params params = make_params(rows, a, k, w, n, y, n, epilogue);
+  params.operands.num_n_blocks = static_cast<int32_t>((n + Config::kBlockN - 1) / Config::kBlockN);
+  params.operands.b_block_stride = Config::kBlockN;
+  params.operands.b_box_stride = Config::kBoxRows;
+  return launch_gemm_fp8<false>(rows, params, tmap, enable_pdl, stream);
+}
+
+}  // namespace fusedmoe::detail
