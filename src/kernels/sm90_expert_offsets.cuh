@@ -12,6 +12,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "device/expert_scan.cuh"
 #include "fusedmoe/fusedmoe.h"
 
 namespace fusedmoe::detail {
@@ -33,15 +34,8 @@ __global__ void __launch_bounds__(ExpertOffsetsConfig::kThreads)
   cudaTriggerProgrammaticLaunchCompletion();
 
   const int expert = threadIdx.x;
-  int32_t total = 0;
-  if (expert < num_local) {
-    for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-      int32_t* entry = chunk_prefix + chunk * num_local + expert;
-      const int32_t count = *entry;
-      *entry = total;
-      total += count;
-    }
-  }
+  const int32_t total =
+      expert < num_local ? device::scan_expert_counts(chunk_prefix, num_chunks, num_local, expert) : 0;
   int32_t start = 0;
   int32_t all_rows = 0;
   BlockScan(smem_scan).ExclusiveSum(total, start, all_rows);

@@ -29,6 +29,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "device/expert_scan.cuh"
 #include "fusedmoe/fusedmoe.h"
 
 namespace fusedmoe::detail {
@@ -91,15 +92,8 @@ __global__ void __launch_bounds__(ExpertSortSmallConfig::kThreads, 1)
 
   // ---- scan: segment starts and expert offsets --------------------------------------------------
   const int expert = threadIdx.x;
-  int32_t total = 0;
-  if (expert < num_local) {
-    for (int s = 0; s < num_segments; ++s) {
-      int32_t* entry = smem_counts + s * num_local + expert;
-      const int32_t count = *entry;
-      *entry = total;
-      total += count;
-    }
-  }
+  const int32_t total =
+      expert < num_local ? device::scan_expert_counts(smem_counts, num_segments, num_local, expert) : 0;
   int32_t start = 0, all_rows = 0;
   BlockScan(smem_scan).ExclusiveSum(total, start, all_rows);
   if (expert < num_local) {
