@@ -62,6 +62,28 @@ float bias_at(const void* bias, DType dtype, int64_t index) {
   return detail::bf16_bits_to_float(static_cast<const uint16_t*>(bias)[index]);
 }
 
+// One expert's FP8 GEMM: for each of its n weight rows j (e4m3 codes of k values, block scales
+// w_scales [n / 128, k / 128]) and each of its num_rows rows r (widened values rows + r * k, group
+// scales row_scales + r * k / 128), out(r, j, value) with value = fp8_dot plus element
+// bias_base + j of the bias when there is one.
+template <class Out>
+void fp8_expert_gemm(const float* rows, const float* row_scales, int64_t num_rows,
+                     const uint8_t* w_codes, const float* w_scales, int64_t n, int64_t k,
+                     const void* bias, DType bias_dtype, int64_t bias_base, Out out) {
+  const int64_t groups = k / kFp8BlockSize;
+  std::vector<float> weight_row(k);
+  for (int64_t j = 0; j < n; ++j) {
+    widen_e4m3_row(w_codes + j * k, k, weight_row.data());
+    const float* block_scales = w_scales + (j / kFp8BlockSize) * groups;
+    const float bias_j = bias_at(bias, bias_dtype, bias_base + j);
+    for (int64_t r = 0; r < num_rows; ++r) {
+      const float value =
+          fp8_dot(rows + r * k, row_scales + r * groups, weight_row.data(), block_scales, k);
+      out(r, j, bias ? value + bias_j : value);
+    }
+  }
+}
+
 }  // namespace
 
 void activate_rows(const float* g, int64_t num_rows, int64_t intermediate_size,
@@ -222,7 +244,7 @@ std::vector<uint16_t> activation_reference_fp8(const Fp8Rows& x, const Fp8Weight
   const int64_t groups = H / kFp8BlockSize;
   const int32_t num_experts = static_cast<int32_t>(permutation.expert_offsets.size()) - 1;
   std::vector<uint16_t> act(permutation.num_local() * I);
-  std::vector<float> rows, row_scales, g, weight_row(H);
+  std::vector<float> rows, row_scales, g;
 
   for (int32_t e = 0; e < num_experts; ++e) {
     const int64_t begin = permutation.expert_offsets[e];
@@ -237,18 +259,11 @@ std::vector<uint16_t> activation_reference_fp8(const Fp8Rows& x, const Fp8Weight
       std::copy_n(x.scales.data() + token * groups, groups, row_scales.data() + r * groups);
     }
     g.resize(num_rows * N);
-    const uint8_t* w1_expert = w1.codes + static_cast<int64_t>(e) * N * H;
-    const float* w1_scales = w1.scales + static_cast<int64_t>(e) * (N / kFp8BlockSize) * groups;
-    for (int64_t j = 0; j < N; ++j) {
-      widen_e4m3_row(w1_expert + j * H, H, weight_row.data());
-      const float* block_scales = w1_scales + (j / kFp8BlockSize) * groups;
-      const float bias = bias_at(mlp.gemm1_bias, mlp.gemm1_bias_dtype, e * N + j);
-      for (int64_t r = 0; r < num_rows; ++r) {
-        const float dot_value = fp8_dot(rows.data() + r * H, row_scales.data() + r * groups,
-                                        weight_row.data(), block_scales, H);
-        g[r * N + j] = mlp.gemm1_bias ? dot_value + bias : dot_value;
-      }
-    }
+    fp8_expert_gemm(rows.data(), row_scales.data(), num_rows,
+                    w1.codes + static_cast<int64_t>(e) * N * H,
+                    w1.scales + static_cast<int64_t>(e) * (N / kFp8BlockSize) * groups, N, H,
+                    mlp.gemm1_bias, mlp.gemm1_bias_dtype, e * N,
+                    [&](int64_t r, int64_t j, float value) { g[r * N + j] = value; });
     activate_rows(g.data(), num_rows, I, mlp, e, act.data() + begin * I);
   }
   return act;
@@ -262,7 +277,7 @@ std::vector<uint16_t> gemm2_reference_fp8(const std::vector<uint16_t>& act, cons
   const int32_t num_experts = static_cast<int32_t>(permutation.expert_offsets.size()) - 1;
   const Fp8Rows a = quantize_rows_fp8(act.data(), permutation.num_local(), I);
   std::vector<uint16_t> y(permutation.num_local() * H);
-  std::vector<float> rows, weight_row(I);
+  std::vector<float> rows;
 
   for (int32_t e = 0; e < num_experts; ++e) {
     const int64_t begin = permutation.expert_offsets[e];
@@ -270,20 +285,13 @@ std::vector<uint16_t> gemm2_reference_fp8(const std::vector<uint16_t>& act, cons
     if (num_rows == 0) continue;
     rows.resize(num_rows * I);
     widen_e4m3_row(a.codes.data() + begin * I, num_rows * I, rows.data());
-    const uint8_t* w2_expert = w2.codes + static_cast<int64_t>(e) * H * I;
-    const float* w2_scales = w2.scales + static_cast<int64_t>(e) * (H / kFp8BlockSize) * groups;
-    for (int64_t h = 0; h < H; ++h) {
-      widen_e4m3_row(w2_expert + h * I, I, weight_row.data());
-      const float* block_scales = w2_scales + (h / kFp8BlockSize) * groups;
-      const float bias = bias_at(mlp.gemm2_bias, mlp.gemm2_bias_dtype, e * H + h);
-      for (int64_t r = 0; r < num_rows; ++r) {
-        const float dot_value =
-            fp8_dot(rows.data() + r * I, a.scales.data() + (begin + r) * groups,
-                    weight_row.data(), block_scales, I);
-        y[(begin + r) * H + h] =
-            detail::float_to_bf16_bits(mlp.gemm2_bias ? dot_value + bias : dot_value);
-      }
-    }
+    fp8_expert_gemm(rows.data(), a.scales.data() + begin * groups, num_rows,
+                    w2.codes + static_cast<int64_t>(e) * H * I,
+                    w2.scales + static_cast<int64_t>(e) * (H / kFp8BlockSize) * groups, H, I,
+                    mlp.gemm2_bias, mlp.gemm2_bias_dtype, e * H,
+                    [&](int64_t r, int64_t h, float value) {
+                      y[(begin + r) * H + h] = detail::float_to_bf16_bits(value);
+                    });
   }
   return y;
 }
