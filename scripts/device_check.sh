@@ -96,9 +96,9 @@ done < "$OUT/sass_hgmma.txt"
 # FUSEDMOE_SKIP_PYTHON=1 / FUSEDMOE_SKIP_BENCH=1 skip a part; FUSEDMOE_BENCH_ARGS are passed to
 # bench/bench_moe.py (default: the default model); FUSEDMOE_SANITIZE="memcheck racecheck ..."
 # runs scripts/sanitize.sh with those tools over the GPU test executables.
-if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 || "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
+if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 || "${FUSEDMOE_SKIP_BENCH:-0}" != 1 || -n "${FUSEDMOE_SANITIZE:-}" ]]; then
   t0=$SECONDS
-  # All cores for the package's CUDA build (python_env.sh defaults to 2, for CI's machine), or
+  # (The sanitizers run the Python GPU tests too.) All cores for the package's CUDA build (python_env.sh defaults to 2, for CI's machine), or
   # the wheel built here.
   install=(bash -c 'export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc); source scripts/python_env.sh && fusedmoe_install')
   [[ $prebuilt == 1 ]] && install=(python3 -m pip install -q --no-deps --no-index --force-reinstall "$BUILD"/wheel/*.whl)

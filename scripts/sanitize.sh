@@ -25,6 +25,8 @@
 #   FUSEDMOE_SANITIZE_PYTHON           1 (default): also the Python GPU tests' operator calls
 #                                      (python3 -m pytest over FUSEDMOE_SANITIZE_PYTESTS, default
 #                                      the GPU test files), the installed fusedmoe package; 0: not
+#   FUSEDMOE_SANITIZE_PYTHON_SHARDS    processes the Python tests are split into (default 6;
+#                                      racecheck over all of them in one process ran past 510 s)
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,10 +79,14 @@ sanitize_one() {
   local reference=cublas sizes=0
   [[ $tool == memcheck ]] || reference=simt sizes=1
   log="$out/$tool.$name.log"
-  # An executable whose tests the filter leaves out is skipped, not run empty under the tool
-  # (on an H200, racecheck/synccheck/initcheck over test_gpu_decode with no test selected
-  # ended with rc 255; cause not established).
-  if ! "$exe" --gtest_list_tests --gtest_filter="$filter" 2>/dev/null | grep -q '^  '; then
+  # A shard that holds no test is skipped, not run empty under the tool: a process that makes
+  # no CUDA call is an error to compute-sanitizer ("Target application terminated before first
+  # instrumented API call", test_gpu_fp8's 5 tests in 6 shards on an H200; and with no test
+  # selected at all racecheck/synccheck/initcheck over test_gpu_decode ended with rc 255).
+  # gtest deals the selected tests to the shards in turn, so shard i holds one iff i < count.
+  local count
+  count=$("$exe" --gtest_list_tests --gtest_filter="$filter" 2>/dev/null | grep -c '^  ')
+  if (( shard >= count )); then
     echo "skipped" > "$out/$tool.$name.result"
     return
   fi
@@ -100,29 +106,40 @@ sanitize_one() {
   echo "$n $w ${ran:-0} $rc" > "$out/$tool.$name.result"
 }
 
-# The Python GPU tests under one tool, as one more "executable" (result name python.0). Only
+# The Python GPU tests under one tool, split into $python_shards processes (result names
+# python.0, python.1, ...), each with every python_shards-th test id of the collection. Only
 # fusedmoe's kernels are instrumented (--kernel-name kns=fusedmoe): PyTorch's own kernels are not
 # ours to check, and instrumenting them all made each test minutes long. initcheck is the
 # exception: it must see every write (a tensor that a PyTorch kernel filled unseen would read
 # as uninitialized to fusedmoe's kernels), so it instruments everything, on the small shapes of
 # these tests.
 pytests="${FUSEDMOE_SANITIZE_PYTESTS:-tests/python/test_gpu.py tests/python/test_expert_mlp.py tests/python/test_concurrency.py}"
+python_select="cuda or gpu or stream or thread or graph or steady"
+python_shards="${FUSEDMOE_SANITIZE_PYTHON_SHARDS:-6}"
+python_ids=()
+if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]]; then
+  # shellcheck disable=SC2086
+  mapfile -t python_ids < <(python3 -m pytest $pytests -q -p no:cacheprovider --collect-only \
+    -k "$python_select" 2>/dev/null | grep '::')
+  (( ${#python_ids[@]} )) || echo "sanitize: no Python GPU test collected (is fusedmoe installed?)" >&2
+fi
 sanitize_python() {
-  local tool=$1 options=(--kernel-name kns=fusedmoe) log="$out/$tool.python.0.log" rc n w ran
+  local tool=$1 shard=$2 options=(--kernel-name kns=fusedmoe) log rc n w ran ids=() i
+  log="$out/$tool.python.$shard.log"
+  for ((i = shard; i < ${#python_ids[@]}; i += python_shards)); do ids+=("${python_ids[i]}"); done
+  (( ${#ids[@]} )) || { echo "skipped" > "$out/$tool.python.$shard.result"; return; }
   [[ $tool == initcheck ]] && options=()
   [[ $tool == racecheck ]] && options+=(--racecheck-report all)
   [[ $tool == memcheck ]] && options+=(--leak-check no)
-  # shellcheck disable=SC2086
   timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" --print-limit 50 \
-    python3 -m pytest $pytests -q -p no:cacheprovider -k "cuda or gpu or stream or thread or graph or steady" \
-    > "$log" 2>&1
+    python3 -m pytest "${ids[@]}" -q -p no:cacheprovider > "$log" 2>&1
   rc=$?
   n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
   w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
   ran=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+')
   # pytest's failures count as a failed test; its summary line is "N passed, M skipped ...".
   if grep -Eq '[0-9]+ (failed|error)' "$log"; then echo "[  FAILED  ] pytest" >> "$log"; fi
-  echo "$n $w ${ran:-0} $rc" > "$out/$tool.python.0.result"
+  echo "$n $w ${ran:-0} $rc" > "$out/$tool.python.$shard.result"
 }
 
 # Every (tool, executable, shard) triple, FUSEDMOE_SANITIZE_JOBS at a time (default: the CPUs);
@@ -138,8 +155,10 @@ for tool in "${tools[@]}"; do
   # A reused OUT may hold results of other shards or executables: only this run's count.
   rm -f "$out/$tool".*.result
   if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]]; then
-    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
-    sanitize_python "$tool" &
+    for ((shard = 0; shard < python_shards; ++shard)); do
+      while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+      sanitize_python "$tool" "$shard" &
+    done
   fi
   for exe in "${executables[@]}"; do
     for ((shard = 0; shard < shards; ++shard)); do

@@ -116,9 +116,11 @@ GemmEpilogue gemm2_epilogue(const MoeArguments& args) {
 
 // The FP8 variant's GEMMs (docs/fp8.md): x quantised (unless given in e4m3), GEMM1 with its
 // activation into the bf16 act, act quantised per 128-column group, GEMM2 into y.
+// decode1 / decode2: the decode forms of GEMM1 / GEMM2 (decode_heuristics.h).
 Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows rows, bool claim2,
-                     const __nv_bfloat16* x, __nv_bfloat16* y, const GemmEpilogue& epilogue1,
-                     const GemmEpilogue& epilogue2, cudaStream_t stream) {
+                     bool decode1, bool decode2, const __nv_bfloat16* x, __nv_bfloat16* y,
+                     const GemmEpilogue& epilogue1, const GemmEpilogue& epilogue2,
+                     cudaStream_t stream) {
   const MoeShape& shape = args.shape;
   const int64_t T = shape.num_tokens, H = shape.hidden_size, I = shape.intermediate_size;
   const int64_t num_slots = T * shape.top_k;
@@ -134,13 +136,15 @@ Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows 
   }
   const Fp8B w1{static_cast<const uint8_t*>(args.gemm1_weights), args.gemm1_weights_scale};
   const Fp8B w2{static_cast<const uint8_t*>(args.gemm2_weights), args.gemm2_weights_scale};
+  const auto gemm1 = decode1 ? launch_decode_gemm1_fp8 : launch_gemm1_fp8;
+  const auto gemm2 = decode2 ? launch_decode_gemm2_fp8 : launch_gemm2_fp8;
   if (is_gated(args.activation)) {
-    FUSEDMOE_CUDA_RETURN_IF_ERROR(
-        launch_gemm1_fp8(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream), "launch_gemm1_fp8");
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(gemm1(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
+                                  "launch_gemm1_fp8");
   } else {
-    FUSEDMOE_CUDA_RETURN_IF_ERROR(
-        launch_gemm2_fp8(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
-        "launch_gemm2_fp8 (non-gated GEMM1)");
+    const auto nongated1 = decode1 ? launch_decode_gemm2_fp8 : launch_gemm2_fp8;
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(nongated1(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
+                                  "launch_gemm2_fp8 (non-gated GEMM1)");
   }
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
       launch_quantize_fp8(ws.act, num_slots, ws.expert_offsets + shape.local_num_experts, I,
@@ -148,8 +152,8 @@ Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows 
       "launch_quantize_fp8 (activation)");
   rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
   const Fp8A act8{ws.act8, ws.act_scale, num_slots, nullptr};
-  FUSEDMOE_CUDA_RETURN_IF_ERROR(
-      launch_gemm2_fp8(rows, act8, I, H, w2, y, epilogue2, pdl, stream), "launch_gemm2_fp8");
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(gemm2(rows, act8, I, H, w2, y, epilogue2, pdl, stream),
+                                "launch_gemm2_fp8");
   return Status::Ok();
 }
 
@@ -243,17 +247,18 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   // A non-gated GEMM1 is GEMM2-shaped (N = I output columns, each its own activation): it runs
   // on GEMM2's kernels with the rows of x gathered.
   const bool gated = is_gated(args.activation);
-  // The FP8 variant has no weight-streaming decode GEMMs yet: its grouped GEMMs serve every size.
-  const bool decode1 = !fp8 && (
+  // The FP8 variant takes the same choice for its decode GEMMs (the BF16 crossover: the FP8
+  // kernels halve both forms' weight bytes alike).
+  const bool decode1 =
       gated ? heuristics::use_decode_gemm1(shape.num_tokens, shape.top_k, shape.num_experts,
                                            shape.local_num_experts, shape.intermediate_size,
                                            num_sms)
             : heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
                                            shape.local_num_experts, shape.intermediate_size,
-                                           num_sms));
-  const bool decode2 =
-      !fp8 && heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k, shape.num_experts,
-                                           shape.local_num_experts, shape.hidden_size, num_sms);
+                                           num_sms);
+  const bool decode2 = heuristics::use_decode_gemm2(shape.num_tokens, shape.top_k,
+                                                    shape.num_experts, shape.local_num_experts,
+                                                    shape.hidden_size, num_sms);
   const auto gemm2 = decode2 ? launch_decode_gemm2 : launch_gemm2;
   const GemmEpilogue epilogue1 = gemm1_epilogue(args), epilogue2 = gemm2_epilogue(args);
 
@@ -335,8 +340,8 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   const int64_t H = shape.hidden_size, I = shape.intermediate_size;
   rows.tile_counters = claim1 ? ws.tile_counters : nullptr;
   if (fp8) {
-    FUSEDMOE_RETURN_IF_ERROR(run_fp8_gemms(args, ws, rows, claim2, x, y, epilogue1, epilogue2,
-                                           stream));
+    FUSEDMOE_RETURN_IF_ERROR(run_fp8_gemms(args, ws, rows, claim2, decode1, decode2, x, y,
+                                           epilogue1, epilogue2, stream));
   } else if (gated) {
     const auto gemm1 = decode1 ? launch_decode_gemm1_swiglu : launch_gemm1_swiglu;
     FUSEDMOE_CUDA_RETURN_IF_ERROR(

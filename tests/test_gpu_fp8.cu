@@ -246,6 +246,13 @@ TEST(GpuFp8, MatchesReferenceAcrossInputsActivationsAndWindows) {
       {"e4m3 input", 200, 512, 256, 8, 2, 0, 8, RoutingInput::kLogits,
        RoutingMethod::kRenormalize, Activation::kSwiglu, false, true, /*fp8_input=*/true},
       {"empty window", 8, 256, 128, 64, 2, 60, 4},
+      // Decode sizes (the decode GEMMs, decode_heuristics.h) with the general epilogues.
+      {"decode gpt-oss-like options", 3, 384, 256, 8, 2, 0, 8, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, Activation::kSwiglu, true},
+      {"decode relu2 biases unfinalized", 2, 256, 384, 8, 2, 0, 8, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, Activation::kRelu2, true, /*do_finalize=*/false},
+      {"decode window e4m3 input", 5, 512, 256, 16, 4, 4, 8, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, Activation::kSwiglu, false, true, /*fp8_input=*/true},
   };
   uint64_t seed = 4000;
   for (const Fp8Spec& spec : specs) check_spec(spec, ++seed);
@@ -274,8 +281,10 @@ TEST(GpuFp8, HiddenStatesInE4m3GiveTheBf16InputsResultBitwise) {
 // its bf16 rounding bitwise (GEMM2; a non-gated GEMM1 with ReLU^2, whose g * g rounds the same way
 // on both sides) or within one bf16 step of it (gated GEMM1: __expf in the GPU's SiLU). A wrong
 // row, column, K block, scale or expert moves whole blocks by integers times their scales.
-// Many tiles per CTA, experts with no rows, a gathered A, and both tile schedules (static,
-// claimed) are covered.
+// Many tiles per CTA, experts with no rows, a gathered A, both tile schedules of the grouped
+// kernels (static, claimed) and the decode kernels (the same problems: they serve any routing,
+// re-reading an expert's weights per 16 rows) are covered. The decode kernels promote per
+// 64-deep half block and add the warps' sums: still exact here.
 struct ExactGemmProblem {
   int64_t k, n, a_rows;
   int32_t experts;
@@ -344,10 +353,21 @@ struct ExactGemmProblem {
   }
 };
 
+// Which kernel runs a problem: the grouped one with a static or claimed tile schedule, or the
+// decode one.
+enum class Fp8Kernel { kStatic, kClaimed, kDecode };
+const char* kernel_name(Fp8Kernel kernel) {
+  return kernel == Fp8Kernel::kStatic    ? "grouped, static tiles"
+         : kernel == Fp8Kernel::kClaimed ? "grouped, claimed tiles"
+                                         : "decode";
+}
+constexpr Fp8Kernel kFp8Kernels[] = {Fp8Kernel::kStatic, Fp8Kernel::kClaimed, Fp8Kernel::kDecode};
+
 // One launch of an FP8 GEMM kernel on `problem`: its bf16 output [rows + 8, out_cols] (8 rows past
 // the last expert's, which must stay untouched: poisoned 0xFFFF).
-std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated, bool claim,
+std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated, Fp8Kernel kernel,
                                      int64_t out_cols, const detail::GemmEpilogue& epilogue) {
+  const bool claim = kernel == Fp8Kernel::kClaimed;
   DeviceArray<int32_t> offsets(problem.offsets), counters(std::vector<int32_t>{0, 0});
   DeviceArray<int32_t> gather(problem.gather.empty() ? std::vector<int32_t>{0} : problem.gather);
   DeviceArray<uint8_t> a(problem.a), b(problem.b);
@@ -364,11 +384,12 @@ std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated
                         problem.gather.empty() ? nullptr : gather.get()};
   const detail::Fp8B fb{b.get(), b_scale.get()};
   auto* y = reinterpret_cast<__nv_bfloat16*>(out.get());
+  const bool decode = kernel == Fp8Kernel::kDecode;
+  const auto gemm1 = decode ? detail::launch_decode_gemm1_fp8 : detail::launch_gemm1_fp8;
+  const auto gemm2 = decode ? detail::launch_decode_gemm2_fp8 : detail::launch_gemm2_fp8;
   const cudaError_t err =
-      gated ? detail::launch_gemm1_fp8(rows, fa, problem.k, problem.n / 2, fb, y, epilogue, false,
-                                       nullptr)
-            : detail::launch_gemm2_fp8(rows, fa, problem.k, problem.n, fb, y, epilogue, false,
-                                       nullptr);
+      gated ? gemm1(rows, fa, problem.k, problem.n / 2, fb, y, epilogue, false, nullptr)
+            : gemm2(rows, fa, problem.k, problem.n, fb, y, epilogue, false, nullptr);
   check_cuda(err, "launch");
   check_cuda(cudaDeviceSynchronize(), "gemm");
   if (claim) {
@@ -386,15 +407,16 @@ void expect_tail_untouched(const std::vector<uint16_t>& out, int64_t rows, int64
 
 TEST(GpuFp8, Gemm2KernelIsExactOnIntegerProblems) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  for (const bool claim : {false, true}) {
+  uint64_t seed = 10;
+  for (const Fp8Kernel kernel : kFp8Kernels) {
     for (const bool relu2 : {false, true}) {
-      SCOPED_TRACE(std::string(claim ? "claimed tiles" : "static tiles") +
+      SCOPED_TRACE(std::string(kernel_name(kernel)) +
                    (relu2 ? ", non-gated GEMM1 (relu2, gathered)" : ", GEMM2"));
-      const ExactGemmProblem problem(512, 768, 23, /*gathered=*/relu2, claim ? 11 : 12);
+      const ExactGemmProblem problem(512, 768, 23, /*gathered=*/relu2, ++seed);
       detail::GemmEpilogue epilogue;
       epilogue.has_activation = relu2;
       epilogue.activation = Activation::kRelu2;
-      const std::vector<uint16_t> out = run_exact_gemm(problem, false, claim, problem.n, epilogue);
+      const std::vector<uint16_t> out = run_exact_gemm(problem, false, kernel, problem.n, epilogue);
       const std::vector<float> exact = problem.exact();
       int64_t mismatches = 0;
       for (int64_t p = 0; p < problem.rows(); ++p) {
@@ -417,13 +439,14 @@ TEST(GpuFp8, Gemm2KernelIsExactOnIntegerProblems) {
 
 TEST(GpuFp8, GatedGemm1KernelIsExactOnIntegerProblemsUpToSilu) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  for (const bool claim : {false, true}) {
-    SCOPED_TRACE(claim ? "claimed tiles" : "static tiles");
+  uint64_t seed = 20;
+  for (const Fp8Kernel kernel : kFp8Kernels) {
+    SCOPED_TRACE(kernel_name(kernel));
     const int64_t inter = 512;
-    const ExactGemmProblem problem(384, 2 * inter, 19, /*gathered=*/true, claim ? 21 : 22);
+    const ExactGemmProblem problem(384, 2 * inter, 19, /*gathered=*/true, ++seed);
     detail::GemmEpilogue epilogue;
     epilogue.has_activation = true;  // plain SwiGLU
-    const std::vector<uint16_t> out = run_exact_gemm(problem, true, claim, inter, epilogue);
+    const std::vector<uint16_t> out = run_exact_gemm(problem, true, kernel, inter, epilogue);
     const std::vector<float> exact = problem.exact();
     int64_t mismatches = 0;
     for (int64_t p = 0; p < problem.rows(); ++p) {

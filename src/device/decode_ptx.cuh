@@ -5,7 +5,8 @@
 //                  reused activations (default caching)
 //   cp.async       commit and wait_group of this thread's 16-byte copies (the copies themselves:
 //                  ptx::cp_async_16_zfill in device/ptx.cuh)
-//   mma.sync       m16n8k16 bf16 -> fp32 (the warp-level tensor core op: no smem operands)
+//   mma.sync       m16n8k16 bf16 and m16n8k32 e4m3 -> fp32 (the warp-level tensor core ops: no
+//                  smem operands)
 // None is volatile, so the compiler schedules them freely: loads of data an earlier kernel wrote
 // stay after griddepcontrol.wait because their addresses depend on expert_offsets read after it.
 #pragma once
@@ -65,6 +66,33 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], uint32_t a0, ui
                                                   uint32_t a2, uint32_t a3, uint32_t b0,
                                                   uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// D(16x8, fp32) = A(16x32, e4m3, row-major) * B(32x8, e4m3, col-major), per warp, from zero
+// (the FP8 decode GEMM promotes each result into its fp32 sums itself). Fragments (each b32 holds
+// four e4m3, the lowest k in the low byte): the bytes of the bf16 form's slots, so the same
+// 16-byte loads feed both:
+//   a[0] = A[g][4t..4t+3]   a[1] = A[g+8][4t..4t+3]   a[2] = A[g][4t+16..]   a[3] = A[g+8][4t+16..]
+//   b[0] = B[4t..4t+3][g]   b[1] = B[4t+16..4t+19][g]
+//   d[0..1] = D[g][2t..2t+1]   d[2..3] = D[g+8][2t..2t+1]
+__device__ __forceinline__ void mma_m16n8k32_e4m3(float (&d)[4], uint32_t a0, uint32_t a1,
+                                                  uint32_t a2, uint32_t a3, uint32_t b0,
+                                                  uint32_t b1) {
+  const float zero = 0.0f;
+  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%10, %10, %10, %10};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(zero));
+}
+
+// The same, accumulating: D += A * B.
+__device__ __forceinline__ void mma_m16n8k32_e4m3_acc(float (&d)[4], uint32_t a0, uint32_t a1,
+                                                      uint32_t a2, uint32_t a3, uint32_t b0,
+                                                      uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));

@@ -129,38 +129,46 @@ __device__ __forceinline__ int32_t find_nonempty_expert(const int32_t* expert_of
   return smem.expert;
 }
 
-// One warp's share of K for a (kRowsM weight rows) x (kChunkRows expert rows) block:
-//   acc[m][n][v] += sum over the warp's k of W[row(m, v)][k] * B[token(n, v)][k]
-// with row(m, v) = tile m's row g (v < 2) or g + 8 (v >= 2) and token(n, v) = 8 n + 2 t + v % 2.
-// w_row[m][h]: this lane's weight row (h = 0: fragment row g, h = 1: row g + 8), valid when
-// w_ok[m][h]; b_row[n]: the lane's activation row (token 8 n + g), valid when b_ok[n]; any_row:
-// a mapped global address (read by no copy: the source of zero fills). Invalid rows and k >= K
-// read as zeros. n_active (warp-uniform): n-tiles with any valid row. The warp takes the k blocks
-// warp * kWarpK + i * kCtaK through `ring` (its own): block i + kStages - 1 is issued before
-// block i is multiplied. Returns with none of the warp's copies pending.
-template <class Config>
-__device__ __forceinline__ void decode_warp_mainloop(
-    const __nv_bfloat16* const (&w_row)[DecodeTile::kTilesM][2],
-    const bool (&w_ok)[DecodeTile::kTilesM][2],
-    const __nv_bfloat16* const (&b_row)[DecodeTile::kNTiles],
-    const bool (&b_ok)[DecodeTile::kNTiles], const void* any_row, int n_active, int64_t k_total,
-    DecodeWarpRing& ring, float (&acc)[DecodeTile::kTilesM][DecodeTile::kNTiles][4]) {
+// One warp's share of K for a (kRowsM weight rows) x (kChunkRows expert rows) block, for either
+// element type (Elem: bf16, or uint8 for the FP8 variant's e4m3 codes): streams the operands
+// through the warp's ring and calls
+//   multiply(k0, a, b)   a[m][h]: the lane's 16 bytes of weight row (m, h); b[n]: of token 8 n + g
+// once per 64-byte k unit, k0 its first k (in elements), the lane's bytes being those at
+// 16 t .. 16 t + 15 of the unit (the K permutation above; any element type maps the same bytes
+// onto the same fragment slots of its mma). w_row[m][h]: this lane's weight row (h = 0: fragment
+// row g, h = 1: row g + 8), valid when w_ok[m][h]; b_row[n]: the lane's activation row (token
+// 8 n + g), valid when b_ok[n]; any_row: a mapped global address (read by no copy: the source of
+// zero fills). Invalid rows and k >= K read as zeros. n_active (warp-uniform): n-tiles with any
+// valid row; b[n] for n >= n_active is not loaded. The warp takes the 64-byte units
+// warp + i * kWarps (unrolled kUnroll at a time) through `ring` (its own): iteration
+// i + kStages - 1 is issued before iteration i is multiplied. Returns with none of the warp's
+// copies pending.
+template <class Config, class Elem, class Multiply>
+__device__ __forceinline__ void decode_warp_stream(
+    const Elem* const (&w_row)[DecodeTile::kTilesM][2], const bool (&w_ok)[DecodeTile::kTilesM][2],
+    const Elem* const (&b_row)[DecodeTile::kNTiles], const bool (&b_ok)[DecodeTile::kNTiles],
+    const void* any_row, int n_active, int64_t k_total, DecodeWarpRing& ring,
+    Multiply&& multiply) {
   constexpr int kTilesM = Config::kTilesM, kNTiles = Config::kNTiles, kUnroll = Config::kUnroll;
   constexpr int kStages = Config::kStages;
+  constexpr int kLaneK = 16 / int(sizeof(Elem));  // elements in a lane's 16 bytes
+  constexpr int kUnitK = 4 * kLaneK;               // elements in a 64-byte unit
+  constexpr int64_t kWarpK = int64_t(kUnitK) * kUnroll;
+  constexpr int64_t kCtaK = kWarpK * Config::kWarps;
+  static_assert(kWarpK == Config::kWarpK * 2 / int(sizeof(Elem)), "64-byte units, bf16 k 32");
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
-  const int64_t k_begin = int64_t(warp) * Config::kWarpK;
-  const int64_t blocks =
-      k_begin < k_total ? (k_total - k_begin + Config::kCtaK - 1) / Config::kCtaK : 0;
+  const int64_t k_begin = int64_t(warp) * kWarpK;
+  const int64_t blocks = k_begin < k_total ? (k_total - k_begin + kCtaK - 1) / kCtaK : 0;
 
   // Copies of warp iteration i (k from k_begin + i * kCtaK) into slot i % kStages; one commit
   // group per iteration, empty past the last block, so wait_group counts stay uniform.
   auto issue = [&](int64_t i) {
     if (i < blocks) {
       const int slot = int(i % kStages);
-      const int64_t kb = k_begin + i * Config::kCtaK;
+      const int64_t kb = k_begin + i * kCtaK;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int64_t k = kb + 32 * u + 8 * t;
+        const int64_t k = kb + kUnitK * u + kLaneK * t;
 #pragma unroll
         for (int m = 0; m < kTilesM; ++m) {
 #pragma unroll
@@ -205,20 +213,37 @@ __device__ __forceinline__ void decode_warp_mainloop(
       for (int n = 0; n < kNTiles; ++n) {
         if (n < n_active) b[n] = ring.b[slot][u][n][lane];
       }
-#pragma unroll
-      for (int n = 0; n < kNTiles; ++n) {
-        if (n >= n_active) continue;
-#pragma unroll
-        for (int m = 0; m < kTilesM; ++m) {
-          const uint4& lo = a[m][0];
-          const uint4& hi = a[m][1];
-          ptx::mma_m16n8k16_bf16(acc[m][n], lo.x, hi.x, lo.y, hi.y, b[n].x, b[n].y);
-          ptx::mma_m16n8k16_bf16(acc[m][n], lo.z, hi.z, lo.w, hi.w, b[n].z, b[n].w);
-        }
-      }
+      multiply(k_begin + i * kCtaK + kUnitK * u, a, b);
     }
   }
   ptx::cp_async_wait_group<0>();  // only empty groups can remain; the ring is free again
+}
+
+// The BF16 decode GEMMs' mainloop: decode_warp_stream with
+//   acc[m][n][v] += sum over the warp's k of W[row(m, v)][k] * B[token(n, v)][k]
+// where row(m, v) = tile m's row g (v < 2) or g + 8 (v >= 2) and token(n, v) = 8 n + 2 t + v % 2.
+template <class Config>
+__device__ __forceinline__ void decode_warp_mainloop(
+    const __nv_bfloat16* const (&w_row)[DecodeTile::kTilesM][2],
+    const bool (&w_ok)[DecodeTile::kTilesM][2],
+    const __nv_bfloat16* const (&b_row)[DecodeTile::kNTiles],
+    const bool (&b_ok)[DecodeTile::kNTiles], const void* any_row, int n_active, int64_t k_total,
+    DecodeWarpRing& ring, float (&acc)[DecodeTile::kTilesM][DecodeTile::kNTiles][4]) {
+  decode_warp_stream<Config>(
+      w_row, w_ok, b_row, b_ok, any_row, n_active, k_total, ring,
+      [&](int64_t, const uint4 (&a)[DecodeTile::kTilesM][2], const uint4 (&b)[DecodeTile::kNTiles]) {
+#pragma unroll
+        for (int n = 0; n < Config::kNTiles; ++n) {
+          if (n >= n_active) continue;
+#pragma unroll
+          for (int m = 0; m < Config::kTilesM; ++m) {
+            const uint4& lo = a[m][0];
+            const uint4& hi = a[m][1];
+            ptx::mma_m16n8k16_bf16(acc[m][n], lo.x, hi.x, lo.y, hi.y, b[n].x, b[n].y);
+            ptx::mma_m16n8k16_bf16(acc[m][n], lo.z, hi.z, lo.w, hi.w, b[n].z, b[n].w);
+          }
+        }
+      });
 }
 
 // Sums the warps' accumulators into warp 0's, in ascending warp order (deterministic). All

@@ -46,4 +46,17 @@ cudaError_t launch_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, 
                              const Fp8B& w, __nv_bfloat16* y, const GemmEpilogue& epilogue,
                              bool enable_pdl, cudaStream_t stream);
 
+// The decode forms of both (kernels/sm90_decode_gemm_fp8.cuh): the same arguments and results,
+// built for a few rows per expert (the weights are streamed once per 16 rows of an expert);
+// decode_heuristics.h says when. x / a and the weights must be 16-byte aligned, else
+// cudaErrorMisalignedAddress and nothing is launched.
+cudaError_t launch_decode_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
+                                    int64_t intermediate_size, const Fp8B& w1,
+                                    __nv_bfloat16* act, const GemmEpilogue& epilogue,
+                                    bool enable_pdl, cudaStream_t stream);
+cudaError_t launch_decode_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, int64_t n,
+                                    const Fp8B& w, __nv_bfloat16* y,
+                                    const GemmEpilogue& epilogue, bool enable_pdl,
+                                    cudaStream_t stream);
+
 }  // namespace fusedmoe::detail

@@ -33,7 +33,7 @@ struct GemmEpilogue {
 
   // The kernels' fast case: no bias, and either no activation (GEMM2) or SwiGLU without
   // parameters (GEMM1 gated).
-  bool is_plain() const {
+  FUSEDMOE_HOST_DEVICE bool is_plain() const {
     if (bias != nullptr) return false;
     if (!has_activation) return true;
     return activation == Activation::kSwiglu && alpha == nullptr && beta == nullptr &&

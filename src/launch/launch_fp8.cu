@@ -3,9 +3,12 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include "decode_heuristics.h"
 #include "heuristics.h"
+#include "kernels/sm90_decode_gemm_fp8.cuh"
 #include "kernels/sm90_gemm_fp8.cuh"
 #include "kernels/sm90_quantize_fp8.cuh"
+#include "launch/decode_gemm_launch.h"
 #include "launch/fp8_gemm.h"
 #include "launch/grouped_gemm_launch.h"
 #include "launch/tensor_map.h"
@@ -55,6 +58,39 @@ kernels::GemmFp8Params make_params(const GroupedRows& rows, const Fp8A& a, int64
   params.out = out;
   params.epilogue = epilogue;
   return params;
+}
+
+
+// The FP8 decode GEMMs: kGated over act columns (w rows 2 * out_cols), else over out columns.
+template <bool kGated>
+cudaError_t launch_decode_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, const Fp8B& w,
+                              int64_t w_rows, __nv_bfloat16* out, int64_t out_cols,
+                              const GemmEpilogue& epilogue, bool enable_pdl,
+                              cudaStream_t stream) {
+  if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;
+  // 16-byte loads of a and w rows (k is a multiple of 128); out takes 2-byte stores.
+  if (!heuristics::decode_aligned_16(a.a) || !heuristics::decode_aligned_16(w.w)) {
+    return cudaErrorMisalignedAddress;
+  }
+  kernels::DecodeGemmFp8Params params;
+  params.expert_offsets = rows.expert_offsets;
+  params.num_experts = rows.num_experts;
+  params.a = a.a;
+  params.a_scale = a.scale;
+  params.scale_stride = a.scale_stride;
+  params.gather_rows = a.gather_rows;
+  params.w = w.w;
+  params.w_scale = w.scale;
+  params.w_rows = w_rows;
+  params.k = k;
+  params.out = out;
+  params.out_cols = out_cols;
+  params.epilogue = epilogue;
+  const int64_t col_slices =
+      heuristics::ceil_div_decode(out_cols, kernels::kDecodeFp8ColsPerCta<kGated>);
+  return launch_decode_gemm(kernels::sm90_decode_gemm_fp8_kernel<4, kGated>,
+                            kernels::sm90_decode_gemm_fp8_kernel<8, kGated>, params, rows,
+                            col_slices, enable_pdl, stream);
 }
 
 }  // namespace
@@ -115,6 +151,21 @@ cudaError_t launch_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, 
   params.operands.b_block_stride = Config::kBlockN;
   params.operands.b_box_stride = Config::kBoxRows;
   return launch_gemm_fp8<false>(rows, params, tmap, enable_pdl, stream);
+}
+
+cudaError_t launch_decode_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
+                                    int64_t intermediate_size, const Fp8B& w1,
+                                    __nv_bfloat16* act, const GemmEpilogue& epilogue,
+                                    bool enable_pdl, cudaStream_t stream) {
+  return launch_decode_fp8<true>(rows, x, hidden_size, w1, 2 * intermediate_size, act,
+                                 intermediate_size, epilogue, enable_pdl, stream);
+}
+
+cudaError_t launch_decode_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, int64_t n,
+                                    const Fp8B& w, __nv_bfloat16* y,
+                                    const GemmEpilogue& epilogue, bool enable_pdl,
+                                    cudaStream_t stream) {
+  return launch_decode_fp8<false>(rows, a, k, w, n, y, n, epilogue, enable_pdl, stream);
 }
 
 }  // namespace fusedmoe::detail

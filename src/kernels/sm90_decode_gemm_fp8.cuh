@@ -1,0 +1,192 @@
+// The FP8 decode GEMMs: the few-rows-per-expert form of kernels/sm90_gemm_fp8.cuh, same math
+// (docs/fp8.md), on the BF16 decode GEMMs' stream (kernels/sm90_decode_mainloop.cuh):
+//   kGated true  (GEMM1 + a gated activation): a = e4m3 x [T, H] gathered by gather_rows, w =
+//     w1 [E_loc, 2I, H]; out = act [max_rows, I] bf16. CTA x takes act columns [16 x, 16 x + 16):
+//     its m16 tile m holds up rows j0 + 8 m .. +8 as fragment rows 0..7 and the matching gate rows
+//     I + j0 + 8 m .. as rows 8..15 (the BF16 decode GEMM1's pairing), so the activation is
+//     computed in registers.
+//   kGated false (GEMM2, and GEMM1 of a non-gated activation): a = e4m3 act [*, I] (or x
+//     gathered), w = w2 [E_loc, H, I] (or w1); out = y [max_rows, H]. CTA x takes output
+//     columns [32 x, 32 x + 32).
+// K runs in 64-byte units (64 e4m3) interleaved over the warps; each unit is two mma m16n8k32
+// e4m3 from zero, promoted at once into the fp32 sums:
+//   acc = fma(sa[token] * sw[row block], unit_sum, acc)
+// with the scales of the 128-deep block the unit lies in (a unit never straddles one). That is
+// the reference's block-promoted sum split in halves; the warps' sums are then added in
+// ascending warp order (deterministic). Scales: a_scale group-major [K / 128, scale_stride]
+// (row = gather_rows[p] or p); w_scale [E_loc, rows / 128, K / 128]; both L1-cached loads.
+// Epilogue (warp 0): the expert's bias and the activation of `epilogue`, 2-byte bf16 stores.
+// Grid and warps as the BF16 decode GEMMs (launch/decode_gemm_launch.h).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "device/decode_ptx.cuh"
+#include "device/ptx.cuh"
+#include "kernels/sm90_decode_mainloop.cuh"
+#include "launch/gemm_epilogue.h"
+
+namespace fusedmoe::kernels {
+
+struct DecodeGemmFp8Params {
+  const int32_t* expert_offsets;  // [E_loc + 1]
+  int32_t num_experts;            // E_loc
+  const uint8_t* a;               // [*, k] e4m3: the token rows
+  const float* a_scale;           // [k / 128, scale_stride]
+  int64_t scale_stride;
+  const int32_t* gather_rows;     // [max_rows], or nullptr (row p of a is p)
+  const uint8_t* w;               // [E_loc, w_rows, k] e4m3
+  const float* w_scale;           // [E_loc, w_rows / 128, k / 128]
+  int64_t w_rows;                 // 2I (gated) or the output columns
+  int64_t k;                      // a multiple of 128
+  __nv_bfloat16* out;             // [max_rows, out_cols]
+  int64_t out_cols;               // I (gated) or the output columns
+  detail::GemmEpilogue epilogue;
+};
+
+// Output columns per CTA.
+template <bool kGated>
+constexpr int kDecodeFp8ColsPerCta = kGated ? 8 * DecodeTile::kTilesM : DecodeTile::kRowsM;
+
+// silu as the other GEMM1 fast paths compute it.
+__device__ __forceinline__ float decode_fp8_silu(float v) {
+  return __fdividef(v, 1.0f + __expf(-v));
+}
+
+template <int kWarps, bool kGated>
+__global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
+                                  DecodeGemmConfig<kWarps>::kMinCtasPerSm)
+    sm90_decode_gemm_fp8_kernel(const DecodeGemmFp8Params params) {
+  using Config = DecodeGemmConfig<kWarps>;
+  constexpr int kTilesM = Config::kTilesM, kNTiles = Config::kNTiles;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
+
+  // ---- prologue: which expert, which rows -----------------------------------------------------
+  ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and the quantised a come earlier
+  ptx::griddepcontrol_launch_dependents();
+  const int32_t expert =
+      find_nonempty_expert(params.expert_offsets, params.num_experts, int32_t(blockIdx.y), smem);
+  if (expert < 0) return;
+  const int32_t row_begin = params.expert_offsets[expert];
+  const int32_t row_end = params.expert_offsets[expert + 1];
+  const int64_t k = params.k, k_blocks = k / 128, out_cols = params.out_cols;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t col0 = int64_t(blockIdx.x) * kDecodeFp8ColsPerCta<kGated>;
+
+  // This lane's weight rows (tile m, half h = fragment rows g / g + 8). The CTA's columns lie in
+  // one 128-row scale block (16 or 32 columns from a multiple of 16), so half h's scale row is the
+  // CTA's: up and gate blocks (gated), or the one block twice.
+  const uint8_t* w_row[kTilesM][2];
+  bool w_ok[kTilesM][2];
+  const uint8_t* w_expert = params.w + int64_t(expert) * params.w_rows * k;
+  const float* scale_expert = params.w_scale + int64_t(expert) * (params.w_rows / 128) * k_blocks;
+  const float* w_scale_row[2] = {scale_expert + (col0 / 128) * k_blocks,
+                                 scale_expert + ((kGated ? col0 + out_cols : col0) / 128) * k_blocks};
+#pragma unroll
+  for (int m = 0; m < kTilesM; ++m) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // gated: up row j (h = 0) and gate row I + j (h = 1) of act column j = col0 + 8 m + g;
+      // else output column col0 + 16 m + 8 h + g.
+      const int64_t col = kGated ? col0 + 8 * m + g : col0 + 16 * m + 8 * h + g;
+      const int64_t row = kGated ? col + h * out_cols : col;
+      w_ok[m][h] = col < out_cols;
+      w_row[m][h] = w_expert + (w_ok[m][h] ? row : 0) * k;
+    }
+  }
+  const bool plain = params.epilogue.is_plain();
+
+  // ---- mainloop over chunks of rows -------------------------------------------------------------
+  for (int32_t chunk = row_begin; chunk < row_end; chunk += Config::kChunkRows) {
+    const int n_active = (min(Config::kChunkRows, row_end - chunk) + 7) / 8;
+    const auto a_row_of = [&](int32_t p) -> int64_t {
+      return params.gather_rows != nullptr ? params.gather_rows[p] : p;
+    };
+    const uint8_t* b_row[kNTiles];  // a row of token 8 n + g of the chunk
+    bool b_ok[kNTiles];
+    // The a rows of the tokens of this lane's accumulator columns, 8 n + 2 t + v (-1: none).
+    int32_t token_row[kNTiles][2];
+#pragma unroll
+    for (int n = 0; n < kNTiles; ++n) {
+      const int32_t p = chunk + 8 * n + g;
+      b_ok[n] = p < row_end;
+      b_row[n] = params.a + (b_ok[n] ? a_row_of(p) * k : 0);
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        const int32_t q = chunk + 8 * n + 2 * t + v;
+        token_row[n][v] = q < row_end ? static_cast<int32_t>(a_row_of(q)) : -1;
+      }
+    }
+    float acc[kTilesM][kNTiles][4] = {};
+    decode_warp_stream<Config>(
+        w_row, w_ok, b_row, b_ok, params.a, n_active, k, smem.ring[threadIdx.x / 32],
+        [&](int64_t k0, const uint4 (&a)[kTilesM][2], const uint4 (&b)[kNTiles]) {
+          const int64_t block = k0 / 128;
+          const float weight_scale[2] = {w_scale_row[0][block], w_scale_row[1][block]};
+          const float* a_scale_block = params.a_scale + block * params.scale_stride;
+#pragma unroll
+          for (int n = 0; n < kNTiles; ++n) {
+            if (n >= n_active) continue;
+            float scale_a[2];
+#pragma unroll
+            for (int v = 0; v < 2; ++v) {
+              scale_a[v] = token_row[n][v] >= 0 ? a_scale_block[token_row[n][v]] : 0.0f;
+            }
+#pragma unroll
+            for (int m = 0; m < kTilesM; ++m) {
+              const uint4& lo = a[m][0];
+              const uint4& hi = a[m][1];
+              float unit[4];
+              ptx::mma_m16n8k32_e4m3(unit, lo.x, hi.x, lo.y, hi.y, b[n].x, b[n].y);
+              ptx::mma_m16n8k32_e4m3_acc(unit, lo.z, hi.z, lo.w, hi.w, b[n].z, b[n].w);
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+#pragma unroll
+                for (int v = 0; v < 2; ++v) {
+                  acc[m][n][2 * h + v] = fmaf(weight_scale[h] * scale_a[v], unit[2 * h + v],
+                                              acc[m][n][2 * h + v]);
+                }
+              }
+            }
+          }
+        });
+    decode_reduce_warps(acc, smem);
+
+    // ---- epilogue: bias, activation, bf16, masked stores (warp 0) -----------------------------
+    if (threadIdx.x >= 32) continue;
+    const detail::GemmEpilogue& epi = params.epilogue;
+#pragma unroll
+    for (int m = 0; m < kTilesM; ++m) {
+#pragma unroll
+      for (int h = 0; h < (kGated ? 1 : 2); ++h) {
+        if (!w_ok[m][h]) continue;
+        const int64_t col = kGated ? col0 + 8 * m + g : col0 + 16 * m + 8 * h + g;
+        const float bias = epi.bias_at(expert, col);
+        const float gate_bias = kGated ? epi.bias_at(expert, out_cols + col) : 0.0f;
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+          for (int v = 0; v < 2; ++v) {
+            const int32_t p = chunk + 8 * n + 2 * t + v;
+            if (p >= row_end) continue;
+            float out;
+            if constexpr (kGated) {  // acc[..][v]: up, acc[..][2 + v]: gate
+              const float up = acc[m][n][v] + bias, gate = acc[m][n][2 + v] + gate_bias;
+              out = plain ? decode_fp8_silu(gate) * up
+                          : activation::gated(epi.activation, gate, up, epi.params(expert));
+            } else {
+              out = acc[m][n][2 * h + v] + bias;
+              if (epi.has_activation) out = activation::plain(epi.activation, out);
+            }
+            params.out[int64_t(p) * out_cols + col] = __float2bfloat16_rn(out);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace fusedmoe::kernels
