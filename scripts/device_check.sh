@@ -82,13 +82,14 @@ if [[ "${FUSEDMOE_SOAK:-0}" == 1 ]]; then
   fi
 fi
 
-# ---- 3. SASS: HGMMA instructions per kernel (a GEMM without them is on a slow path) -------------
+# ---- 3. SASS: wgmma instructions per kernel (HGMMA bf16, QGMMA e4m3; a grouped GEMM without them
+# is on a slow path; the decode GEMMs use mma.sync, HMMA, by design) ------------------------------
 cuobjdump --dump-sass "$BUILD/libfusedmoe.a" 2>/dev/null | awk '
   /Function :/ { name = $3; seen[name] = 1 }
-  /HGMMA/ { count[name]++ }
+  /[HQ]GMMA/ { count[name]++ }
   END { for (f in seen) printf "%6d %s\n", count[f] + 0, f }' | sort -rn > "$OUT/sass_hgmma.txt"
 while read -r count name; do
-  case "$name" in *gemm*) note "HGMMA $count in $(c++filt <<< "$name" | cut -c1-100)";; esac
+  case "$name" in *gemm*) note "wgmma $count in $(c++filt <<< "$name" | cut -c1-100)";; esac
 done < "$OUT/sass_hgmma.txt"
 [[ -s "$OUT/sass_hgmma.txt" ]] || note "sass: no kernels found in $BUILD/libfusedmoe.a"
 
