@@ -123,6 +123,7 @@ if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]]; then
     -k "$python_select" 2>/dev/null | grep '::')
   (( ${#python_ids[@]} )) || echo "sanitize: no Python GPU test collected (is fusedmoe installed?)" >&2
 fi
+echo "sanitize: ${#python_ids[@]} Python GPU tests in $python_shards processes"
 sanitize_python() {
   local tool=$1 shard=$2 options=(--kernel-name kns=fusedmoe) log rc n w ran ids=() i
   log="$out/$tool.python.$shard.log"
@@ -199,6 +200,11 @@ for tool in "${tools[@]}"; do
   summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables x $shards shards + pytest, $failed failed, $timeouts timed out")
   (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
 done
+# Asked for the Python tests but collected none: say so and fail, rather than report them clean.
+if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]] && (( ${#python_ids[@]} == 0 )); then
+  summary+=("python: no GPU test collected (is the fusedmoe package installed?): FAILED")
+  status=1
+fi
 
 echo
 echo "================ sanitize summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)) ================"
