@@ -138,8 +138,13 @@ sanitize_python() {
   n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
   w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
   ran=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+')
-  # pytest's failures count as a failed test; its summary line is "N passed, M skipped ...".
-  if grep -Eq '[0-9]+ (failed|error)' "$log"; then echo "[  FAILED  ] pytest" >> "$log"; fi
+  # pytest's failures count as a failed test. Its summary line is "N failed, M passed, ... in
+  # S s" (read only that line: the sanitizer's "ERROR SUMMARY: 0 errors" must not count).
+  local result_line
+  result_line=$(grep -E '^(=+ )?(([0-9]+ (passed|failed|skipped|deselected|errors?|warnings?|xfailed|xpassed),? )+|no tests ran )in [0-9.]+s' "$log" | tail -1)
+  if [[ -z $result_line || $result_line =~ [0-9]+\ (failed|errors?) ]]; then
+    echo "[  FAILED  ] pytest" >> "$log"
+  fi
   echo "$n $w ${ran:-0} $rc" > "$out/$tool.python.$shard.result"
 }
 
