@@ -26,7 +26,9 @@
 #                                      (python3 -m pytest over FUSEDMOE_SANITIZE_PYTESTS, default
 #                                      the GPU test files), the installed fusedmoe package; 0: not
 #   FUSEDMOE_SANITIZE_PYTHON_SHARDS    processes the Python tests are split into (default 6;
-#                                      racecheck over all of them in one process ran past 510 s)
+#                                      racecheck over all of them in one process ran past 510 s);
+#                                      like the C++ tests they run capped sizes under racecheck,
+#                                      synccheck and initcheck (FUSEDMOE_TEST_SANITIZER_SIZES)
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -116,24 +118,31 @@ sanitize_one() {
 pytests="${FUSEDMOE_SANITIZE_PYTESTS:-tests/python/test_gpu.py tests/python/test_expert_mlp.py tests/python/test_concurrency.py}"
 python_select="cuda or gpu or stream or thread or graph or steady"
 python_shards="${FUSEDMOE_SANITIZE_PYTHON_SHARDS:-6}"
-python_ids=()
+# Their ids at full sizes (memcheck) and at the capped sizes of the other tools
+# (FUSEDMOE_TEST_SANITIZER_SIZES, reference_moe.sanitizer_size: the ids name the sizes).
+python_ids_full=() python_ids_capped=()
 if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]]; then
   # shellcheck disable=SC2086
-  mapfile -t python_ids < <(python3 -m pytest $pytests -q -p no:cacheprovider --collect-only \
-    -k "$python_select" 2>/dev/null | grep '::')
-  (( ${#python_ids[@]} )) || echo "sanitize: no Python GPU test collected (is fusedmoe installed?)" >&2
+  mapfile -t python_ids_full < <(FUSEDMOE_TEST_SANITIZER_SIZES=0 python3 -m pytest $pytests -q \
+    -p no:cacheprovider --collect-only -k "$python_select" 2>/dev/null | grep '::')
+  # shellcheck disable=SC2086
+  mapfile -t python_ids_capped < <(FUSEDMOE_TEST_SANITIZER_SIZES=1 python3 -m pytest $pytests -q \
+    -p no:cacheprovider --collect-only -k "$python_select" 2>/dev/null | grep '::')
+  (( ${#python_ids_full[@]} )) || echo "sanitize: no Python GPU test collected (is fusedmoe installed?)" >&2
 fi
-echo "sanitize: ${#python_ids[@]} Python GPU tests in $python_shards processes"
+echo "sanitize: ${#python_ids_full[@]} Python GPU tests in $python_shards processes"
 sanitize_python() {
-  local tool=$1 shard=$2 options=(--kernel-name kns=fusedmoe) log rc n w ran ids=() i
+  local tool=$1 shard=$2 options=(--kernel-name kns=fusedmoe) log rc n w ran ids=() i sizes=1
+  local all_ids=("${python_ids_capped[@]}")
+  [[ $tool == memcheck ]] && { sizes=0; all_ids=("${python_ids_full[@]}"); }
   log="$out/$tool.python.$shard.log"
-  for ((i = shard; i < ${#python_ids[@]}; i += python_shards)); do ids+=("${python_ids[i]}"); done
+  for ((i = shard; i < ${#all_ids[@]}; i += python_shards)); do ids+=("${all_ids[i]}"); done
   (( ${#ids[@]} )) || { echo "skipped" > "$out/$tool.python.$shard.result"; return; }
   [[ $tool == initcheck ]] && options=()
   [[ $tool == racecheck ]] && options+=(--racecheck-report all)
   [[ $tool == memcheck ]] && options+=(--leak-check no)
-  timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" --print-limit 50 \
-    python3 -m pytest "${ids[@]}" -q -p no:cacheprovider > "$log" 2>&1
+  FUSEDMOE_TEST_SANITIZER_SIZES=$sizes timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" \
+    --print-limit 50 python3 -m pytest "${ids[@]}" -q -p no:cacheprovider > "$log" 2>&1
   rc=$?
   n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
   w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
@@ -206,7 +215,7 @@ for tool in "${tools[@]}"; do
   (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
 done
 # Asked for the Python tests but collected none: say so and fail, rather than report them clean.
-if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]] && (( ${#python_ids[@]} == 0 )); then
+if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]] && (( ${#python_ids_full[@]} == 0 )); then
   summary+=("python: no GPU test collected (is the fusedmoe package installed?): FAILED")
   status=1
 fi

@@ -20,6 +20,24 @@ def fresh_generator() -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def sanitizer_size(size: int, cap: int) -> int:
+    """A hidden or intermediate size as the GPU tests use it. Under FUSEDMOE_TEST_SANITIZER_SIZES=1
+    (scripts/sanitize.sh sets it for racecheck, synccheck and initcheck) a size above ``cap``
+    becomes cap + size % 128, the rule of the C++ GPU tests (tests/common/gpu_buffers.h): the
+    same tails of the 128-, 64- and 8-wide tiles, with tokens, experts and top-k kept, and a tenth
+    to a hundredth of the GEMM work. Otherwise the size is returned unchanged."""
+    shrink = os.environ.get("FUSEDMOE_TEST_SANITIZER_SIZES") == "1"
+    return cap + size % 128 if shrink and size > cap else size
+
+
+def sanitizer_hidden_size(size: int) -> int:
+    return sanitizer_size(size, 256)
+
+
+def sanitizer_intermediate_size(size: int) -> int:
+    return sanitizer_size(size, 128)
+
+
 @dataclass
 class Problem:
     """One random MoE problem on the CPU (bf16 inputs), moved to a device with ``to``."""

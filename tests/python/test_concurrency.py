@@ -41,10 +41,14 @@ def _routed_input(problem, method, packed, fp32):
 # (name, T, H, I, E, method, routed input, do_finalize): decode and prefill GEMMs, the one-CTA and
 # the three-kernel sort, logits, packed and unpacked fp32 routing, do_finalize both ways.
 CASES = [
-    ("decode_logits", 4, 1024, 512, 64, 1, None, True),
-    ("prefill_logits_dsv3", 512, 2048, 768, 128, 2, None, True),
-    ("prefill_packed_unfinalized", 989, 1024, 256, 32, 1, "packed", False),
-    ("decode_unpacked_fp32_unfinalized", 16, 2880, 192, 16, 0, "fp32", False),
+    (name, T, ref.sanitizer_hidden_size(H), ref.sanitizer_intermediate_size(I), E, method, routed,
+     finalize)
+    for name, T, H, I, E, method, routed, finalize in [
+        ("decode_logits", 4, 1024, 512, 64, 1, None, True),
+        ("prefill_logits_dsv3", 512, 2048, 768, 128, 2, None, True),
+        ("prefill_packed_unfinalized", 989, 1024, 256, 32, 1, "packed", False),
+        ("decode_unpacked_fp32_unfinalized", 16, 2880, 192, 16, 0, "fp32", False),
+    ]
 ]
 
 

@@ -19,7 +19,8 @@ ACTIVATIONS = [0, 1, 2, 3, 4, 6, 7, 8]
 # leaves a partial 128-column tile.
 SHAPES = {
     "cpu": [(19, 256, 128, 8, 2)],
-    "cuda": [(4, 512, 256, 16, 2), (300, 512, 264, 4, 2)],
+    "cuda": [(T, ref.sanitizer_hidden_size(H), ref.sanitizer_intermediate_size(I), E, K)
+             for T, H, I, E, K in [(4, 512, 256, 16, 2), (300, 512, 264, 4, 2)]],
 }
 
 

@@ -15,9 +15,8 @@ from moe_cases import METHOD_PARAMS, replay_buffer, routing_kwargs, run_logits, 
 pytestmark = requires_hopper
 
 SHAPES = [  # (T, H, I, E): ragged T, H off the tile multiple (2880), one expert-heavy case
-    (1, 256, 128, 16),
-    (19, 2880, 192, 16),
-    (989, 1024, 256, 32),
+    (T, ref.sanitizer_hidden_size(H), ref.sanitizer_intermediate_size(I), E)
+    for T, H, I, E in [(1, 256, 128, 16), (19, 2880, 192, 16), (989, 1024, 256, 32)]
 ]
 
 
