@@ -57,10 +57,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
     const device::WarpBlock block(consumer_idx);
     const bool out_aligned = reinterpret_cast<uintptr_t>(params.out) % 16 == 0;
     const detail::GemmEpilogue& epi = params.epilogue;
-    const bool plain = epi.bias == nullptr && (!epi.has_activation ||
-                                               (epi.activation == Activation::kSwiglu &&
-                                                epi.alpha == nullptr && epi.beta == nullptr &&
-                                                epi.clamp_limit == nullptr));
+    const bool plain = epi.is_plain();
     device::GroupedTileScheduler<Config::kBlockM> scheduler(op.expert_offsets, op.num_experts,
                                                             op.num_n_blocks);
     device::Fp8PipelineState pipe;
