@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""A/B(/C...) of FP8 operator builds in one device call (experiment; issue 18).
+
+Each build is a cp312 wheel (scripts/prebuild_device.sh makes one in build-carry/wheel); each is
+installed into its own directory and run in its own process, so two builds of the same package
+never meet in one interpreter. Per build and round (rounds alternate A B A B, for drift), a worker
+times `trtllm_fp8_block_scale_moe` at every (model, T) as bench/bench_fp8.py does (the same
+weights and inputs, CUDA-graph replay, cold L2), dumps each output, and lists the CUDA kernels of
+one eager call with their times (torch.profiler). The driver then prints, per point, each
+build's median time over its rounds, its ratio to the first build's, and whether its output is
+bitwise the first build's; and per point and build, the three longest kernels.
+
+  python3 dev/ab_fp8.py --wheel base=.ab-base/fusedmoe.whl --wheel new=build-carry/wheel/*.whl \
+      --models qwen3-30b-a3b,deepseek-v3 --tokens 256,4096,16384 [--rounds 2] [--out DIR]
+The baseline's wheel: check out the baseline, run scripts/prebuild_device.sh and copy
+build-carry/wheel/*.whl aside (e.g. build-carry/base/) before building the change.
+
+Exit status 1 if a build's output differs from the first build's anywhere (pass --allow-diff
+when a change is meant to change the bits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker: one build, one round
+# ------------------------------------------------------------------------------------------------
+def worker(args) -> int:
+    import torch  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_fp8  # noqa: PLC0415
+    import bench_moe as bm  # noqa: PLC0415
+    import fusedmoe  # noqa: PLC0415
+    from fusedmoe import fp8  # noqa: PLC0415
+    from timing import Timer  # noqa: PLC0415
+
+    timer = Timer(args.warmup, args.reps)
+    dump = Path(args.dump)
+    dump.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.models:
+        model = bm.MODELS[name]
+        w1, s1, w2, s2 = bench_fp8.make_fp8_weights(fp8, model, "cuda",
+                                                    seed=list(bm.MODELS).index(name))
+        for num_tokens in args.tokens:
+            logits, bias, x = bm.make_inputs(model, num_tokens, "cuda", seed=2000 + num_tokens)
+
+            def call():
+                return fusedmoe.trtllm_fp8_block_scale_moe(
+                    logits, bias, x, None, w1, s1, w2, s2, model.experts, model.top_k,
+                    model.n_group or None, model.topk_group or None, model.inter, 0,
+                    model.experts, model.scale, routing_method_type=model.method)
+
+            out = call()
+            torch.save(out.cpu(), dump / f"{name}_{num_tokens}.pt")
+            graph, _ = timer.capture(call)
+            us = timer.time_graph(graph)
+            del graph
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                call()
+                torch.cuda.synchronize()
+            kernels = sorted(((e.key, e.device_time_total) for e in prof.key_averages()
+                              if e.device_time_total > 0), key=lambda kv: -kv[1])
+            rows.append({"model": name, "T": num_tokens, "us": us,
+                         "kernels": [[k, t] for k, t in kernels[:6]]})
+            print(f"{fusedmoe.__file__}: {name} T={num_tokens}: {us:.1f} us", flush=True)
+        del w1, s1, w2, s2
+        torch.cuda.empty_cache()
+    Path(args.result).write_text(json.dumps({"device": torch.cuda.get_device_name(),
+                                             "rows": rows}))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------------
+def short_kernel(name: str) -> str:
+    """void fusedmoe::kernels::sm90_gemm_fp8_kernel<true, false>(...) -> sm90_gemm_fp8_kernel<true, false>."""
+    return name.split("(")[0].removeprefix("void ").replace("fusedmoe::kernels::", "")
+
+
+def driver(args) -> int:
+    import torch  # noqa: PLC0415
+
+    builds = []
+    for spec in args.wheel:
+        label, _, pattern = spec.partition("=")
+        wheels = sorted(glob.glob(pattern))
+        if not label or len(wheels) != 1:
+            print(f"--wheel {spec}: want LABEL=PATH matching one wheel, found {wheels}")
+            return 2
+        site = Path(args.work) / f"site_{label}"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                        "--upgrade", "--target", str(site), wheels[0]], check=True)
+        builds.append((label, site))
+    print(f"device {torch.cuda.get_device_name()} | builds: "
+          + ", ".join(f"{label} ({spec.partition('=')[2]})" for (label, _), spec in zip(builds, args.wheel)))
+    results = {label: [] for label, _ in builds}
+    for round_ in range(args.rounds):
+        for label, site in builds:
+            result = Path(args.out) / f"ab_fp8_{label}_{round_}.json"
+            env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+            cmd = [sys.executable, __file__, "--worker", "--models", ",".join(args.models),
+                   "--tokens", ",".join(map(str, args.tokens)), "--dump",
+                   str(Path(args.work) / f"dump_{label}"), "--result", str(result),
+                   "--warmup", str(args.warmup), "--reps", str(args.reps)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{label} round {round_}: FAILED\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+                return 1
+            results[label].append(json.loads(result.read_text())["rows"])
+    base = builds[0][0]
+    differing = []
+    print(f"{'model':<16}{'T':>7} | " + " | ".join(f"{label:>10}{'x ' + base:>9}{'bits':>6}"
+                                                    for label, _ in builds))
+    for index, row in enumerate(results[base][0]):
+        key = f"{row['model']}_{row['T']}.pt"
+        ref = torch.load(Path(args.work) / f"dump_{base}" / key)
+        base_us = statistics.median(r[index]["us"] for r in results[base])
+        cells = []
+        for label, _ in builds:
+            us = statistics.median(r[index]["us"] for r in results[label])
+            same = torch.equal(torch.load(Path(args.work) / f"dump_{label}" / key), ref)
+            if not same:
+                differing.append((label, row["model"], row["T"]))
+            cells.append(f"{us:>10.1f}{base_us / us:>9.3f}{'same' if same else 'DIFF':>6}")
+        print(f"{row['model']:<16}{row['T']:>7} | " + " | ".join(cells))
+    print("longest kernels of one eager call (us), round 0:")
+    for index, row in enumerate(results[base][0]):
+        for label, _ in builds:
+            kernels = results[label][0][index]["kernels"][:3]
+            print(f"  {row['model']:<16}{row['T']:>7} {label:>10}: "
+                  + ", ".join(f"{short_kernel(k)} {t:.1f}" for k, t in kernels))
+    if differing:
+        print(f"outputs differing from {base}'s: {differing}")
+    return 1 if differing and not args.allow_diff else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--wheel", action="append", default=[], help="LABEL=WHEEL (first: baseline)")
+    parser.add_argument("--models", default="qwen3-30b-a3b")
+    parser.add_argument("--tokens", default="256,4096,16384")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--out", default=os.environ.get("OUT", "build-device/ab_fp8"),
+                        help="the workers' JSON results (default $OUT)")
+    parser.add_argument("--work", default="/tmp/ab_fp8", help="installed builds and output dumps")
+    parser.add_argument("--allow-diff", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dump", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.models = args.models.split(",")
+    args.tokens = [int(t) for t in args.tokens.split(",")]
+    if args.worker:
+        return worker(args)
+    if len(args.wheel) < 1:
+        parser.error("--wheel LABEL=WHEEL at least once")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
