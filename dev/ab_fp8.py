@@ -123,6 +123,8 @@ def driver(args) -> int:
                 print(f"{label} round {round_}: FAILED\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
                 return 1
             results[label].append(json.loads(result.read_text())["rows"])
+            if round_ == 0:  # which package the worker imported
+                print(f"{label}: {done.stdout.splitlines()[0].split(': ')[0]}")
     base = builds[0][0]
     differing = []
     print(f"{'model':<16}{'T':>7} | " + " | ".join(f"{label:>10}{'x ' + base:>9}{'bits':>6}"
