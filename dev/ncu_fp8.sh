@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ncu detail of the FP8 grouped GEMMs (experiment; issue 18): speed of light, tensor pipe
 # (wgmma) activity, L2 and DRAM bytes, occupancy and warp stall reasons of the first GEMM1 and
-# GEMM2 launch of one eager FP8 call (dev/ab_fp8.py's worker) at one point, for each wheel given.
+# GEMM2 launch of one eager FP8 call (dev/ab_wheels.py's worker) at one point, for each wheel given.
 # Usage (device): dev/ncu_fp8.sh MODEL T LABEL=WHEEL [LABEL=WHEEL ...]
 #   e.g. dev/ncu_fp8.sh qwen3-30b-a3b 4096 base=build-carry/base/*.whl new=build-carry/wheel/*.whl
 set -uo pipefail
@@ -24,7 +24,7 @@ for spec in "$@"; do
     --launch-count 2 --metrics "$metrics" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section SchedulerStats \
-    python3 dev/ab_fp8.py --worker --models "$model" --tokens "$tokens" --warmup 1 --reps 1 \
+    python3 dev/ab_wheels.py --worker --models "$model" --tokens "$tokens" --warmup 1 --reps 1 \
     --dump "$work/dump_$label" --result "$work/result_$label.json" 2>&1 |
     grep -vE '^\s*$|^==PROF==|----' |
     grep -E 'sm90_|Duration|gmma|lts__t|dram__bytes|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers|Waves Per SM|Stall|stall|cycles being stalled|Issued Warp|No Eligible|Active Warps|Eligible Warps|L2 Hit|Mem Busy|Max Bandwidth|warp.*spent|Est\. Speedup' |

@@ -123,6 +123,7 @@ if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]]; then
     -k "$python_select" 2>/dev/null | grep '::')
   (( ${#python_ids[@]} )) || echo "sanitize: no Python GPU test collected (is fusedmoe installed?)" >&2
 fi
+echo "sanitize: ${#python_ids[@]} Python GPU tests in $python_shards processes"
 sanitize_python() {
   local tool=$1 shard=$2 options=(--kernel-name kns=fusedmoe) log rc n w ran ids=() i
   log="$out/$tool.python.$shard.log"
@@ -137,8 +138,13 @@ sanitize_python() {
   n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
   w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
   ran=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | grep -Eo '[0-9]+')
-  # pytest's failures count as a failed test; its summary line is "N passed, M skipped ...".
-  if grep -Eq '[0-9]+ (failed|error)' "$log"; then echo "[  FAILED  ] pytest" >> "$log"; fi
+  # pytest's failures count as a failed test. Its summary line is "N failed, M passed, ... in
+  # S s" (read only that line: the sanitizer's "ERROR SUMMARY: 0 errors" must not count).
+  local result_line
+  result_line=$(grep -E '^(=+ )?(([0-9]+ (passed|failed|skipped|deselected|errors?|warnings?|xfailed|xpassed),? )+|no tests ran )in [0-9.]+s' "$log" | tail -1)
+  if [[ -z $result_line || $result_line =~ [0-9]+\ (failed|errors?) ]]; then
+    echo "[  FAILED  ] pytest" >> "$log"
+  fi
   echo "$n $w ${ran:-0} $rc" > "$out/$tool.python.$shard.result"
 }
 
@@ -199,6 +205,11 @@ for tool in "${tools[@]}"; do
   summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables x $shards shards + pytest, $failed failed, $timeouts timed out")
   (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
 done
+# Asked for the Python tests but collected none: say so and fail, rather than report them clean.
+if [[ ${FUSEDMOE_SANITIZE_PYTHON:-1} == 1 ]] && (( ${#python_ids[@]} == 0 )); then
+  summary+=("python: no GPU test collected (is the fusedmoe package installed?): FAILED")
+  status=1
+fi
 
 echo
 echo "================ sanitize summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)) ================"

@@ -16,6 +16,13 @@
 
 namespace fusedmoe::device {
 
+// silu(v) = v / (1 + exp(-v)) with the fast exp and divide, as every plain SwiGLU epilogue
+// (prefill and decode, BF16 and FP8) computes it, so that all paths round alike: 4 instructions
+// instead of ~40 for expf and IEEE division (GEMM1 gained 5-6 % with this and the n256 wgmma:
+// bench/NOTES.md step 2); the difference, a few fp32 ulp, vanishes in the bf16 rounding of act.
+// v < -88: exp(-v) = inf and the result is -0.
+__device__ __forceinline__ float silu_fast(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+
 constexpr int kStagingBytesPerWarp = 16 * 256;
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 
+#include "device/epilogue.cuh"
 #include "device/ptx.cuh"
 #include "kernels/sm90_decode_mainloop.cuh"
 #include "launch/gemm_epilogue.h"
@@ -44,8 +45,6 @@ struct DecodeGemm1Params {
 // Act columns per CTA: a tile's 16 rows are 8 up + 8 gate rows.
 constexpr int kDecodeGemm1ColsPerCta = 8 * DecodeTile::kTilesM;
 
-// The fast silu of the prefill GEMM1 (sm90_gemm1_swiglu.cuh), so both paths round alike.
-__device__ __forceinline__ float decode_silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
 // kGeneral: the general epilogue (bias, any gated activation) instead of the plain SwiGLU.
 template <int kWarps, bool kGeneral>
@@ -57,13 +56,9 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
-  ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and x come from earlier kernels
-  ptx::griddepcontrol_launch_dependents();
-  const int32_t expert =
-      find_nonempty_expert(params.expert_offsets, params.num_experts, int32_t(blockIdx.y), smem);
-  if (expert < 0) return;
-  const int32_t row_begin = params.expert_offsets[expert];
-  const int32_t row_end = params.expert_offsets[expert + 1];
+  DecodeExpertRows rows;
+  if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) return;
+  const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
   const int64_t h = params.hidden_size, inter = params.intermediate_size;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t j0 = int64_t(blockIdx.x) * kDecodeGemm1ColsPerCta;
@@ -120,7 +115,7 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
             a = activation::gated(params.epilogue.activation, acc[m][n][2 + v] + gate_bias,
                                   acc[m][n][v] + up_bias, act_params);
           } else {
-            a = decode_silu(acc[m][n][2 + v]) * acc[m][n][v];
+            a = device::silu_fast(acc[m][n][2 + v]) * acc[m][n][v];
           }
           params.act[int64_t(p) * inter + j] = __float2bfloat16_rn(a);
         }

@@ -61,13 +61,9 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
-  ptx::griddepcontrol_wait();  // expert_offsets and act come from earlier kernels
-  ptx::griddepcontrol_launch_dependents();
-  const int32_t expert =
-      find_nonempty_expert(params.expert_offsets, params.num_experts, int32_t(blockIdx.y), smem);
-  if (expert < 0) return;
-  const int32_t row_begin = params.expert_offsets[expert];
-  const int32_t row_end = params.expert_offsets[expert + 1];
+  DecodeExpertRows rows;
+  if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) return;
+  const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
   const int64_t h = params.hidden_size, inter = params.intermediate_size;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * kDecodeGemm2ColsPerCta;

@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "device/decode_ptx.cuh"
+#include "device/epilogue.cuh"
 #include "device/ptx.cuh"
 #include "kernels/sm90_decode_mainloop.cuh"
 #include "launch/gemm_epilogue.h"
@@ -50,10 +51,6 @@ struct DecodeGemmFp8Params {
 template <bool kGated>
 constexpr int kDecodeFp8ColsPerCta = kGated ? 8 * DecodeTile::kTilesM : DecodeTile::kRowsM;
 
-// silu as the other GEMM1 fast paths compute it.
-__device__ __forceinline__ float decode_fp8_silu(float v) {
-  return __fdividef(v, 1.0f + __expf(-v));
-}
 
 template <int kWarps, bool kGated>
 __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
@@ -65,13 +62,9 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
-  ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and the quantised a come earlier
-  ptx::griddepcontrol_launch_dependents();
-  const int32_t expert =
-      find_nonempty_expert(params.expert_offsets, params.num_experts, int32_t(blockIdx.y), smem);
-  if (expert < 0) return;
-  const int32_t row_begin = params.expert_offsets[expert];
-  const int32_t row_end = params.expert_offsets[expert + 1];
+  DecodeExpertRows rows;
+  if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) return;
+  const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
   const int64_t k = params.k, k_blocks = k / 128, out_cols = params.out_cols;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t col0 = int64_t(blockIdx.x) * kDecodeFp8ColsPerCta<kGated>;
@@ -175,7 +168,7 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
             float out;
             if constexpr (kGated) {  // acc[..][v]: up, acc[..][2 + v]: gate
               const float up = acc[m][n][v] + bias, gate = acc[m][n][2 + v] + gate_bias;
-              out = plain ? decode_fp8_silu(gate) * up
+              out = plain ? device::silu_fast(gate) * up
                           : activation::gated(epi.activation, gate, up, epi.params(expert));
             } else {
               out = acc[m][n][2 * h + v] + bias;

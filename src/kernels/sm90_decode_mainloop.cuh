@@ -129,6 +129,28 @@ __device__ __forceinline__ int32_t find_nonempty_expert(const int32_t* expert_of
   return smem.expert;
 }
 
+// The rows [begin, end) of one expert in the expert-sorted order.
+struct DecodeExpertRows {
+  int32_t expert, begin, end;
+};
+
+// The decode GEMMs' prologue: waits for the kernels before (PDL: expert_offsets and the A rows
+// come from them), lets the next kernel launch, and finds this CTA's expert (the
+// blockIdx.y-th non-empty one) and its rows. false: fewer experts have rows; the CTA exits.
+template <class Config>
+__device__ __forceinline__ bool decode_cta_expert(const int32_t* expert_offsets,
+                                                  int32_t num_experts,
+                                                  DecodeSharedStorage<Config>& smem,
+                                                  DecodeExpertRows& rows) {
+  ptx::griddepcontrol_wait();
+  ptx::griddepcontrol_launch_dependents();
+  rows.expert = find_nonempty_expert(expert_offsets, num_experts, int32_t(blockIdx.y), smem);
+  if (rows.expert < 0) return false;
+  rows.begin = expert_offsets[rows.expert];
+  rows.end = expert_offsets[rows.expert + 1];
+  return true;
+}
+
 // One warp's share of K for a (kRowsM weight rows) x (kChunkRows expert rows) block, for either
 // element type (Elem: bf16, or uint8 for the FP8 variant's e4m3 codes): streams the operands
 // through the warp's ring and calls

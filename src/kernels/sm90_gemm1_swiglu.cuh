@@ -45,11 +45,6 @@ template <bool kGeneral>
 using Gemm1SwigluParamsOf =
     std::conditional_t<kGeneral, Gemm1SwigluGeneralParams, Gemm1SwigluParams>;
 
-// silu(v) = v / (1 + exp(-v)) with the fast exp and divide: 4 instructions instead of ~40 for
-// expf and IEEE division (GEMM1 gained 5-6 % with this and the n256 wgmma, GEMM2 nothing from the
-// latter: bench/NOTES.md step 2); the difference, a few fp32 ulp, vanishes in the bf16 rounding
-// of act. v < -88: exp(-v) = inf and the result is -0.
-__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
 // The general epilogue's activation for one fixed kAct (the switch in activation::gated folds):
 // packed[i][h] = bf16 pair of act columns j0 + 8 i + 2 (lane % 4) + {0, 1} in fragment row
@@ -153,7 +148,8 @@ __global__ void __launch_bounds__(device::GroupedGemmConfig::kNumThreads, 1)
           for (int h = 0; h < 2; ++h) {
             const float* up = &acc[4 * i + 2 * h];
             const float* gate = &acc[64 + 4 * i + 2 * h];
-            packed[i][h] = device::pack_bf16x2(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+            packed[i][h] = device::pack_bf16x2(device::silu_fast(gate[0]) * up[0],
+                                                 device::silu_fast(gate[1]) * up[1]);
           }
         }
       }

@@ -29,8 +29,6 @@ struct GemmFp8Params {
   detail::GemmEpilogue epilogue;
 };
 
-// silu as the BF16 GEMM1's plain SwiGLU computes it (kernels/sm90_gemm1_swiglu.cuh).
-__device__ __forceinline__ float silu_fast(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
 template <bool kClaimTiles, bool kGated>
 __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
@@ -91,7 +89,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
             for (int h = 0; h < 2; ++h) {
               const float up = acc[4 * i + 2 * h + v] + up_bias;
               const float gate = acc[4 * (i + 8) + 2 * h + v] + gate_bias;
-              a[h][v] = plain ? silu_fast(gate) * up
+              a[h][v] = plain ? device::silu_fast(gate) * up
                               : activation::gated(epi.activation, gate, up, expert_params);
             }
           }

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""A/B(/C...) of FP8 operator builds in one device call (experiment; issue 18).
+"""A/B(/C...) of operator builds in one device call (experiment; issues 16-18).
 
 Each build is a cp312 wheel (scripts/prebuild_device.sh makes one in build-carry/wheel); each is
 installed into its own directory and run in its own process, so two builds of the same package
 never meet in one interpreter. Per build and round (rounds alternate A B A B, for drift), a worker
-times `trtllm_fp8_block_scale_moe` at every (model, T) as bench/bench_fp8.py does (the same
-weights and inputs, CUDA-graph replay, cold L2), dumps each output, and lists the CUDA kernels of
-one eager call with their times (torch.profiler). The driver then prints, per point, each
+times the operator at every (model, T): `--dtype fp8`, `trtllm_fp8_block_scale_moe` as
+bench/bench_fp8.py does; `--dtype bf16`, `trtllm_bf16_moe` from logits as bench/bench_moe.py
+does, or with `--ep` the routed call on shard 0 of 8 (E / 8 local experts, ids over all E); the
+same weights and inputs as those benchmarks, CUDA-graph replay, cold L2. It dumps each output
+and lists the CUDA kernels of one eager call with their times (torch.profiler). The driver then prints, per point, each
 build's median time over its rounds, its ratio to the first build's, and whether its output is
 bitwise the first build's; and per point and build, the three longest kernels.
 
-  python3 dev/ab_fp8.py --wheel base=.ab-base/fusedmoe.whl --wheel new=build-carry/wheel/*.whl \
-      --models qwen3-30b-a3b,deepseek-v3 --tokens 256,4096,16384 [--rounds 2] [--out DIR]
+  python3 dev/ab_wheels.py --wheel base=.ab-base/fusedmoe.whl --wheel new=build-carry/wheel/*.whl \
+      --models qwen3-30b-a3b,deepseek-v3 --tokens 256,4096,16384 [--dtype bf16 [--ep]] [--rounds 2]
 The baseline's wheel: check out the baseline, run scripts/prebuild_device.sh and copy
 build-carry/wheel/*.whl aside (e.g. build-carry/base/) before building the change.
 
@@ -44,8 +46,42 @@ def worker(args) -> int:
     import bench_fp8  # noqa: PLC0415
     import bench_moe as bm  # noqa: PLC0415
     import fusedmoe  # noqa: PLC0415
+    import routing  # noqa: PLC0415
     from fusedmoe import fp8  # noqa: PLC0415
     from timing import Timer  # noqa: PLC0415
+
+    def weights(model):
+        """The model's expert weights as the benchmarks make them (FP8: quantised)."""
+        seed = list(bm.MODELS).index(model.name)
+        if args.dtype == "fp8":
+            return bench_fp8.make_fp8_weights(fp8, model, "cuda", seed=seed)
+        num_local = model.experts // bm.EP_DEGREE if args.ep else model.experts
+        return bm.make_weights(model, num_local, "cuda", seed)
+
+    def operator(model, w, num_tokens):
+        """The call at one T, with the benchmarks' inputs."""
+        if args.dtype == "fp8":
+            logits, bias, x = bm.make_inputs(model, num_tokens, "cuda", seed=2000 + num_tokens)
+            return lambda: fusedmoe.trtllm_fp8_block_scale_moe(
+                logits, bias, x, None, *w, model.experts, model.top_k, model.n_group or None,
+                model.topk_group or None, model.inter, 0, model.experts, model.scale,
+                routing_method_type=model.method)
+        w1, w2 = w
+        logits, bias, x = bm.make_inputs(model, num_tokens, "cuda", seed=1000 + num_tokens)
+        if args.ep:
+            packed = routing.pack_topk(*bm.route_for(model, logits, bias))
+            return lambda: fusedmoe.trtllm_bf16_routed_moe(
+                topk_ids=packed, hidden_states=x, gemm1_weights=w1, gemm2_weights=w2,
+                num_experts=model.experts, top_k=model.top_k, n_group=0, topk_group=0,
+                intermediate_size=model.inter, local_expert_offset=0,
+                local_num_experts=w1.shape[0], routed_scaling_factor=1.0,
+                routing_method_type=model.method)
+        return lambda: fusedmoe.trtllm_bf16_moe(
+            routing_logits=logits, routing_bias=bias, hidden_states=x, gemm1_weights=w1,
+            gemm2_weights=w2, num_experts=model.experts, top_k=model.top_k,
+            n_group=model.n_group, topk_group=model.topk_group, intermediate_size=model.inter,
+            local_expert_offset=0, local_num_experts=w1.shape[0],
+            routed_scaling_factor=model.scale, routing_method_type=model.method)
 
     timer = Timer(args.warmup, args.reps)
     dump = Path(args.dump)
@@ -53,18 +89,11 @@ def worker(args) -> int:
     rows = []
     for name in args.models:
         model = bm.MODELS[name]
-        w1, s1, w2, s2 = bench_fp8.make_fp8_weights(fp8, model, "cuda",
-                                                    seed=list(bm.MODELS).index(name))
+        w = weights(model)
         for num_tokens in args.tokens:
-            logits, bias, x = bm.make_inputs(model, num_tokens, "cuda", seed=2000 + num_tokens)
-
-            def call():
-                return fusedmoe.trtllm_fp8_block_scale_moe(
-                    logits, bias, x, None, w1, s1, w2, s2, model.experts, model.top_k,
-                    model.n_group or None, model.topk_group or None, model.inter, 0,
-                    model.experts, model.scale, routing_method_type=model.method)
-
+            call = operator(model, w, num_tokens)
             out = call()
+            out = out[0] if isinstance(out, (list, tuple)) else out
             torch.save(out.cpu(), dump / f"{name}_{num_tokens}.pt")
             graph, _ = timer.capture(call)
             us = timer.time_graph(graph)
@@ -78,7 +107,7 @@ def worker(args) -> int:
             rows.append({"model": name, "T": num_tokens, "us": us,
                          "kernels": [[k, t] for k, t in kernels[:6]]})
             print(f"{fusedmoe.__file__}: {name} T={num_tokens}: {us:.1f} us", flush=True)
-        del w1, s1, w2, s2
+        del w
         torch.cuda.empty_cache()
     Path(args.result).write_text(json.dumps({"device": torch.cuda.get_device_name(),
                                              "rows": rows}))
@@ -112,9 +141,10 @@ def driver(args) -> int:
     results = {label: [] for label, _ in builds}
     for round_ in range(args.rounds):
         for label, site in builds:
-            result = Path(args.out) / f"ab_fp8_{label}_{round_}.json"
+            result = Path(args.out) / f"ab_{label}_{round_}.json"
             env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-            cmd = [sys.executable, __file__, "--worker", "--models", ",".join(args.models),
+            cmd = [sys.executable, __file__, "--worker", "--dtype", args.dtype,
+                   *(["--ep"] if args.ep else []), "--models", ",".join(args.models),
                    "--tokens", ",".join(map(str, args.tokens)), "--dump",
                    str(Path(args.work) / f"dump_{label}"), "--result", str(result),
                    "--warmup", str(args.warmup), "--reps", str(args.reps)]
@@ -155,14 +185,16 @@ def driver(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheel", action="append", default=[], help="LABEL=WHEEL (first: baseline)")
+    parser.add_argument("--dtype", choices=("fp8", "bf16"), default="fp8")
+    parser.add_argument("--ep", action="store_true", help="bf16: the routed call on shard 0 of 8")
     parser.add_argument("--models", default="qwen3-30b-a3b")
     parser.add_argument("--tokens", default="256,4096,16384")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--out", default=os.environ.get("OUT", "build-device/ab_fp8"),
+    parser.add_argument("--out", default=os.environ.get("OUT", "build-device/ab"),
                         help="the workers' JSON results (default $OUT)")
-    parser.add_argument("--work", default="/tmp/ab_fp8", help="installed builds and output dumps")
+    parser.add_argument("--work", default="/tmp/ab_wheels", help="installed builds and output dumps")
     parser.add_argument("--allow-diff", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dump", help=argparse.SUPPRESS)
