@@ -405,6 +405,31 @@ void expect_tail_untouched(const std::vector<uint16_t>& out, int64_t rows, int64
   }
 }
 
+// The non-gated kernel (GEMM2, or GEMM1 of a non-gated activation: relu2 on gathered rows) on an
+// exact problem: every output bitwise the bf16 rounding of the exact result.
+void expect_exact_plain_gemm(const ExactGemmProblem& problem, Fp8Kernel kernel, bool relu2) {
+  detail::GemmEpilogue epilogue;
+  epilogue.has_activation = relu2;
+  epilogue.activation = Activation::kRelu2;
+  const std::vector<uint16_t> out = run_exact_gemm(problem, false, kernel, problem.n, epilogue);
+  const std::vector<float> exact = problem.exact();
+  int64_t mismatches = 0;
+  for (int64_t p = 0; p < problem.rows(); ++p) {
+    for (int64_t c = 0; c < problem.n; ++c) {
+      float v = exact[p * problem.n + c];
+      if (relu2) v = v > 0.0f ? v * v : 0.0f;
+      const uint16_t want = detail::float_to_bf16_bits(v);
+      if (out[p * problem.n + c] != want && ++mismatches <= 5) {
+        ADD_FAILURE() << "row " << p << " (expert " << problem.expert_of(p) << ") col " << c
+                      << ": got " << detail::bf16_bits_to_float(out[p * problem.n + c])
+                      << ", want " << detail::bf16_bits_to_float(want);
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << problem.rows() * problem.n;
+  expect_tail_untouched(out, problem.rows(), problem.n);
+}
+
 TEST(GpuFp8, Gemm2KernelIsExactOnIntegerProblems) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
   uint64_t seed = 10;
@@ -412,27 +437,22 @@ TEST(GpuFp8, Gemm2KernelIsExactOnIntegerProblems) {
     for (const bool relu2 : {false, true}) {
       SCOPED_TRACE(std::string(kernel_name(kernel)) +
                    (relu2 ? ", non-gated GEMM1 (relu2, gathered)" : ", GEMM2"));
-      const ExactGemmProblem problem(512, 768, 23, /*gathered=*/relu2, ++seed);
-      detail::GemmEpilogue epilogue;
-      epilogue.has_activation = relu2;
-      epilogue.activation = Activation::kRelu2;
-      const std::vector<uint16_t> out = run_exact_gemm(problem, false, kernel, problem.n, epilogue);
-      const std::vector<float> exact = problem.exact();
-      int64_t mismatches = 0;
-      for (int64_t p = 0; p < problem.rows(); ++p) {
-        for (int64_t c = 0; c < problem.n; ++c) {
-          float v = exact[p * problem.n + c];
-          if (relu2) v = v > 0.0f ? v * v : 0.0f;
-          const uint16_t want = detail::float_to_bf16_bits(v);
-          if (out[p * problem.n + c] != want && ++mismatches <= 5) {
-            ADD_FAILURE() << "row " << p << " (expert " << problem.expert_of(p) << ") col " << c
-                          << ": got " << detail::bf16_bits_to_float(out[p * problem.n + c])
-                          << ", want " << detail::bf16_bits_to_float(want);
-          }
-        }
-      }
-      EXPECT_EQ(mismatches, 0) << "of " << problem.rows() * problem.n;
-      expect_tail_untouched(out, problem.rows(), problem.n);
+      expect_exact_plain_gemm(ExactGemmProblem(512, 768, 23, /*gathered=*/relu2, ++seed), kernel,
+                              relu2);
+    }
+  }
+}
+
+// K of 1, 2, 3 and 5 blocks of 128: the mainloop's first, last and odd/even K blocks (its
+// promotions run one block behind the wgmmas) each end up in the sum exactly once, in order.
+TEST(GpuFp8, Gemm2KernelIsExactForEveryKBlockCount) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  uint64_t seed = 30;
+  for (const Fp8Kernel kernel : kFp8Kernels) {
+    for (const int64_t k : {128, 256, 384, 640}) {
+      SCOPED_TRACE(std::string(kernel_name(kernel)) + ", K = " + std::to_string(k));
+      expect_exact_plain_gemm(ExactGemmProblem(k, 256, 7, /*gathered=*/false, ++seed), kernel,
+                              false);
     }
   }
 }

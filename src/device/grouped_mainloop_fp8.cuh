@@ -6,14 +6,17 @@
 //   producer warpgroup: all 128 threads gather A rows with 16-byte cp.async (the BF16 gather's
 //     byte geometry); thread 0 loads both B boxes by TMA.
 //   consumer warpgroups 1, 2: rows [64 c, 64 c + 64); per K block four wgmma m64n128k32 (both
-//     boxes back to back) into tmp[64], then, once they retired, the promotion
+//     boxes back to back) into a temporary, then, once they retired, the promotion
 //       acc = fma(a_scale[row] * b_scale[box], tmp, acc)
-//     with both scales loaded from global memory by the consumer itself at the top of the K
-//     block (a_scale group-major [K / 128, scale_stride], L2-resident; the wgmmas hide the
+//     (the reference's block-promoted sum, src/reference/moe.cc fp8_dot), in ascending K
+//     blocks. Two temporaries alternate: block k + 1's wgmmas are issued before block k's
+//     promotion (wgmma wait_group 1), so the tensor pipe has work while the promotion runs.
+//     Both scales are loaded from global memory by the consumer itself before the block's
+//     wgmmas (a_scale group-major [K / 128, scale_stride], L2-resident; the wgmmas hide the
 //     latency). Staging them in smem would need every reading lane to arrive on the empty
-//     barrier before the producer may overwrite them.
-//     (the reference's block-promoted sum, src/reference/moe.cc fp8_dot). The temporaries double
-//     the accumulators, hence N = 128 per tile instead of the BF16 path's 256.
+//     barrier before the producer may overwrite them. The accumulators and the two temporaries
+//     take 192 of the consumers' 232 registers, hence N = 128 per tile instead of the BF16
+//     path's 256.
 // Shared memory per stage: A 16 KiB + B 2 x 8 KiB; 5 stages.
 #pragma once
 
@@ -186,14 +189,19 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
   }
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  float tmp[64];
-  for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
-    const float scale_b0 = b_scale0[k_block];
-    const float scale_b1 = b_scale1[k_block];
-    float scale_a[2];
+  // Two temporaries: K block k's wgmmas run into one while block k - 1's, retired, is promoted
+  // from the other (wait_group<1>), so the tensor pipe does not idle during the promotion.
+  float tmp0[64], tmp1[64];
+  float scale0[4], scale1[4];  // a_scale[row h] * b_scale[box], [2 box + h], of each temporary
+  int32_t stage0 = 0, stage1 = 0;
+  // Loads block k_block's scales, waits for its stage and issues its four wgmmas into tmp.
+  auto issue = [&](int32_t k_block, float (&tmp)[64], float (&scale)[4], int32_t& stage) {
+    const float scale_b[2] = {b_scale0[k_block], b_scale1[k_block]};
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      scale_a[h] = row_ok[h] ? scale_a_row[h][k_block * op.scale_stride] : 0.0f;
+      const float scale_a = row_ok[h] ? scale_a_row[h][k_block * op.scale_stride] : 0.0f;
+#pragma unroll
+      for (int box = 0; box < 2; ++box) scale[2 * box + h] = scale_a * scale_b[box];
     }
     ptx::mbarrier_wait(&smem.full[pipe.stage], pipe.phase);
     ptx::fence_proxy_async_smem();  // A arrived by cp.async (generic proxy); wgmma reads async
@@ -207,23 +215,47 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
       ptx::wgmma_m64n128k32_e4m3(tmp, desc_a + 2 * k, desc_b + 2 * k, k > 0 ? 1u : 0u);
     }
     ptx::wgmma_commit_group();
-    ptx::wgmma_wait_group<0>();
+    stage = pipe.stage;
+    pipe.advance();
+  };
+  // Releases a retired block's stage and adds its temporary into acc.
+  auto promote = [&](float (&tmp)[64], const float (&scale)[4], int32_t stage) {
     ptx::fence_operands(tmp);
     __syncwarp();
-    if (release_lane) ptx::mbarrier_arrive(&smem.empty[pipe.stage]);
-    pipe.advance();
+    if (release_lane) ptx::mbarrier_arrive(&smem.empty[stage]);
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
-      const float scale_b = i < 8 ? scale_b0 : scale_b1;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float scale = scale_a[h] * scale_b;
+        const float s = scale[2 * (i / 8) + h];
 #pragma unroll
         for (int v = 0; v < 2; ++v) {
-          acc[4 * i + 2 * h + v] = fmaf(scale, tmp[4 * i + 2 * h + v], acc[4 * i + 2 * h + v]);
+          acc[4 * i + 2 * h + v] = fmaf(s, tmp[4 * i + 2 * h + v], acc[4 * i + 2 * h + v]);
         }
       }
     }
+  };
+  // Block k runs into tmp0 for even k, tmp1 for odd k.
+  const int32_t n = op.num_k_blocks;  // >= 1
+  issue(0, tmp0, scale0, stage0);
+  int32_t k_block = 1;
+  for (; k_block + 1 < n; k_block += 2) {
+    issue(k_block, tmp1, scale1, stage1);
+    ptx::wgmma_wait_group<1>();
+    promote(tmp0, scale0, stage0);
+    issue(k_block + 1, tmp0, scale0, stage0);
+    ptx::wgmma_wait_group<1>();
+    promote(tmp1, scale1, stage1);
+  }
+  if (k_block < n) {  // n even: block n - 1 (odd) into tmp1
+    issue(k_block, tmp1, scale1, stage1);
+    ptx::wgmma_wait_group<1>();
+    promote(tmp0, scale0, stage0);
+    ptx::wgmma_wait_group<0>();
+    promote(tmp1, scale1, stage1);
+  } else {
+    ptx::wgmma_wait_group<0>();
+    promote(tmp0, scale0, stage0);
   }
 }
 
