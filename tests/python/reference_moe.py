@@ -26,8 +26,12 @@ def sanitizer_size(size: int, cap: int) -> int:
     becomes cap + size % 128, the rule of the C++ GPU tests (tests/common/gpu_buffers.h): the
     same tails of the 128-, 64- and 8-wide tiles, with tokens, experts and top-k kept, and a tenth
     to a hundredth of the GEMM work. Otherwise the size is returned unchanged."""
-    shrink = os.environ.get("FUSEDMOE_TEST_SANITIZER_SIZES") == "1"
-    return cap + size % 128 if shrink and size > cap else size
+    return cap + size % 128 if under_sanitizer_sizes() and size > cap else size
+
+
+def under_sanitizer_sizes() -> bool:
+    """Whether FUSEDMOE_TEST_SANITIZER_SIZES=1 (a sanitizer's run: see sanitizer_size)."""
+    return os.environ.get("FUSEDMOE_TEST_SANITIZER_SIZES") == "1"
 
 
 def sanitizer_hidden_size(size: int) -> int:
