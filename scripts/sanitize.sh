@@ -119,7 +119,8 @@ sanitize_one() {
 }
 
 # The Python GPU tests under one tool, split into $python_shards processes (result names
-# python.0, python.1, ...), each with every python_shards-th test id of the collection. Only
+# python.0, python.1, ...), each with every python_shards-th test id of the collection; verbose,
+# so that a log names every test as it starts, with the ten slowest at the end. Only
 # fusedmoe's kernels are instrumented (--kernel-name kns=fusedmoe): PyTorch's own kernels are not
 # ours to check, and instrumenting them all made each test minutes long. initcheck is the
 # exception: it must see every write (a tensor that a PyTorch kernel filled unseen would read
@@ -152,7 +153,7 @@ sanitize_python() {
   [[ $tool == racecheck ]] && options+=(--racecheck-report all)
   [[ $tool == memcheck ]] && options+=(--leak-check no)
   FUSEDMOE_TEST_SANITIZER_SIZES=$sizes timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" \
-    --print-limit 50 python3 -m pytest "${ids[@]}" -q -p no:cacheprovider > "$log" 2>&1
+    --print-limit 50 python3 -m pytest "${ids[@]}" -v --durations=10 -p no:cacheprovider > "$log" 2>&1
   rc=$?
   n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
   w=$(grep -Eo '[0-9]+ warnings?\)' "$log" | grep -Eo '^[0-9]+' | awk '{s += $1} END {print s + 0}')
@@ -211,6 +212,8 @@ for tool in "${tools[@]}"; do
     if (( rc == 124 || rc == 137 )); then
       timeouts=$((timeouts + 1))
       echo "== $tool $name: timed out after ${limit} s (log: $log)"
+      # pytest -v names each test as it starts: the last one named was running.
+      [[ $name == python.* ]] && echo "   running then: $(grep -Eo '^tests/[^ ]+::[^ ]+' "$log" | tail -1)"
     elif grep -q '^\[  FAILED  \]' "$log" || { (( rc != 0 )) && (( n == 0 )); }; then
       failed=$((failed + 1))
       echo "== $tool $name: test failure or crash, rc $rc (log: $log)"
