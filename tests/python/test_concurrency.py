@@ -27,7 +27,7 @@ SPIN_CYCLES = 2_000_000  # ~1 ms at 2 GHz: every stream's launches queue up, the
 # (FUSEDMOE_TEST_SANITIZER_SIZES=1) nothing runs concurrently and further rounds only repeat the same
 # kernels with the same shapes: one round checks them (racecheck over all five rounds ran past 470 s).
 ROUNDS = 1 if ref.under_sanitizer_sizes() else 5
-WARMUP_PASSES = 6  # at most, for the steady-state test
+WARMUP_ROUNDS = 6  # at most, for the steady-state test
 
 
 def _routed_input(problem, method, packed, fp32):
@@ -187,34 +187,35 @@ def test_graphs_replayed_concurrently_match_serial_bitwise(generator):
 def test_steady_state_calls_neither_allocate_nor_synchronise(generator):
     calls = Calls(generator, 4)
 
-    def one_pass():
-        for call in calls.calls:
-            call()
-        torch.cuda.synchronize()
-        return torch.cuda.memory_stats()["segment.all.allocated"]  # cudaMallocs so far
-
-    # Warm-up: passes of the measured loop until one of them allocates no new segment, so that the
-    # caching allocator holds every block this pattern of allocations and frees asks for, whatever
-    # state earlier tests left it in. (Two fixed passes were not enough under sanitizers, where a
-    # different selection of tests runs before this one: one more segment came in the measured
-    # passes.) A pattern that needs fresh device memory on every pass never settles.
-    history = [torch.cuda.memory_stats()["segment.all.allocated"]]
-    for _ in range(WARMUP_PASSES):
-        history.append(one_pass())
-        if history[-1] == history[-2]:
-            break
-    else:
-        pytest.fail(f"cudaMalloc count per warm-up pass never settled: {history}")
-    before = history[-1]
-    torch.cuda.set_sync_debug_mode("error")  # any synchronising PyTorch op raises
-    try:
+    def one_round():  # the measured loop: three passes over the calls, nothing waited for
         for _ in range(3):
             for call in calls.calls:
                 call()
+
+    def segments():
+        torch.cuda.synchronize()
+        return torch.cuda.memory_stats()["segment.all.allocated"]  # cudaMallocs so far
+
+    # Warm-up: rounds of the measured loop itself until one of them allocates no new segment, so
+    # that the caching allocator holds every block this pattern of allocations and frees asks for,
+    # whatever state earlier tests left it in. (Two fixed passes were not enough under sanitizers,
+    # where a different selection of tests runs before this one: one more segment came in the
+    # measured loop.) A pattern that needs fresh device memory every time never settles.
+    history = [segments()]
+    for _ in range(WARMUP_ROUNDS):
+        one_round()
+        history.append(segments())
+        if history[-1] == history[-2]:
+            break
+    else:
+        pytest.fail(f"cudaMalloc count per warm-up round never settled: {history}")
+    before = history[-1]
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising PyTorch op raises
+    try:
+        one_round()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    after = torch.cuda.memory_stats()
-    assert after["segment.all.allocated"] == before, (
-        f"a steady-state call called cudaMalloc: {before} -> {after['segment.all.allocated']} "
-        f"(warm-up {history}, allocation retries {after['num_alloc_retries']})")
+    after = segments()
+    assert after == before, (
+        f"a steady-state call called cudaMalloc: {before} -> {after} (warm-up {history}, "
+        f"allocation retries {torch.cuda.memory_stats()['num_alloc_retries']})")
