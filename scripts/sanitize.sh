@@ -224,6 +224,13 @@ for tool in "${tools[@]}"; do
       grep -E '^========= (Invalid|Program hit|Race|Barrier|Uninitialized|.*[Hh]azard|Error)' "$log" | sort | uniq -c | sort -rn | head -8
     fi
   done
+  # The slowest tests under this tool (gtest's "(N ms)", pytest's --durations): what to shard by.
+  echo "== $tool: slowest tests"
+  {
+    sed -nE 's/^\[       OK \] ([^ ]+) \(([0-9]+) ms\)$/\2 \1/p' "$out/$tool".*.log
+    sed -nE 's/^([0-9.]+)s call +(tests\/[^ ]+)$/\1 \2/p' "$out/$tool".python.*.log |
+      awk '{printf "%d %s\n", $1 * 1000, $2}'
+  } 2>/dev/null | sort -rn | head -5 | awk '{printf "   %8.1f s  %s\n", $1 / 1000, $2}'
   summary+=("$tool: $errors errors, $warnings warnings, $tests tests in ${#executables[@]} executables x $shards shards + pytest, $failed failed, $timeouts timed out")
   (( errors == 0 && failed == 0 && timeouts == 0 )) || status=1
 done
