@@ -6,17 +6,14 @@
 #     BUILD_DIR  default build-device (scripts/device_check.sh's); its tests/test_gpu_* are run
 #     TOOL       any of memcheck racecheck synccheck initcheck (default: all four, in that order)
 # A device command has a 10-minute limit, and all four tools over everything do not fit in two.
-# On an H200 (44cdff3's build): memcheck + synccheck, 4 shards, 16 at a time, 420 s limit: 423 s,
-# one memcheck shard of test_gpu_hostile timed out; racecheck + initcheck, 6 shards, 24 at a time,
-# 470 s: initcheck complete, racecheck timed out in two test_gpu_moe shards and in all six Python
-# processes (about 85 of 114 tests done). So three calls, e.g. after a build:
-#   FUSEDMOE_SANITIZE_SHARDS=4 FUSEDMOE_SANITIZE_JOBS=16 FUSEDMOE_SANITIZE_TIMEOUT=540 \
-#     bash scripts/sanitize.sh build-device memcheck synccheck
-#   FUSEDMOE_SANITIZE_PYTHON=0 FUSEDMOE_SANITIZE_SHARDS=6 FUSEDMOE_SANITIZE_JOBS=16 \
-#     FUSEDMOE_SANITIZE_TIMEOUT=540 bash scripts/sanitize.sh build-device racecheck initcheck
-#   FUSEDMOE_SANITIZE_EXECUTABLES=none FUSEDMOE_SANITIZE_PYTHON_SHARDS=12 FUSEDMOE_SANITIZE_JOBS=12 \
-#     FUSEDMOE_SANITIZE_TIMEOUT=540 bash scripts/sanitize.sh build-device racecheck initcheck
-# (the last one runs initcheck over the Python tests too: the second call leaves them out).
+# Three calls did it on an H200 (20e11ca's build, no timeout; docs/reliability.md), after a build:
+#   FUSEDMOE_SANITIZE_SHARDS=6 FUSEDMOE_SANITIZE_JOBS=16 FUSEDMOE_SANITIZE_TIMEOUT=480 \
+#     bash scripts/sanitize.sh build-device memcheck synccheck                           (408 s)
+#   FUSEDMOE_SANITIZE_PYTHON=0 FUSEDMOE_SANITIZE_SHARDS=8 FUSEDMOE_SANITIZE_JOBS=16 \
+#     FUSEDMOE_SANITIZE_TIMEOUT=470 bash scripts/sanitize.sh build-device racecheck initcheck  (255 s)
+#   FUSEDMOE_SANITIZE_EXECUTABLES=none FUSEDMOE_SANITIZE_PYTHON_SHARDS=12 FUSEDMOE_SANITIZE_JOBS=24 \
+#     FUSEDMOE_SANITIZE_TIMEOUT=480 bash scripts/sanitize.sh build-device racecheck initcheck  (392 s)
+# (the second call leaves the Python tests out, the third runs only them).
 # Environment:
 #   FUSEDMOE_SANITIZE_FILTER_MEMCHECK  gtest filter for memcheck (default: all but the largest
 #                                      shapes and the benchmark)
@@ -33,7 +30,8 @@
 #   FUSEDMOE_SANITIZE_PYTHON_SHARDS    processes the Python tests are split into (default 6;
 #                                      racecheck over all of them in one process ran past 510 s);
 #                                      like the C++ tests they run capped sizes under racecheck,
-#                                      synccheck and initcheck (FUSEDMOE_TEST_SANITIZER_SIZES)
+#                                      synccheck and initcheck (FUSEDMOE_TEST_SANITIZER_SIZES),
+#                                      and see the tool's name in FUSEDMOE_TEST_UNDER_SANITIZER
 #   OUT                                where logs go (default BUILD_DIR/sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -152,7 +150,8 @@ sanitize_python() {
   [[ $tool == initcheck ]] && options=()
   [[ $tool == racecheck ]] && options+=(--racecheck-report all)
   [[ $tool == memcheck ]] && options+=(--leak-check no)
-  FUSEDMOE_TEST_SANITIZER_SIZES=$sizes timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" \
+  FUSEDMOE_TEST_UNDER_SANITIZER=$tool FUSEDMOE_TEST_SANITIZER_SIZES=$sizes \
+    timeout "$limit" "$sanitizer" --tool "$tool" "${options[@]}" \
     --print-limit 50 python3 -m pytest "${ids[@]}" -v --durations=10 -p no:cacheprovider > "$log" 2>&1
   rc=$?
   n=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error|\([0-9]+ errors?,' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')

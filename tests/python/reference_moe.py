@@ -34,6 +34,12 @@ def under_sanitizer_sizes() -> bool:
     return os.environ.get("FUSEDMOE_TEST_SANITIZER_SIZES") == "1"
 
 
+def under_sanitizer() -> str:
+    """The compute-sanitizer tool this process runs under ("memcheck", ...), or "" when none:
+    scripts/sanitize.sh sets FUSEDMOE_TEST_UNDER_SANITIZER for the Python tests it runs."""
+    return os.environ.get("FUSEDMOE_TEST_UNDER_SANITIZER", "")
+
+
 def sanitizer_hidden_size(size: int) -> int:
     return sanitizer_size(size, 256)
 

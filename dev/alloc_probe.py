@@ -1,0 +1,57 @@
+"""Which allocations open new caching-allocator segments in the steady-state test's loop.
+
+tests/python/test_concurrency.py's steady-state test counts cudaMallocs (the allocator's
+"segment.all.allocated") over rounds of its calls. Under compute-sanitizer the count did not settle
+(docs/reliability.md); this prints, per round, the counters (segments allocated, segments held,
+bytes live, retries, Python's GC counts) and every new segment with the Python stack that opened
+it. Run from the repository root on the GPU machine, the package installed:
+    python3 dev/alloc_probe.py
+    compute-sanitizer --tool memcheck --leak-check no --kernel-name kns=fusedmoe python3 dev/alloc_probe.py
+Environment: SEED (inputs, default 0), ROUNDS (default 6; round 4 runs in sync-debug "error" mode,
+as the test's measured round does).
+"""
+import gc
+import os
+import sys
+
+sys.path.insert(0, "tests/python")
+import torch
+import test_concurrency as tc
+
+gen = torch.Generator().manual_seed(int(os.environ.get("SEED", "0")))
+calls = tc.Calls(gen, 4)
+torch.cuda.memory._record_memory_history(max_entries=100000, stacks="python")
+
+def seg():
+    torch.cuda.synchronize()
+    s = torch.cuda.memory_stats()
+    return s["segment.all.allocated"], s["segment.all.current"], s["allocated_bytes.all.current"], s["num_alloc_retries"], gc.get_count()
+
+def one_round():
+    for _ in range(3):
+        for call in calls.calls:
+            call()
+
+print("start", seg(), flush=True)
+seen = [len(torch.cuda.memory._snapshot()["device_traces"][0])]
+for r in range(int(os.environ.get("ROUNDS", "6"))):
+    before = torch.cuda.memory._snapshot()
+    nseg = len(before["segments"])
+    if r == 4:
+        torch.cuda.set_sync_debug_mode("error")
+    one_round()
+    torch.cuda.set_sync_debug_mode("default")
+    print("round", r, seg(), flush=True)
+    after = torch.cuda.memory._snapshot()
+    old = {s["address"] for s in before["segments"]}
+    for s in after["segments"]:
+        if s["address"] not in old:
+            print("  new segment", s["total_size"], s["segment_type"], "stream", s["stream"],
+                  [(b["size"], b["state"]) for b in s["blocks"]][:6], flush=True)
+            for frame in (s.get("frames") or [])[:8]:
+                print("     ", frame.get("filename", "?")[-60:], frame.get("line"), frame.get("name"), flush=True)
+    traces = after["device_traces"][0]
+    evs = [e for e in traces[seen[0]:] if e["action"] in ("segment_alloc", "segment_free", "oom", "snapshot")]
+    seen[0] = len(traces)
+    for e in evs[:6]:
+        print("  trace", e["action"], e["size"], "stream", e["stream"], [(f["name"], f["line"]) for f in e["frames"][:6]], flush=True)
