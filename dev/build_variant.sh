@@ -6,6 +6,7 @@
 # executable 4-9 MB). Patches are drafts that have not earned a place in src/ yet: each one's
 # prediction is in dev/variants/README.md, its measurement goes into bench/NOTES.md, and it is
 # deleted once it has landed or lost.
+# A patch may build on another: its first line "# on top of: OTHER" (git apply skips it).
 # Usage: dev/build_variant.sh NAME [test_gpu_... ...]
 #   e.g. dev/build_variant.sh base && dev/build_variant.sh fp8-stages6 test_gpu_fp8
 set -euo pipefail
@@ -18,7 +19,15 @@ patch="$root/dev/variants/$name.patch"
 tree=$(mktemp -d /tmp/fusedmoe-variant-XXXXXX)
 git worktree add -q --detach "$tree" HEAD
 trap 'git -C "$root" worktree remove --force "$tree"' EXIT
-[[ $name == base ]] || git -C "$tree" apply "$patch"
+# A patch whose first line is "# on top of: OTHER" is applied after OTHER's (recursively).
+apply_variant() {
+  local file="$root/dev/variants/$1.patch" below
+  [[ -f $file ]] || { echo "build_variant: no $file" >&2; exit 1; }
+  below=$(sed -n '1s/^# on top of: \([A-Za-z0-9_.-]*\).*/\1/p' "$file")
+  [[ -z $below ]] || apply_variant "$below"
+  git -C "$tree" apply "$file"
+}
+[[ $name == base ]] || apply_variant "$name"
 # The patch is uncommitted in the worktree: prebuild_device.sh builds it in (and says so).
 bash "$tree/scripts/prebuild_device.sh" 2>&1 | grep -v "uncommitted changes are built in" || true
 [[ -f $tree/build-carry/COMMIT ]] || { echo "build_variant: the build of $name failed" >&2; exit 1; }
