@@ -23,6 +23,8 @@ calls = tc.Calls(gen, 4)
 torch.cuda.memory._record_memory_history(max_entries=100000, stacks="python")
 
 def seg():
+    if os.environ.get("GC_COLLECT") == "1":
+        gc.collect()
     torch.cuda.synchronize()
     s = torch.cuda.memory_stats()
     return s["segment.all.allocated"], s["segment.all.current"], s["allocated_bytes.all.current"], s["num_alloc_retries"], gc.get_count()
@@ -54,4 +56,18 @@ for r in range(int(os.environ.get("ROUNDS", "6"))):
     evs = [e for e in traces[seen[0]:] if e["action"] in ("segment_alloc", "segment_free", "oom", "snapshot")]
     seen[0] = len(traces)
     for e in evs[:6]:
-        print("  trace", e["action"], e["size"], "stream", e["stream"], [(f["name"], f["line"]) for f in e["frames"][:6]], flush=True)
+        print("  trace", e["action"], e["size"], "stream", e["stream"], [(f["name"], f["line"]) for f in e.get("frames", [])[:6]], flush=True)
+
+# Who holds the live CUDA tensors at the end (under memcheck the live bytes grew ~32 MB a round,
+# in blocks of gemm2_output's size for the T = 989 unfinalized case): Python objects gc can see.
+gc.collect()
+live = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.is_cuda]
+by_size = {}
+for t in live:
+    by_size.setdefault(t.untyped_storage().nbytes(), []).append(t)
+print("live CUDA tensors seen by gc:", len(live), "bytes by storage size:",
+      sorted(((size, len(ts)) for size, ts in by_size.items()), reverse=True)[:10], flush=True)
+for size, ts in sorted(by_size.items(), reverse=True)[:3]:
+    holders = [type(r).__name__ for r in gc.get_referrers(ts[0]) if r is not live and r is not ts]
+    print("  size", size, "x", len(ts), "held by", holders[:8], flush=True)
+print("allocated bytes", torch.cuda.memory_stats()["allocated_bytes.all.current"], flush=True)

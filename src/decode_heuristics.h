@@ -114,6 +114,17 @@ inline bool use_decode_gemm2(int64_t num_tokens, int top_k, int num_experts, int
   return use_decode_gemm(num_tokens, top_k, num_experts, local_num_experts, hidden, 256, num_sms);
 }
 
+// ---- decode GEMMs that start without the sort's outputs (kernels/sm90_decode_mainloop.cuh) -----
+// Up to kDecodeEarlyMaxSlots (kernels/sm90_decode_mainloop.cuh) slots, each decode GEMM CTA reads
+// its expert, rows and tokens from the slot keys itself (one warp, 8 keys per lane): GEMM1 streams
+// its weights while the sort runs, GEMM2 as soon as its wait returns (bench/NOTES.md, "Decode and
+// FP8 variants, measured"). A pure function of T * K: a graph keeps its path.
+constexpr int64_t kDecodeEarlyStartMaxSlots = 256;
+
+constexpr bool use_decode_early_start(int64_t num_slots, int top_k) {
+  return num_slots > 0 && num_slots <= kDecodeEarlyStartMaxSlots && top_k > 0;
+}
+
 // ---- step 2 at decode sizes: the counting sort in one CTA ---------------------------------------
 // (kernels/sm90_expert_sort_small.cuh). At T * K <= kSmallSortMaxSlots one 1024-thread CTA sorts
 // all slots instead of count -> offsets -> permute (H200, graph replay: -1 to -13 us at T = 64 and

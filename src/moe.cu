@@ -335,6 +335,8 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   rows.expert_offsets = ws.expert_offsets;
   rows.num_experts = num_local;
   rows.max_rows = num_slots;
+  rows.slot_key = ws.slot_key;  // the decode GEMM1 may start from them (use_decode_early_start)
+  rows.top_k = shape.top_k;
   const auto* w1 = static_cast<const __nv_bfloat16*>(args.gemm1_weights);
   const auto* w2 = static_cast<const __nv_bfloat16*>(args.gemm2_weights);
   const int64_t H = shape.hidden_size, I = shape.intermediate_size;

@@ -152,6 +152,14 @@ TEST(DecodeHeuristics, WarpsPerCta) {
   EXPECT_EQ(decode_warps_per_cta(1024, 132), 4);
 }
 
+TEST(DecodeHeuristics, EarlyStartUpToItsThreshold) {
+  EXPECT_TRUE(use_decode_early_start(8, 8));     // T = 1, K = 8
+  EXPECT_TRUE(use_decode_early_start(256, 8));   // T = 32
+  EXPECT_FALSE(use_decode_early_start(264, 8));  // T = 33
+  EXPECT_FALSE(use_decode_early_start(0, 8));
+  EXPECT_FALSE(use_decode_early_start(8, 0));
+}
+
 TEST(DecodeHeuristics, DegenerateShapesTakeThePrefillPath) {
   EXPECT_FALSE(use_decode_gemm1(0, 8, 128, 128, 768, 132));
   EXPECT_FALSE(use_decode_gemm1(4, 0, 128, 128, 768, 132));

@@ -3,7 +3,7 @@
 // tolerance rule. Ragged experts (0, 1, 3, 8, 17, 33, 64 rows), all rows on one expert of many,
 // K and N tails (H, I = 8 * odd), 1024 experts, PDL between the two, poisoned outputs whose rows
 // past the experts must stay untouched, garbage gather indices and NaN act rows past the experts
-// (must never be read), bitwise reruns.
+// (must never be read), bitwise reruns, the early start from slot keys bitwise the sorted path.
 // Set FUSEDMOE_DECODE_BENCH=1 to run the bandwidth experiment (DecodeGemmBench): weights GB/s of
 // the decode pair at the bench's model shapes for T = 1, 4, 16, 64, 256 beside a device-to-device
 // copy and the prefill pair (launch/grouped_gemm.h), all in the same process; skipped otherwise.
@@ -146,6 +146,114 @@ void run_case(const DecodeCase& c) {
   EXPECT_EQ(first_difference(y, d_y.download()), -1) << "gemm2 rerun differs";
 }
 
+// The early start of GEMM1 (use_decode_early_start): given the routing's slot keys, each CTA
+// finds its expert, rows and tokens from them instead of the sort's outputs; GEMM2 its expert
+// and rows, before its wait. Keys drawn per slot
+// (a local expert with probability local_share, else E_loc: non-local), expert_offsets and
+// gather_rows from them by a host stable counting sort (the sort kernel's order); the output with
+// the keys must be bitwise the output without them, which must match the reference.
+void run_early_case(const char* name, int64_t num_tokens, int32_t top_k, int32_t num_experts,
+                    int64_t h, int64_t inter, double local_share, bool enable_pdl) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(std::string(name) + " seed " + std::to_string(seed));
+  Rng rng(seed);
+  const int64_t num_slots = num_tokens * top_k;
+  std::vector<int32_t> keys(num_slots);
+  for (int32_t& key : keys) {
+    key = rng.uniform(0.0f, 1.0f) < local_share ? rng.integer(0, num_experts - 1) : num_experts;
+  }
+  std::vector<int32_t> offsets(num_experts + 1, 0), gather(std::max<int64_t>(num_slots, 1), 0);
+  for (int32_t key : keys) {
+    if (key < num_experts) ++offsets[key + 1];
+  }
+  std::partial_sum(offsets.begin(), offsets.end(), offsets.begin());
+  std::vector<int32_t> next(offsets.begin(), offsets.end() - 1);
+  for (int64_t slot = 0; slot < num_slots; ++slot) {
+    if (keys[slot] < num_experts) gather[next[keys[slot]]++] = static_cast<int32_t>(slot / top_k);
+  }
+  const int64_t total = offsets[num_experts];
+  SCOPED_TRACE("early path " +
+               std::string(heuristics::use_decode_early_start(num_slots, top_k) ? "on" : "off") +
+               ", " + std::to_string(total) + " local rows");
+
+  const std::vector<uint16_t> x = random_bf16(rng, num_tokens * h, -1.0f, 1.0f);
+  const float w1_scale = 2.0f / std::sqrt(float(h));
+  const std::vector<uint16_t> w1 =
+      random_bf16(rng, size_t(num_experts) * 2 * inter * h, -w1_scale, w1_scale);
+  DeviceBuffer<int32_t> d_offsets(offsets), d_gather(gather), d_keys(keys);
+  DeviceBuffer<uint16_t> d_x(x), d_w1(w1), d_act(std::max<int64_t>(num_slots, 1) * inter);
+  DeviceBuffer<double> d_ref(std::max<int64_t>(total * inter, 1));
+  ASSERT_NE(d_w1.get(), nullptr);
+  std::vector<uint16_t> poisoned(std::max<int64_t>(num_slots, 1) * inter);
+  poison(poisoned);
+
+  detail::GroupedRows rows;
+  rows.expert_offsets = d_offsets.get();
+  rows.num_experts = num_experts;
+  rows.max_rows = num_slots;
+  auto run = [&](const int32_t* slot_key) {
+    rows.slot_key = slot_key;
+    rows.top_k = top_k;
+    d_act.upload(poisoned);
+    EXPECT_EQ(cudaSuccess, detail::launch_decode_gemm1_swiglu(
+                               rows, d_x.as<__nv_bfloat16>(), d_gather.get(), h, inter,
+                               d_w1.as<__nv_bfloat16>(), d_act.as<__nv_bfloat16>(), enable_pdl,
+                               nullptr));
+    EXPECT_EQ(cudaSuccess, cudaDeviceSynchronize());
+    return d_act.download();
+  };
+  const std::vector<uint16_t> late = run(nullptr), early = run(d_keys.get());
+  EXPECT_EQ(first_difference(late, early), -1) << "the early start changed the output";
+  expect_rows_poisoned(early, total, inter, "early gemm1");
+  if (total > 0) {
+    reference_gemm1_swiglu<<<unsigned((total * inter + 255) / 256), 256>>>(
+        d_offsets.get(), num_experts, d_x.as<__nv_bfloat16>(), d_gather.get(), h, inter,
+        d_w1.as<__nv_bfloat16>(), d_ref.get());
+    FUSEDMOE_ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<double> ref = d_ref.download();
+    ref.resize(total * inter);
+    EXPECT_TRUE(close_by_bf16_rule(rows_as_double(early, total, inter), ref, round_all_to_bf16(ref)))
+        << "early gemm1";
+  }
+  // Rerun: the same bits.
+  EXPECT_EQ(first_difference(early, run(d_keys.get())), -1) << "early rerun differs";
+
+  // GEMM2 (H x I weights over act rows) finds its expert and rows from the keys too.
+  const float w2_scale = 2.0f / std::sqrt(float(inter));
+  const std::vector<uint16_t> w2 =
+      random_bf16(rng, size_t(num_experts) * h * inter, -w2_scale, w2_scale);
+  const std::vector<uint16_t> act_in =
+      random_bf16(rng, std::max<int64_t>(num_slots, 1) * inter, -1.0f, 1.0f);
+  DeviceBuffer<uint16_t> d_w2(w2), d_act_in(act_in), d_y(std::max<int64_t>(num_slots, 1) * h);
+  DeviceBuffer<double> d_ref2(std::max<int64_t>(total * h, 1));
+  std::vector<uint16_t> poisoned_y(std::max<int64_t>(num_slots, 1) * h);
+  poison(poisoned_y);
+  auto run2 = [&](const int32_t* slot_key) {
+    rows.slot_key = slot_key;
+    d_y.upload(poisoned_y);
+    EXPECT_EQ(cudaSuccess, detail::launch_decode_gemm2(rows, d_act_in.as<__nv_bfloat16>(), inter,
+                                                       h, d_w2.as<__nv_bfloat16>(),
+                                                       d_y.as<__nv_bfloat16>(), enable_pdl,
+                                                       nullptr));
+    EXPECT_EQ(cudaSuccess, cudaDeviceSynchronize());
+    return d_y.download();
+  };
+  const std::vector<uint16_t> y_late = run2(nullptr), y_early = run2(d_keys.get());
+  EXPECT_EQ(first_difference(y_late, y_early), -1) << "the early lookup changed GEMM2's output";
+  expect_rows_poisoned(y_early, total, h, "early gemm2");
+  if (total > 0) {
+    reference_gemm2<<<unsigned((total * h + 255) / 256), 256>>>(
+        d_offsets.get(), num_experts, d_act_in.as<__nv_bfloat16>(), inter, h,
+        d_w2.as<__nv_bfloat16>(), d_ref2.get());
+    FUSEDMOE_ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<double> ref2 = d_ref2.download();
+    ref2.resize(total * h);
+    EXPECT_TRUE(
+        close_by_bf16_rule(rows_as_double(y_early, total, h), ref2, round_all_to_bf16(ref2)))
+        << "early gemm2";
+  }
+}
+
 class DecodeGemm : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -189,6 +297,21 @@ TEST_F(DecodeGemm, ThousandExpertsFewRows) {
 TEST_F(DecodeGemm, TinyIntermediate) {
   // I = 8: one tile of 8 up + 8 gate rows per CTA, the second tile past I; H = 8: one k load.
   run_case({"I = 8", 8, 8, {2, 0, 9, 1}, 4, 6, false});
+}
+
+TEST_F(DecodeGemm, EarlyStartFromSlotKeysMatchesTheSortedPath) {
+  // qwen3-30b at T = 1 and 16 (4-warp CTAs), a shard where about half the slots are elsewhere,
+  // the largest slot count of the early path (256) and the first past it (264: the sorted path
+  // both times), 1024 experts, the same expert twice in a token, no local slot at all, K = 1.
+  run_early_case("qwen3-30b T=1", 1, 8, 128, 2048, 768, 1.0, true);
+  run_early_case("T=16 pdl", 16, 8, 64, 296, 200, 1.0, true);
+  run_early_case("T=16 shard", 16, 8, 16, 296, 200, 0.5, false);
+  run_early_case("256 slots", 32, 8, 32, 136, 72, 0.9, true);
+  run_early_case("264 slots", 33, 8, 32, 136, 72, 0.9, true);
+  run_early_case("1024 experts", 20, 8, 1024, 64, 24, 1.0, true);
+  run_early_case("duplicates", 6, 16, 3, 64, 24, 1.0, true);
+  run_early_case("nothing local", 4, 8, 8, 64, 24, 0.0, true);
+  run_early_case("K = 1", 7, 1, 16, 520, 136, 1.0, true);
 }
 
 TEST_F(DecodeGemm, NoRowsAtAll) { run_case({"no rows", 128, 128, {0, 0, 0}, 17, 4, false}); }

@@ -40,6 +40,13 @@ struct DecodeGemm1Params {
   int64_t hidden_size;            // H
   int64_t intermediate_size;      // I
   detail::GemmEpilogue epilogue;  // read by the kGeneral build only
+  // The early start (decode_heuristics.h: use_decode_early_start): the CTA's expert, rows and
+  // tokens from the routing's slot keys (decode_cta_expert_from_keys), the mainloop before
+  // griddepcontrol.wait, so that it runs while the sort does; nullptr: expert_offsets and
+  // gather_rows after the wait.
+  const int32_t* slot_key;  // [num_slots]
+  int32_t num_slots;        // <= kDecodeEarlyMaxSlots
+  int32_t top_k;
 };
 
 // Act columns per CTA: a tile's 16 rows are 8 up + 8 gate rows.
@@ -56,8 +63,21 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
+  // Early start: from the slot keys, the next kernel allowed to launch at once, and this CTA's
+  // own griddepcontrol.wait at its end, so that this grid completes after the sort: the kernels
+  // after it read the sort's outputs once they have waited for this one.
   DecodeExpertRows rows;
-  if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) return;
+  const bool early = params.slot_key != nullptr;
+  if (early) {
+    ptx::griddepcontrol_launch_dependents();
+    if (!decode_cta_expert_from_keys(params.slot_key, params.num_slots, params.top_k,
+                                     params.num_experts, smem, rows)) {
+      ptx::griddepcontrol_wait();
+      return;
+    }
+  } else if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) {
+    return;
+  }
   const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
   const int64_t h = params.hidden_size, inter = params.intermediate_size;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -84,7 +104,9 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
     for (int n = 0; n < Config::kNTiles; ++n) {
       const int32_t p = chunk + 8 * n + g;
       b_ok[n] = p < row_end;
-      b_row[n] = params.x + (b_ok[n] ? int64_t(params.gather_rows[p]) * h : 0);
+      const int32_t token =
+          !b_ok[n] ? 0 : early ? smem.early_tokens[p - row_begin] : params.gather_rows[p];
+      b_row[n] = params.x + int64_t(token) * h;
     }
     float acc[Config::kTilesM][Config::kNTiles][4] = {};
     decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, params.x, n_active, h,
@@ -122,6 +144,7 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
       }
     }
   }
+  if (early) ptx::griddepcontrol_wait();  // see the prologue
 }
 
 }  // namespace fusedmoe::kernels

@@ -36,6 +36,12 @@ struct DecodeGemm2Params {
   __nv_bfloat16* y;               // [max_rows, H]
   int64_t hidden_size;            // H: y row length (N)
   int64_t intermediate_size;      // I: the reduction (K)
+  // Given (up to kDecodeEarlyMaxSlots slots), the CTA finds its expert and rows from the
+  // routing's slot keys before griddepcontrol.wait (decode_cta_expert_from_keys) and starts
+  // streaming as soon as the wait returns; nullptr: from expert_offsets after the wait.
+  const int32_t* slot_key;  // [num_slots]
+  int32_t num_slots;
+  int32_t top_k;
 };
 // The general build's parameters, a type of their own so that the plain build's code stays as
 // it was (with the new fields in one struct, nvcc allocated the plain kernel's registers
@@ -62,7 +68,15 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
   DecodeExpertRows rows;
-  if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) return;
+  if (params.slot_key != nullptr) {  // before the wait: what the sort's outputs would say
+    const bool found = decode_cta_expert_from_keys(params.slot_key, params.num_slots,
+                                                   params.top_k, params.num_experts, smem, rows);
+    ptx::griddepcontrol_wait();  // act (and gathered x) come from earlier kernels
+    ptx::griddepcontrol_launch_dependents();
+    if (!found) return;
+  } else if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) {
+    return;
+  }
   const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
   const int64_t h = params.hidden_size, inter = params.intermediate_size;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

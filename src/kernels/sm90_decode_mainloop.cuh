@@ -58,6 +58,11 @@ struct DecodeWarpRing {
 static_assert(sizeof(float) * DecodeTile::kAccPerLane * 32 <= sizeof(DecodeWarpRing),
               "a warp's partial sums fit in its own ring (decode_reduce_warps)");
 
+// The early start of the decode GEMM1 (decode_cta_expert_from_keys): at most this many slots,
+// 8 per lane of one warp, and the rows of one expert listed in shared memory.
+constexpr int kDecodeEarlyMaxSlots = 256;
+constexpr int kDecodeHitWords = 1024 / 32;  // a bit per local expert (E_loc <= 1024, validated)
+
 // kWarps warps split K: 4 by default, 8 when the grid has too few CTAs to fill the SMs
 // (decode_heuristics.h: decode_warps_per_cta).
 template <int kWarps_>
@@ -79,6 +84,11 @@ struct DecodeSharedStorage {
   DecodeWarpRing ring[Config::kWarps];
   int32_t warp_count[Config::kWarps];  // non-empty experts per warp's range
   int32_t expert;                      // the CTA's expert, or -1
+  // decode_cta_expert_from_keys: a bit per hit local expert, the expert's first permuted row and
+  // row count, and the token of each of its rows.
+  uint32_t hit[kDecodeHitWords];
+  int32_t early_begin, early_count;
+  int32_t early_tokens[kDecodeEarlyMaxSlots];
 };
 
 // The slot-th non-empty expert (experts with expert_offsets[e + 1] > expert_offsets[e], in
@@ -148,6 +158,84 @@ __device__ __forceinline__ bool decode_cta_expert(const int32_t* expert_offsets,
   if (rows.expert < 0) return false;
   rows.begin = expert_offsets[rows.expert];
   rows.end = expert_offsets[rows.expert + 1];
+  return true;
+}
+
+// The decode GEMM1's early prologue: decode_cta_expert's answer (the blockIdx.y-th non-empty
+// expert and its rows), and the token of each row, computed from the routing's slot keys (local
+// expert per slot; E_loc or anything outside [0, E_loc): non-local) instead of the sort's
+// expert_offsets and gather_rows, so that it needs nothing the sort writes and the GEMM runs while
+// the sort does. Exactly the sort's answer (expert_sort_small_kernel: experts ascending, slots
+// ascending within each, token = slot / top_k): the expert's first row is the number of local
+// slots with a smaller key, its r-th row the r-th slot with its key. The routing kernel has
+// finished when this kernel starts: the sort waited for it (griddepcontrol.wait) before it let
+// this kernel launch, and the keys are read through L2 (ld.global.cg), not from L1. Warp 0 does
+// it all: num_slots <= kDecodeEarlyMaxSlots keys, 8 per lane, one round of loads. All threads
+// call it; false: fewer experts have rows.
+template <class Config>
+__device__ __forceinline__ bool decode_cta_expert_from_keys(const int32_t* slot_key,
+                                                            int32_t num_slots, int32_t top_k,
+                                                            int32_t num_experts,
+                                                            DecodeSharedStorage<Config>& smem,
+                                                            DecodeExpertRows& rows) {
+  constexpr int kPerLane = kDecodeEarlyMaxSlots / 32;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const unsigned lower_lanes = (1u << lane) - 1u;
+    int32_t key[kPerLane];  // slot 32 i + lane; -1: non-local or past the slots
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int32_t slot = 32 * i + lane;
+      key[i] = slot < num_slots ? __ldcg(slot_key + slot) : -1;
+      if (key[i] >= num_experts || key[i] >= 32 * kDecodeHitWords) key[i] = -1;
+    }
+    smem.hit[lane] = 0u;
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      if (key[i] >= 0) atomicOr(&smem.hit[key[i] / 32], 1u << (key[i] % 32));
+    }
+    __syncwarp();
+    // The blockIdx.y-th set bit: word `lane`'s count, an inclusive scan over the words.
+    const uint32_t word = smem.hit[lane];
+    const int count = __popc(word);
+    int below = count;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int v = __shfl_up_sync(0xFFFFFFFFu, below, d);
+      if (lane >= d) below += v;
+    }
+    below -= count;
+    if (lane == 0) smem.expert = -1;
+    __syncwarp();
+    const int32_t wanted = int32_t(blockIdx.y);
+    if (wanted >= below && wanted < below + count) {
+      smem.expert = 32 * lane + int32_t(__fns(word, 0, wanted - below + 1));
+    }
+    __syncwarp();
+    const int32_t expert = smem.expert;
+    if (expert >= 0) {
+      int32_t begin = 0, n = 0;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        begin += __popc(__ballot_sync(0xFFFFFFFFu, key[i] >= 0 && key[i] < expert));
+        const unsigned mine = __ballot_sync(0xFFFFFFFFu, key[i] == expert);
+        if (key[i] == expert) {
+          smem.early_tokens[n + __popc(mine & lower_lanes)] = (32 * i + lane) / top_k;
+        }
+        n += __popc(mine);
+      }
+      if (lane == 0) {
+        smem.early_begin = begin;
+        smem.early_count = n;
+      }
+    }
+  }
+  __syncthreads();
+  rows.expert = smem.expert;
+  if (rows.expert < 0) return false;
+  rows.begin = smem.early_begin;
+  rows.end = smem.early_begin + smem.early_count;
   return true;
 }
 

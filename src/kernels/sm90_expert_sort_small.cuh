@@ -72,7 +72,10 @@ __global__ void __launch_bounds__(ExpertSortSmallConfig::kThreads, 1)
 
   // PDL: slot_key comes from the routing kernel.
   cudaGridDependencySynchronize();
-  // The next kernel may start its prologue now; its own wait covers all our writes.
+  // The next kernel may start its prologue now; its own wait covers all our writes. The trigger
+  // stays after the wait: the decode GEMM1's early start (use_decode_early_start) reads slot_key
+  // and x (x' of launch_scale_rows) before its own wait, so that everything before this kernel
+  // must be complete when the GEMM1 launches.
   cudaTriggerProgrammaticLaunchCompletion();
 
   // ---- count: per segment, per expert -----------------------------------------------------------

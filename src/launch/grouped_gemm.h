@@ -25,6 +25,12 @@ struct GroupedRows {
   // neighbours that share their weight block through L2 even when tile times differ; nullptr: a
   // static stride. Launches sharing the counters must not run concurrently.
   int32_t* tile_counters = nullptr;
+  // Optional device int32[max_rows] with top_k: the routing's local expert id per slot (E_loc:
+  // non-local), slot = token * top_k + k, from which the sort derived expert_offsets and
+  // gather_rows. Given, the decode GEMM1 may start from them while the sort still runs
+  // (decode_heuristics.h: use_decode_early_start); the results are the same.
+  const int32_t* slot_key = nullptr;
+  int32_t top_k = 0;
 };
 
 // GEMM1 + a gated activation, rows of x gathered on the fly:

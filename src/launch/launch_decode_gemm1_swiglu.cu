@@ -29,6 +29,13 @@ cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloa
   params.hidden_size = hidden_size;
   params.intermediate_size = intermediate_size;
   params.epilogue = epilogue;
+  const bool early = rows.slot_key != nullptr &&
+                     heuristics::use_decode_early_start(rows.max_rows, rows.top_k);
+  static_assert(heuristics::kDecodeEarlyStartMaxSlots <= kernels::kDecodeEarlyMaxSlots,
+                "the early prologue holds at most kDecodeEarlyMaxSlots keys");
+  params.slot_key = early ? rows.slot_key : nullptr;
+  params.num_slots = static_cast<int32_t>(rows.max_rows);
+  params.top_k = rows.top_k;
   const int64_t col_slices =
       heuristics::ceil_div_decode(intermediate_size, kernels::kDecodeGemm1ColsPerCta);
   if (!epilogue.is_plain()) {

@@ -32,6 +32,11 @@ cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* ac
   params.hidden_size = hidden_size;
   params.intermediate_size = intermediate_size;
   params.epilogue = epilogue;
+  const bool early_lookup = rows.slot_key != nullptr &&
+                            heuristics::use_decode_early_start(rows.max_rows, rows.top_k);
+  params.slot_key = early_lookup ? rows.slot_key : nullptr;
+  params.num_slots = static_cast<int32_t>(rows.max_rows);
+  params.top_k = rows.top_k;
   const int64_t col_slices =
       heuristics::ceil_div_decode(hidden_size, kernels::kDecodeGemm2ColsPerCta);
   if (!epilogue.is_plain()) {
