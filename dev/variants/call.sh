@@ -4,10 +4,10 @@
 # (each step is skipped once too little time is left). Build first (here, ~6 min each):
 #   dev/build_variant.sh base
 #   dev/build_variant.sh prefill-gemm2-pingpong test_gpu_grouped_gemm test_gpu_moe
-#   dev/build_variant.sh prefill-pingpong-both test_gpu_moe
+#   dev/build_variant.sh prefill-pingpong-both test_gpu_grouped_gemm test_gpu_moe
 #   dev/build_variant.sh decode-gemm2-after-wait test_gpu_decode
 #   dev/build_variant.sh decode-gemm2-preload test_gpu_decode
-# then run: command "bash dev/variants/call.sh", carry ["build-ab"] (~45 MB).
+# then run: command "bash dev/variants/call.sh", carry ["build-ab"] (~55 MB).
 # Prints only the tests' summaries and the tables (the per-kernel lines are dropped, so that all
 # of it fits in the output that comes back).
 set -uo pipefail
@@ -23,7 +23,7 @@ tests() {  # variant test...
 table() { grep -v "^  " | grep -v "^longest kernels" | grep -v "_wheels/site_"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 tests prefill-gemm2-pingpong test_gpu_grouped_gemm test_gpu_moe
-tests prefill-pingpong-both test_gpu_moe
+tests prefill-pingpong-both test_gpu_grouped_gemm test_gpu_moe
 tests decode-gemm2-after-wait test_gpu_decode
 tests decode-gemm2-preload test_gpu_decode
 echo "tests: $((SECONDS - start)) s"
