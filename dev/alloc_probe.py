@@ -71,3 +71,11 @@ for size, ts in sorted(by_size.items(), reverse=True)[:3]:
     holders = [type(r).__name__ for r in gc.get_referrers(ts[0]) if r is not live and r is not ts]
     print("  size", size, "x", len(ts), "held by", holders[:8], flush=True)
 print("allocated bytes", torch.cuda.memory_stats()["allocated_bytes.all.current"], flush=True)
+# The allocation stacks of the live blocks (memory history records one per block): which call
+# made the blocks that stay allocated, and where in it.
+snapshot = torch.cuda.memory._snapshot()
+live_blocks = [b for s in snapshot["segments"] for b in s["blocks"] if b["state"] == "active_allocated"]
+print("live blocks:", len(live_blocks), "bytes", sum(b["size"] for b in live_blocks), flush=True)
+for b in sorted(live_blocks, key=lambda b: -b["size"])[:4]:
+    frames = [(f.get("name"), f.get("line")) for f in (b.get("frames") or [])[:8]]
+    print("  block", b["size"], frames, flush=True)
