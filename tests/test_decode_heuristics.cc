@@ -160,6 +160,17 @@ TEST(DecodeHeuristics, EarlyStartUpToItsThreshold) {
   EXPECT_FALSE(use_decode_early_start(8, 0));
 }
 
+TEST(DecodeHeuristics, Gemm2EarlyLookupOnlyOnSmallGrids) {
+  // qwen3-30b GEMM2 (H = 2048: 64 column slices of 32), expert slots min(T * K, E = 128).
+  EXPECT_TRUE(use_decode_gemm2_early_lookup(8, 8, 8 * 64));       // T = 1
+  EXPECT_TRUE(use_decode_gemm2_early_lookup(32, 8, 32 * 64));     // T = 4
+  EXPECT_FALSE(use_decode_gemm2_early_lookup(128, 8, 128 * 64));  // T = 16
+  EXPECT_TRUE(use_decode_gemm2_early_lookup(128, 8, 16 * 64));    // T = 16, shard of 16 experts
+  EXPECT_TRUE(use_decode_gemm2_early_lookup(64, 1, 4096));
+  EXPECT_FALSE(use_decode_gemm2_early_lookup(64, 1, 4097));
+  EXPECT_FALSE(use_decode_gemm2_early_lookup(264, 8, 16 * 64));  // past the early start's slots
+}
+
 TEST(DecodeHeuristics, DegenerateShapesTakeThePrefillPath) {
   EXPECT_FALSE(use_decode_gemm1(0, 8, 128, 128, 768, 132));
   EXPECT_FALSE(use_decode_gemm1(4, 0, 128, 128, 768, 132));

@@ -12,9 +12,9 @@
 // w2 rows n0 + 16 m .. +16. Warps: 4 (8 when the grid is small), all alike, splitting K = I
 // (sm90_decode_mainloop.cuh); rows loop in chunks of 16 (the weights are re-read per chunk:
 // meant for few rows per expert). Registers <= 128 (16 warps per SM), dynamic smem 48 / 96
-// KiB (the warps' cp.async rings, sm90_decode_mainloop.cuh). Epilogue: warp 0, 2-byte stores. Expected limiter: HBM; at T = 1
-// the fixed cost of a launch (expert lookup, first loads, tail: ~10 us) weighs as much as the
-// bytes.
+// KiB (the warps' cp.async rings, sm90_decode_mainloop.cuh). Epilogue: warp 0, 2-byte stores.
+// Expected limiter: HBM; at T = 1 the fixed cost of a launch (expert lookup, first loads, tail: ~10
+// us) weighs as much as the bytes.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -36,9 +36,10 @@ struct DecodeGemm2Params {
   __nv_bfloat16* y;               // [max_rows, H]
   int64_t hidden_size;            // H: y row length (N)
   int64_t intermediate_size;      // I: the reduction (K)
-  // Given (up to kDecodeEarlyMaxSlots slots), the CTA finds its expert and rows from the
-  // routing's slot keys before griddepcontrol.wait (decode_cta_expert_from_keys) and starts
-  // streaming as soon as the wait returns; nullptr: from expert_offsets after the wait.
+  // Given (up to kDecodeEarlyMaxSlots slots, a small grid: use_decode_gemm2_early_lookup), the
+  // CTA finds its expert and rows from the routing's slot keys before griddepcontrol.wait
+  // (decode_cta_expert_from_keys) and issues its first weights before it too; nullptr: from
+  // expert_offsets after the wait.
   const int32_t* slot_key;  // [num_slots]
   int32_t num_slots;
   int32_t top_k;
@@ -47,7 +48,7 @@ struct DecodeGemm2Params {
 // it was (with the new fields in one struct, nvcc allocated the plain kernel's registers
 // differently; see also Gemm2GeneralParams in sm90_gemm2.cuh).
 struct DecodeGemm2GeneralParams : DecodeGemm2Params {
-  const int32_t* gather_rows;     // [max_rows]: A row of permuted row p, or nullptr (p itself)
+  const int32_t* gather_rows;  // [max_rows]: A row of permuted row p, or nullptr (p itself)
   detail::GemmEpilogue epilogue;
 };
 template <bool kGeneral>
@@ -67,34 +68,46 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
+  // With the slot keys (up to kDecodeEarlyMaxSlots slots), the expert and rows are known before
+  // the PDL wait, and so are the first chunk's weights: their first kStages - 1 ring slots start
+  // loading before the wait (decode_warp_issue_weights), while GEMM1 drains, and the activations
+  // follow after it.
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t h = params.hidden_size, inter = params.intermediate_size;
+  const int64_t n0 = int64_t(blockIdx.x) * kDecodeGemm2ColsPerCta;
+  // This lane's weight rows of an expert: tile m, half hf = w2 row n0 + 16 m + 8 hf + g.
+  const __nv_bfloat16* w_row[Config::kTilesM][2];
+  bool w_ok[Config::kTilesM][2];
+  auto set_weight_rows = [&](int32_t expert) {
+    const __nv_bfloat16* w2_expert = params.w2 + int64_t(expert) * h * inter;
+#pragma unroll
+    for (int m = 0; m < Config::kTilesM; ++m) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int64_t n = n0 + 16 * m + 8 * hf + g;
+        w_ok[m][hf] = n < h;
+        w_row[m][hf] = w2_expert + n * inter;
+      }
+    }
+  };
   DecodeExpertRows rows;
-  if (params.slot_key != nullptr) {  // before the wait: what the sort's outputs would say
-    const bool found = decode_cta_expert_from_keys(params.slot_key, params.num_slots,
-                                                   params.top_k, params.num_experts, smem, rows);
+  const bool early = params.slot_key != nullptr;
+  if (early) {  // before the wait: what the sort's outputs would say
+    const bool found = decode_cta_expert_from_keys<Config, false>(
+        params.slot_key, params.num_slots, params.top_k, params.num_experts, smem, rows);
+    if (found) {
+      set_weight_rows(rows.expert);
+      decode_warp_issue_weights<Config>(w_row, w_ok, params.w2, inter, smem.ring[threadIdx.x / 32]);
+    }
     ptx::griddepcontrol_wait();  // act (and gathered x) come from earlier kernels
     ptx::griddepcontrol_launch_dependents();
     if (!found) return;
   } else if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) {
     return;
+  } else {
+    set_weight_rows(rows.expert);
   }
   const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
-  const int64_t h = params.hidden_size, inter = params.intermediate_size;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t n0 = int64_t(blockIdx.x) * kDecodeGemm2ColsPerCta;
-
-  // This lane's weight rows: tile m, half hf = w2 row n0 + 16 m + 8 hf + g.
-  const __nv_bfloat16* w_row[Config::kTilesM][2];
-  bool w_ok[Config::kTilesM][2];
-  const __nv_bfloat16* w2_expert = params.w2 + int64_t(expert) * h * inter;
-#pragma unroll
-  for (int m = 0; m < Config::kTilesM; ++m) {
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int64_t n = n0 + 16 * m + 8 * hf + g;
-      w_ok[m][hf] = n < h;
-      w_row[m][hf] = w2_expert + n * inter;
-    }
-  }
 
   // ---- mainloop over chunks of rows -------------------------------------------------------------
   for (int32_t chunk = row_begin; chunk < row_end; chunk += Config::kChunkRows) {
@@ -115,8 +128,13 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
       }
     }
     float acc[Config::kTilesM][Config::kNTiles][4] = {};
-    decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, params.act, n_active, inter,
-                                 smem.ring[threadIdx.x / 32], acc);
+    if (early && chunk == row_begin) {  // its weights' first slots were issued before the wait
+      decode_warp_mainloop<Config, true>(w_row, w_ok, b_row, b_ok, params.act, n_active, inter,
+                                         smem.ring[threadIdx.x / 32], acc);
+    } else {
+      decode_warp_mainloop<Config>(w_row, w_ok, b_row, b_ok, params.act, n_active, inter,
+                                   smem.ring[threadIdx.x / 32], acc);
+    }
     decode_reduce_warps(acc, smem);
 
     // ---- epilogue: bf16, masked stores (warp 0) -----------------------------------------------

@@ -171,8 +171,9 @@ __device__ __forceinline__ bool decode_cta_expert(const int32_t* expert_offsets,
 // finished when this kernel starts: the sort waited for it (griddepcontrol.wait) before it let
 // this kernel launch, and the keys are read through L2 (ld.global.cg), not from L1. Warp 0 does
 // it all: num_slots <= kDecodeEarlyMaxSlots keys, 8 per lane, one round of loads. All threads
-// call it; false: fewer experts have rows.
-template <class Config>
+// call it; false: fewer experts have rows. kTokens false: rows only, no smem.early_tokens (GEMM2
+// reads its rows in permuted order and needs no tokens).
+template <class Config, bool kTokens = true>
 __device__ __forceinline__ bool decode_cta_expert_from_keys(const int32_t* slot_key,
                                                             int32_t num_slots, int32_t top_k,
                                                             int32_t num_experts,
@@ -220,7 +221,7 @@ __device__ __forceinline__ bool decode_cta_expert_from_keys(const int32_t* slot_
       for (int i = 0; i < kPerLane; ++i) {
         begin += __popc(__ballot_sync(0xFFFFFFFFu, key[i] >= 0 && key[i] < expert));
         const unsigned mine = __ballot_sync(0xFFFFFFFFu, key[i] == expert);
-        if (key[i] == expert) {
+        if (kTokens && key[i] == expert) {
           smem.early_tokens[n + __popc(mine & lower_lanes)] = (32 * i + lane) / top_k;
         }
         n += __popc(mine);
@@ -253,16 +254,90 @@ __device__ __forceinline__ bool decode_cta_expert_from_keys(const int32_t* slot_
 // warp + i * kWarps (unrolled kUnroll at a time) through `ring` (its own): iteration
 // i + kStages - 1 is issued before iteration i is multiplied. Returns with none of the warp's
 // copies pending.
-template <class Config, class Elem, class Multiply>
+// The weight copies of a warp's iteration whose k starts at kb into ring slot `slot`,
+// uncommitted (lane, t = lane % 4): what decode_warp_stream issues for an iteration's weights.
+template <class Config, class Elem>
+__device__ __forceinline__ void decode_issue_weight_copies(
+    const Elem* const (&w_row)[DecodeTile::kTilesM][2], const bool (&w_ok)[DecodeTile::kTilesM][2],
+    const void* any_row, int64_t k_total, int64_t kb, int slot, int lane, int t,
+    DecodeWarpRing& ring) {
+  constexpr int kLaneK = 16 / int(sizeof(Elem));
+  constexpr int kUnitK = 4 * kLaneK;
+#pragma unroll
+  for (int u = 0; u < Config::kUnroll; ++u) {
+    const int64_t k = kb + kUnitK * u + kLaneK * t;
+#pragma unroll
+    for (int m = 0; m < Config::kTilesM; ++m) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const bool valid = w_ok[m][h] && k < k_total;
+        const void* src = valid ? static_cast<const void*>(w_row[m][h] + k) : any_row;
+        if constexpr (Config::kL2Prefetch256 != 0) {
+          ptx::cp_async_16_zfill_l2_256(&ring.a[slot][u][m][h][lane], src, valid);
+        } else {
+          ptx::cp_async_16_zfill(&ring.a[slot][u][m][h][lane], src, valid);
+        }
+      }
+    }
+  }
+}
+
+// The number of warp iterations of decode_warp_stream for this warp.
+template <class Config, class Elem>
+__device__ __forceinline__ int64_t decode_warp_blocks(int64_t k_total, int64_t* k_begin) {
+  constexpr int64_t kWarpK = int64_t(4 * (16 / int(sizeof(Elem)))) * Config::kUnroll;
+  constexpr int64_t kCtaK = kWarpK * Config::kWarps;
+  *k_begin = int64_t(threadIdx.x / 32) * kWarpK;
+  return *k_begin < k_total ? (k_total - *k_begin + kCtaK - 1) / kCtaK : 0;
+}
+
+// Issues the weight copies of the first kStages - 1 iterations of decode_warp_stream, without
+// committing them, so that a kernel can start its weights streaming before its PDL wait (the
+// weights are inputs, not written by earlier kernels); decode_warp_stream<Config, true> then
+// issues only the activations of those iterations, each in the commit group its weights would
+// have shared (the first group holds the early weights), so its wait_group counts are unchanged.
+template <class Config, class Elem>
+__device__ __forceinline__ void decode_warp_issue_weights(
+    const Elem* const (&w_row)[DecodeTile::kTilesM][2], const bool (&w_ok)[DecodeTile::kTilesM][2],
+    const void* any_row, int64_t k_total, DecodeWarpRing& ring) {
+  int64_t k_begin = 0;
+  const int64_t blocks = decode_warp_blocks<Config, Elem>(k_total, &k_begin);
+#pragma unroll
+  for (int s = 0; s < Config::kStages - 1; ++s) {
+    if (s < blocks) {
+      constexpr int64_t kCtaK =
+          int64_t(4 * (16 / int(sizeof(Elem)))) * Config::kUnroll * Config::kWarps;
+      const int lane = threadIdx.x % 32;
+      decode_issue_weight_copies<Config>(w_row, w_ok, any_row, k_total, k_begin + s * kCtaK, s,
+                                         lane, lane % 4, ring);
+    }
+  }
+}
+
+// One warp's share of K for a (kRowsM weight rows) x (kChunkRows expert rows) block, for either
+// element type (Elem: bf16, or uint8 for the FP8 variant's e4m3 codes): streams the operands
+// through the warp's ring and calls
+//   multiply(k0, a, b)   a[m][h]: the lane's 16 bytes of weight row (m, h); b[n]: of token 8 n + g
+// once per 64-byte k unit, k0 its first k (in elements), the lane's bytes being those at
+// 16 t .. 16 t + 15 of the unit (the K permutation above; any element type maps the same bytes
+// onto the same fragment slots of its mma). w_row[m][h]: this lane's weight row (h = 0: fragment
+// row g, h = 1: row g + 8), valid when w_ok[m][h]; b_row[n]: the lane's activation row (token
+// 8 n + g), valid when b_ok[n]; any_row: a mapped global address (read by no copy: the source of
+// zero fills). Invalid rows and k >= K read as zeros. n_active (warp-uniform): n-tiles with any
+// valid row; b[n] for n >= n_active is not loaded. The warp takes the 64-byte units
+// warp + i * kWarps (unrolled kUnroll at a time) through `ring` (its own): iteration
+// i + kStages - 1 is issued before iteration i is multiplied. Returns with none of the warp's
+// copies pending. kWeightsIssued: decode_warp_issue_weights issued the first iterations' weights.
+template <class Config, bool kWeightsIssued = false, class Elem, class Multiply>
 __device__ __forceinline__ void decode_warp_stream(
     const Elem* const (&w_row)[DecodeTile::kTilesM][2], const bool (&w_ok)[DecodeTile::kTilesM][2],
     const Elem* const (&b_row)[DecodeTile::kNTiles], const bool (&b_ok)[DecodeTile::kNTiles],
-    const void* any_row, int n_active, int64_t k_total, DecodeWarpRing& ring,
-    Multiply&& multiply) {
-  constexpr int kTilesM = Config::kTilesM, kNTiles = Config::kNTiles, kUnroll = Config::kUnroll;
+    const void* any_row, int n_active, int64_t k_total, DecodeWarpRing& ring, Multiply&& multiply) {
+  constexpr int kNTiles = Config::kNTiles, kUnroll = Config::kUnroll;
+  constexpr int kTilesM = Config::kTilesM;
   constexpr int kStages = Config::kStages;
   constexpr int kLaneK = 16 / int(sizeof(Elem));  // elements in a lane's 16 bytes
-  constexpr int kUnitK = 4 * kLaneK;               // elements in a 64-byte unit
+  constexpr int kUnitK = 4 * kLaneK;              // elements in a 64-byte unit
   constexpr int64_t kWarpK = int64_t(kUnitK) * kUnroll;
   constexpr int64_t kCtaK = kWarpK * Config::kWarps;
   static_assert(kWarpK == Config::kWarpK * 2 / int(sizeof(Elem)), "64-byte units, bf16 k 32");
@@ -270,19 +345,22 @@ __device__ __forceinline__ void decode_warp_stream(
   const int64_t k_begin = int64_t(warp) * kWarpK;
   const int64_t blocks = k_begin < k_total ? (k_total - k_begin + kCtaK - 1) / kCtaK : 0;
 
-  // Copies of warp iteration i (k from k_begin + i * kCtaK) into slot i % kStages; one commit
-  // group per iteration, empty past the last block, so wait_group counts stay uniform.
-  auto issue = [&](int64_t i) {
+  // Copies of warp iteration i into slot i % kStages; one commit group per iteration, empty past
+  // the last block, so wait_group counts stay uniform. with_weights false: the activations only.
+  auto issue = [&](int64_t i, bool with_weights) {
     if (i < blocks) {
       const int slot = int(i % kStages);
       const int64_t kb = k_begin + i * kCtaK;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t k = kb + kUnitK * u + kLaneK * t;
+        // The weights as in decode_issue_weight_copies, written out here: calling it moved
+        // instructions of the kernels that never pre-issue (GEMM1, FP8), 2008 -> 2016.
 #pragma unroll
         for (int m = 0; m < kTilesM; ++m) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
+            if (!with_weights) continue;
             const bool valid = w_ok[m][h] && k < k_total;
             const void* src = valid ? static_cast<const void*>(w_row[m][h] + k) : any_row;
             if constexpr (Config::kL2Prefetch256 != 0) {
@@ -305,10 +383,10 @@ __device__ __forceinline__ void decode_warp_stream(
   };
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue(s);
+  for (int s = 0; s < kStages - 1; ++s) issue(s, !kWeightsIssued);
 #pragma unroll 1
   for (int64_t i = 0; i < blocks; ++i) {
-    issue(i + kStages - 1);
+    issue(i + kStages - 1, true);
     ptx::cp_async_wait_group<kStages - 1>();  // this lane's copies of block i have landed
     const int slot = int(i % kStages);
 #pragma unroll
@@ -332,16 +410,16 @@ __device__ __forceinline__ void decode_warp_stream(
 // The BF16 decode GEMMs' mainloop: decode_warp_stream with
 //   acc[m][n][v] += sum over the warp's k of W[row(m, v)][k] * B[token(n, v)][k]
 // where row(m, v) = tile m's row g (v < 2) or g + 8 (v >= 2) and token(n, v) = 8 n + 2 t + v % 2.
-template <class Config>
+template <class Config, bool kWeightsIssued = false>
 __device__ __forceinline__ void decode_warp_mainloop(
     const __nv_bfloat16* const (&w_row)[DecodeTile::kTilesM][2],
     const bool (&w_ok)[DecodeTile::kTilesM][2],
     const __nv_bfloat16* const (&b_row)[DecodeTile::kNTiles],
     const bool (&b_ok)[DecodeTile::kNTiles], const void* any_row, int n_active, int64_t k_total,
     DecodeWarpRing& ring, float (&acc)[DecodeTile::kTilesM][DecodeTile::kNTiles][4]) {
-  decode_warp_stream<Config>(
+  decode_warp_stream<Config, kWeightsIssued>(
       w_row, w_ok, b_row, b_ok, any_row, n_active, k_total, ring,
-      [&](int64_t, const uint4 (&a)[DecodeTile::kTilesM][2], const uint4 (&b)[DecodeTile::kNTiles]) {
+      [&](int64_t, const uint4(&a)[DecodeTile::kTilesM][2], const uint4(&b)[DecodeTile::kNTiles]) {
 #pragma unroll
         for (int n = 0; n < Config::kNTiles; ++n) {
           if (n >= n_active) continue;

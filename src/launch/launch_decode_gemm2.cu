@@ -32,17 +32,19 @@ cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* ac
   params.hidden_size = hidden_size;
   params.intermediate_size = intermediate_size;
   params.epilogue = epilogue;
-  const bool early_lookup = rows.slot_key != nullptr &&
-                            heuristics::use_decode_early_start(rows.max_rows, rows.top_k);
+  const int64_t col_slices =
+      heuristics::ceil_div_decode(hidden_size, kernels::kDecodeGemm2ColsPerCta);
+  const int64_t grid_ctas =
+      col_slices * heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
+  const bool early_lookup = rows.slot_key != nullptr && heuristics::use_decode_gemm2_early_lookup(
+                                                            rows.max_rows, rows.top_k, grid_ctas);
   params.slot_key = early_lookup ? rows.slot_key : nullptr;
   params.num_slots = static_cast<int32_t>(rows.max_rows);
   params.top_k = rows.top_k;
-  const int64_t col_slices =
-      heuristics::ceil_div_decode(hidden_size, kernels::kDecodeGemm2ColsPerCta);
   if (!epilogue.is_plain()) {
     return launch_decode_gemm(kernels::sm90_decode_gemm2_kernel<4, true>,
-                              kernels::sm90_decode_gemm2_kernel<8, true>, params, rows,
-                              col_slices, enable_pdl, stream);
+                              kernels::sm90_decode_gemm2_kernel<8, true>, params, rows, col_slices,
+                              enable_pdl, stream);
   }
   const kernels::DecodeGemm2Params& plain = params;  // the plain builds take the base part
   return launch_decode_gemm(kernels::sm90_decode_gemm2_kernel<4, false>,
