@@ -111,11 +111,12 @@ if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 || "${FUSEDMOE_SKIP_BENCH:-0}" != 1 || -
 fi
 if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 ]]; then
   t0=$SECONDS
-  if timeout 300 python3 -m pytest tests/python -q -p no:cacheprovider >> "$OUT/python.log" 2>&1; then
+  if timeout 300 python3 -m pytest tests/python -q -rfE -p no:cacheprovider >> "$OUT/python.log" 2>&1; then
     note "pytest: $(tail -1 "$OUT/python.log") ($((SECONDS - t0)) s)"
   else
     note "pytest: FAILED: $(tail -1 "$OUT/python.log")"
-    grep -E '^(FAILED|ERROR)' "$OUT/python.log" | head -10
+    # The failed tests' names go into the summary too, which is what a caller's tail shows.
+    while read -r line; do note "  $line"; done < <(grep -E '^(FAILED|ERROR) ' "$OUT/python.log" | head -10 | cut -c1-300)
   fi
 fi
 if [[ "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
