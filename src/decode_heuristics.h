@@ -127,10 +127,10 @@ constexpr bool use_decode_early_start(int64_t num_slots, int top_k) {
 
 // GEMM2 takes the early lookup (and, with it, issues its first weights before its PDL wait) only
 // while its grid is small: every CTA of the grid, hit or not, runs the lookup before the wait,
-// beside GEMM1's last CTAs, where waiting costs them nothing. H200 (bench/NOTES.md, "Decode GEMM2:
-// weights before the wait"): qwen3-30b T = 1 (8 x 64 = 512 CTAs) 35.8 -> 34.1 us with it;
-// T = 16 (128 x 64 = 8192 CTAs) 208.4 us with it, 203.1 without. grid_ctas: column slices x
-// expert slots (launch/decode_gemm_launch.h).
+// beside GEMM1's last CTAs, where waiting costs them nothing. H200 (bench/NOTES.md, "Ping-pong
+// prefill GEMMs and GEMM2's weights before the wait, measured"): qwen3-30b T = 1 (8 x 64 = 512
+// CTAs) 35.8 -> 34.1 us with it; T = 16 (128 x 64 = 8192 CTAs) 208.4 us with it, 203.1 without.
+// grid_ctas: column slices x expert slots (launch/decode_gemm_launch.h).
 constexpr int64_t kDecodeGemm2EarlyMaxCtas = 4096;
 
 constexpr bool use_decode_gemm2_early_lookup(int64_t num_slots, int top_k, int64_t grid_ctas) {
