@@ -5,7 +5,8 @@ Over every file git knows (tracked, plus untracked files that are not ignored), 
 1. a mention of a path outside the repository: the parent folder's shared notes or an absolute
    path under the machine's work folder (the exact strings are FORBIDDEN below);
 2. a path to a Markdown file that is not in the repository (a word like `docs/SPEC.md` or
-   `bench/NOTES.md`, read relative to the mentioning file's folder or to the repository root);
+   `bench/NOTES.md`, read relative to the mentioning file's folder or to the repository root; in
+   a `.patch` or `.diff` file, git's `a/` and `b/` prefixes are dropped first);
 3. in Markdown files, a relative link (`[text](target)`, `[label]: target`) whose target file or
    `#anchor` heading does not exist;
 4. a section citation whose heading does not exist: `SPEC "Routing methods"`, `DESIGN "Numerics"`
@@ -133,6 +134,7 @@ def check_file(repo, path):
     problems = []
     lines = text.splitlines()
     is_markdown = path.endswith(".md")
+    is_diff = path.endswith((".patch", ".diff"))
 
     for number, line in enumerate(lines, 1):
         for bad in FORBIDDEN:
@@ -140,7 +142,10 @@ def check_file(repo, path):
                 problems.append(f"{path}:{number}: mentions '{bad}', a path outside the repository")
         plain = URL.sub(" ", line)
         for m in MD_PATH.finditer(plain):
-            if repo.resolve(path, m.group(0)) is None:
+            named = m.group(0)
+            if is_diff and named[:2] in ("a/", "b/"):
+                named = named[2:]  # git's prefixes of the old and new file in a diff
+            if repo.resolve(path, named) is None:
                 problems.append(f"{path}:{number}: names {m.group(0)}, which is not a file of the "
                                 "repository")
         for m in CITATION.finditer(plain):

@@ -74,6 +74,7 @@ def test_checker_catches_each_kind_of_problem(tmp_path):
             "// the benchmark of BENCH%; docs/SPEC% exists; ../docs/DESIGN% resolves\n"
             "// docs/DESIGN% ^Numerics^ fine, docs/DESIGN% ^Routing^ not\n"),
         "build/ignored.txt": "BENCH%\n",
+        "dev/change.patch": "--- a/docs/SPEC%\n+++ b/docs/SPEC%\n--- a/docs/GONE%\n",
         ".gitignore": "build/\n",
     }
     for path, text in files.items():
@@ -98,9 +99,11 @@ def test_checker_catches_each_kind_of_problem(tmp_path):
         ("src/a.cc:2", f"mentions '{work}'"),
         ("src/a.cc:3", "names BENCH%, which is not"),
         ("src/a.cc:4", "cites docs/DESIGN% ^Routing^"),
+        ("dev/change.patch:3", "names a/docs/GONE%, which is not"),
     ]
     for path_line, words in expected:
         assert has(path_line, words), f"{path_line}: {words} not reported in:\n{text}"
     # And nothing else: the good links, the URL, the code block, the sections that exist, the
-    # relative path that resolves and the ignored file pass.
+    # relative path that resolves, a diff's a/ and b/ names of a file that exists and the ignored
+    # file pass.
     assert len(problems) == len(expected), text
