@@ -282,14 +282,17 @@ __device__ __forceinline__ void decode_issue_weight_copies(
   }
 }
 
-// The number of warp iterations of decode_warp_stream for this warp.
+// This warp's share of K in decode_warp_stream: iteration i covers the kWarpK elements from
+// k_begin + i * kCtaK, for i < blocks.
 template <class Config, class Elem>
-__device__ __forceinline__ int64_t decode_warp_blocks(int64_t k_total, int64_t* k_begin) {
-  constexpr int64_t kWarpK = int64_t(4 * (16 / int(sizeof(Elem)))) * Config::kUnroll;
-  constexpr int64_t kCtaK = kWarpK * Config::kWarps;
-  *k_begin = int64_t(threadIdx.x / 32) * kWarpK;
-  return *k_begin < k_total ? (k_total - *k_begin + kCtaK - 1) / kCtaK : 0;
-}
+struct DecodeWarpK {
+  static constexpr int64_t kWarpK = int64_t(4 * (16 / int(sizeof(Elem)))) * Config::kUnroll;
+  static constexpr int64_t kCtaK = kWarpK * Config::kWarps;
+  int64_t k_begin, blocks;
+  __device__ __forceinline__ explicit DecodeWarpK(int64_t k_total)
+      : k_begin(int64_t(threadIdx.x / 32) * kWarpK),
+        blocks(k_begin < k_total ? (k_total - k_begin + kCtaK - 1) / kCtaK : 0) {}
+};
 
 // Issues the weight copies of the first kStages - 1 iterations of decode_warp_stream, without
 // committing them, so that a kernel can start its weights streaming before its PDL wait (the
@@ -300,16 +303,13 @@ template <class Config, class Elem>
 __device__ __forceinline__ void decode_warp_issue_weights(
     const Elem* const (&w_row)[DecodeTile::kTilesM][2], const bool (&w_ok)[DecodeTile::kTilesM][2],
     const void* any_row, int64_t k_total, DecodeWarpRing& ring) {
-  int64_t k_begin = 0;
-  const int64_t blocks = decode_warp_blocks<Config, Elem>(k_total, &k_begin);
+  const DecodeWarpK<Config, Elem> range(k_total);
+  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int s = 0; s < Config::kStages - 1; ++s) {
-    if (s < blocks) {
-      constexpr int64_t kCtaK =
-          int64_t(4 * (16 / int(sizeof(Elem)))) * Config::kUnroll * Config::kWarps;
-      const int lane = threadIdx.x % 32;
-      decode_issue_weight_copies<Config>(w_row, w_ok, any_row, k_total, k_begin + s * kCtaK, s,
-                                         lane, lane % 4, ring);
+    if (s < range.blocks) {
+      decode_issue_weight_copies<Config>(w_row, w_ok, any_row, k_total,
+                                         range.k_begin + s * range.kCtaK, s, lane, lane % 4, ring);
     }
   }
 }
@@ -333,17 +333,18 @@ __device__ __forceinline__ void decode_warp_stream(
     const Elem* const (&w_row)[DecodeTile::kTilesM][2], const bool (&w_ok)[DecodeTile::kTilesM][2],
     const Elem* const (&b_row)[DecodeTile::kNTiles], const bool (&b_ok)[DecodeTile::kNTiles],
     const void* any_row, int n_active, int64_t k_total, DecodeWarpRing& ring, Multiply&& multiply) {
-  constexpr int kNTiles = Config::kNTiles, kUnroll = Config::kUnroll;
-  constexpr int kTilesM = Config::kTilesM;
+  constexpr int kTilesM = Config::kTilesM, kNTiles = Config::kNTiles, kUnroll = Config::kUnroll;
   constexpr int kStages = Config::kStages;
   constexpr int kLaneK = 16 / int(sizeof(Elem));  // elements in a lane's 16 bytes
   constexpr int kUnitK = 4 * kLaneK;              // elements in a 64-byte unit
-  constexpr int64_t kWarpK = int64_t(kUnitK) * kUnroll;
-  constexpr int64_t kCtaK = kWarpK * Config::kWarps;
-  static_assert(kWarpK == Config::kWarpK * 2 / int(sizeof(Elem)), "64-byte units, bf16 k 32");
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
-  const int64_t k_begin = int64_t(warp) * kWarpK;
-  const int64_t blocks = k_begin < k_total ? (k_total - k_begin + kCtaK - 1) / kCtaK : 0;
+  using WarpK = DecodeWarpK<Config, Elem>;
+  constexpr int64_t kCtaK = WarpK::kCtaK;
+  static_assert(WarpK::kWarpK == int64_t(kUnitK) * kUnroll, "kUnroll 64-byte units per iteration");
+  static_assert(WarpK::kWarpK == Config::kWarpK * 2 / int(sizeof(Elem)),
+                "64-byte units, bf16 k 32");
+  const int lane = threadIdx.x % 32, t = lane % 4;
+  const WarpK range(k_total);
+  const int64_t k_begin = range.k_begin, blocks = range.blocks;
 
   // Copies of warp iteration i into slot i % kStages; one commit group per iteration, empty past
   // the last block, so wait_group counts stay uniform. with_weights false: the activations only.
