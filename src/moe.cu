@@ -2,8 +2,8 @@
 //
 //   route (logits) | decode (routed ids)  ->  slot_key, slot_weight  [T * K]
 //   [scale x by the weights (use_routing_scales_on_input) -> x' [T, H], in the y region]
-//   count -> offsets -> permute           ->  expert_offsets [E_loc + 1], gather_rows, permuted_idx
 //   [FP8 weights: x quantised per token and 128-group -> x8, x_scale (docs/fp8.md)]
+//   count -> offsets -> permute           ->  expert_offsets [E_loc + 1], gather_rows, permuted_idx
 //   GEMM1 + activation (rows gathered)    ->  act [T * K, I]
 //   [FP8 weights: act quantised the same way -> act8, act_scale]
 //   GEMM2 (+ bias)                        ->  y [T * K, H]   (or straight into gemm2_output)
@@ -114,26 +114,35 @@ GemmEpilogue gemm2_epilogue(const MoeArguments& args) {
   return epilogue;
 }
 
-// The FP8 variant's GEMMs (docs/fp8.md): x quantised (unless given in e4m3), GEMM1 with its
-// activation into the bf16 act, act quantised per 128-column group, GEMM2 into y.
+// The FP8 variant's x: the caller's e4m3 hidden states, or x quantised per token and 128-group
+// (launched before the sort, so that a decode GEMM1 that starts early finds it complete: the
+// sort lets its successor launch only after its own wait). Its rows are gathered by gather_rows.
+Status quantize_fp8_x(const MoeArguments& args, const Workspace& ws, const __nv_bfloat16* x,
+                      Fp8A* x8, cudaStream_t stream) {
+  const int64_t T = args.shape.num_tokens;
+  *x8 = Fp8A{ws.x8, ws.x_scale, T, ws.gather_rows};
+  if (args.hidden_states_dtype == DType::kFP8E4M3) {
+    x8->a = static_cast<const uint8_t*>(args.hidden_states);
+    x8->scale = args.hidden_states_scale;
+    return Status::Ok();
+  }
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_quantize_fp8(x, T, nullptr, args.shape.hidden_size, ws.x8,
+                                                    ws.x_scale, T, args.enable_pdl, stream),
+                                "launch_quantize_fp8 (hidden_states)");
+  return Status::Ok();
+}
+
+// The FP8 variant's GEMMs (docs/fp8.md): GEMM1 on x8 (quantize_fp8_x) with its activation into
+// the bf16 act, act quantised per 128-column group, GEMM2 into y.
 // decode1 / decode2: the decode forms of GEMM1 / GEMM2 (decode_heuristics.h).
 Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows rows, bool claim2,
-                     bool decode1, bool decode2, const __nv_bfloat16* x, __nv_bfloat16* y,
+                     bool decode1, bool decode2, const Fp8A& x8, __nv_bfloat16* y,
                      const GemmEpilogue& epilogue1, const GemmEpilogue& epilogue2,
                      cudaStream_t stream) {
   const MoeShape& shape = args.shape;
   const int64_t T = shape.num_tokens, H = shape.hidden_size, I = shape.intermediate_size;
   const int64_t num_slots = T * shape.top_k;
   const bool pdl = args.enable_pdl;
-  Fp8A x8{ws.x8, ws.x_scale, T, ws.gather_rows};
-  if (args.hidden_states_dtype == DType::kFP8E4M3) {
-    x8.a = static_cast<const uint8_t*>(args.hidden_states);
-    x8.scale = args.hidden_states_scale;
-  } else {
-    FUSEDMOE_CUDA_RETURN_IF_ERROR(
-        launch_quantize_fp8(x, T, nullptr, H, ws.x8, ws.x_scale, T, pdl, stream),
-        "launch_quantize_fp8 (hidden_states)");
-  }
   const Fp8B w1{static_cast<const uint8_t*>(args.gemm1_weights), args.gemm1_weights_scale};
   const Fp8B w2{static_cast<const uint8_t*>(args.gemm2_weights), args.gemm2_weights_scale};
   const auto gemm1 = decode1 ? launch_decode_gemm1_fp8 : launch_gemm1_fp8;
@@ -310,6 +319,10 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
     x = ws.y;
   }
 
+  // 1c. FP8: x quantised, before the sort (quantize_fp8_x).
+  Fp8A x8;
+  if (fp8) FUSEDMOE_RETURN_IF_ERROR(quantize_fp8_x(args, ws, x, &x8, stream));
+
   // 2. Permutation: local slots sorted by (local expert, slot), stable and deterministic; at
   // decode sizes (T * K <= 4096) one CTA instead of three kernels (decode_heuristics.h).
   if (heuristics::use_small_sort(num_slots)) {
@@ -342,7 +355,7 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   const int64_t H = shape.hidden_size, I = shape.intermediate_size;
   rows.tile_counters = claim1 ? ws.tile_counters : nullptr;
   if (fp8) {
-    FUSEDMOE_RETURN_IF_ERROR(run_fp8_gemms(args, ws, rows, claim2, decode1, decode2, x, y,
+    FUSEDMOE_RETURN_IF_ERROR(run_fp8_gemms(args, ws, rows, claim2, decode1, decode2, x8, y,
                                            epilogue1, epilogue2, stream));
   } else if (gated) {
     const auto gemm1 = decode1 ? launch_decode_gemm1_swiglu : launch_gemm1_swiglu;

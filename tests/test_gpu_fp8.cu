@@ -28,6 +28,7 @@
 #include "common/host_data.h"
 #include "common/moe_case.h"
 #include "common/tolerance.h"
+#include "decode_heuristics.h"
 #include "fusedmoe/fusedmoe.h"
 #include "launch/fp8_gemm.h"
 #include "reference/bf16.h"
@@ -284,31 +285,55 @@ TEST(GpuFp8, HiddenStatesInE4m3GiveTheBf16InputsResultBitwise) {
 // Many tiles per CTA, experts with no rows, a gathered A, both tile schedules of the grouped
 // kernels (static, claimed) and the decode kernels (the same problems: they serve any routing,
 // re-reading an expert's weights per 16 rows) are covered. The decode kernels promote per
-// 64-deep half block and add the warps' sums: still exact here.
+// 64-deep half block and add the warps' sums: still exact here. With top_k > 0 the rows come
+// from kKeySlots slot keys instead, the input of the decode kernels' early start: a key per slot,
+// uniform over the experts and one value past them (a slot of another shard); expert e's rows are
+// its slots in slot order (the sort's stable order) and a gathered row's A row is its token,
+// slot / top_k.
 struct ExactGemmProblem {
+  static constexpr int32_t kKeySlots = 200;
   int64_t k, n, a_rows;
   int32_t experts;
+  int32_t top_k = 0;
   std::vector<int32_t> offsets, gather;  // gather empty: row p of A is p
+  std::vector<int32_t> keys;             // [kKeySlots] with top_k > 0, else empty
   std::vector<uint8_t> a, b;             // e4m3 codes
   std::vector<float> a_scale, b_scale;   // [k / 128, a_rows], [experts, n / 128, k / 128]
 
-  ExactGemmProblem(int64_t k_, int64_t n_, int32_t experts_, bool gathered, uint64_t seed)
-      : k(k_), n(n_), experts(experts_) {
+  ExactGemmProblem(int64_t k_, int64_t n_, int32_t experts_, bool gathered, uint64_t seed,
+                   int32_t top_k_ = 0)
+      : k(k_), n(n_), experts(experts_), top_k(top_k_) {
     uint64_t state = seed;
     auto next = [&state](uint32_t range) {
       state = state * 6364136223846793005ull + 1442695040888963407ull;
       return static_cast<uint32_t>((state >> 33) % range);
     };
     offsets.assign(experts + 1, 0);
-    for (int32_t e = 0; e < experts; ++e) {
-      const int32_t count = e % 5 == 3 ? 0 : static_cast<int32_t>(next(300));  // some empty
-      offsets[e + 1] = offsets[e] + count;
+    if (top_k > 0) {
+      keys.resize(kKeySlots);
+      for (int32_t& key : keys) key = static_cast<int32_t>(next(uint32_t(experts) + 1));
+      for (const int32_t key : keys) {
+        if (key < experts) ++offsets[key + 1];
+      }
+      for (int32_t e = 0; e < experts; ++e) offsets[e + 1] += offsets[e];
+    } else {
+      for (int32_t e = 0; e < experts; ++e) {
+        const int32_t count = e % 5 == 3 ? 0 : static_cast<int32_t>(next(300));  // some empty
+        offsets[e + 1] = offsets[e] + count;
+      }
     }
     const int64_t rows = offsets[experts];
-    a_rows = gathered ? 97 : rows;
+    a_rows = !gathered ? rows : top_k > 0 ? (kKeySlots + top_k - 1) / top_k : 97;
     if (gathered) {
       gather.resize(rows);
-      for (int32_t& g : gather) g = static_cast<int32_t>(next(static_cast<uint32_t>(a_rows)));
+      if (top_k > 0) {
+        std::vector<int32_t> at(offsets.begin(), offsets.end() - 1);
+        for (int32_t slot = 0; slot < kKeySlots; ++slot) {
+          if (keys[slot] < experts) gather[at[keys[slot]]++] = slot / top_k;
+        }
+      } else {
+        for (int32_t& g : gather) g = static_cast<int32_t>(next(static_cast<uint32_t>(a_rows)));
+      }
     }
     auto code = [&next]() { return detail::float_to_e4m3(static_cast<float>(next(5)) - 2.0f); };
     auto power = [&next]() { return std::ldexp(1.0f, -static_cast<int>(next(4))); };
@@ -354,21 +379,28 @@ struct ExactGemmProblem {
 };
 
 // Which kernel runs a problem: the grouped one with a static or claimed tile schedule, or the
-// decode one.
-enum class Fp8Kernel { kStatic, kClaimed, kDecode };
+// decode one, from expert_offsets or from the slot keys (its early start; the problem then comes
+// from keys: problem_top_k).
+enum class Fp8Kernel { kStatic, kClaimed, kDecode, kDecodeEarly };
 const char* kernel_name(Fp8Kernel kernel) {
   return kernel == Fp8Kernel::kStatic    ? "grouped, static tiles"
          : kernel == Fp8Kernel::kClaimed ? "grouped, claimed tiles"
-                                         : "decode";
+         : kernel == Fp8Kernel::kDecode  ? "decode"
+                                         : "decode, early start from the slot keys";
 }
-constexpr Fp8Kernel kFp8Kernels[] = {Fp8Kernel::kStatic, Fp8Kernel::kClaimed, Fp8Kernel::kDecode};
+constexpr Fp8Kernel kFp8Kernels[] = {Fp8Kernel::kStatic, Fp8Kernel::kClaimed, Fp8Kernel::kDecode,
+                                     Fp8Kernel::kDecodeEarly};
+int32_t problem_top_k(Fp8Kernel kernel) { return kernel == Fp8Kernel::kDecodeEarly ? 8 : 0; }
 
 // One launch of an FP8 GEMM kernel on `problem`: its bf16 output [rows + 8, out_cols] (8 rows past
 // the last expert's, which must stay untouched: poisoned 0xFFFF).
 std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated, Fp8Kernel kernel,
                                      int64_t out_cols, const detail::GemmEpilogue& epilogue) {
   const bool claim = kernel == Fp8Kernel::kClaimed;
+  const bool early = kernel == Fp8Kernel::kDecodeEarly;
+  EXPECT_EQ(early, !problem.keys.empty()) << "an early-start problem comes from slot keys";
   DeviceArray<int32_t> offsets(problem.offsets), counters(std::vector<int32_t>{0, 0});
+  DeviceArray<int32_t> keys(problem.keys.empty() ? std::vector<int32_t>{0} : problem.keys);
   DeviceArray<int32_t> gather(problem.gather.empty() ? std::vector<int32_t>{0} : problem.gather);
   DeviceArray<uint8_t> a(problem.a), b(problem.b);
   DeviceArray<float> a_scale(problem.a_scale), b_scale(problem.b_scale);
@@ -380,11 +412,23 @@ std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated
   rows.num_experts = problem.experts;
   rows.max_rows = problem.rows() + 8;  // a bound, as the pipeline's T * K is
   rows.tile_counters = claim ? counters.get() : nullptr;
+  if (early) {  // the keys' count is the bound (the kernel reads num_slots = max_rows keys)
+    const int64_t slots = static_cast<int64_t>(problem.keys.size());
+    rows.slot_key = keys.get();
+    rows.top_k = problem.top_k;
+    rows.max_rows = slots;
+    // The launchers' rules must pick the early start here, or this tests nothing new.
+    const int64_t grid = heuristics::ceil_div_decode(out_cols, 32) *
+                         heuristics::decode_expert_slots(slots, problem.experts);
+    EXPECT_TRUE(gated || !problem.gather.empty()
+                    ? heuristics::use_decode_early_start(slots, problem.top_k)
+                    : heuristics::use_decode_gemm2_early_lookup(slots, problem.top_k, grid));
+  }
   const detail::Fp8A fa{a.get(), a_scale.get(), problem.a_rows,
                         problem.gather.empty() ? nullptr : gather.get()};
   const detail::Fp8B fb{b.get(), b_scale.get()};
   auto* y = reinterpret_cast<__nv_bfloat16*>(out.get());
-  const bool decode = kernel == Fp8Kernel::kDecode;
+  const bool decode = kernel == Fp8Kernel::kDecode || early;
   const auto gemm1 = decode ? detail::launch_decode_gemm1_fp8 : detail::launch_gemm1_fp8;
   const auto gemm2 = decode ? detail::launch_decode_gemm2_fp8 : detail::launch_gemm2_fp8;
   const cudaError_t err =
@@ -437,8 +481,9 @@ TEST(GpuFp8, Gemm2KernelIsExactOnIntegerProblems) {
     for (const bool relu2 : {false, true}) {
       SCOPED_TRACE(std::string(kernel_name(kernel)) +
                    (relu2 ? ", non-gated GEMM1 (relu2, gathered)" : ", GEMM2"));
-      expect_exact_plain_gemm(ExactGemmProblem(512, 768, 23, /*gathered=*/relu2, ++seed), kernel,
-                              relu2);
+      expect_exact_plain_gemm(
+          ExactGemmProblem(512, 768, 23, /*gathered=*/relu2, ++seed, problem_top_k(kernel)), kernel,
+          relu2);
     }
   }
 }
@@ -451,8 +496,9 @@ TEST(GpuFp8, Gemm2KernelIsExactForEveryKBlockCount) {
   for (const Fp8Kernel kernel : kFp8Kernels) {
     for (const int64_t k : {128, 256, 384, 640}) {
       SCOPED_TRACE(std::string(kernel_name(kernel)) + ", K = " + std::to_string(k));
-      expect_exact_plain_gemm(ExactGemmProblem(k, 256, 7, /*gathered=*/false, ++seed), kernel,
-                              false);
+      expect_exact_plain_gemm(
+          ExactGemmProblem(k, 256, 7, /*gathered=*/false, ++seed, problem_top_k(kernel)), kernel,
+          false);
     }
   }
 }
@@ -463,7 +509,8 @@ TEST(GpuFp8, GatedGemm1KernelIsExactOnIntegerProblemsUpToSilu) {
   for (const Fp8Kernel kernel : kFp8Kernels) {
     SCOPED_TRACE(kernel_name(kernel));
     const int64_t inter = 512;
-    const ExactGemmProblem problem(384, 2 * inter, 19, /*gathered=*/true, ++seed);
+    const ExactGemmProblem problem(384, 2 * inter, 19, /*gathered=*/true, ++seed,
+                                   problem_top_k(kernel));
     detail::GemmEpilogue epilogue;
     epilogue.has_activation = true;  // plain SwiGLU
     const std::vector<uint16_t> out = run_exact_gemm(problem, true, kernel, inter, epilogue);

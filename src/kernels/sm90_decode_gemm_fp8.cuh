@@ -37,20 +37,28 @@ struct DecodeGemmFp8Params {
   const uint8_t* a;               // [*, k] e4m3: the token rows
   const float* a_scale;           // [k / 128, scale_stride]
   int64_t scale_stride;
-  const int32_t* gather_rows;     // [max_rows], or nullptr (row p of a is p)
-  const uint8_t* w;               // [E_loc, w_rows, k] e4m3
-  const float* w_scale;           // [E_loc, w_rows / 128, k / 128]
-  int64_t w_rows;                 // 2I (gated) or the output columns
-  int64_t k;                      // a multiple of 128
-  __nv_bfloat16* out;             // [max_rows, out_cols]
-  int64_t out_cols;               // I (gated) or the output columns
+  const int32_t* gather_rows;  // [max_rows], or nullptr (row p of a is p)
+  const uint8_t* w;            // [E_loc, w_rows, k] e4m3
+  const float* w_scale;        // [E_loc, w_rows / 128, k / 128]
+  int64_t w_rows;              // 2I (gated) or the output columns
+  int64_t k;                   // a multiple of 128
+  __nv_bfloat16* out;          // [max_rows, out_cols]
+  int64_t out_cols;            // I (gated) or the output columns
   detail::GemmEpilogue epilogue;
+  // The early start, as the BF16 decode GEMMs do it (decode_heuristics.h): the CTA's expert and
+  // rows from the routing's slot keys (decode_cta_expert_from_keys) instead of expert_offsets.
+  // With gather_rows (a GEMM1: the a rows are tokens) the tokens come from the keys too, the
+  // next kernel may launch at once, and the mainloop runs before this CTA's griddepcontrol.wait,
+  // which it calls before it exits; without (a GEMM2) the lookup and the first weight copies
+  // come before the wait. nullptr: expert_offsets and gather_rows after the wait.
+  const int32_t* slot_key;  // [num_slots]
+  int32_t num_slots;        // <= kDecodeEarlyMaxSlots
+  int32_t top_k;
 };
 
 // Output columns per CTA.
 template <bool kGated>
 constexpr int kDecodeFp8ColsPerCta = kGated ? 8 * DecodeTile::kTilesM : DecodeTile::kRowsM;
-
 
 template <int kWarps, bool kGated>
 __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
@@ -62,9 +70,6 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   auto& smem = *reinterpret_cast<DecodeSharedStorage<Config>*>(smem_bytes);
 
   // ---- prologue: which expert, which rows -----------------------------------------------------
-  DecodeExpertRows rows;
-  if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) return;
-  const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
   const int64_t k = params.k, k_blocks = k / 128, out_cols = params.out_cols;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t col0 = int64_t(blockIdx.x) * kDecodeFp8ColsPerCta<kGated>;
@@ -74,29 +79,62 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   // CTA's: up and gate blocks (gated), or the one block twice.
   const uint8_t* w_row[kTilesM][2];
   bool w_ok[kTilesM][2];
-  const uint8_t* w_expert = params.w + int64_t(expert) * params.w_rows * k;
-  const float* scale_expert = params.w_scale + int64_t(expert) * (params.w_rows / 128) * k_blocks;
-  const float* w_scale_row[2] = {scale_expert + (col0 / 128) * k_blocks,
-                                 scale_expert + ((kGated ? col0 + out_cols : col0) / 128) * k_blocks};
+  const float* w_scale_row[2];
+  auto set_weight_rows = [&](int32_t expert) {
+    const uint8_t* w_expert = params.w + int64_t(expert) * params.w_rows * k;
+    const float* scale_expert = params.w_scale + int64_t(expert) * (params.w_rows / 128) * k_blocks;
+    w_scale_row[0] = scale_expert + (col0 / 128) * k_blocks;
+    w_scale_row[1] = scale_expert + ((kGated ? col0 + out_cols : col0) / 128) * k_blocks;
 #pragma unroll
-  for (int m = 0; m < kTilesM; ++m) {
+    for (int m = 0; m < kTilesM; ++m) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      // gated: up row j (h = 0) and gate row I + j (h = 1) of act column j = col0 + 8 m + g;
-      // else output column col0 + 16 m + 8 h + g.
-      const int64_t col = kGated ? col0 + 8 * m + g : col0 + 16 * m + 8 * h + g;
-      const int64_t row = kGated ? col + h * out_cols : col;
-      w_ok[m][h] = col < out_cols;
-      w_row[m][h] = w_expert + (w_ok[m][h] ? row : 0) * k;
+      for (int h = 0; h < 2; ++h) {
+        // gated: up row j (h = 0) and gate row I + j (h = 1) of act column j = col0 + 8 m + g;
+        // else output column col0 + 16 m + 8 h + g.
+        const int64_t col = kGated ? col0 + 8 * m + g : col0 + 16 * m + 8 * h + g;
+        const int64_t row = kGated ? col + h * out_cols : col;
+        w_ok[m][h] = col < out_cols;
+        w_row[m][h] = w_expert + (w_ok[m][h] ? row : 0) * k;
+      }
     }
+  };
+  DecodeExpertRows rows;
+  const bool early = params.slot_key != nullptr;
+  const bool token_rows = params.gather_rows != nullptr;  // a GEMM1: a rows are tokens
+  bool weights_issued = false;  // the first chunk's first weight copies, before the wait
+  if (early && token_rows) {    // GEMM1: runs while the sort does; waits at its end
+    ptx::griddepcontrol_launch_dependents();
+    if (!decode_cta_expert_from_keys(params.slot_key, params.num_slots, params.top_k,
+                                     params.num_experts, smem, rows)) {
+      ptx::griddepcontrol_wait();
+      return;
+    }
+    set_weight_rows(rows.expert);
+  } else if (early) {  // GEMM2: its first weights stream while the kernel before it drains
+    const bool found = decode_cta_expert_from_keys<Config, false>(
+        params.slot_key, params.num_slots, params.top_k, params.num_experts, smem, rows);
+    if (found) {
+      set_weight_rows(rows.expert);
+      decode_warp_issue_weights<Config>(w_row, w_ok, params.w, k, smem.ring[threadIdx.x / 32]);
+      weights_issued = true;
+    }
+    ptx::griddepcontrol_wait();  // a (the quantised act) comes from earlier kernels
+    ptx::griddepcontrol_launch_dependents();
+    if (!found) return;
+  } else if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) {
+    return;
+  } else {
+    set_weight_rows(rows.expert);
   }
+  const int32_t expert = rows.expert, row_begin = rows.begin, row_end = rows.end;
   const bool plain = params.epilogue.is_plain();
 
   // ---- mainloop over chunks of rows -------------------------------------------------------------
   for (int32_t chunk = row_begin; chunk < row_end; chunk += Config::kChunkRows) {
     const int n_active = (min(Config::kChunkRows, row_end - chunk) + 7) / 8;
     const auto a_row_of = [&](int32_t p) -> int64_t {
-      return params.gather_rows != nullptr ? params.gather_rows[p] : p;
+      if (!token_rows) return p;
+      return early ? smem.early_tokens[p - row_begin] : params.gather_rows[p];
     };
     const uint8_t* b_row[kNTiles];  // a row of token 8 n + g of the chunk
     bool b_ok[kNTiles];
@@ -114,38 +152,43 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
       }
     }
     float acc[kTilesM][kNTiles][4] = {};
-    decode_warp_stream<Config>(
-        w_row, w_ok, b_row, b_ok, params.a, n_active, k, smem.ring[threadIdx.x / 32],
-        [&](int64_t k0, const uint4 (&a)[kTilesM][2], const uint4 (&b)[kNTiles]) {
-          const int64_t block = k0 / 128;
-          const float weight_scale[2] = {w_scale_row[0][block], w_scale_row[1][block]};
-          const float* a_scale_block = params.a_scale + block * params.scale_stride;
+    const auto multiply = [&](int64_t k0, const uint4(&a)[kTilesM][2], const uint4(&b)[kNTiles]) {
+      const int64_t block = k0 / 128;
+      const float weight_scale[2] = {w_scale_row[0][block], w_scale_row[1][block]};
+      const float* a_scale_block = params.a_scale + block * params.scale_stride;
 #pragma unroll
-          for (int n = 0; n < kNTiles; ++n) {
-            if (n >= n_active) continue;
-            float scale_a[2];
+      for (int n = 0; n < kNTiles; ++n) {
+        if (n >= n_active) continue;
+        float scale_a[2];
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+          scale_a[v] = token_row[n][v] >= 0 ? a_scale_block[token_row[n][v]] : 0.0f;
+        }
+#pragma unroll
+        for (int m = 0; m < kTilesM; ++m) {
+          const uint4& lo = a[m][0];
+          const uint4& hi = a[m][1];
+          float unit[4];
+          ptx::mma_m16n8k32_e4m3(unit, lo.x, hi.x, lo.y, hi.y, b[n].x, b[n].y);
+          ptx::mma_m16n8k32_e4m3_acc(unit, lo.z, hi.z, lo.w, hi.w, b[n].z, b[n].w);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
 #pragma unroll
             for (int v = 0; v < 2; ++v) {
-              scale_a[v] = token_row[n][v] >= 0 ? a_scale_block[token_row[n][v]] : 0.0f;
-            }
-#pragma unroll
-            for (int m = 0; m < kTilesM; ++m) {
-              const uint4& lo = a[m][0];
-              const uint4& hi = a[m][1];
-              float unit[4];
-              ptx::mma_m16n8k32_e4m3(unit, lo.x, hi.x, lo.y, hi.y, b[n].x, b[n].y);
-              ptx::mma_m16n8k32_e4m3_acc(unit, lo.z, hi.z, lo.w, hi.w, b[n].z, b[n].w);
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-#pragma unroll
-                for (int v = 0; v < 2; ++v) {
-                  acc[m][n][2 * h + v] = fmaf(weight_scale[h] * scale_a[v], unit[2 * h + v],
-                                              acc[m][n][2 * h + v]);
-                }
-              }
+              acc[m][n][2 * h + v] =
+                  fmaf(weight_scale[h] * scale_a[v], unit[2 * h + v], acc[m][n][2 * h + v]);
             }
           }
-        });
+        }
+      }
+    };
+    if (weights_issued && chunk == row_begin) {
+      decode_warp_stream<Config, true>(w_row, w_ok, b_row, b_ok, params.a, n_active, k,
+                                       smem.ring[threadIdx.x / 32], multiply);
+    } else {
+      decode_warp_stream<Config>(w_row, w_ok, b_row, b_ok, params.a, n_active, k,
+                                 smem.ring[threadIdx.x / 32], multiply);
+    }
     decode_reduce_warps(acc, smem);
 
     // ---- epilogue: bias, activation, bf16, masked stores (warp 0) -----------------------------
@@ -180,6 +223,7 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
       }
     }
   }
+  if (early && token_rows) ptx::griddepcontrol_wait();  // see the prologue
 }
 
 }  // namespace fusedmoe::kernels

@@ -88,6 +88,20 @@ cudaError_t launch_decode_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k,
   params.epilogue = epilogue;
   const int64_t col_slices =
       heuristics::ceil_div_decode(out_cols, kernels::kDecodeFp8ColsPerCta<kGated>);
+  // The early start (kernels/sm90_decode_gemm_fp8.cuh), by the BF16 decode GEMMs' rules: a GEMM1
+  // (a rows gathered by token) up to kDecodeEarlyStartMaxSlots slots, a GEMM2 on small grids.
+  const int64_t grid_ctas =
+      col_slices * heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
+  const bool early =
+      rows.slot_key != nullptr &&
+      (a.gather_rows != nullptr
+           ? heuristics::use_decode_early_start(rows.max_rows, rows.top_k)
+           : heuristics::use_decode_gemm2_early_lookup(rows.max_rows, rows.top_k, grid_ctas));
+  static_assert(heuristics::kDecodeEarlyStartMaxSlots <= kernels::kDecodeEarlyMaxSlots,
+                "the early prologue holds at most kDecodeEarlyMaxSlots keys");
+  params.slot_key = early ? rows.slot_key : nullptr;
+  params.num_slots = static_cast<int32_t>(rows.max_rows);
+  params.top_k = rows.top_k;
   return launch_decode_gemm(kernels::sm90_decode_gemm_fp8_kernel<4, kGated>,
                             kernels::sm90_decode_gemm_fp8_kernel<8, kGated>, params, rows,
                             col_slices, enable_pdl, stream);
