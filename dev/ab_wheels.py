@@ -14,6 +14,8 @@ bitwise the first build's; and per point and build, the three longest kernels.
 
   python3 dev/ab_wheels.py --wheel base=.ab-base/fusedmoe.whl --wheel new=build-carry/wheel/*.whl \
       --models qwen3-30b-a3b,deepseek-v3 --tokens 256,4096,16384 [--dtype bf16 [--ep]] [--rounds 2]
+`--env LABEL=VAR=VALUE` runs that build's workers with an environment variable: one wheel under
+two labels times a variant's run-time switch both ways in the same call.
 The baseline's wheel: check out the baseline, run scripts/prebuild_device.sh and copy
 build-carry/wheel/*.whl aside (e.g. build-carry/base/) before building the change.
 
@@ -125,6 +127,11 @@ def short_kernel(name: str) -> str:
 def driver(args) -> int:
     import torch  # noqa: PLC0415
 
+    extra_env: dict[str, dict[str, str]] = {}
+    for spec in args.env:  # LABEL=VAR=VALUE: the build's worker runs with VAR=VALUE
+        label, _, assignment = spec.partition("=")
+        var, _, value = assignment.partition("=")
+        extra_env.setdefault(label, {})[var] = value
     builds = []
     for spec in args.wheel:
         label, _, pattern = spec.partition("=")
@@ -142,7 +149,8 @@ def driver(args) -> int:
     for round_ in range(args.rounds):
         for label, site in builds:
             result = Path(args.out) / f"ab_{label}_{round_}.json"
-            env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+            env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                       **extra_env.get(label, {}))
             cmd = [sys.executable, __file__, "--worker", "--dtype", args.dtype,
                    *(["--ep"] if args.ep else []), "--models", ",".join(args.models),
                    "--tokens", ",".join(map(str, args.tokens)), "--dump",
@@ -185,6 +193,9 @@ def driver(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheel", action="append", default=[], help="LABEL=WHEEL (first: baseline)")
+    parser.add_argument("--env", action="append", default=[],
+                        help="LABEL=VAR=VALUE: an environment variable for that build's workers "
+                             "(one wheel under two labels times it with and without)")
     parser.add_argument("--dtype", choices=("fp8", "bf16"), default="fp8")
     parser.add_argument("--ep", action="store_true", help="bf16: the routed call on shard 0 of 8")
     parser.add_argument("--models", default="qwen3-30b-a3b")

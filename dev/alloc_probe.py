@@ -70,6 +70,44 @@ print("live CUDA tensors seen by gc:", len(live), "bytes by storage size:",
 for size, ts in sorted(by_size.items(), reverse=True)[:3]:
     holders = [type(r).__name__ for r in gc.get_referrers(ts[0]) if r is not live and r is not ts]
     print("  size", size, "x", len(ts), "held by", holders[:8], flush=True)
+
+def describe(obj):
+    """A short name for a referrer: its type, and what identifies it where that is cheap."""
+    kind = type(obj).__name__
+    if kind == "frame":
+        return f"frame {obj.f_code.co_name} ({obj.f_code.co_filename[-40:]}:{obj.f_lineno})"
+    if kind == "function":
+        return f"function {obj.__qualname__}"
+    if kind == "cell":
+        return "cell"
+    if isinstance(obj, dict):
+        return f"dict keys {list(obj)[:6]}"
+    if isinstance(obj, (list, tuple)):
+        return f"{kind} of {len(obj)}"
+    return kind
+
+
+# The chain of referrers (three levels) of the tensors of the size that grows under memcheck (the
+# T = 989 unfinalized case's gemm2_output), beside the probe's own lists.
+ours = {id(live), id(by_size)} | {id(ts) for ts in by_size.values()}
+GROWING = int(os.environ.get("PROBE_SIZE", 989 * 4 * 1024 * 2))
+for size, ts in by_size.items():
+    if size != GROWING:
+        continue
+    print("  chain of a tensor of", size, "bytes (", len(ts), "alive ):", flush=True)
+    level, seen_ids = [ts[-1]], set(ours)
+    for depth in range(3):
+        nxt = []
+        for obj in level:
+            for r in gc.get_referrers(obj):
+                if id(r) in seen_ids or r is level:
+                    continue
+                seen_ids.add(id(r))
+                print("   " + "  " * depth, describe(r), flush=True)
+                nxt.append(r)
+        level = nxt[:6]
+        seen_ids.add(id(level))
+    break
 print("allocated bytes", torch.cuda.memory_stats()["allocated_bytes.all.current"], flush=True)
 # The allocation stacks of the live blocks (memory history records one per block): which call
 # made the blocks that stay allocated, and where in it.
