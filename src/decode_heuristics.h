@@ -34,6 +34,28 @@ constexpr int decode_warps_per_cta(int64_t num_ctas, int num_sms) {
   return 2 * num_ctas < 5 * int64_t(num_sms) ? 8 : 4;
 }
 
+// Warps per CTA of the FP8 decode kernels (kernels/sm90_decode_gemm_fp8.cuh): 2 (8 CTAs per SM)
+// on grids of many waves, where a CTA's fixed cost (its lookup, the ring's ramp, the reduction
+// and the epilogue) weighs most: from kDecodeFp8TwoWarpMinCtasPerSm CTAs per SM, or from
+// kDecodeFp8TwoWarpShortKMinCtasPerSm when K is at most kDecodeFp8TwoWarpShortK e4m3 (<= 8
+// iterations per warp at 4 warps); else decode_warps_per_cta. Measured on an H200 (bench/NOTES.md,
+// "Finalize loads, the FP8 quantiser's trigger and 2-warp FP8 decode CTAs"), 2 warps against 4:
+// qwen3-30b T = 16 1.144x (GEMM1 46 and GEMM2 62 CTAs per SM), T = 4 1.095x (12 and 16 per SM,
+// K = 2048 and 768); llama4-scout T = 4 0.986x with its GEMM1 on 2 warps (16 per SM, K = 5120).
+// The BF16 decode kernels lost with 2 warps (0.97-0.98x at llama4-scout and deepseek-v3) and keep
+// 4 and 8.
+constexpr int64_t kDecodeFp8TwoWarpMinCtasPerSm = 24;
+constexpr int64_t kDecodeFp8TwoWarpShortKMinCtasPerSm = 8;
+constexpr int64_t kDecodeFp8TwoWarpShortK = 2048;
+
+constexpr int decode_fp8_warps_per_cta(int64_t num_ctas, int num_sms, int64_t k) {
+  const int64_t sms = num_sms;
+  const bool many_waves =
+      num_ctas >= kDecodeFp8TwoWarpMinCtasPerSm * sms ||
+      (k <= kDecodeFp8TwoWarpShortK && num_ctas >= kDecodeFp8TwoWarpShortKMinCtasPerSm * sms);
+  return many_waves ? 2 : decode_warps_per_cta(num_ctas, num_sms);
+}
+
 // Experts hit on average when `slots` slots pick uniformly among `num_experts`:
 // E (1 - (1 - 1/E)^slots).
 inline double expected_hit_experts(int64_t slots, int num_experts) {

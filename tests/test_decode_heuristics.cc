@@ -152,6 +152,28 @@ TEST(DecodeHeuristics, WarpsPerCta) {
   EXPECT_EQ(decode_warps_per_cta(1024, 132), 4);
 }
 
+// The FP8 decode kernels' 2-warp form, at the grids of the measured points (H200, 132 SMs):
+// (column slices x expert slots) CTAs and K in e4m3.
+TEST(DecodeHeuristics, Fp8TwoWarpsOnGridsOfManyWaves) {
+  EXPECT_EQ(decode_fp8_warps_per_cta(48 * 128, 132, 2048), 2);  // qwen3-30b GEMM1, T = 16
+  EXPECT_EQ(decode_fp8_warps_per_cta(64 * 128, 132, 768), 2);   // qwen3-30b GEMM2, T = 16
+  EXPECT_EQ(decode_fp8_warps_per_cta(48 * 32, 132, 2048), 2);   // qwen3-30b GEMM1, T = 4
+  EXPECT_EQ(decode_fp8_warps_per_cta(64 * 32, 132, 768), 2);    // qwen3-30b GEMM2, T = 4
+  EXPECT_EQ(decode_fp8_warps_per_cta(512 * 4, 132, 5120), 4);   // llama4-scout GEMM1, T = 4
+  EXPECT_EQ(decode_fp8_warps_per_cta(512 * 16, 132, 5120), 2);  // llama4-scout GEMM1, T = 16
+  EXPECT_EQ(decode_fp8_warps_per_cta(160 * 16, 132, 8192), 4);  // llama4-scout GEMM2, T = 16
+  EXPECT_EQ(decode_fp8_warps_per_cta(224 * 8, 132, 2048), 2);   // deepseek-v3 GEMM2, T = 1
+  EXPECT_EQ(decode_fp8_warps_per_cta(128 * 8, 132, 7168), 4);   // deepseek-v3 GEMM1, T = 1
+  // Small grids keep the BF16 rule (8 warps below 2.5 CTAs per SM).
+  EXPECT_EQ(decode_fp8_warps_per_cta(48 * 8, 132, 2048), 4);  // qwen3-30b GEMM1, T = 1
+  EXPECT_EQ(decode_fp8_warps_per_cta(160, 132, 8192), 8);     // llama4-scout GEMM2, T = 1
+  // The thresholds scale with the SM count.
+  EXPECT_EQ(decode_fp8_warps_per_cta(8 * 114, 114, 2048), 2);
+  EXPECT_EQ(decode_fp8_warps_per_cta(8 * 114 - 1, 114, 2048), 4);
+  EXPECT_EQ(decode_fp8_warps_per_cta(24 * 114, 114, 2049), 2);
+  EXPECT_EQ(decode_fp8_warps_per_cta(24 * 114 - 1, 114, 2049), 4);
+}
+
 TEST(DecodeHeuristics, EarlyStartUpToItsThreshold) {
   EXPECT_TRUE(use_decode_early_start(8, 8));     // T = 1, K = 8
   EXPECT_TRUE(use_decode_early_start(256, 8));   // T = 32

@@ -503,35 +503,70 @@ TEST(GpuFp8, Gemm2KernelIsExactForEveryKBlockCount) {
   }
 }
 
+// The gated kernel (GEMM1 + SwiGLU) on an exact problem of `inter` act columns: every output
+// within one bf16 step of SiLU(gate) * up of the exact values.
+void expect_exact_gated_gemm(const ExactGemmProblem& problem, Fp8Kernel kernel, int64_t inter) {
+  detail::GemmEpilogue epilogue;
+  epilogue.has_activation = true;  // plain SwiGLU
+  const std::vector<uint16_t> out = run_exact_gemm(problem, true, kernel, inter, epilogue);
+  const std::vector<float> exact = problem.exact();
+  int64_t mismatches = 0;
+  for (int64_t p = 0; p < problem.rows(); ++p) {
+    for (int64_t j = 0; j < inter; ++j) {
+      const float up = exact[p * problem.n + j], gate = exact[p * problem.n + inter + j];
+      const float want = gate / (1.0f + std::exp(-gate)) * up;
+      const float got = detail::bf16_bits_to_float(out[p * inter + j]);
+      // One bf16 step (2^-7 relative) covers the rounding of a SiLU that differs in its
+      // last fp32 bits; a wrong operand moves the value by far more.
+      if (!(std::fabs(got - want) <= std::ldexp(std::fabs(want), -7) + 1e-30f) &&
+          ++mismatches <= 5) {
+        ADD_FAILURE() << "row " << p << " (expert " << problem.expert_of(p) << ") col " << j
+                      << ": got " << got << ", want " << want;
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << problem.rows() * inter;
+  expect_tail_untouched(out, problem.rows(), inter);
+}
+
 TEST(GpuFp8, GatedGemm1KernelIsExactOnIntegerProblemsUpToSilu) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
   uint64_t seed = 20;
   for (const Fp8Kernel kernel : kFp8Kernels) {
     SCOPED_TRACE(kernel_name(kernel));
     const int64_t inter = 512;
-    const ExactGemmProblem problem(384, 2 * inter, 19, /*gathered=*/true, ++seed,
-                                   problem_top_k(kernel));
-    detail::GemmEpilogue epilogue;
-    epilogue.has_activation = true;  // plain SwiGLU
-    const std::vector<uint16_t> out = run_exact_gemm(problem, true, kernel, inter, epilogue);
-    const std::vector<float> exact = problem.exact();
-    int64_t mismatches = 0;
-    for (int64_t p = 0; p < problem.rows(); ++p) {
-      for (int64_t j = 0; j < inter; ++j) {
-        const float up = exact[p * problem.n + j], gate = exact[p * problem.n + inter + j];
-        const float want = gate / (1.0f + std::exp(-gate)) * up;
-        const float got = detail::bf16_bits_to_float(out[p * inter + j]);
-        // One bf16 step (2^-7 relative) covers the rounding of a SiLU that differs in its
-        // last fp32 bits; a wrong operand moves the value by far more.
-        if (!(std::fabs(got - want) <= std::ldexp(std::fabs(want), -7) + 1e-30f) &&
-            ++mismatches <= 5) {
-          ADD_FAILURE() << "row " << p << " (expert " << problem.expert_of(p) << ") col " << j
-                        << ": got " << got << ", want " << want;
-        }
-      }
-    }
-    EXPECT_EQ(mismatches, 0) << "of " << problem.rows() * inter;
-    expect_tail_untouched(out, problem.rows(), inter);
+    expect_exact_gated_gemm(
+        ExactGemmProblem(384, 2 * inter, 19, /*gathered=*/true, ++seed, problem_top_k(kernel)),
+        kernel, inter);
+  }
+}
+
+// The decode kernels' 2-warp form (decode_heuristics.h: decode_fp8_warps_per_cta), which the
+// problems above are too small to reach: grids of at least 8 CTAs per SM at K <= 2048, with as
+// many experts as this card needs for that.
+TEST(GpuFp8, DecodeKernelsOnTwoWarpsAreExact) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  const auto warps = [sms](const ExactGemmProblem& problem, int64_t col_slices) {
+    const int64_t slots = heuristics::decode_expert_slots(problem.rows() + 8, problem.experts);
+    return heuristics::decode_fp8_warps_per_cta(col_slices * slots, sms, problem.k);
+  };
+  const int64_t n = 2048, inter = 1024;  // 64 column slices of 32 (GEMM2), of 16 act columns
+  const int32_t experts = static_cast<int32_t>(
+      heuristics::kDecodeFp8TwoWarpShortKMinCtasPerSm * sms / 64 + 2);  // > 8 CTAs per SM
+  {
+    SCOPED_TRACE("GEMM2, 2 warps");
+    const ExactGemmProblem problem(512, n, experts, /*gathered=*/false, 41);
+    ASSERT_EQ(warps(problem, n / 32), 2);
+    expect_exact_plain_gemm(problem, Fp8Kernel::kDecode, false);
+  }
+  {
+    SCOPED_TRACE("gated GEMM1, 2 warps");
+    const ExactGemmProblem problem(384, 2 * inter, experts, /*gathered=*/true, 42);
+    ASSERT_EQ(warps(problem, inter / 16), 2);
+    expect_exact_gated_gemm(problem, Fp8Kernel::kDecode, inter);
   }
 }
 

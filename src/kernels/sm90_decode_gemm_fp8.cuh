@@ -16,7 +16,8 @@
 // ascending warp order (deterministic). Scales: a_scale group-major [K / 128, scale_stride]
 // (row = gather_rows[p] or p); w_scale [E_loc, rows / 128, K / 128]; both L1-cached loads.
 // Epilogue (warp 0): the expert's bias and the activation of `epilogue`, 2-byte bf16 stores.
-// Grid and warps as the BF16 decode GEMMs (launch/decode_gemm_launch.h).
+// Grid as the BF16 decode GEMMs (launch/decode_gemm_launch.h); 2, 4 or 8 warps
+// (decode_heuristics.h: decode_fp8_warps_per_cta).
 #pragma once
 
 #include <cuda_bf16.h>

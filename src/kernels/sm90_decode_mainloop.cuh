@@ -64,7 +64,8 @@ constexpr int kDecodeEarlyMaxSlots = 256;
 constexpr int kDecodeHitWords = 1024 / 32;  // a bit per local expert (E_loc <= 1024, validated)
 
 // kWarps warps split K: 4 by default, 8 when the grid has too few CTAs to fill the SMs
-// (decode_heuristics.h: decode_warps_per_cta).
+// (decode_heuristics.h: decode_warps_per_cta), 2 for the FP8 kernels on grids of many waves
+// (decode_fp8_warps_per_cta).
 template <int kWarps_>
 struct DecodeGemmConfig : DecodeTile {
   static constexpr int kWarps = kWarps_;

@@ -10,7 +10,8 @@
 // every weight is 1 (use_routing_scales_on_input, where the weights scaled the input instead).
 // Grid: (T, column blocks); each thread owns kVec consecutive columns (16-byte accesses when
 // kVec == 8). The slot table of the token (K <= 32 entries) is staged in shared memory.
-// Limiter: HBM (reads K rows of y per token, writes one row).
+// Limiter: HBM (reads K rows of y per token, writes one row); at small T the latency of those
+// reads, so they are issued kLoadBatch rows at a time.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,7 @@ namespace fusedmoe::detail {
 
 struct FinalizeConfig {
   static constexpr int kThreads = 128;
+  static constexpr int kLoadBatch = 8;  // rows of y loaded before their fmas (registers: 8 x 16 B)
   static_assert(kThreads >= kMaxTopK, "one thread stages one slot of the token");
 };
 
@@ -58,15 +60,27 @@ __global__ void __launch_bounds__(FinalizeConfig::kThreads)
   float acc[kVec];
 #pragma unroll
   for (int i = 0; i < kVec; ++i) acc[i] = 0.0f;
-  for (int k = 0; k < top_k; ++k) {
-    const int32_t row = smem_row[k];
-    if (row < 0) continue;
-    const float weight = smem_weight[k];
-    const Vec in = *reinterpret_cast<const Vec*>(y + static_cast<int64_t>(row) * hidden_size +
-                                                 column);
+  // kLoadBatch rows' loads are issued before the first of their fmas, so that a token's K rows
+  // cost one L2 round trip per batch instead of one per row; the fma chain keeps ascending k.
+  for (int k0 = 0; k0 < top_k; k0 += FinalizeConfig::kLoadBatch) {
+    Vec in[FinalizeConfig::kLoadBatch];
+    int32_t row[FinalizeConfig::kLoadBatch];
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) {
-      acc[i] = __fmaf_rn(weight, __bfloat162float(in.value[i]), acc[i]);
+    for (int j = 0; j < FinalizeConfig::kLoadBatch; ++j) {
+      row[j] = k0 + j < top_k ? smem_row[k0 + j] : -1;
+      if (row[j] >= 0) {
+        in[j] =
+            *reinterpret_cast<const Vec*>(y + static_cast<int64_t>(row[j]) * hidden_size + column);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < FinalizeConfig::kLoadBatch; ++j) {
+      if (row[j] < 0) continue;
+      const float weight = smem_weight[k0 + j];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        acc[i] = __fmaf_rn(weight, __bfloat162float(in[j].value[i]), acc[i]);
+      }
     }
   }
   Vec result;

@@ -29,6 +29,11 @@ constexpr int kQuantizeThreads = 256;
 
 __global__ void __launch_bounds__(kQuantizeThreads)
     sm90_quantize_fp8_kernel(const QuantizeFp8Params params) {
+  // PDL: the next kernel may launch at once. Everything it reads of ours it reads after its own
+  // griddepcontrol.wait, which returns once this grid has completed; before that wait a decode
+  // GEMM2 finds its expert and issues its first weight copies (sm90_decode_gemm_fp8.cuh), which
+  // then overlap GEMM1's tail instead of following this kernel's end.
+  ptx::griddepcontrol_launch_dependents();
   ptx::griddepcontrol_wait();
   const int lane = threadIdx.x % 32;
   const int64_t warp = (int64_t(blockIdx.x) * kQuantizeThreads + threadIdx.x) / 32;
@@ -58,7 +63,6 @@ __global__ void __launch_bounds__(kQuantizeThreads)
     *reinterpret_cast<uint32_t*>(params.codes + at) = packed;
     if (lane == 0) params.scales[group * params.scale_stride + row] = scale;
   }
-  ptx::griddepcontrol_launch_dependents();
 }
 
 }  // namespace fusedmoe::kernels

@@ -1,4 +1,4 @@
-// Host launch shared by launch_decode_gemm1_swiglu.cu and launch_decode_gemm2.cu: the grid of
+// Host launch shared by the decode GEMMs' launchers (BF16 and FP8): the grid of
 // (column slices, expert slots), the warps per CTA (decode_heuristics.h), the dynamic smem of the
 // warps' rings and optional PDL. Include only from .cu files.
 #pragma once
@@ -22,11 +22,19 @@ constexpr size_t kDecodeSmemBytes =
     sizeof(kernels::DecodeSharedStorage<kernels::DecodeGemmConfig<kWarps>>);
 static_assert(kDecodeSmemBytes<8> <= 227 * 1024, "more smem than an sm_90 CTA may have");
 
-// Launches kernel4 (4 warps) or kernel8 (8 warps) over `col_slices` column slices of each of the
-// min(E_loc, max_rows) expert slots that can hold a row. Nothing is launched without rows.
+// The kernels of one decode GEMM by warps per CTA; `two` is null where the GEMM has no 2-warp
+// form (the BF16 decode GEMMs).
 template <typename Params>
-cudaError_t launch_decode_gemm(DecodeGemmKernel<Params> kernel4, DecodeGemmKernel<Params> kernel8,
-                               const Params& params, const GroupedRows& rows, int64_t col_slices,
+struct DecodeGemmKernels {
+  DecodeGemmKernel<Params> two, four, eight;
+};
+
+// Launches the kernel of `warps` warps (decode_heuristics.h: decode_warps_per_cta, or
+// decode_fp8_warps_per_cta) over `col_slices` column slices of each of the min(E_loc, max_rows)
+// expert slots that can hold a row. Nothing is launched without rows.
+template <typename Params>
+cudaError_t launch_decode_gemm(const DecodeGemmKernels<Params>& kernels, const Params& params,
+                               const GroupedRows& rows, int64_t col_slices, int64_t k,
                                bool enable_pdl, cudaStream_t stream) {
   const int64_t slots = heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
   if (slots > 65535) return cudaErrorInvalidConfiguration;  // E_loc <= 1024 by validation
@@ -38,9 +46,15 @@ cudaError_t launch_decode_gemm(DecodeGemmKernel<Params> kernel4, DecodeGemmKerne
       cudaSuccess) {
     return err;
   }
-  const int warps = heuristics::decode_warps_per_cta(col_slices * slots, num_sms);
-  const DecodeGemmKernel<Params> kernel = warps == 8 ? kernel8 : kernel4;
-  const size_t smem_bytes = warps == 8 ? kDecodeSmemBytes<8> : kDecodeSmemBytes<4>;
+  const int64_t ctas = col_slices * slots;
+  const int warps = kernels.two != nullptr ? heuristics::decode_fp8_warps_per_cta(ctas, num_sms, k)
+                                           : heuristics::decode_warps_per_cta(ctas, num_sms);
+  const DecodeGemmKernel<Params> kernel = warps == 2   ? kernels.two
+                                          : warps == 4 ? kernels.four
+                                                       : kernels.eight;
+  const size_t smem_bytes = warps == 2   ? kDecodeSmemBytes<2>
+                            : warps == 4 ? kDecodeSmemBytes<4>
+                                         : kDecodeSmemBytes<8>;
   if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem_bytes))) != cudaSuccess) {
     return err;

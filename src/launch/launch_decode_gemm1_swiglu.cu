@@ -38,14 +38,19 @@ cudaError_t launch_decode_gemm1_swiglu(const GroupedRows& rows, const __nv_bfloa
   params.top_k = rows.top_k;
   const int64_t col_slices =
       heuristics::ceil_div_decode(intermediate_size, kernels::kDecodeGemm1ColsPerCta);
+  const int64_t k = hidden_size;
   if (!epilogue.is_plain()) {
-    return launch_decode_gemm(kernels::sm90_decode_gemm1_swiglu_kernel<4, true>,
-                              kernels::sm90_decode_gemm1_swiglu_kernel<8, true>, params, rows,
-                              col_slices, enable_pdl, stream);
+    return launch_decode_gemm(
+        DecodeGemmKernels<kernels::DecodeGemm1Params>{
+            nullptr, kernels::sm90_decode_gemm1_swiglu_kernel<4, true>,
+            kernels::sm90_decode_gemm1_swiglu_kernel<8, true>},
+        params, rows, col_slices, k, enable_pdl, stream);
   }
-  return launch_decode_gemm(kernels::sm90_decode_gemm1_swiglu_kernel<4, false>,
-                            kernels::sm90_decode_gemm1_swiglu_kernel<8, false>, params, rows,
-                            col_slices, enable_pdl, stream);
+  return launch_decode_gemm(
+      DecodeGemmKernels<kernels::DecodeGemm1Params>{
+          nullptr, kernels::sm90_decode_gemm1_swiglu_kernel<4, false>,
+          kernels::sm90_decode_gemm1_swiglu_kernel<8, false>},
+      params, rows, col_slices, k, enable_pdl, stream);
 }
 
 }  // namespace fusedmoe::detail

@@ -41,15 +41,20 @@ cudaError_t launch_decode_gemm2(const GroupedRows& rows, const __nv_bfloat16* ac
   params.slot_key = early_lookup ? rows.slot_key : nullptr;
   params.num_slots = static_cast<int32_t>(rows.max_rows);
   params.top_k = rows.top_k;
+  const int64_t k = intermediate_size;
   if (!epilogue.is_plain()) {
-    return launch_decode_gemm(kernels::sm90_decode_gemm2_kernel<4, true>,
-                              kernels::sm90_decode_gemm2_kernel<8, true>, params, rows, col_slices,
-                              enable_pdl, stream);
+    return launch_decode_gemm(
+        DecodeGemmKernels<kernels::DecodeGemm2GeneralParams>{
+            nullptr, kernels::sm90_decode_gemm2_kernel<4, true>,
+            kernels::sm90_decode_gemm2_kernel<8, true>},
+        params, rows, col_slices, k, enable_pdl, stream);
   }
   const kernels::DecodeGemm2Params& plain = params;  // the plain builds take the base part
-  return launch_decode_gemm(kernels::sm90_decode_gemm2_kernel<4, false>,
-                            kernels::sm90_decode_gemm2_kernel<8, false>, plain, rows, col_slices,
-                            enable_pdl, stream);
+  return launch_decode_gemm(
+      DecodeGemmKernels<kernels::DecodeGemm2Params>{nullptr,
+                                                    kernels::sm90_decode_gemm2_kernel<4, false>,
+                                                    kernels::sm90_decode_gemm2_kernel<8, false>},
+      plain, rows, col_slices, k, enable_pdl, stream);
 }
 
 }  // namespace fusedmoe::detail

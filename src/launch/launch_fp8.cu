@@ -102,9 +102,12 @@ cudaError_t launch_decode_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k,
   params.slot_key = early ? rows.slot_key : nullptr;
   params.num_slots = static_cast<int32_t>(rows.max_rows);
   params.top_k = rows.top_k;
-  return launch_decode_gemm(kernels::sm90_decode_gemm_fp8_kernel<4, kGated>,
-                            kernels::sm90_decode_gemm_fp8_kernel<8, kGated>, params, rows,
-                            col_slices, enable_pdl, stream);
+  return launch_decode_gemm(
+      DecodeGemmKernels<kernels::DecodeGemmFp8Params>{
+          kernels::sm90_decode_gemm_fp8_kernel<2, kGated>,
+          kernels::sm90_decode_gemm_fp8_kernel<4, kGated>,
+          kernels::sm90_decode_gemm_fp8_kernel<8, kGated>},
+      params, rows, col_slices, k, enable_pdl, stream);
 }
 
 }  // namespace
