@@ -118,7 +118,7 @@ GemmEpilogue gemm2_epilogue(const MoeArguments& args) {
 // (launched before the sort, so that a decode GEMM1 that starts early finds it complete: the
 // sort lets its successor launch only after its own wait). Its rows are gathered by gather_rows.
 Status quantize_fp8_x(const MoeArguments& args, const Workspace& ws, const __nv_bfloat16* x,
-                      bool decode1, Fp8A* x8, cudaStream_t stream) {
+                      Fp8A* x8, cudaStream_t stream) {
   const int64_t T = args.shape.num_tokens;
   *x8 = Fp8A{ws.x8, ws.x_scale, T, ws.gather_rows};
   if (args.hidden_states_dtype == DType::kFP8E4M3) {
@@ -127,8 +127,7 @@ Status quantize_fp8_x(const MoeArguments& args, const Workspace& ws, const __nv_
     return Status::Ok();
   }
   FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_quantize_fp8(x, T, nullptr, args.shape.hidden_size, ws.x8,
-                                                    ws.x_scale, T, decode1, args.enable_pdl,
-                                                    stream),
+                                                    ws.x_scale, T, args.enable_pdl, stream),
                                 "launch_quantize_fp8 (hidden_states)");
   return Status::Ok();
 }
@@ -158,7 +157,7 @@ Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows 
   }
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
       launch_quantize_fp8(ws.act, num_slots, ws.expert_offsets + shape.local_num_experts, I,
-                          ws.act8, ws.act_scale, num_slots, decode2, pdl, stream),
+                          ws.act8, ws.act_scale, num_slots, pdl, stream),
       "launch_quantize_fp8 (activation)");
   rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
   const Fp8A act8{ws.act8, ws.act_scale, num_slots, nullptr};
@@ -322,7 +321,7 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
 
   // 1c. FP8: x quantised, before the sort (quantize_fp8_x).
   Fp8A x8;
-  if (fp8) FUSEDMOE_RETURN_IF_ERROR(quantize_fp8_x(args, ws, x, decode1, &x8, stream));
+  if (fp8) FUSEDMOE_RETURN_IF_ERROR(quantize_fp8_x(args, ws, x, &x8, stream));
 
   // 2. Permutation: local slots sorted by (local expert, slot), stable and deterministic; at
   // decode sizes (T * K <= 4096) one CTA instead of three kernels (decode_heuristics.h).

@@ -14,12 +14,9 @@ namespace fusedmoe::detail {
 
 // codes [rows, cols] e4m3 and scales [cols / 128, scale_stride] from bf16 in [rows, cols];
 // rows at or past *num_rows_device (when given) are skipped. cols a multiple of 128.
-// trigger_at_start: the next kernel may launch as this one starts (a decode GEMM next), else as
-// it ends (kernels/sm90_quantize_fp8.cuh).
 cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
                                 const int32_t* num_rows_device, int64_t cols, uint8_t* codes,
-                                float* scales, int64_t scale_stride, bool trigger_at_start,
-                                bool enable_pdl,
+                                float* scales, int64_t scale_stride, bool enable_pdl,
                                 cudaStream_t stream);
 
 // An e4m3 operand A with its row scales: a [*, k], scale of row r in K block b at
