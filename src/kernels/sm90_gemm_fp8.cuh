@@ -10,9 +10,14 @@
 //     act).
 // Epilogue: the expert's bias and the activation of `epilogue` (plain SwiGLU / nothing when it
 // is plain), rounded to bf16, staged through smem, masked 16-byte stores (device/epilogue.cuh).
+// The plain epilogue is written apart from the general one, as straight-line code: with the
+// general one's branches and activations inlined at every value, the consumers ran through
+// ~90 KB of code per tile and waited on instruction fetch (bench/NOTES.md, "The FP8 grouped
+// GEMMs' epilogue: instruction fetch").
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -73,25 +78,40 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
         const int64_t j0 = int64_t(tile.n_block) * Config::kBoxRows;
         const activation::ExpertParams expert_params = epi.params(tile.expert);
         uint32_t packed[8][2];
+        // kGeneral false: the plain SwiGLU, no bias; true: biases and any gated activation.
+        const auto fill = [&](auto general) {
+          constexpr bool kGeneral = decltype(general)::value;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          float a[2][2];
+          for (int i = 0; i < 8; ++i) {
+            float a[2][2];
 #pragma unroll
-          for (int v = 0; v < 2; ++v) {
-            const int64_t j = j0 + lane_col + 8 * i + v;
-            const bool in_range = j < inter;
-            const float up_bias = in_range ? epi.bias_at(tile.expert, j) : 0.0f;
-            const float gate_bias = in_range ? epi.bias_at(tile.expert, inter + j) : 0.0f;
+            for (int v = 0; v < 2; ++v) {
+              const int64_t j = j0 + lane_col + 8 * i + v;
+              const bool in_range = j < inter;
+              float up_bias = 0.0f, gate_bias = 0.0f;
+              if constexpr (kGeneral) {
+                up_bias = in_range ? epi.bias_at(tile.expert, j) : 0.0f;
+                gate_bias = in_range ? epi.bias_at(tile.expert, inter + j) : 0.0f;
+              }
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const float up = acc[4 * i + 2 * h + v] + up_bias;
-              const float gate = acc[4 * (i + 8) + 2 * h + v] + gate_bias;
-              a[h][v] = plain ? device::silu_fast(gate) * up
-                              : activation::gated(epi.activation, gate, up, expert_params);
+              for (int h = 0; h < 2; ++h) {
+                const float up = acc[4 * i + 2 * h + v] + up_bias;
+                const float gate = acc[4 * (i + 8) + 2 * h + v] + gate_bias;
+                if constexpr (kGeneral) {
+                  a[h][v] = activation::gated(epi.activation, gate, up, expert_params);
+                } else {
+                  a[h][v] = device::silu_fast(gate) * up;
+                }
+              }
             }
-          }
 #pragma unroll
-          for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(a[h][0], a[h][1]);
+            for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(a[h][0], a[h][1]);
+          }
+        };
+        if (plain) {
+          fill(std::false_type{});
+        } else {
+          fill(std::true_type{});
         }
         device::store_warp_block(smem.staging[block.warp_idx], packed, params.out,
                                        params.out_cols, tile.row_begin + block.row0,
@@ -99,21 +119,38 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
       } else {
         const int64_t n0 = int64_t(tile.n_block) * Config::kBlockN;
         uint32_t packed[16][2];
+        // kGeneral false: the values as they are (no bias, no activation); true: the bias and
+        // the activation of a non-gated GEMM1.
+        const auto fill = [&](auto general) {
+          constexpr bool kGeneral = decltype(general)::value;
 #pragma unroll
-        for (int i = 0; i < 16; ++i) {
-          float out[2][2];
+          for (int i = 0; i < 16; ++i) {
+            float out[2][2];
 #pragma unroll
-          for (int v = 0; v < 2; ++v) {
-            const int64_t n = n0 + lane_col + 8 * i + v;
-            const float bias = n < params.out_cols ? epi.bias_at(tile.expert, n) : 0.0f;
+            for (int v = 0; v < 2; ++v) {
+              float bias = 0.0f;
+              if constexpr (kGeneral) {
+                const int64_t n = n0 + lane_col + 8 * i + v;
+                bias = n < params.out_cols ? epi.bias_at(tile.expert, n) : 0.0f;
+              }
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const float g = acc[4 * i + 2 * h + v] + bias;
-              out[h][v] = epi.has_activation ? activation::plain(epi.activation, g) : g;
+              for (int h = 0; h < 2; ++h) {
+                const float g = acc[4 * i + 2 * h + v] + bias;
+                if constexpr (kGeneral) {
+                  out[h][v] = epi.has_activation ? activation::plain(epi.activation, g) : g;
+                } else {
+                  out[h][v] = g;
+                }
+              }
             }
-          }
 #pragma unroll
-          for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(out[h][0], out[h][1]);
+            for (int h = 0; h < 2; ++h) packed[i][h] = device::pack_bf16x2(out[h][0], out[h][1]);
+          }
+        };
+        if (plain) {
+          fill(std::false_type{});
+        } else {
+          fill(std::true_type{});
         }
         device::store_warp_block(smem.staging[block.warp_idx], packed, params.out,
                                         params.out_cols, tile.row_begin + block.row0,
