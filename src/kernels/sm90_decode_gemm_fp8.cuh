@@ -23,6 +23,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "device/decode_ptx.cuh"
 #include "device/epilogue.cuh"
@@ -197,33 +198,51 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
     // ---- epilogue: bias, activation, bf16, masked stores (warp 0) -----------------------------
     if (threadIdx.x >= 32) continue;
     const detail::GemmEpilogue& epi = params.epilogue;
+    // kGeneral false: the plain epilogue (no bias; the plain SwiGLU, or the values as they are),
+    // straight-line code apart from the general one's branches (as in kernels/sm90_gemm_fp8.cuh).
+    const auto store = [&](auto general) {
+      constexpr bool kGeneral = decltype(general)::value;
 #pragma unroll
-    for (int m = 0; m < kTilesM; ++m) {
+      for (int m = 0; m < kTilesM; ++m) {
 #pragma unroll
-      for (int h = 0; h < (kGated ? 1 : 2); ++h) {
-        if (!w_ok[m][h]) continue;
-        const int64_t col = kGated ? col0 + 8 * m + g : col0 + 16 * m + 8 * h + g;
-        const float bias = epi.bias_at(expert, col);
-        const float gate_bias = kGated ? epi.bias_at(expert, out_cols + col) : 0.0f;
+        for (int h = 0; h < (kGated ? 1 : 2); ++h) {
+          if (!w_ok[m][h]) continue;
+          const int64_t col = kGated ? col0 + 8 * m + g : col0 + 16 * m + 8 * h + g;
+          float bias = 0.0f, gate_bias = 0.0f;
+          if constexpr (kGeneral) {
+            bias = epi.bias_at(expert, col);
+            if constexpr (kGated) gate_bias = epi.bias_at(expert, out_cols + col);
+          }
 #pragma unroll
-        for (int n = 0; n < kNTiles; ++n) {
+          for (int n = 0; n < kNTiles; ++n) {
 #pragma unroll
-          for (int v = 0; v < 2; ++v) {
-            const int32_t p = chunk + 8 * n + 2 * t + v;
-            if (p >= row_end) continue;
-            float out;
-            if constexpr (kGated) {  // acc[..][v]: up, acc[..][2 + v]: gate
-              const float up = acc[m][n][v] + bias, gate = acc[m][n][2 + v] + gate_bias;
-              out = plain ? device::silu_fast(gate) * up
-                          : activation::gated(epi.activation, gate, up, epi.params(expert));
-            } else {
-              out = acc[m][n][2 * h + v] + bias;
-              if (epi.has_activation) out = activation::plain(epi.activation, out);
+            for (int v = 0; v < 2; ++v) {
+              const int32_t p = chunk + 8 * n + 2 * t + v;
+              if (p >= row_end) continue;
+              float out;
+              if constexpr (kGated) {  // acc[..][v]: up, acc[..][2 + v]: gate
+                const float up = acc[m][n][v] + bias, gate = acc[m][n][2 + v] + gate_bias;
+                if constexpr (kGeneral) {
+                  out = activation::gated(epi.activation, gate, up, epi.params(expert));
+                } else {
+                  out = device::silu_fast(gate) * up;
+                }
+              } else {
+                out = acc[m][n][2 * h + v] + bias;
+                if constexpr (kGeneral) {
+                  if (epi.has_activation) out = activation::plain(epi.activation, out);
+                }
+              }
+              params.out[int64_t(p) * out_cols + col] = __float2bfloat16_rn(out);
             }
-            params.out[int64_t(p) * out_cols + col] = __float2bfloat16_rn(out);
           }
         }
       }
+    };
+    if (plain) {
+      store(std::false_type{});
+    } else {
+      store(std::true_type{});
     }
   }
   if (early && token_rows) ptx::griddepcontrol_wait();  // see the prologue
