@@ -3,10 +3,13 @@
 // over M blocks (M fastest, so CTAs working at the same time share the B tile through L2).
 // A persistent CTA visits its tiles in ascending order (a static stride or dynamic claims:
 // device/grouped_mainloop.cuh's publish_tile), so the scheduler walks the experts forward once,
-// the same sequence in every warp of the CTA. The walk is warp-cooperative: 32 experts per step
-// (two coalesced loads, a warp scan of their tile counts and a ballot), so E_loc = 1024 costs 32
-// dependent L2 round trips per CTA (~15 us) instead of 1024 (~400 us), which matters when few
-// rows make each GEMM short.
+// the same sequence in every warp of the CTA. The walk is warp-cooperative: a window of 32
+// experts at a time (two coalesced loads and a warp scan of their tile counts, kept in
+// registers, a lane per expert), so E_loc = 1024 costs 32 dependent L2 round trips per CTA
+// (~15 us) instead of 1024 (~400 us), which matters when few rows make each GEMM short. A tile
+// inside the loaded window costs a ballot and three shuffles: a CTA's stride of ~132 tiles
+// crosses a few experts at a time, and reloading from the next expert at every tile put an L2
+// round trip before each tile's first wgmma (bench/NOTES.md, "The tile scheduler's window").
 #pragma once
 
 #include <cstdint>
@@ -31,9 +34,9 @@ class GroupedTileScheduler {
   // The tile at `tile_idx` (not below any index asked for before); false once past the last.
   __device__ bool get(int32_t tile_idx, GroupedTile* tile) {
     const int lane = threadIdx.x % 32;
-    while (tile_idx >= tile_base_ + num_tiles_) {
-      // Experts first .. first + 31, one per lane, after the current one.
-      const int32_t first = expert_ + 1;
+    while (tile_idx >= window_end_) {
+      // The next window: experts first .. first + 31, one per lane.
+      const int32_t first = window_first_ + 32;
       if (first >= num_experts_) return false;
       const int32_t e = first + lane;
       int32_t begin = 0, end = 0;
@@ -48,21 +51,25 @@ class GroupedTileScheduler {
         const int32_t v = __shfl_up_sync(0xFFFFFFFFu, inclusive, d);
         if (lane >= d) inclusive += v;
       }
-      const int32_t base = tile_base_ + num_tiles_;  // first tile of expert `first`
-      const uint32_t hit = __ballot_sync(0xFFFFFFFFu, base + inclusive > tile_idx);
-      const int src = hit != 0 ? __ffs(hit) - 1 : 31;  // the expert holding tile_idx, or the last
-      expert_ = first + src;
-      tile_base_ = base + __shfl_sync(0xFFFFFFFFu, inclusive - tiles, src);
-      num_tiles_ = __shfl_sync(0xFFFFFFFFu, tiles, src);
-      expert_begin_ = __shfl_sync(0xFFFFFFFFu, begin, src);
-      expert_end_ = __shfl_sync(0xFFFFFFFFu, end, src);
+      window_first_ = first;
+      window_base_ = window_end_;  // first tile of expert `first`
+      window_end_ = window_base_ + __shfl_sync(0xFFFFFFFFu, inclusive, 31);
+      lane_inclusive_ = inclusive;
+      lane_begin_ = begin;
+      lane_end_ = end;
     }
-    const int32_t num_m_blocks = num_tiles_ / num_n_blocks_;
-    const int32_t local = tile_idx - tile_base_;
-    tile->expert = expert_;
+    // The window's expert holding tile_idx: the first whose tiles end past it.
+    const uint32_t hit = __ballot_sync(0xFFFFFFFFu, window_base_ + lane_inclusive_ > tile_idx);
+    const int src = __ffs(hit) - 1;  // hit != 0: tile_idx < window_end_
+    const int32_t inclusive = __shfl_sync(0xFFFFFFFFu, lane_inclusive_, src);
+    const int32_t begin = __shfl_sync(0xFFFFFFFFu, lane_begin_, src);
+    const int32_t end = __shfl_sync(0xFFFFFFFFu, lane_end_, src);
+    const int32_t num_m_blocks = (end - begin + kBlockM - 1) / kBlockM;
+    const int32_t local = tile_idx - (window_base_ + inclusive - num_m_blocks * num_n_blocks_);
+    tile->expert = window_first_ + src;
     tile->n_block = local / num_m_blocks;
-    tile->row_begin = expert_begin_ + (local % num_m_blocks) * kBlockM;
-    tile->row_end = expert_end_;
+    tile->row_begin = begin + (local % num_m_blocks) * kBlockM;
+    tile->row_end = end;
     return true;
   }
 
@@ -70,11 +77,12 @@ class GroupedTileScheduler {
   const int32_t* offsets_;
   int32_t num_experts_;
   int32_t num_n_blocks_;
-  int32_t expert_ = -1;    // current expert (-1: none yet)
-  int32_t tile_base_ = 0;  // linear index of expert_'s first tile
-  int32_t num_tiles_ = 0;  // tiles of expert_
-  int32_t expert_begin_ = 0;
-  int32_t expert_end_ = 0;
+  int32_t window_first_ = -32;  // first expert of the loaded window (-32: none yet)
+  int32_t window_base_ = 0;     // linear index of the window's first tile
+  int32_t window_end_ = 0;      // one past the window's last tile
+  int32_t lane_inclusive_ = 0;  // this lane's expert (window_first_ + lane): tiles of the window
+  int32_t lane_begin_ = 0;      //   up to and including it, and its rows [begin, end)
+  int32_t lane_end_ = 0;
 };
 
 }  // namespace fusedmoe::device
