@@ -12,7 +12,12 @@ model=$1 tokens=$2
 shift 2
 work=/tmp/ncu_fp8
 mkdir -p "$work"
-metrics=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed
+# (sm__pipe_tensor_op_gmma_cycles_active is n/a on the H200; the tensor pipe's busy cycles are
+# sm__pipe_tensor_cycles_active_realtime, and wgmma's smem reads have their own bank counters.)
+metrics=sm__pipe_tensor_cycles_active_realtime.avg.pct_of_peak_sustained_elapsed
+metrics+=,sm__inst_executed_pipe_tensor_op_gmma.sum
+metrics+=,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_gmma.sum
+metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_gmma.sum
 metrics+=,lts__t_bytes.sum,dram__bytes_read.sum,lts__t_sector_hit_rate.pct
 for spec in "$@"; do
   label=${spec%%=*}
@@ -27,6 +32,6 @@ for spec in "$@"; do
     python3 dev/ab_wheels.py --worker --models "$model" --tokens "$tokens" --warmup 1 --reps 1 \
     --dump "$work/dump_$label" --result "$work/result_$label.json" 2>&1 |
     grep -vE '^\s*$|^==PROF==|----' |
-    grep -E 'sm90_|Duration|gmma|lts__t|dram__bytes|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers|Waves Per SM|Stall|stall|cycles being stalled|Issued Warp|No Eligible|Active Warps|Eligible Warps|L2 Hit|Mem Busy|Max Bandwidth|warp.*spent|Est\. Speedup' |
+    grep -E 'sm90_|Duration|Frequency|gmma|tensor|lts__t|dram__bytes|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers|Waves Per SM|Stall|stall|cycles being stalled|Issued Warp|No Eligible|Active Warps|Eligible Warps|L2 Hit|Mem Busy|Max Bandwidth|warp.*spent|Est\. Speedup' |
     cut -c1-220
 done

@@ -4,8 +4,10 @@ For each kernel launch in the CSV: the share of all samples in each region and i
 reasons. Regions are found from the SASS itself: the mainloop runs from the first to the last
 QGMMA; the epilogue from there to the first producer instruction (the first UTMALDG's loop, found
 by the empty-barrier wait before it); the out-of-line retry stubs of the barrier waits sit after
-the last EXIT-free branch target. With --top N, the N instructions with the most samples.
-Usage: python3 dev/ncu_regions.py src_base.csv [--top 20]
+the last EXIT-free branch target. With --top N, the N instructions with the most samples; with
+--mix, the mainloop's samples by kind of instruction (promotion FFMAs, scale loads and products,
+full-barrier waits, wgmma issue, wgmma waits, proxy fences, everything else).
+Usage: python3 dev/ncu_regions.py src_base.csv [--top 20] [--mix]
 """
 import argparse
 import collections
@@ -42,10 +44,28 @@ def regions(body):
             ("stubs", stubs, offs[-1] + 1)]
 
 
+def kind(text, stubs_base):
+    """The mainloop's instruction kinds (--mix); a branch into the retry stubs is a barrier wait."""
+    if "FFMA" in text:
+        return "promotion ffma"
+    if "FMUL" in text or "LDG" in text:
+        return "scale load/product"
+    if "TRYWAIT" in text or ("BRA" in text and int(text.split("0x")[-1].split()[0], 16) >= stubs_base):
+        return "full-barrier wait"
+    if "GMMA" in text:
+        return "wgmma issue"
+    if "DEPBAR" in text:
+        return "wgmma wait"
+    if "FENCE" in text or "MEMBAR" in text:
+        return "proxy fence"
+    return "other"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv")
     parser.add_argument("--top", type=int, default=0)
+    parser.add_argument("--mix", action="store_true")
     args = parser.parse_args()
     seen = set()
     for name, hdr, body in launches(args.csv):
@@ -68,6 +88,15 @@ def main():
                     by[h[6:]] += float(r[col[h]] or 0)
             top = ", ".join(f"{k} {100 * v / total:.1f}" for k, v in by.most_common(4))
             print(f"  {region:9s} {lo:6x}-{hi:6x} {100 * count / total:5.1f} %  ({top})")
+        if args.mix:
+            _, lo, hi = regions(body)[1]
+            stubs_base = base + regions(body)[4][1]
+            mix = collections.Counter()
+            for r in body:
+                if lo <= int(r[0], 16) - base < hi:
+                    mix[kind(r[1], stubs_base)] += int(r[samples])
+            loop = sum(mix.values()) or 1
+            print("  mainloop mix: " + ", ".join(f"{k} {100 * v / loop:.1f}" for k, v in mix.most_common()))
         for r in sorted(body, key=lambda r: -int(r[samples]))[:args.top]:
             print(f"    {int(r[0], 16) - base:6x} {100 * int(r[samples]) / total:5.1f} %  {r[1].strip()[:70]}")
 

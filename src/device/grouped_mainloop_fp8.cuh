@@ -11,12 +11,11 @@
 //     (the reference's block-promoted sum, src/reference/moe.cc fp8_dot), in ascending K
 //     blocks. Two temporaries alternate: block k + 1's wgmmas are issued before block k's
 //     promotion (wgmma wait_group 1), so the tensor pipe has work while the promotion runs.
-//     Both scales are loaded from global memory by the consumer itself before the block's
-//     wgmmas (a_scale group-major [K / 128, scale_stride], L2-resident; the wgmmas hide the
-//     latency). Staging them in smem would need every reading lane to arrive on the empty
-//     barrier before the producer may overwrite them. The accumulators and the two temporaries
-//     take 192 of the consumers' 232 registers, hence N = 128 per tile instead of the BF16
-//     path's 256.
+//     Both scales are loaded from global memory by the consumer itself (a_scale group-major
+//     [K / 128, scale_stride]), two K blocks before the block's promotion, which alone uses
+//     them. Staging them in smem would need every reading lane to arrive on the empty barrier
+//     before the producer may overwrite them. The accumulators and the two temporaries take 192
+//     of the consumers' 232 registers, hence N = 128 per tile instead of the BF16 path's 256.
 // Shared memory per stage: A 16 KiB + B 2 x 8 KiB; 5 stages.
 #pragma once
 
@@ -164,6 +163,11 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
 // ---- consumer warpgroups: mainloop of one tile -------------------------------------------------
 // acc[4 i + 2 h + v]: row 64 c + 16 warp + lane / 4 + 8 h of the tile, column 8 i + 2 (lane % 4)
 // + v (box 0 for i < 8, box 1 for i >= 8), promoted K block by K block.
+// The consumers are the critical path here (ncu: their wgmmas have retired before they wait for
+// them; bench/NOTES.md, "What the tensor pipe sustains, and who waits in the FP8 grouped GEMMs"),
+// so a K block's own work is kept short: no scale load stands between a promotion and the next
+// wgmmas, the scale pointers advance instead of being recomputed from k_block, and the wgmma
+// descriptors change only in their low word.
 __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operands& op,
                                         const GroupedTile& tile, int consumer_idx,
                                         Fp8PipelineState& pipe, float (&acc)[64]) {
@@ -172,54 +176,71 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
   const int row0 = consumer_idx * 64 + ((threadIdx.x % 128) / 32) * 16 + (threadIdx.x % 32) / 4;
   // Each box lies in one 128-row scale block of B.
   const int32_t b_row = tile.n_block * op.b_block_stride;
-  const float* b_scale0 = op.b_scale + (int64_t(tile.expert) * op.b_scale_rows + b_row / 128) *
+  const float* scale_b0 = op.b_scale + (int64_t(tile.expert) * op.b_scale_rows + b_row / 128) *
                                            op.num_k_blocks;
-  const float* b_scale1 =
+  const float* scale_b1 =
       op.b_scale + (int64_t(tile.expert) * op.b_scale_rows + (b_row + op.b_box_stride) / 128) *
                        op.num_k_blocks;
-  // This thread's two rows' scales (rows past the tile's end: 0; their outputs are not stored).
-  const float* scale_a_row[2];
+  // This thread's two rows' scales, K block by K block (rows past the tile's end: 0; their outputs
+  // are not stored).
+  const float* scale_a[2];
   bool row_ok[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int32_t p = tile.row_begin + row0 + 8 * h;
     row_ok[h] = p < tile.row_end;
-    scale_a_row[h] =
-        op.a_scale + (row_ok[h] ? (op.gather_rows != nullptr ? op.gather_rows[p] : p) : 0);
+    scale_a[h] = op.a_scale + (row_ok[h] ? (op.gather_rows != nullptr ? op.gather_rows[p] : p) : 0);
   }
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  // Descriptor words of stage 0 (this consumer's 64 A rows, both B boxes); a stage adds its size,
+  // a k step of 32 values 32 bytes (2 in the encoded address, which stays below 2^14: no carry).
+  const uint32_t desc_a0 = ptx::smem_desc_lo_k_major_sw128(smem.a[0]) + consumer_idx * (64 * 128 >> 4);
+  const uint32_t desc_b0 = ptx::smem_desc_lo_k_major_sw128(smem.b[0][0]);
+  constexpr uint32_t kAStage = sizeof(smem.a[0]) >> 4, kBStage = sizeof(smem.b[0]) >> 4;
   // Two temporaries: K block k's wgmmas run into one while block k - 1's, retired, is promoted
   // from the other (wait_group<1>), so the tensor pipe does not idle during the promotion.
   float tmp0[64], tmp1[64];
-  float scale0[4], scale1[4];  // a_scale[row h] * b_scale[box], [2 box + h], of each temporary
+  // Raw scales (rows h, boxes) of block k in set k % 2, loaded two blocks ahead: when block k is
+  // promoted, the loads of block k + 2 go into its set, and only block k + 2's promotion forms
+  // their products. (Loaded one block ahead, the products still waited for them: ptxas moves the
+  // products up to the loads' side of the next wgmmas.)
+  float sa0[2], sb0[2], sa1[2], sb1[2];
   int32_t stage0 = 0, stage1 = 0;
-  // Loads block k_block's scales, waits for its stage and issues its four wgmmas into tmp.
-  auto issue = [&](int32_t k_block, float (&tmp)[64], float (&scale)[4], int32_t& stage) {
-    const float scale_b[2] = {b_scale0[k_block], b_scale1[k_block]};
+  const int32_t n = op.num_k_blocks;  // >= 1
+  int32_t next_load = 0;  // the block whose scales are loaded next, in ascending order
+  auto load_scales = [&](float (&sa)[2], float (&sb)[2]) {
+    if (next_load < n) {
+      sb[0] = *scale_b0++;
+      sb[1] = *scale_b1++;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float scale_a = row_ok[h] ? scale_a_row[h][k_block * op.scale_stride] : 0.0f;
-#pragma unroll
-      for (int box = 0; box < 2; ++box) scale[2 * box + h] = scale_a * scale_b[box];
+      for (int h = 0; h < 2; ++h) {
+        sa[h] = row_ok[h] ? *scale_a[h] : 0.0f;
+        scale_a[h] += op.scale_stride;
+      }
     }
+    ++next_load;
+  };
+  // Waits for the next stage and issues its four wgmmas into tmp.
+  auto issue = [&](float (&tmp)[64], int32_t& stage) {
     ptx::mbarrier_wait(&smem.full[pipe.stage], pipe.phase);
     ptx::fence_proxy_async_smem();  // A arrived by cp.async (generic proxy); wgmma reads async
-    const uint64_t desc_a = ptx::make_smem_desc_k_major_sw128(
-        smem.a[pipe.stage] + consumer_idx * 64 * Config::kBlockK);
-    const uint64_t desc_b = ptx::make_smem_desc_k_major_sw128(smem.b[pipe.stage][0]);
+    const uint32_t a_lo = desc_a0 + pipe.stage * kAStage;
+    const uint32_t b_lo = desc_b0 + pipe.stage * kBStage;
     ptx::fence_operands(tmp);
     ptx::wgmma_fence();
 #pragma unroll
     for (int k = 0; k < Config::kBlockK / 32; ++k) {
-      ptx::wgmma_m64n128k32_e4m3(tmp, desc_a + 2 * k, desc_b + 2 * k, k > 0 ? 1u : 0u);
+      ptx::wgmma_m64n128k32_e4m3(tmp, ptx::smem_desc_k_major_sw128(a_lo + 2 * k),
+                                 ptx::smem_desc_k_major_sw128(b_lo + 2 * k), k > 0 ? 1u : 0u);
     }
     ptx::wgmma_commit_group();
     stage = pipe.stage;
     pipe.advance();
   };
-  // Releases a retired block's stage and adds its temporary into acc.
-  auto promote = [&](float (&tmp)[64], const float (&scale)[4], int32_t stage) {
+  // Releases a retired block's stage, adds its temporary into acc and loads the scales of the
+  // block two ahead into its set.
+  auto promote = [&](float (&tmp)[64], float (&sa)[2], float (&sb)[2], int32_t stage) {
     ptx::fence_operands(tmp);
     __syncwarp();
     if (release_lane) ptx::mbarrier_arrive(&smem.empty[stage]);
@@ -227,35 +248,37 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
     for (int i = 0; i < 16; ++i) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float s = scale[2 * (i / 8) + h];
+        const float s = sa[h] * sb[i / 8];  // a_scale[row h] * b_scale[box]
 #pragma unroll
         for (int v = 0; v < 2; ++v) {
           acc[4 * i + 2 * h + v] = fmaf(s, tmp[4 * i + 2 * h + v], acc[4 * i + 2 * h + v]);
         }
       }
     }
+    load_scales(sa, sb);
   };
   // Block k runs into tmp0 for even k, tmp1 for odd k.
-  const int32_t n = op.num_k_blocks;  // >= 1
-  issue(0, tmp0, scale0, stage0);
+  load_scales(sa0, sb0);
+  load_scales(sa1, sb1);
+  issue(tmp0, stage0);
   int32_t k_block = 1;
   for (; k_block + 1 < n; k_block += 2) {
-    issue(k_block, tmp1, scale1, stage1);
+    issue(tmp1, stage1);
     ptx::wgmma_wait_group<1>();
-    promote(tmp0, scale0, stage0);
-    issue(k_block + 1, tmp0, scale0, stage0);
+    promote(tmp0, sa0, sb0, stage0);
+    issue(tmp0, stage0);
     ptx::wgmma_wait_group<1>();
-    promote(tmp1, scale1, stage1);
+    promote(tmp1, sa1, sb1, stage1);
   }
   if (k_block < n) {  // n even: block n - 1 (odd) into tmp1
-    issue(k_block, tmp1, scale1, stage1);
+    issue(tmp1, stage1);
     ptx::wgmma_wait_group<1>();
-    promote(tmp0, scale0, stage0);
+    promote(tmp0, sa0, sb0, stage0);
     ptx::wgmma_wait_group<0>();
-    promote(tmp1, scale1, stage1);
+    promote(tmp1, sa1, sb1, stage1);
   } else {
     ptx::wgmma_wait_group<0>();
-    promote(tmp0, scale0, stage0);
+    promote(tmp0, sa0, sb0, stage0);
   }
 }
 

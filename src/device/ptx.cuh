@@ -109,13 +109,19 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 // Shared-memory matrix descriptor for a K-major tile stored with the 128-byte swizzle: rows of
 // 64 bf16 (128 bytes), 8-row atoms of 1024 bytes (stride byte offset), atoms 1024-byte aligned.
 // Advancing K by 16 elements inside the atom adds 32 bytes (2 in the >>4 encoded address).
+//   bits 0-13: start address >> 4;  bits 16-29: leading byte offset (unused here, 1);
+//   bits 32-45: stride byte offset = 8 rows * 128 B (>> 4);  bits 62-63: layout = 128-byte swizzle.
+// The low word (start address, leading byte offset) varies with the tile's address; the high word
+// is a constant. Kernels that step through stages and k steps may add to the low word alone: a
+// shared-memory address >> 4 stays below 2^14, so the sum never carries out of bits 0-13.
+__device__ __forceinline__ uint32_t smem_desc_lo_k_major_sw128(const void* smem) {
+  return ((smem_u32(smem) & 0x3FFFF) >> 4) | (1u << 16);
+}
+__device__ __forceinline__ uint64_t smem_desc_k_major_sw128(uint32_t lo) {
+  return (uint64_t((1024 >> 4) | (1u << 30)) << 32) | lo;
+}
 __device__ __forceinline__ uint64_t make_smem_desc_k_major_sw128(const void* smem) {
-  const uint64_t addr = smem_u32(smem);
-  uint64_t desc = (addr & 0x3FFFF) >> 4;   // bits 0-13: start address >> 4
-  desc |= uint64_t(1) << 16;                // bits 16-29: leading byte offset (unused here)
-  desc |= uint64_t(1024 >> 4) << 32;        // bits 32-45: stride byte offset = 8 rows * 128 B
-  desc |= uint64_t(1) << 62;                // bits 62-63: layout = 128-byte swizzle
-  return desc;
+  return smem_desc_k_major_sw128(smem_desc_lo_k_major_sw128(smem));
 }
 
 __device__ __forceinline__ void wgmma_fence() {
