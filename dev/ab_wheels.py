@@ -14,6 +14,9 @@ bitwise the first build's; and per point and build, the three longest kernels.
 
   python3 dev/ab_wheels.py --wheel base=.ab-base/fusedmoe.whl --wheel new=build-carry/wheel/*.whl \
       --models qwen3-30b-a3b,deepseek-v3 --tokens 256,4096,16384 [--dtype bf16 [--ep]] [--rounds 2]
+`--models` defaults to all: every benchmark model the dtype has (a change measured on a few
+models once hid a 20 % loss on another: bench/NOTES.md, "Benchmark of record for issue 18
+(commit 87a9405, NVIDIA H200, one call)").
 `--env LABEL=VAR=VALUE` runs that build's workers with an environment variable: one wheel under
 two labels times a variant's run-time switch both ways in the same call.
 The baseline's wheel: check out the baseline, run scripts/prebuild_device.sh and copy
@@ -89,7 +92,12 @@ def worker(args) -> int:
     dump = Path(args.dump)
     dump.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.models:
+    names = args.models
+    if names == ["all"]:  # every benchmark model the dtype has (FP8: H and I multiples of 128)
+        names = [n for n, m in bm.MODELS.items()
+                 if args.dtype != "fp8" or (m.hidden % bench_fp8.BLOCK == 0
+                                            and m.inter % bench_fp8.BLOCK == 0)]
+    for name in names:
         model = bm.MODELS[name]
         w = weights(model)
         for num_tokens in args.tokens:
@@ -198,7 +206,8 @@ def main(argv=None) -> int:
                              "(one wheel under two labels times it with and without)")
     parser.add_argument("--dtype", choices=("fp8", "bf16"), default="fp8")
     parser.add_argument("--ep", action="store_true", help="bf16: the routed call on shard 0 of 8")
-    parser.add_argument("--models", default="qwen3-30b-a3b")
+    parser.add_argument("--models", default="all",
+                        help="comma-separated, or all: every benchmark model of the dtype")
     parser.add_argument("--tokens", default="256,4096,16384")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=5)
