@@ -21,14 +21,7 @@
 #include "launch/grouped_gemm.h"
 #include "launch/pipeline.h"
 
-#define CHECK(x)                                                             \
-  do {                                                                       \
-    cudaError_t e_ = (x);                                                    \
-    if (e_ != cudaSuccess) {                                                 \
-      std::printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                          \
-    }                                                                        \
-  } while (0)
+#include "dev/check.cuh"
 
 namespace fusedmoe::dev {
 
@@ -184,7 +177,7 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
   s.small_sort = heuristics::use_small_sort(slots);
   s.decode1 = heuristics::use_decode_gemm1(T, m.K, m.E, e_loc, m.I, num_sms);
   s.decode2 = heuristics::use_decode_gemm2(T, m.K, m.E, e_loc, m.H, num_sms);
-  const detail::Workspace w = detail::carve_workspace(shape, call.ws);
+  const detail::Workspace w = detail::carve_workspace(shape, call.ws, /*fp8=*/false);
   detail::RoutingOutputs routing;
   routing.slot_key = w.slot_key;
   routing.slot_weight = w.slot_weight;
@@ -221,8 +214,7 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
         CHECK(detail::launch_expert_offsets(slots, e_loc, w.chunk_prefix, w.expert_offsets, pdl,
                                             stream));
         CHECK(detail::launch_permute(w.slot_key, slots, m.K, e_loc, w.chunk_prefix,
-                                     w.expert_offsets, w.gather_rows, w.permuted_idx, pdl,
-                                     stream));
+                                     w.expert_offsets, w.gather_rows, w.permuted_idx, pdl, stream));
       },
       // Plain SwiGLU, no biases: the plain epilogues (a function pointer drops the defaults).
       [=] { CHECK(gemm1(rows1, x, w.gather_rows, m.H, m.I, w1b, w.act, pdl, stream, {})); },

@@ -70,7 +70,7 @@ int main() {
     void* ws = call.ws;
     const size_t ws_bytes = call.ws_bytes;
     void* out = call.out;
-    const detail::Workspace w = detail::carve_workspace(shape, ws);
+    const detail::Workspace w = detail::carve_workspace(shape, ws, /*fp8=*/false);
     const int64_t slots = c.T * c.K;
     detail::RoutingOutputs routing;
     routing.slot_key = w.slot_key;

@@ -66,7 +66,7 @@ int main() {
       MoeArguments& args = call.args;
       void* ws = call.ws;
       const size_t ws_bytes = call.ws_bytes;
-      const detail::Workspace w = detail::carve_workspace(call.shape, ws);
+      const detail::Workspace w = detail::carve_workspace(call.shape, ws, /*fp8=*/false);
       if (!run(args, ws, ws_bytes, stream).ok()) return 1;
       CHECK(cudaStreamSynchronize(stream));
       if (dump_dir != nullptr) {
