@@ -208,7 +208,8 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
         for (int h = 0; h < (kGated ? 1 : 2); ++h) {
           if (!w_ok[m][h]) continue;
           const int64_t col = kGated ? col0 + 8 * m + g : col0 + 16 * m + 8 * h + g;
-          float bias = 0.0f, gate_bias = 0.0f;
+          float bias = 0.0f;
+          [[maybe_unused]] float gate_bias = 0.0f;  // read by the gated form only
           if constexpr (kGeneral) {
             bias = epi.bias_at(expert, col);
             if constexpr (kGated) gate_bias = epi.bias_at(expert, out_cols + col);
