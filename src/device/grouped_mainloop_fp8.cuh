@@ -195,7 +195,8 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
   // Descriptor words of stage 0 (this consumer's 64 A rows, both B boxes); a stage adds its size,
   // a k step of 32 values 32 bytes (2 in the encoded address, which stays below 2^14: no carry).
-  const uint32_t desc_a0 = ptx::smem_desc_lo_k_major_sw128(smem.a[0]) + consumer_idx * (64 * 128 >> 4);
+  const uint32_t desc_a0 =
+      ptx::smem_desc_lo_k_major_sw128(smem.a[0]) + consumer_idx * (64 * 128 >> 4);
   const uint32_t desc_b0 = ptx::smem_desc_lo_k_major_sw128(smem.b[0][0]);
   constexpr uint32_t kAStage = sizeof(smem.a[0]) >> 4, kBStage = sizeof(smem.b[0]) >> 4;
   // Two temporaries: K block k's wgmmas run into one while block k - 1's, retired, is promoted
