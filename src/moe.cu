@@ -132,6 +132,32 @@ Status quantize_fp8_x(const MoeArguments& args, const Workspace& ws, const __nv_
   return Status::Ok();
 }
 
+// The prefill GEMM1's x8 in expert order (row p of it is token gather_rows[p]'s, one copy per
+// slot), so that GEMM1 loads its A tiles by TMA instead of gathering rows. Copied after the sort
+// into the y region, which nothing else uses before GEMM2 writes y (FP8 calls take no routing
+// weights on the input, which would put x' there), and GEMM2 writes y only after its wait, once
+// GEMM1 has finished (the act quantiser between them waits for GEMM1).
+bool fp8_x_permuted(const MoeShape& shape, bool decode1) {
+  const size_t num_slots = static_cast<size_t>(shape.num_tokens) * shape.top_k;
+  const size_t needed = align_up(num_slots * shape.hidden_size) +
+                        num_slots * (shape.hidden_size / kFp8BlockSize) * sizeof(float);
+  return !decode1 && needed <= layout_sizes(shape, true).y;
+}
+
+Status permute_fp8_x(const MoeArguments& args, const Workspace& ws, Fp8A* x8,
+                     cudaStream_t stream) {
+  const MoeShape& shape = args.shape;
+  const int64_t num_slots = shape.num_tokens * shape.top_k, H = shape.hidden_size;
+  auto* codes = reinterpret_cast<uint8_t*>(ws.y);
+  auto* scales = reinterpret_cast<float*>(codes + align_up(static_cast<size_t>(num_slots * H)));
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(
+      launch_permute_fp8_rows(*x8, num_slots, ws.expert_offsets + shape.local_num_experts, H,
+                              codes, scales, args.enable_pdl, stream),
+      "launch_permute_fp8_rows (hidden_states)");
+  *x8 = Fp8A{codes, scales, num_slots, nullptr};
+  return Status::Ok();
+}
+
 // The FP8 variant's GEMMs (docs/fp8.md): GEMM1 on x8 (quantize_fp8_x) with its activation into
 // the bf16 act, act quantised per 128-column group, GEMM2 into y.
 // decode1 / decode2: the decode forms of GEMM1 / GEMM2 (decode_heuristics.h).
@@ -341,6 +367,11 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
         launch_permute(ws.slot_key, num_slots, shape.top_k, num_local, ws.chunk_prefix,
                        ws.expert_offsets, ws.gather_rows, permuted_idx, pdl, stream),
         "launch_permute");
+  }
+
+  // 2b. FP8 prefill: x8 in expert order (fp8_x_permuted).
+  if (fp8 && fp8_x_permuted(shape, decode1)) {
+    FUSEDMOE_RETURN_IF_ERROR(permute_fp8_x(args, ws, &x8, stream));
   }
 
   // 3. The grouped GEMMs over the expert-sorted rows.

@@ -402,7 +402,12 @@ std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated
   DeviceArray<int32_t> offsets(problem.offsets), counters(std::vector<int32_t>{0, 0});
   DeviceArray<int32_t> keys(problem.keys.empty() ? std::vector<int32_t>{0} : problem.keys);
   DeviceArray<int32_t> gather(problem.gather.empty() ? std::vector<int32_t>{0} : problem.gather);
-  DeviceArray<uint8_t> a(problem.a), b(problem.b);
+  // A that is not gathered is read by TMA in whole 128-row tiles, up to max_rows (the launchers'
+  // contract: a holds max_rows rows): 8 rows of NaN codes past the last expert's, which must not
+  // reach a stored output.
+  std::vector<uint8_t> a_rows = problem.a;
+  if (problem.gather.empty()) a_rows.resize(a_rows.size() + 8 * problem.k, 0x7F);
+  DeviceArray<uint8_t> a(a_rows), b(problem.b);
   DeviceArray<float> a_scale(problem.a_scale), b_scale(problem.b_scale);
   const int64_t out_rows = problem.rows() + 8;
   DeviceArray<uint16_t> out(out_rows * out_cols);
@@ -529,15 +534,20 @@ void expect_exact_gated_gemm(const ExactGemmProblem& problem, Fp8Kernel kernel, 
   expect_tail_untouched(out, problem.rows(), inter);
 }
 
+// Gathered rows (x by token), and rows in expert order (the prefill GEMM1's x8 after
+// launch_permute_fp8_rows: the grouped kernels then load A by TMA).
 TEST(GpuFp8, GatedGemm1KernelIsExactOnIntegerProblemsUpToSilu) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
   uint64_t seed = 20;
   for (const Fp8Kernel kernel : kFp8Kernels) {
-    SCOPED_TRACE(kernel_name(kernel));
-    const int64_t inter = 512;
-    expect_exact_gated_gemm(
-        ExactGemmProblem(384, 2 * inter, 19, /*gathered=*/true, ++seed, problem_top_k(kernel)),
-        kernel, inter);
+    for (const bool gathered : {true, false}) {
+      if (!gathered && kernel == Fp8Kernel::kDecodeEarly) continue;  // starts from gathered keys
+      SCOPED_TRACE(std::string(kernel_name(kernel)) + (gathered ? ", gathered" : ", in order"));
+      const int64_t inter = 512;
+      expect_exact_gated_gemm(
+          ExactGemmProblem(384, 2 * inter, 19, gathered, ++seed, problem_top_k(kernel)), kernel,
+          inter);
+    }
   }
 }
 
@@ -601,6 +611,52 @@ TEST(GpuFp8, QuantiserKernelFollowsTheRuleBitwise) {
     for (int64_t g = 0; g < groups; ++g) {
       const float got = got_scales[g * rows + r];
       ASSERT_EQ(std::memcmp(&got, &expected_scales[g], 4), 0) << "row " << r << " group " << g;
+    }
+  }
+}
+
+// Row p of the output (codes and scales) is input row gather[p], for p below the device limit;
+// rows past it stay untouched.
+TEST(GpuFp8, PermuteKernelCopiesGatheredRows) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  const int64_t in_rows = 29, cols = 640, groups = cols / 128, rows = 3 * in_rows, written = 80;
+  std::vector<uint8_t> codes(in_rows * cols);
+  std::vector<float> scales(groups * in_rows);
+  uint64_t state = 777;
+  auto next = [&state] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  for (uint8_t& c : codes) c = static_cast<uint8_t>(next());
+  for (float& s : scales) s = static_cast<float>(next() % 1000 + 1) / 512.0f;
+  std::vector<int32_t> gather(rows);
+  for (int64_t p = 0; p < rows; ++p) gather[p] = static_cast<int32_t>(next() % in_rows);
+  DeviceArray<uint8_t> in_codes(codes), out_codes(rows * cols);
+  DeviceArray<float> in_scales(scales), out_scales(groups * rows);
+  DeviceArray<int32_t> gather_device(gather), limit(std::vector<int32_t>{int32_t(written)});
+  out_codes.fill_bytes(0xAB);
+  out_scales.fill_bytes(0xAB);
+  const detail::Fp8A in{in_codes.get(), in_scales.get(), in_rows, gather_device.get()};
+  check_cuda(detail::launch_permute_fp8_rows(in, rows, limit.get(), cols, out_codes.get(),
+                                             out_scales.get(), false, nullptr),
+             "launch_permute_fp8_rows");
+  check_cuda(cudaDeviceSynchronize(), "permute");
+  const std::vector<uint8_t> got_codes = out_codes.download();
+  const std::vector<float> got_scales = out_scales.download();
+  for (int64_t p = 0; p < rows; ++p) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint8_t want = p < written ? codes[gather[p] * cols + c] : 0xAB;
+      ASSERT_EQ(got_codes[p * cols + c], want) << "row " << p << " col " << c;
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      float want;
+      if (p < written) {
+        want = scales[g * in_rows + gather[p]];
+      } else {
+        std::memset(&want, 0xAB, 4);
+      }
+      ASSERT_EQ(std::memcmp(&got_scales[g * rows + p], &want, 4), 0)
+          << "row " << p << " group " << g;
     }
   }
 }

@@ -45,7 +45,9 @@ struct Fp8GemmConfig {
   static constexpr int kRowStridePerProducerThread = 128 / kChunksPerRow;
   static constexpr uint32_t kABytes = kBlockM * kBlockK;
   static constexpr uint32_t kBBoxBytes = kBoxRows * kBlockK;
-  static constexpr uint32_t kFullArrivals = 128 + 1;
+  static constexpr uint32_t kFullArrivals = 128 + 1;  // gathered A: cp.async by 128 threads
+  static constexpr uint32_t kFullArrivalsTmaA = 1;    // contiguous A: by TMA, like B
+  static constexpr int kTmaARows = 32;                // rows of one A box by TMA
   static constexpr uint32_t kEmptyArrivals = 4 * kNumConsumerWarpgroups;
 
   static_assert(kBlockK == 128, "one K block must be one 128-byte swizzle row and one scale block");
@@ -91,10 +93,11 @@ struct Fp8Operands {
 
 using Fp8PipelineState = PipelineStateOf<Fp8GemmConfig::kStages>;
 
+template <bool kTmaA>
 __device__ inline void init_barriers_fp8(Fp8SharedStorage& smem) {
   using Config = Fp8GemmConfig;
   for (int s = 0; s < Config::kStages; ++s) {
-    ptx::mbarrier_init(&smem.full[s], Config::kFullArrivals);
+    ptx::mbarrier_init(&smem.full[s], kTmaA ? Config::kFullArrivalsTmaA : Config::kFullArrivals);
     ptx::mbarrier_init(&smem.empty[s], Config::kEmptyArrivals);
   }
   for (int s = 0; s < GroupedGemmConfig::kTileSlots; ++s) {
@@ -105,9 +108,15 @@ __device__ inline void init_barriers_fp8(Fp8SharedStorage& smem) {
 }
 
 // ---- producer warpgroup -----------------------------------------------------------------------
-template <bool kClaimTiles>
+// kTmaA (A not gathered: row p of A is p): thread 0 also loads the tile's A rows by TMA, in boxes
+// of kTmaARows (tmap_a: [1, rows, k] bytes, rows past the tensor read as zero), only as many
+// boxes as cover the expert's rows in the tile: a tile of 16 rows loads 4 KiB of A per K block,
+// not 16. The rows of the boxes not loaded keep an earlier stage's bytes; like the rows of a box
+// past the expert's end, they only reach accumulators that are never stored. The other threads
+// only follow the tile sequence.
+template <bool kClaimTiles, bool kTmaA>
 __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operands& op,
-                                        const CUtensorMap* tmap_b) {
+                                        const CUtensorMap* tmap_b, const CUtensorMap* tmap_a) {
   using Config = Fp8GemmConfig;
   const int thread_idx = threadIdx.x % 128;
   const int chunk = thread_idx % Config::kChunksPerRow;
@@ -121,6 +130,31 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
   for (uint32_t round = 0;; ++round) {
     if (kClaimTiles && thread_idx == 0) publish_tile(smem, op.tile_counters, round);
     if (!scheduler.get(cta_tile<kClaimTiles>(smem, round), &tile)) break;
+    if constexpr (kTmaA) {
+      if (thread_idx >= 32) continue;  // warp 0 alone walks the ring, thread 0 issues
+      const int32_t b_row = tile.n_block * op.b_block_stride;
+      const int32_t a_boxes =
+          (min(tile.row_end - tile.row_begin, Config::kBlockM) + Config::kTmaARows - 1) /
+          Config::kTmaARows;
+      for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
+        ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
+        if (thread_idx == 0) {
+          uint64_t* full = &smem.full[pipe.stage];
+          const int32_t k0 = k_block * Config::kBlockK;
+          ptx::mbarrier_arrive_expect_tx(
+              full, a_boxes * Config::kTmaARows * Config::kBlockK + 2 * Config::kBBoxBytes);
+          for (int32_t box = 0; box < a_boxes; ++box) {
+            ptx::tma_load_3d(smem.a[pipe.stage] + box * Config::kTmaARows * Config::kBlockK,
+                             tmap_a, full, k0, tile.row_begin + box * Config::kTmaARows, 0);
+          }
+          ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
+          ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
+                           tile.expert);
+        }
+        pipe.advance();
+      }
+      continue;
+    }
     const uint8_t* src[Config::kRowsPerProducerThread];  // row pointers at byte chunk * 16
     uint32_t row_valid = 0;
 #pragma unroll
@@ -168,6 +202,7 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
 // so a K block's own work is kept short: no scale load stands between a promotion and the next
 // wgmmas, the scale pointers advance instead of being recomputed from k_block, and the wgmma
 // descriptors change only in their low word.
+template <bool kTmaA>
 __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operands& op,
                                         const GroupedTile& tile, int consumer_idx,
                                         Fp8PipelineState& pipe, float (&acc)[64]) {
@@ -225,7 +260,8 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
   // Waits for the next stage and issues its four wgmmas into tmp.
   auto issue = [&](float (&tmp)[64], int32_t& stage) {
     ptx::mbarrier_wait(&smem.full[pipe.stage], pipe.phase);
-    ptx::fence_proxy_async_smem();  // A arrived by cp.async (generic proxy); wgmma reads async
+    // A arrived by cp.async (generic proxy), and wgmma reads async; TMA writes are async already
+    if constexpr (!kTmaA) ptx::fence_proxy_async_smem();
     const uint32_t a_lo = desc_a0 + pipe.stage * kAStage;
     const uint32_t b_lo = desc_b0 + pipe.stage * kBStage;
     ptx::fence_operands(tmp);

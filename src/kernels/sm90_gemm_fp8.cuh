@@ -35,9 +35,11 @@ struct GemmFp8Params {
 };
 
 
-template <bool kClaimTiles, bool kGated>
+// kTmaA (A not gathered): A by TMA through tmap_a (unused otherwise).
+template <bool kClaimTiles, bool kGated, bool kTmaA>
 __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
-    sm90_gemm_fp8_kernel(const __grid_constant__ CUtensorMap tmap_b, const GemmFp8Params params) {
+    sm90_gemm_fp8_kernel(const __grid_constant__ CUtensorMap tmap_b,
+                         const __grid_constant__ CUtensorMap tmap_a, const GemmFp8Params params) {
   using Config = device::Fp8GemmConfig;
   using device::WarpRole;
 
@@ -47,7 +49,8 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
   const auto role = threadIdx.x < 128 ? WarpRole::kProducer : WarpRole::kConsumer;
   if (threadIdx.x == 0) {
     ptx::tma_prefetch_descriptor(&tmap_b);
-    device::init_barriers_fp8(smem);
+    if constexpr (kTmaA) ptx::tma_prefetch_descriptor(&tmap_a);
+    device::init_barriers_fp8<kTmaA>(smem);
   }
   __syncthreads();
   ptx::griddepcontrol_wait();  // expert_offsets, gather_rows and the quantised A come earlier
@@ -55,7 +58,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
 
   if (role == WarpRole::kProducer) {
     ptx::setmaxnreg_dec<Config::kProducerRegs>();
-    device::run_producer_fp8<kClaimTiles>(smem, op, &tmap_b);
+    device::run_producer_fp8<kClaimTiles, kTmaA>(smem, op, &tmap_b, &tmap_a);
   } else {
     ptx::setmaxnreg_inc<Config::kConsumerRegs>();
     const int consumer_idx = threadIdx.x / 128 - 1;
@@ -70,7 +73,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
     for (uint32_t count = 0; scheduler.get(device::cta_tile<kClaimTiles>(smem, count), &tile);
          ++count) {
       float acc[64];
-      device::consume_tile_fp8(smem, op, tile, consumer_idx, pipe, acc);
+      device::consume_tile_fp8<kTmaA>(smem, op, tile, consumer_idx, pipe, acc);
       const int64_t lane_col = 2 * (threadIdx.x % 4);
       if constexpr (kGated) {
         // up = acc[4 i + ..] (i < 8), gate = acc[4 (i + 8) + ..]: act columns j0 + 8 i + ...

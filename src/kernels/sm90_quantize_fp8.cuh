@@ -61,4 +61,35 @@ __global__ void __launch_bounds__(kQuantizeThreads)
   ptx::griddepcontrol_launch_dependents();
 }
 
+// Rows of e4m3 codes and their group-major scales copied into gathered order (launch/fp8_gemm.h,
+// launch_permute_fp8_rows): one warp per output row, 16-byte copies.
+struct PermuteFp8Params {
+  const uint8_t* in_codes;         // [*, cols]
+  const float* in_scales;          // [cols / 128, in_scale_stride]
+  int64_t in_scale_stride;
+  const int32_t* gather_rows;      // [rows]: the input row of each output row
+  int64_t rows;                    // host bound (the grid covers it)
+  const int32_t* num_rows_device;  // rows at or past it are skipped
+  int64_t cols;                    // a multiple of 128
+  uint8_t* codes;                  // [rows, cols]
+  float* scales;                   // [cols / 128, rows]
+};
+
+__global__ void __launch_bounds__(kQuantizeThreads)
+    sm90_permute_fp8_rows_kernel(const PermuteFp8Params params) {
+  ptx::griddepcontrol_wait();
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (int64_t(blockIdx.x) * kQuantizeThreads + threadIdx.x) / 32;
+  if (row < *params.num_rows_device && row < params.rows) {
+    const int64_t source = params.gather_rows[row];
+    const auto* in = reinterpret_cast<const uint4*>(params.in_codes + source * params.cols);
+    auto* out = reinterpret_cast<uint4*>(params.codes + row * params.cols);
+    for (int64_t i = lane; i < params.cols / 16; i += 32) out[i] = in[i];
+    for (int64_t g = lane; g < params.cols / 128; g += 32) {
+      params.scales[g * params.rows + row] = params.in_scales[g * params.in_scale_stride + source];
+    }
+  }
+  ptx::griddepcontrol_launch_dependents();
+}
+
 }  // namespace fusedmoe::kernels

@@ -28,6 +28,13 @@ struct Fp8A {
   const int32_t* gather_rows = nullptr;
 };
 
+// The rows of `in` in gathered order: codes row p (cols bytes) and its scales (scales
+// [cols / 128, rows]) are in's row in.gather_rows[p], for p < *num_rows_device (rows past it are
+// skipped). The prefill GEMM1's x in expert order, which it then loads by TMA.
+cudaError_t launch_permute_fp8_rows(const Fp8A& in, int64_t rows, const int32_t* num_rows_device,
+                                   int64_t cols, uint8_t* codes, float* scales, bool enable_pdl,
+                                   cudaStream_t stream);
+
 // An e4m3 weight [E_loc, n, k] with block scales [E_loc, n / 128, k / 128].
 struct Fp8B {
   const uint8_t* w = nullptr;

@@ -20,12 +20,12 @@ using GroupedGemmKernel = void (*)(CUtensorMap, Params);
 constexpr size_t kGroupedGemmSmemBytes = sizeof(device::SharedStorage) + 1024;
 static_assert(kGroupedGemmSmemBytes <= 227 * 1024, "more smem than an sm_90 CTA may have");
 
-// smem_bytes: the kernel's dynamic smem (the FP8 GEMMs' storage differs from the BF16 one's).
-template <typename Params>
-cudaError_t launch_grouped_gemm(GroupedGemmKernel<Params> kernel, const CUtensorMap& tmap,
-                                const Params& params, int64_t max_rows, int32_t num_experts,
-                                bool enable_pdl, cudaStream_t stream,
-                                size_t smem_bytes = kGroupedGemmSmemBytes) {
+// Launches kernel(maps..., params) on the persistent grid; smem_bytes: the kernel's dynamic smem
+// (the FP8 GEMMs' storage differs from the BF16 one's).
+template <typename Kernel, typename Params, typename... Maps>
+cudaError_t launch_persistent_gemm(Kernel kernel, const Params& params, int64_t max_rows,
+                                   int32_t num_experts, bool enable_pdl, cudaStream_t stream,
+                                   size_t smem_bytes, const Maps&... maps) {
   int device = 0, num_sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
@@ -47,7 +47,16 @@ cudaError_t launch_grouped_gemm(GroupedGemmKernel<Params> kernel, const CUtensor
   pdl.val.programmaticStreamSerializationAllowed = enable_pdl ? 1 : 0;
   config.attrs = &pdl;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, tmap, params);
+  return cudaLaunchKernelEx(&config, kernel, maps..., params);
+}
+
+template <typename Params>
+cudaError_t launch_grouped_gemm(GroupedGemmKernel<Params> kernel, const CUtensorMap& tmap,
+                                const Params& params, int64_t max_rows, int32_t num_experts,
+                                bool enable_pdl, cudaStream_t stream,
+                                size_t smem_bytes = kGroupedGemmSmemBytes) {
+  return launch_persistent_gemm(kernel, params, max_rows, num_experts, enable_pdl, stream,
+                                smem_bytes, tmap);
 }
 
 }  // namespace fusedmoe::detail

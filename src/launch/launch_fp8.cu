@@ -26,15 +26,31 @@ cudaLaunchAttribute pdl_attribute(bool enable_pdl) {
   return pdl;
 }
 
+// A in row order (GEMM2's act8, the prefill GEMM1's x8 in expert order) is loaded by TMA:
+// tensor map [1, max_rows, k] bytes in boxes of (128 of k, kTmaARows rows), so a must hold
+// max_rows rows. Gathered A is copied row by row (cp.async), and the kernel gets tmap_b twice.
 template <bool kGated>
 cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Params& params,
-                            const CUtensorMap& tmap, bool enable_pdl, cudaStream_t stream) {
-  static_assert(device::Fp8GemmConfig::kNumThreads == device::GroupedGemmConfig::kNumThreads,
-                "launch_grouped_gemm launches the BF16 GEMMs' block size");
-  const auto kernel = rows.tile_counters != nullptr ? kernels::sm90_gemm_fp8_kernel<true, kGated>
-                                                    : kernels::sm90_gemm_fp8_kernel<false, kGated>;
-  return launch_grouped_gemm(kernel, tmap, params, rows.max_rows, rows.num_experts, enable_pdl,
-                             stream, kFp8GemmSmemBytes);
+                            const CUtensorMap& tmap_b, bool enable_pdl, cudaStream_t stream) {
+  using Config = device::Fp8GemmConfig;
+  static_assert(Config::kNumThreads == device::GroupedGemmConfig::kNumThreads,
+                "launch_persistent_gemm launches the BF16 GEMMs' block size");
+  const device::Fp8Operands& op = params.operands;
+  const bool claim = rows.tile_counters != nullptr;
+  if (op.gather_rows == nullptr) {
+    CUtensorMap tmap_a;
+    const cudaError_t err = make_tensor_map_3d_u8_sw128(&tmap_a, op.a, op.k, rows.max_rows, 1,
+                                                        Config::kBlockK, Config::kTmaARows);
+    if (err != cudaSuccess) return err;
+    return launch_persistent_gemm(claim ? kernels::sm90_gemm_fp8_kernel<true, kGated, true>
+                                        : kernels::sm90_gemm_fp8_kernel<false, kGated, true>,
+                                  params, rows.max_rows, rows.num_experts, enable_pdl, stream,
+                                  kFp8GemmSmemBytes, tmap_b, tmap_a);
+  }
+  return launch_persistent_gemm(claim ? kernels::sm90_gemm_fp8_kernel<true, kGated, false>
+                                      : kernels::sm90_gemm_fp8_kernel<false, kGated, false>,
+                                params, rows.max_rows, rows.num_experts, enable_pdl, stream,
+                                kFp8GemmSmemBytes, tmap_b, tmap_b);
 }
 
 // The operands both GEMMs share.
@@ -131,6 +147,27 @@ cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
   config.attrs = &pdl;
   config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, kernels::sm90_quantize_fp8_kernel, params);
+}
+
+cudaError_t launch_permute_fp8_rows(const Fp8A& in, int64_t rows, const int32_t* num_rows_device,
+                                   int64_t cols, uint8_t* codes, float* scales, bool enable_pdl,
+                                   cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  if (reinterpret_cast<uintptr_t>(in.a) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(codes) % 16 != 0) {
+    return cudaErrorMisalignedAddress;
+  }
+  const kernels::PermuteFp8Params params{
+      in.a, in.scale, in.scale_stride, in.gather_rows, rows, num_rows_device, cols, codes, scales};
+  constexpr int64_t kRowsPerBlock = kernels::kQuantizeThreads / 32;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
+  config.blockDim = dim3(kernels::kQuantizeThreads);
+  config.stream = stream;
+  cudaLaunchAttribute pdl = pdl_attribute(enable_pdl);
+  config.attrs = &pdl;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernels::sm90_permute_fp8_rows_kernel, params);
 }
 
 cudaError_t launch_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
