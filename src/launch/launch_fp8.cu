@@ -27,8 +27,9 @@ cudaLaunchAttribute pdl_attribute(bool enable_pdl) {
 }
 
 // A in row order (GEMM2's act8, the prefill GEMM1's x8 in expert order) is loaded by TMA:
-// tensor map [1, max_rows, k] bytes in boxes of (128 of k, kTmaARows rows), so a must hold
-// max_rows rows. Gathered A is copied row by row (cp.async), and the kernel gets tmap_b twice.
+// tensor maps [1, max_rows, k] bytes in boxes of (128 of k, 128 rows) and (128 of k, kTmaARows
+// rows), so a must hold max_rows rows. Gathered A is copied row by row (cp.async), and the kernel
+// gets tmap_b in their places.
 template <bool kGated>
 cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Params& params,
                             const CUtensorMap& tmap_b, bool enable_pdl, cudaStream_t stream) {
@@ -38,19 +39,22 @@ cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Param
   const device::Fp8Operands& op = params.operands;
   const bool claim = rows.tile_counters != nullptr;
   if (op.gather_rows == nullptr) {
-    CUtensorMap tmap_a;
-    const cudaError_t err = make_tensor_map_3d_u8_sw128(&tmap_a, op.a, op.k, rows.max_rows, 1,
-                                                        Config::kBlockK, Config::kTmaARows);
+    CUtensorMap tmap_a, tmap_a_part;
+    cudaError_t err = make_tensor_map_3d_u8_sw128(&tmap_a, op.a, op.k, rows.max_rows, 1,
+                                                  Config::kBlockK, Config::kBlockM);
+    if (err != cudaSuccess) return err;
+    err = make_tensor_map_3d_u8_sw128(&tmap_a_part, op.a, op.k, rows.max_rows, 1, Config::kBlockK,
+                                      Config::kTmaARows);
     if (err != cudaSuccess) return err;
     return launch_persistent_gemm(claim ? kernels::sm90_gemm_fp8_kernel<true, kGated, true>
                                         : kernels::sm90_gemm_fp8_kernel<false, kGated, true>,
                                   params, rows.max_rows, rows.num_experts, enable_pdl, stream,
-                                  kFp8GemmSmemBytes, tmap_b, tmap_a);
+                                  kFp8GemmSmemBytes, tmap_b, tmap_a, tmap_a_part);
   }
   return launch_persistent_gemm(claim ? kernels::sm90_gemm_fp8_kernel<true, kGated, false>
                                       : kernels::sm90_gemm_fp8_kernel<false, kGated, false>,
                                 params, rows.max_rows, rows.num_experts, enable_pdl, stream,
-                                kFp8GemmSmemBytes, tmap_b, tmap_b);
+                                kFp8GemmSmemBytes, tmap_b, tmap_b, tmap_b);
 }
 
 // The operands both GEMMs share.
