@@ -47,7 +47,6 @@ struct Fp8GemmConfig {
   static constexpr uint32_t kBBoxBytes = kBoxRows * kBlockK;
   static constexpr uint32_t kFullArrivals = 128 + 1;  // gathered A: cp.async by 128 threads
   static constexpr uint32_t kFullArrivalsTmaA = 1;    // contiguous A: by TMA, like B
-  static constexpr int kTmaARows = 32;                // rows of one A box by TMA
   static constexpr uint32_t kEmptyArrivals = 4 * kNumConsumerWarpgroups;
 
   static_assert(kBlockK == 128, "one K block must be one 128-byte swizzle row and one scale block");
@@ -108,17 +107,12 @@ __device__ inline void init_barriers_fp8(Fp8SharedStorage& smem) {
 }
 
 // ---- producer warpgroup -----------------------------------------------------------------------
-// kTmaA (A not gathered: row p of A is p): thread 0 also loads the tile's A rows by TMA (tensor
-// maps [1, rows, k] bytes, rows past the tensor read as zero): a tile whose expert has more than
-// 96 of its rows in one box of 128 rows (tmap_a), else in boxes of kTmaARows (tmap_a_part), only
-// as many as cover them: a tile of 16 rows loads 4 KiB of A per K block, not 16. (Four boxes of 32
-// rows instead of one of 128 made full tiles 10-15 % slower.) The rows of the boxes not loaded
-// keep an earlier stage's bytes; like the rows of a box past the expert's end, they only reach
-// accumulators that are never stored. The other threads only follow the tile sequence.
+// kTmaA (A not gathered: row p of A is p): thread 0 also loads the tile's 128 A rows by TMA
+// (tmap_a: [1, rows, k] bytes, rows past the tensor read as zero), and the other threads only
+// follow the tile sequence.
 template <bool kClaimTiles, bool kTmaA>
 __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operands& op,
-                                        const CUtensorMap* tmap_b, const CUtensorMap* tmap_a,
-                                        const CUtensorMap* tmap_a_part) {
+                                        const CUtensorMap* tmap_b, const CUtensorMap* tmap_a) {
   using Config = Fp8GemmConfig;
   const int thread_idx = threadIdx.x % 128;
   const int chunk = thread_idx % Config::kChunksPerRow;
@@ -135,25 +129,13 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
     if constexpr (kTmaA) {
       if (thread_idx >= 32) continue;  // warp 0 alone walks the ring, thread 0 issues
       const int32_t b_row = tile.n_block * op.b_block_stride;
-      const int32_t a_boxes =
-          (min(tile.row_end - tile.row_begin, Config::kBlockM) + Config::kTmaARows - 1) /
-          Config::kTmaARows;
       for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
         ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
         if (thread_idx == 0) {
           uint64_t* full = &smem.full[pipe.stage];
           const int32_t k0 = k_block * Config::kBlockK;
-          ptx::mbarrier_arrive_expect_tx(
-              full, a_boxes * Config::kTmaARows * Config::kBlockK + 2 * Config::kBBoxBytes);
-          if (a_boxes == Config::kBlockM / Config::kTmaARows) {
-            ptx::tma_load_3d(smem.a[pipe.stage], tmap_a, full, k0, tile.row_begin, 0);
-          } else {
-            for (int32_t box = 0; box < a_boxes; ++box) {
-              ptx::tma_load_3d(smem.a[pipe.stage] + box * Config::kTmaARows * Config::kBlockK,
-                               tmap_a_part, full, k0, tile.row_begin + box * Config::kTmaARows,
-                               0);
-            }
-          }
+          ptx::mbarrier_arrive_expect_tx(full, Config::kABytes + 2 * Config::kBBoxBytes);
+          ptx::tma_load_3d(smem.a[pipe.stage], tmap_a, full, k0, tile.row_begin, 0);
           ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
           ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
                            tile.expert);

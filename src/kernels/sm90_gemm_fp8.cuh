@@ -35,13 +35,11 @@ struct GemmFp8Params {
 };
 
 
-// kTmaA (A not gathered): A by TMA through tmap_a and tmap_a_part (unused otherwise).
+// kTmaA (A not gathered): A by TMA through tmap_a (unused otherwise).
 template <bool kClaimTiles, bool kGated, bool kTmaA>
 __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
     sm90_gemm_fp8_kernel(const __grid_constant__ CUtensorMap tmap_b,
-                         const __grid_constant__ CUtensorMap tmap_a,
-                         const __grid_constant__ CUtensorMap tmap_a_part,
-                         const GemmFp8Params params) {
+                         const __grid_constant__ CUtensorMap tmap_a, const GemmFp8Params params) {
   using Config = device::Fp8GemmConfig;
   using device::WarpRole;
 
@@ -51,10 +49,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
   const auto role = threadIdx.x < 128 ? WarpRole::kProducer : WarpRole::kConsumer;
   if (threadIdx.x == 0) {
     ptx::tma_prefetch_descriptor(&tmap_b);
-    if constexpr (kTmaA) {
-      ptx::tma_prefetch_descriptor(&tmap_a);
-      ptx::tma_prefetch_descriptor(&tmap_a_part);
-    }
+    if constexpr (kTmaA) ptx::tma_prefetch_descriptor(&tmap_a);
     device::init_barriers_fp8<kTmaA>(smem);
   }
   __syncthreads();
@@ -63,7 +58,7 @@ __global__ void __launch_bounds__(device::Fp8GemmConfig::kNumThreads, 1)
 
   if (role == WarpRole::kProducer) {
     ptx::setmaxnreg_dec<Config::kProducerRegs>();
-    device::run_producer_fp8<kClaimTiles, kTmaA>(smem, op, &tmap_b, &tmap_a, &tmap_a_part);
+    device::run_producer_fp8<kClaimTiles, kTmaA>(smem, op, &tmap_b, &tmap_a);
   } else {
     ptx::setmaxnreg_inc<Config::kConsumerRegs>();
     const int consumer_idx = threadIdx.x / 128 - 1;

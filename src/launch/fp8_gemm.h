@@ -20,7 +20,9 @@ cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
                                 cudaStream_t stream);
 
 // An e4m3 operand A with its row scales: a [*, k], scale of row r in K block b at
-// scale[b * scale_stride + r]; row(p) = gather_rows[p] when given, else p.
+// scale[b * scale_stride + r]; row(p) = gather_rows[p] when given, else p. Without gather_rows
+// the grouped kernels load A by TMA in tiles of 128 rows, so a must hold GroupedRows::max_rows
+// rows (rows past an expert's are read, never stored).
 struct Fp8A {
   const uint8_t* a = nullptr;
   const float* scale = nullptr;

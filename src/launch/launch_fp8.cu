@@ -26,35 +26,24 @@ cudaLaunchAttribute pdl_attribute(bool enable_pdl) {
   return pdl;
 }
 
-// A in row order (GEMM2's act8, the prefill GEMM1's x8 in expert order) is loaded by TMA:
-// tensor maps [1, max_rows, k] bytes in boxes of (128 of k, 128 rows) and (128 of k, kTmaARows
-// rows), so a must hold max_rows rows. Gathered A is copied row by row (cp.async), and the kernel
-// gets tmap_b in their places.
+// tmap_a: A by TMA ([1, max_rows, k] bytes; only when A is not gathered), else nullptr.
 template <bool kGated>
 cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Params& params,
-                            const CUtensorMap& tmap_b, bool enable_pdl, cudaStream_t stream) {
-  using Config = device::Fp8GemmConfig;
-  static_assert(Config::kNumThreads == device::GroupedGemmConfig::kNumThreads,
-                "launch_persistent_gemm launches the BF16 GEMMs' block size");
-  const device::Fp8Operands& op = params.operands;
+                            const CUtensorMap& tmap, const CUtensorMap* tmap_a, bool enable_pdl,
+                            cudaStream_t stream) {
+  static_assert(device::Fp8GemmConfig::kNumThreads == device::GroupedGemmConfig::kNumThreads,
+                "launch_grouped_gemm launches the BF16 GEMMs' block size");
   const bool claim = rows.tile_counters != nullptr;
-  if (op.gather_rows == nullptr) {
-    CUtensorMap tmap_a, tmap_a_part;
-    cudaError_t err = make_tensor_map_3d_u8_sw128(&tmap_a, op.a, op.k, rows.max_rows, 1,
-                                                  Config::kBlockK, Config::kBlockM);
-    if (err != cudaSuccess) return err;
-    err = make_tensor_map_3d_u8_sw128(&tmap_a_part, op.a, op.k, rows.max_rows, 1, Config::kBlockK,
-                                      Config::kTmaARows);
-    if (err != cudaSuccess) return err;
+  if (tmap_a != nullptr) {
     return launch_persistent_gemm(claim ? kernels::sm90_gemm_fp8_kernel<true, kGated, true>
                                         : kernels::sm90_gemm_fp8_kernel<false, kGated, true>,
                                   params, rows.max_rows, rows.num_experts, enable_pdl, stream,
-                                  kFp8GemmSmemBytes, tmap_b, tmap_a, tmap_a_part);
+                                  kFp8GemmSmemBytes, tmap, *tmap_a);
   }
   return launch_persistent_gemm(claim ? kernels::sm90_gemm_fp8_kernel<true, kGated, false>
                                       : kernels::sm90_gemm_fp8_kernel<false, kGated, false>,
                                 params, rows.max_rows, rows.num_experts, enable_pdl, stream,
-                                kFp8GemmSmemBytes, tmap_b, tmap_b, tmap_b);
+                                kFp8GemmSmemBytes, tmap, tmap);
 }
 
 // The operands both GEMMs share.
@@ -157,12 +146,12 @@ cudaError_t launch_permute_fp8_rows(const Fp8A& in, int64_t rows, const int32_t*
                                    int64_t cols, uint8_t* codes, float* scales, bool enable_pdl,
                                    cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  if (reinterpret_cast<uintptr_t>(in.a) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(codes) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(in.a) % 16 != 0 || reinterpret_cast<uintptr_t>(codes) % 16 != 0) {
     return cudaErrorMisalignedAddress;
   }
-  const kernels::PermuteFp8Params params{
-      in.a, in.scale, in.scale_stride, in.gather_rows, rows, num_rows_device, cols, codes, scales};
+  const kernels::PermuteFp8Params params{in.a,  in.scale, in.scale_stride, in.gather_rows,
+                                         rows,  num_rows_device, cols,     codes,
+                                         scales};
   constexpr int64_t kRowsPerBlock = kernels::kQuantizeThreads / 32;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
@@ -191,7 +180,14 @@ cudaError_t launch_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hid
       static_cast<int32_t>((intermediate_size + Config::kBoxRows - 1) / Config::kBoxRows);
   params.operands.b_block_stride = Config::kBoxRows;
   params.operands.b_box_stride = static_cast<int32_t>(intermediate_size);
-  return launch_gemm_fp8<true>(rows, params, tmap, enable_pdl, stream);
+  if (x.gather_rows != nullptr) {
+    return launch_gemm_fp8<true>(rows, params, tmap, nullptr, enable_pdl, stream);
+  }
+  CUtensorMap tmap_a;  // x in expert order: [1, max_rows, H] bytes, boxes of (128 of H, 128 rows)
+  err = make_tensor_map_3d_u8_sw128(&tmap_a, x.a, hidden_size, rows.max_rows, 1, Config::kBlockK,
+                                    Config::kBlockM);
+  if (err != cudaSuccess) return err;
+  return launch_gemm_fp8<true>(rows, params, tmap, &tmap_a, enable_pdl, stream);
 }
 
 cudaError_t launch_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, int64_t n,
@@ -208,7 +204,14 @@ cudaError_t launch_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, 
   params.operands.num_n_blocks = static_cast<int32_t>((n + Config::kBlockN - 1) / Config::kBlockN);
   params.operands.b_block_stride = Config::kBlockN;
   params.operands.b_box_stride = Config::kBoxRows;
-  return launch_gemm_fp8<false>(rows, params, tmap, enable_pdl, stream);
+  if (a.gather_rows != nullptr) {
+    return launch_gemm_fp8<false>(rows, params, tmap, nullptr, enable_pdl, stream);
+  }
+  CUtensorMap tmap_a;  // [1, max_rows, k] bytes, boxes of (128 of k, 128 rows)
+  err = make_tensor_map_3d_u8_sw128(&tmap_a, a.a, k, rows.max_rows, 1, Config::kBlockK,
+                                    Config::kBlockM);
+  if (err != cudaSuccess) return err;
+  return launch_gemm_fp8<false>(rows, params, tmap, &tmap_a, enable_pdl, stream);
 }
 
 cudaError_t launch_decode_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
