@@ -149,9 +149,8 @@ cudaError_t launch_permute_fp8_rows(const Fp8A& in, int64_t rows, const int32_t*
   if (reinterpret_cast<uintptr_t>(in.a) % 16 != 0 || reinterpret_cast<uintptr_t>(codes) % 16 != 0) {
     return cudaErrorMisalignedAddress;
   }
-  const kernels::PermuteFp8Params params{in.a,  in.scale, in.scale_stride, in.gather_rows,
-                                         rows,  num_rows_device, cols,     codes,
-                                         scales};
+  const kernels::PermuteFp8Params params{
+      in.a, in.scale, in.scale_stride, in.gather_rows, rows, num_rows_device, cols, codes, scales};
   constexpr int64_t kRowsPerBlock = kernels::kQuantizeThreads / 32;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
