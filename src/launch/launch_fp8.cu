@@ -32,7 +32,7 @@ cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Param
                             const CUtensorMap& tmap, const CUtensorMap* tmap_a, bool enable_pdl,
                             cudaStream_t stream) {
   static_assert(device::Fp8GemmConfig::kNumThreads == device::GroupedGemmConfig::kNumThreads,
-                "launch_grouped_gemm launches the BF16 GEMMs' block size");
+                "launch_persistent_gemm launches the BF16 GEMMs' block size");
   const bool claim = rows.tile_counters != nullptr;
   if (tmap_a != nullptr) {
     return launch_persistent_gemm(claim ? kernels::sm90_gemm_fp8_kernel<true, kGated, true>
