@@ -61,17 +61,23 @@ __device__ __forceinline__ void store_warp_block(uint8_t* staging,
   constexpr int kRowsPerPass = 32 / kChunks;
   const int chunk = lane % kChunks;
   const int64_t col = col0 + 8 * chunk;
+  // All of the lane's chunks are read before the first store, so the reads overlap.
+  constexpr int kPasses = 16 / kRowsPerPass;
+  uint4 v[kPasses];
 #pragma unroll
-  for (int k = 0; k < 16 / kRowsPerPass; ++k) {
+  for (int k = 0; k < kPasses; ++k) {
+    v[k] = ptx::ld_shared_v4(staging + staging_offset(lane / kChunks + kRowsPerPass * k, chunk));
+  }
+#pragma unroll
+  for (int k = 0; k < kPasses; ++k) {
     const int row = lane / kChunks + kRowsPerPass * k;
-    const uint4 v = *reinterpret_cast<const uint4*>(staging + staging_offset(row, chunk));
     const int32_t p = first_row + row;
     if (p >= row_end || col >= num_cols) continue;
     __nv_bfloat16* dst = out + int64_t(p) * row_stride + col;
     if (out_aligned) {
-      *reinterpret_cast<uint4*>(dst) = v;
+      ptx::st_global_v4(dst, v[k]);
     } else {
-      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
+      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v[k]);
 #pragma unroll
       for (int j = 0; j < 8; ++j) dst[j] = e[j];
     }

@@ -8,6 +8,8 @@
 //   fences        fence.proxy.async (generic-proxy writes -> async-proxy readers), barrier init
 //   wgmma         fence / commit_group / wait_group, smem descriptors, m64n256k16 bf16 -> fp32
 //   stmatrix      accumulator fragments -> smem staging of the epilogue
+//   ld / st       16-byte shared loads and global stores of the epilogue (the compiler emits a
+//                 generic load and four 4-byte stores for the same C++)
 //   setmaxnreg    per-warpgroup register budgets (needs __launch_bounds__(threads, 1))
 //   griddepcontrol programmatic dependent launch (no-ops when launched without PDL)
 #pragma once
@@ -217,6 +219,26 @@ __device__ __forceinline__ void stmatrix_x4(void* smem_row, uint32_t m0, uint32_
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(
                    smem_u32(smem_row)),
                "r"(m0), "r"(m1), "r"(m2), "r"(m3)
+               : "memory");
+}
+
+// ---- 16-byte shared loads and global stores ------------------------------------------------------
+// The epilogue's staging buffer is reached through a pointer the compiler cannot place in shared
+// memory (the dynamic smem base is realigned through an integer), so a plain C++ load of it is
+// a generic LD, tracked like a global load; and a uint4 store through a bf16 pointer came out as
+// four 4-byte STGs. These say what is meant. smem and gmem must be 16-byte aligned.
+__device__ __forceinline__ uint4 ld_shared_v4(const void* smem) {
+  uint4 v;
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(smem_u32(smem))
+               : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_global_v4(void* gmem, const uint4& v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(gmem), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
                : "memory");
 }
 
