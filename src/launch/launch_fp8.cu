@@ -26,6 +26,22 @@ cudaLaunchAttribute pdl_attribute(bool enable_pdl) {
   return pdl;
 }
 
+// The quantiser and the row permutation: one warp per item (a row's 128-column group, or a row),
+// kQuantizeThreads per block, with the PDL attribute.
+template <typename Params>
+cudaError_t launch_warp_per_item(void (*kernel)(Params), const Params& params, int64_t items,
+                                 bool enable_pdl, cudaStream_t stream) {
+  constexpr int64_t kItemsPerBlock = kernels::kQuantizeThreads / 32;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>((items + kItemsPerBlock - 1) / kItemsPerBlock));
+  config.blockDim = dim3(kernels::kQuantizeThreads);
+  config.stream = stream;
+  cudaLaunchAttribute pdl = pdl_attribute(enable_pdl);
+  config.attrs = &pdl;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, params);
+}
+
 // tmap_a: A by TMA ([1, max_rows, k] bytes; only when A is not gathered), else nullptr.
 template <bool kGated>
 cudaError_t launch_gemm_fp8(const GroupedRows& rows, const kernels::GemmFp8Params& params,
@@ -130,16 +146,8 @@ cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
     return cudaErrorMisalignedAddress;
   }
   kernels::QuantizeFp8Params params{in, rows, num_rows_device, cols, codes, scales, scale_stride};
-  const int64_t warps = rows * (cols / 128);
-  constexpr int64_t kWarpsPerBlock = kernels::kQuantizeThreads / 32;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock));
-  config.blockDim = dim3(kernels::kQuantizeThreads);
-  config.stream = stream;
-  cudaLaunchAttribute pdl = pdl_attribute(enable_pdl);
-  config.attrs = &pdl;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernels::sm90_quantize_fp8_kernel, params);
+  return launch_warp_per_item(kernels::sm90_quantize_fp8_kernel, params, rows * (cols / 128),
+                              enable_pdl, stream);
 }
 
 cudaError_t launch_permute_fp8_rows(const Fp8A& in, int64_t rows, const int32_t* num_rows_device,
@@ -151,15 +159,8 @@ cudaError_t launch_permute_fp8_rows(const Fp8A& in, int64_t rows, const int32_t*
   }
   const kernels::PermuteFp8Params params{
       in.a, in.scale, in.scale_stride, in.gather_rows, rows, num_rows_device, cols, codes, scales};
-  constexpr int64_t kRowsPerBlock = kernels::kQuantizeThreads / 32;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
-  config.blockDim = dim3(kernels::kQuantizeThreads);
-  config.stream = stream;
-  cudaLaunchAttribute pdl = pdl_attribute(enable_pdl);
-  config.attrs = &pdl;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernels::sm90_permute_fp8_rows_kernel, params);
+  return launch_warp_per_item(kernels::sm90_permute_fp8_rows_kernel, params, rows, enable_pdl,
+                              stream);
 }
 
 cudaError_t launch_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
