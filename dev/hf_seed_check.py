@@ -2,8 +2,11 @@
 seed of the compiled transformers test") into its parts for one seed, on the GPU: the tiny model's
 logits against its fp32 copy (max |difference|) for fusedmoe eagerly, fusedmoe compiled by
 inductor (the test), and the model's own experts compiled by inductor (no fusedmoe at all; not
-fullgraph, their loop over experts breaks the graph). If the last is as far off as the test, the
-compiled router chose other experts and fusedmoe is not at fault.
+fullgraph, their loop over experts breaks the graph); and two more to split it further: fusedmoe
+under aot_eager (the graph without inductor's code generation) and transformers' grouped_mm experts
+under inductor, fullgraph (the same compiled router and attention with another experts kernel). If
+those compiled without fusedmoe are as far off as the test, the compiled router chose other experts
+and fusedmoe is not at fault.
 Usage (device): PYTHONPATH=<site with fusedmoe> python3 dev/hf_seed_check.py [SEED] [FAMILY]
 """
 import copy
@@ -22,10 +25,13 @@ def main() -> None:
     family = sys.argv[2] if len(sys.argv) > 2 else "qwen3_moe"
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: to try the script
     results = {}
-    for label in ("fusedmoe eager", "fusedmoe inductor", "own experts inductor"):
+    labels = ("fusedmoe eager", "fusedmoe inductor", "own experts inductor", "fusedmoe aot_eager",
+              "grouped_mm inductor")
+    for label in labels:
         torch._dynamo.reset()
         generator = torch.Generator().manual_seed(seed)
-        implementation = "eager" if label.startswith("own") else "fusedmoe"
+        implementation = ("eager" if label.startswith("own") else
+                          "grouped_mm" if label.startswith("grouped_mm") else "fusedmoe")
         model = tiny_model(family, generator, implementation, device=device)
         reference = copy.deepcopy(model).float()
         set_implementation(reference, "eager")
@@ -33,10 +39,12 @@ def main() -> None:
         with torch.no_grad():
             if label.startswith("fusedmoe"):
                 fusedmoe_hf.prepare(model)
-            if label.endswith("eager"):
+            if label.endswith(" eager"):
                 ours = model(tokens).logits
             else:
-                ours = torch.compile(model, fullgraph=label.startswith("fusedmoe"))(tokens).logits
+                backend = label.split()[-1]
+                ours = torch.compile(model, backend=backend,
+                                     fullgraph=not label.startswith("own"))(tokens).logits
             ref = reference(tokens).logits
         results[label] = max_abs(ours, ref)
         if label == "fusedmoe eager":

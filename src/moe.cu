@@ -158,8 +158,9 @@ Status permute_fp8_x(const MoeArguments& args, const Workspace& ws, Fp8A* x8,
   return Status::Ok();
 }
 
-// The FP8 variant's GEMMs (docs/fp8.md): GEMM1 on x8 (quantize_fp8_x) with its activation into
-// the bf16 act, act quantised per 128-column group, GEMM2 into y.
+// The FP8 variant's GEMMs (docs/fp8.md): GEMM1 on x8 (quantize_fp8_x) with its activation
+// quantised per 128-column group into act8 (by the grouped gated GEMM1's epilogue itself, else
+// into the bf16 act and then by the quantiser), GEMM2 into y.
 // decode1 / decode2: the decode forms of GEMM1 / GEMM2 (decode_heuristics.h).
 Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows rows, bool claim2,
                      bool decode1, bool decode2, const Fp8A& x8, __nv_bfloat16* y,
@@ -171,20 +172,27 @@ Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows 
   const bool pdl = args.enable_pdl;
   const Fp8B w1{static_cast<const uint8_t*>(args.gemm1_weights), args.gemm1_weights_scale};
   const Fp8B w2{static_cast<const uint8_t*>(args.gemm2_weights), args.gemm2_weights_scale};
-  const auto gemm1 = decode1 ? launch_decode_gemm1_fp8 : launch_gemm1_fp8;
   const auto gemm2 = decode2 ? launch_decode_gemm2_fp8 : launch_gemm2_fp8;
-  if (is_gated(args.activation)) {
-    FUSEDMOE_CUDA_RETURN_IF_ERROR(gemm1(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
+  const bool gated = is_gated(args.activation);
+  if (gated && !decode1) {  // act quantised in GEMM1's epilogue
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_gemm1_fp8(rows, x8, H, I, w1, ws.act8, ws.act_scale,
+                                                   num_slots, epilogue1, pdl, stream),
                                   "launch_gemm1_fp8");
-  } else {
-    const auto nongated1 = decode1 ? launch_decode_gemm2_fp8 : launch_gemm2_fp8;
-    FUSEDMOE_CUDA_RETURN_IF_ERROR(nongated1(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
-                                  "launch_gemm2_fp8 (non-gated GEMM1)");
+  } else {  // bf16 act, then the quantiser
+    if (gated) {
+      FUSEDMOE_CUDA_RETURN_IF_ERROR(
+          launch_decode_gemm1_fp8(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
+          "launch_decode_gemm1_fp8");
+    } else {
+      const auto nongated1 = decode1 ? launch_decode_gemm2_fp8 : launch_gemm2_fp8;
+      FUSEDMOE_CUDA_RETURN_IF_ERROR(nongated1(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
+                                    "launch_gemm2_fp8 (non-gated GEMM1)");
+    }
+    FUSEDMOE_CUDA_RETURN_IF_ERROR(
+        launch_quantize_fp8(ws.act, num_slots, ws.expert_offsets + shape.local_num_experts, I,
+                            ws.act8, ws.act_scale, num_slots, pdl, stream),
+        "launch_quantize_fp8 (activation)");
   }
-  FUSEDMOE_CUDA_RETURN_IF_ERROR(
-      launch_quantize_fp8(ws.act, num_slots, ws.expert_offsets + shape.local_num_experts, I,
-                          ws.act8, ws.act_scale, num_slots, pdl, stream),
-      "launch_quantize_fp8 (activation)");
   rows.tile_counters = claim2 ? ws.tile_counters : nullptr;
   const Fp8A act8{ws.act8, ws.act_scale, num_slots, nullptr};
   FUSEDMOE_CUDA_RETURN_IF_ERROR(gemm2(rows, act8, I, H, w2, y, epilogue2, pdl, stream),

@@ -29,6 +29,7 @@
 #include "common/moe_case.h"
 #include "common/tolerance.h"
 #include "decode_heuristics.h"
+#include "device/epilogue.cuh"
 #include "fusedmoe/fusedmoe.h"
 #include "launch/fp8_gemm.h"
 #include "reference/bf16.h"
@@ -392,10 +393,20 @@ constexpr Fp8Kernel kFp8Kernels[] = {Fp8Kernel::kStatic, Fp8Kernel::kClaimed, Fp
                                      Fp8Kernel::kDecodeEarly};
 int32_t problem_top_k(Fp8Kernel kernel) { return kernel == Fp8Kernel::kDecodeEarly ? 8 : 0; }
 
+// What a gated GEMM1 of the grouped kernels writes: the activation quantised per 128-column group,
+// codes [rows + 8, inter] and scales [inter / 128, rows + 8] (8 rows past the last expert's, which
+// must stay untouched: poisoned 0xFF).
+struct QuantisedAct {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+};
+
 // One launch of an FP8 GEMM kernel on `problem`: its bf16 output [rows + 8, out_cols] (8 rows past
-// the last expert's, which must stay untouched: poisoned 0xFFFF).
+// the last expert's, which must stay untouched: poisoned 0xFFFF). A gated GEMM1 on the grouped
+// kernels writes *quantised instead (which must then be given) and returns nothing.
 std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated, Fp8Kernel kernel,
-                                     int64_t out_cols, const detail::GemmEpilogue& epilogue) {
+                                     int64_t out_cols, const detail::GemmEpilogue& epilogue,
+                                     QuantisedAct* quantised = nullptr) {
   const bool claim = kernel == Fp8Kernel::kClaimed;
   const bool early = kernel == Fp8Kernel::kDecodeEarly;
   EXPECT_EQ(early, !problem.keys.empty()) << "an early-start problem comes from slot keys";
@@ -434,16 +445,26 @@ std::vector<uint16_t> run_exact_gemm(const ExactGemmProblem& problem, bool gated
   const detail::Fp8B fb{b.get(), b_scale.get()};
   auto* y = reinterpret_cast<__nv_bfloat16*>(out.get());
   const bool decode = kernel == Fp8Kernel::kDecode || early;
-  const auto gemm1 = decode ? detail::launch_decode_gemm1_fp8 : detail::launch_gemm1_fp8;
+  const bool quantises = gated && !decode;
+  EXPECT_EQ(quantises, quantised != nullptr) << "the grouped gated GEMM1 writes quantised act";
+  DeviceArray<uint8_t> codes(quantises ? out_rows * out_cols : 1);
+  DeviceArray<float> scales(quantises ? out_cols / 128 * out_rows : 1);
+  codes.fill_bytes(0xFF);
+  scales.fill_bytes(0xFF);
   const auto gemm2 = decode ? detail::launch_decode_gemm2_fp8 : detail::launch_gemm2_fp8;
   const cudaError_t err =
-      gated ? gemm1(rows, fa, problem.k, problem.n / 2, fb, y, epilogue, false, nullptr)
-            : gemm2(rows, fa, problem.k, problem.n, fb, y, epilogue, false, nullptr);
+      !gated ? gemm2(rows, fa, problem.k, problem.n, fb, y, epilogue, false, nullptr)
+      : decode
+          ? detail::launch_decode_gemm1_fp8(rows, fa, problem.k, problem.n / 2, fb, y, epilogue,
+                                            false, nullptr)
+          : detail::launch_gemm1_fp8(rows, fa, problem.k, problem.n / 2, fb, codes.get(),
+                                     scales.get(), out_rows, epilogue, false, nullptr);
   check_cuda(err, "launch");
   check_cuda(cudaDeviceSynchronize(), "gemm");
   if (claim) {
     EXPECT_EQ(counters.download(), (std::vector<int32_t>{0, 0})) << "tile counters left dirty";
   }
+  if (quantises) *quantised = QuantisedAct{codes.download(), scales.download()};
   return out.download();
 }
 
@@ -508,9 +529,71 @@ TEST(GpuFp8, Gemm2KernelIsExactForEveryKBlockCount) {
   }
 }
 
+// The grouped gated kernel's quantised act against the decode kernel's bf16 act on the same exact
+// problem (its sums are exact, so both kernels see the same gate and up values and the same SiLU):
+// bitwise that act quantised by the reference's rule; and every dequantised value within the e4m3
+// and bf16 roundings of SiLU(gate) * up of the exact values, so that the comparison cannot pass on
+// two wrong activations alike. Rows past the last expert's stay untouched.
+void expect_quantised_gated_gemm(const ExactGemmProblem& problem, Fp8Kernel kernel,
+                                 int64_t inter) {
+  detail::GemmEpilogue epilogue;
+  epilogue.has_activation = true;  // plain SwiGLU
+  QuantisedAct got;
+  run_exact_gemm(problem, true, kernel, inter, epilogue, &got);
+  const std::vector<uint16_t> act = run_exact_gemm(problem, true, Fp8Kernel::kDecode, inter,
+                                                   epilogue);
+  const std::vector<float> exact = problem.exact();
+  const int64_t rows = problem.rows(), out_rows = rows + 8, groups = inter / 128;
+  std::vector<float> row(inter), want_scales(groups);
+  std::vector<uint8_t> want_codes(inter);
+  int64_t mismatches = 0;
+  for (int64_t p = 0; p < rows; ++p) {
+    for (int64_t j = 0; j < inter; ++j) row[j] = detail::bf16_bits_to_float(act[p * inter + j]);
+    detail::quantize_groups_e4m3(row.data(), inter, want_codes.data(), want_scales.data());
+    for (int64_t g = 0; g < groups; ++g) {
+      const float scale = got.scales[g * out_rows + p];
+      if (std::memcmp(&scale, &want_scales[g], 4) != 0 && ++mismatches <= 5) {
+        ADD_FAILURE() << "row " << p << " group " << g << ": scale " << scale << ", want "
+                      << want_scales[g];
+      }
+    }
+    for (int64_t j = 0; j < inter; ++j) {
+      const uint8_t code = got.codes[p * inter + j];
+      const float up = exact[p * problem.n + j], gate = exact[p * problem.n + inter + j];
+      const float want = gate / (1.0f + std::exp(-gate)) * up;
+      const float scale = got.scales[(j / 128) * out_rows + p];
+      const float value = detail::e4m3_to_float(code) * scale;
+      // e4m3 keeps 3 mantissa bits (half a step: 2^-4 relative, 2^-10 scale for subnormals),
+      // on top of the bf16 step of the SiLU's rounding.
+      const float bound = std::fabs(want) * (0.0625f + 0.0079f) + scale * 0.001f + 1e-30f;
+      if ((code != want_codes[j] || !(std::fabs(value - want) <= bound)) && ++mismatches <= 5) {
+        ADD_FAILURE() << "row " << p << " (expert " << problem.expert_of(p) << ") col " << j
+                      << ": code " << int(code) << " (" << value << "), want code "
+                      << int(want_codes[j]) << " (exact " << want << ")";
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << rows * inter;
+  for (int64_t i = rows * inter; i < out_rows * inter; ++i) {
+    ASSERT_EQ(got.codes[i], 0xFF) << "wrote codes past the last expert's rows at " << i;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t p = rows; p < out_rows; ++p) {
+      uint32_t bits = 0;
+      std::memcpy(&bits, &got.scales[g * out_rows + p], 4);
+      ASSERT_EQ(bits, 0xFFFFFFFFu) << "wrote a scale past the last expert's rows: group " << g;
+    }
+  }
+}
+
 // The gated kernel (GEMM1 + SwiGLU) on an exact problem of `inter` act columns: every output
-// within one bf16 step of SiLU(gate) * up of the exact values.
+// within one bf16 step of SiLU(gate) * up of the exact values (the grouped kernels' quantised
+// output: expect_quantised_gated_gemm).
 void expect_exact_gated_gemm(const ExactGemmProblem& problem, Fp8Kernel kernel, int64_t inter) {
+  if (kernel == Fp8Kernel::kStatic || kernel == Fp8Kernel::kClaimed) {
+    expect_quantised_gated_gemm(problem, kernel, inter);
+    return;
+  }
   detail::GemmEpilogue epilogue;
   epilogue.has_activation = true;  // plain SwiGLU
   const std::vector<uint16_t> out = run_exact_gemm(problem, true, kernel, inter, epilogue);
@@ -578,6 +661,43 @@ TEST(GpuFp8, DecodeKernelsOnTwoWarpsAreExact) {
     ASSERT_EQ(warps(problem, inter / 16), 2);
     expect_exact_gated_gemm(problem, Fp8Kernel::kDecode, inter);
   }
+}
+
+// The grouped GEMM1's quantisation (device::E4m3Divisor: a division by a reciprocal, without an
+// IEEE division per value) against the quantiser's division, for every bf16 amax (0, subnormal,
+// normal, inf: every scale a row can have) and every bf16 value v with |v| <= amax, both signs,
+// and NaN: the e4m3 codes must be bitwise equal. Block b takes amax with bits b.
+__global__ void compare_e4m3_divisor_kernel(unsigned long long* mismatches, uint32_t* first) {
+  const uint32_t amax_bits = blockIdx.x;
+  const float amax = __bfloat162float(__ushort_as_bfloat16(static_cast<uint16_t>(amax_bits)));
+  const float scale = __fdiv_rn(amax, 448.0f);
+  const device::E4m3Divisor divisor(scale);
+  unsigned long long count = 0;
+  for (uint32_t m = threadIdx.x; m <= amax_bits + 2; m += blockDim.x) {
+    // m <= amax_bits: +v and -v; then two NaNs, of either sign
+    const uint32_t lo = m <= amax_bits ? m : (m == amax_bits + 1 ? 0x7FC1u : 0xFFC0u);
+    const uint32_t hi = m <= amax_bits ? (m | 0x8000u) : 0x7F81u;
+    const uint32_t pair = lo | (hi << 16);
+    const uint16_t got = divisor.fast ? divisor.codes(pair) : divisor.exact(pair);
+    const uint16_t want = device::E4m3Divisor::codes_by_division(pair, scale);
+    if (got != want) {
+      ++count;
+      atomicCAS(first, 0xFFFFFFFFu, (amax_bits << 16) | lo);
+    }
+  }
+  if (count > 0) atomicAdd(mismatches, count);
+}
+
+TEST(GpuFp8, EpilogueQuantisationIsTheQuantisersDivisionForEveryBf16Pair) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  DeviceArray<unsigned long long> mismatches(std::vector<unsigned long long>{0});
+  DeviceArray<uint32_t> first(std::vector<uint32_t>{0xFFFFFFFFu});
+  compare_e4m3_divisor_kernel<<<0x7F81, 256>>>(mismatches.get(), first.get());  // amax to +inf
+  check_cuda(cudaGetLastError(), "launch");
+  check_cuda(cudaDeviceSynchronize(), "compare");
+  const uint32_t at = first.download()[0];
+  EXPECT_EQ(mismatches.download()[0], 0u)
+      << "first: amax bits 0x" << std::hex << (at >> 16) << ", v bits 0x" << (at & 0xFFFF);
 }
 
 TEST(GpuFp8, QuantiserKernelFollowsTheRuleBitwise) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 
@@ -80,6 +81,151 @@ __device__ __forceinline__ void store_warp_block(uint8_t* staging,
       const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v[k]);
 #pragma unroll
       for (int j = 0; j < 8; ++j) dst[j] = e[j];
+    }
+  }
+  __syncwarp();  // the staging buffer is reused by the next block
+}
+
+// The lane's packed[8][2] of a 64-column half block, kept in the lower 2 KiB of its warp's staging
+// buffer (lane-major, 16 bytes per lane and instruction: no bank conflicts) while the other half
+// is computed: in registers they would sit beside the mainloop's 192.
+__device__ __forceinline__ void hold_half_block(uint8_t* staging, const uint32_t (&packed)[8][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    ptx::st_shared_v4(staging + 512 * j + 16 * lane,
+                      make_uint4(packed[2 * j][0], packed[2 * j][1], packed[2 * j + 1][0],
+                                 packed[2 * j + 1][1]));
+  }
+}
+
+__device__ __forceinline__ void load_half_block(const uint8_t* staging, uint32_t (&packed)[8][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint4 v = ptx::ld_shared_v4(staging + 512 * j + 16 * lane);
+    packed[2 * j][0] = v.x;
+    packed[2 * j][1] = v.y;
+    packed[2 * j + 1][0] = v.z;
+    packed[2 * j + 1][1] = v.w;
+  }
+}
+
+// e4m3 codes of a bf16 pair divided by one row's scale, bitwise the quantiser's rule
+// (kernels/sm90_quantize_fp8.cuh: cvt.rn.satfinite(scale > 0 ? __fdiv_rn(v, scale) : v)) without
+// an IEEE division per value, whose inlined checks and slow-path branches made the epilogue's
+// quantisation a fifth of GEMM1's time (bench/NOTES.md, "The activation quantised in GEMM1's
+// epilogue"). Markstein's division by a correctly rounded reciprocal: with r = RN(1 / s),
+// q0 = RN(v r) within an ulp of v / s, the residual v - q0 s exact in one FMA, RN(q0 + (v - q0 s) r)
+// is RN(v / s). The values are scaled by 2^64 (exactly), so the residual cannot underflow for any
+// bf16 v; the residual is formed negated so that -0 stays -0. Checked against the division for
+// every pair of bf16 values 0 <= |v| <= amax with scale = amax / 448 in [2^-80, 2^50] or 0:
+// bitwise equal, but for quotients below 2^-126 (e4m3 0 either way, the sign kept).
+// Rows with any other scale (infinite, or out of that range) take the division (exact()).
+struct E4m3Divisor {
+  float scale, scaled, neg_recip;  // s, s 2^64 (1 when s = 0), -RN(1 / (s 2^64))
+  bool fast;
+  __device__ __forceinline__ explicit E4m3Divisor(float s) : scale(s) {
+    fast = s == 0.0f || (s >= 0x1p-80f && s <= 0x1p50f);
+    scaled = s == 0.0f ? 1.0f : s * 0x1p64f;
+    neg_recip = -__frcp_rn(scaled);
+  }
+  __device__ __forceinline__ float quotient(float v) const {
+    const float v2 = v * 0x1p64f;
+    const float q0 = v2 * -neg_recip;
+    const float residual_neg = fmaf(q0, scaled, -v2);  // q0 s - v, exactly
+    return fmaf(residual_neg, neg_recip, q0);
+  }
+  // fast rows only
+  __device__ __forceinline__ uint16_t codes(uint32_t bf16_pair) const {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bf16_pair));
+    return ptx::cvt_e4m3x2(quotient(v.x), quotient(v.y));
+  }
+  // any row: the quantiser's arithmetic itself
+  __device__ __forceinline__ uint16_t exact(uint32_t bf16_pair) const {
+    return codes_by_division(bf16_pair, scale);
+  }
+  __device__ __noinline__ static uint16_t codes_by_division(uint32_t bf16_pair, float s) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bf16_pair));
+    return ptx::cvt_e4m3x2(s > 0.0f ? __fdiv_rn(v.x, s) : v.x, s > 0.0f ? __fdiv_rn(v.y, s) : v.y);
+  }
+};
+
+// One warp's 16-row block of 128 activation columns, quantised to e4m3 per row as one 128-column
+// group by the activation quantiser's rule (kernels/sm90_quantize_fp8.cuh), bitwise: the same bf16
+// values, amax and scale, and the codes of E4m3Divisor; so GEMM1 writes GEMM2's operand itself.
+// half[s][i][h]: the lane's bf16 pair of columns 64 s + 8 i + 2 (lane % 4) + {0, 1} in fragment
+// row lane / 4 + 8 h (the two 64-column halves of store_warp_block's packed). Row r of the block is
+// global row first_row + r, stored only when < row_end: codes at codes[p * row_stride + col0 + c],
+// its scale at scales[p] (scales: the group's column of the group-major scales).
+// Staging (per warp, 16 rows x 128 bytes, in the upper 2 KiB of the buffer): 16-byte chunk c of
+// row r at 2048 + r * 128 + 16 * (c ^ (r % 8)), free of bank conflicts both ways.
+__device__ __forceinline__ void store_warp_block_e4m3(uint8_t* staging,
+                                                      const uint32_t (&half0)[8][2],
+                                                      const uint32_t (&half1)[8][2],
+                                                      uint8_t* codes, int64_t row_stride,
+                                                      float* scales, int32_t first_row,
+                                                      int32_t row_end, int64_t col0) {
+  const int lane = threadIdx.x % 32;
+  uint8_t* block = staging + 2048;
+  const auto unpack = [](uint32_t pair) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair));
+  };
+  float scale[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float2 a = unpack(half0[i][h]), b = unpack(half1[i][h]);
+      amax = fmaxf(fmaxf(amax, fabsf(a.x)), fabsf(a.y));  // fmaxf skips NaN
+      amax = fmaxf(fmaxf(amax, fabsf(b.x)), fabsf(b.y));
+    }
+    // A row's 128 columns are spread over the 4 lanes of a quad.
+    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 2));
+    scale[h] = __fdiv_rn(amax, 448.0f);
+  }
+  const E4m3Divisor divisor[2] = {E4m3Divisor(scale[0]), E4m3Divisor(scale[1])};
+  // fast: both rows' divisors are (nearly always); else every pair by division.
+  const auto stage = [&](auto fast) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = lane / 4 + 8 * h;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const int col = 8 * i + 2 * (lane % 4);
+        const uint32_t pair = i < 8 ? half0[i][h] : half1[i - 8][h];
+        const uint16_t codes =
+            decltype(fast)::value ? divisor[h].codes(pair) : divisor[h].exact(pair);
+        ptx::st_shared_u16(block + row * 128 + 16 * ((col / 16) ^ (row % 8)) + col % 16, codes);
+      }
+    }
+  };
+  if (divisor[0].fast && divisor[1].fast) {
+    stage(std::true_type{});
+  } else {
+    stage(std::false_type{});
+  }
+  __syncwarp();
+  // Staging -> global: lane l moves chunk l % 8 of rows l / 8 + 4 k.
+  const int chunk = lane % 8;
+  uint4 v[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int row = lane / 8 + 4 * k;
+    v[k] = ptx::ld_shared_v4(block + row * 128 + 16 * (chunk ^ (row % 8)));
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int32_t p = first_row + lane / 8 + 4 * k;
+    if (p < row_end) ptx::st_global_v4(codes + int64_t(p) * row_stride + col0 + 16 * chunk, v[k]);
+  }
+  if (lane % 4 == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t p = first_row + lane / 4 + 8 * h;
+      if (p < row_end) scales[p] = scale[h];
     }
   }
   __syncwarp();  // the staging buffer is reused by the next block

@@ -110,7 +110,9 @@ __device__ inline void init_barriers_fp8(Fp8SharedStorage& smem) {
 // kTmaA (A not gathered: row p of A is p): thread 0 also loads the tile's 128 A rows by TMA
 // (tmap_a: [1, rows, k] bytes, rows past the tensor read as zero), and the other threads only
 // follow the tile sequence.
-template <bool kClaimTiles, bool kTmaA>
+// kSubTiles: a scheduler tile is that many N blocks, n_block * kSubTiles + sub, run one after the
+// other on the same rows (the gated GEMM1's two 64-column halves of a 128-column scale group).
+template <bool kClaimTiles, bool kTmaA, int kSubTiles>
 __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operands& op,
                                         const CUtensorMap* tmap_b, const CUtensorMap* tmap_a) {
   using Config = Fp8GemmConfig;
@@ -128,19 +130,22 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
     if (!scheduler.get(cta_tile<kClaimTiles>(smem, round), &tile)) break;
     if constexpr (kTmaA) {
       if (thread_idx >= 32) continue;  // warp 0 alone walks the ring, thread 0 issues
-      const int32_t b_row = tile.n_block * op.b_block_stride;
-      for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
-        ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
-        if (thread_idx == 0) {
-          uint64_t* full = &smem.full[pipe.stage];
-          const int32_t k0 = k_block * Config::kBlockK;
-          ptx::mbarrier_arrive_expect_tx(full, Config::kABytes + 2 * Config::kBBoxBytes);
-          ptx::tma_load_3d(smem.a[pipe.stage], tmap_a, full, k0, tile.row_begin, 0);
-          ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
-          ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
-                           tile.expert);
+#pragma unroll 1
+      for (int sub = 0; sub < kSubTiles; ++sub) {
+        const int32_t b_row = (tile.n_block * kSubTiles + sub) * op.b_block_stride;
+        for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
+          ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
+          if (thread_idx == 0) {
+            uint64_t* full = &smem.full[pipe.stage];
+            const int32_t k0 = k_block * Config::kBlockK;
+            ptx::mbarrier_arrive_expect_tx(full, Config::kABytes + 2 * Config::kBBoxBytes);
+            ptx::tma_load_3d(smem.a[pipe.stage], tmap_a, full, k0, tile.row_begin, 0);
+            ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
+            ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
+                             tile.expert);
+          }
+          pipe.advance();
         }
-        pipe.advance();
       }
       continue;
     }
@@ -156,28 +161,30 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
         row_valid |= 1u << i;
       }
     }
-    const int32_t b_row = tile.n_block * op.b_block_stride;
-
-    for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
-      ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
-      uint64_t* full = &smem.full[pipe.stage];
-      const int32_t k0 = k_block * Config::kBlockK;
-      if (thread_idx == 0) {
-        ptx::mbarrier_arrive_expect_tx(full, 2 * Config::kBBoxBytes);
-        ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
-        ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
-                         tile.expert);
-      }
-      uint8_t* a_stage = smem.a[pipe.stage];
+#pragma unroll 1
+    for (int sub = 0; sub < kSubTiles; ++sub) {
+      const int32_t b_row = (tile.n_block * kSubTiles + sub) * op.b_block_stride;
+      for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
+        ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
+        uint64_t* full = &smem.full[pipe.stage];
+        const int32_t k0 = k_block * Config::kBlockK;
+        if (thread_idx == 0) {
+          ptx::mbarrier_arrive_expect_tx(full, 2 * Config::kBBoxBytes);
+          ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
+          ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
+                           tile.expert);
+        }
+        uint8_t* a_stage = smem.a[pipe.stage];
 #pragma unroll
-      for (int i = 0; i < Config::kRowsPerProducerThread; ++i) {
-        const int r = first_row + i * Config::kRowStridePerProducerThread;
-        const bool valid = (row_valid >> i) & 1u;  // K is a multiple of 128: no K tail
-        ptx::cp_async_16_zfill(a_stage + r * 128 + swizzled_chunk_bytes,
-                               valid ? src[i] + k0 : op.a, valid);
+        for (int i = 0; i < Config::kRowsPerProducerThread; ++i) {
+          const int r = first_row + i * Config::kRowStridePerProducerThread;
+          const bool valid = (row_valid >> i) & 1u;  // K is a multiple of 128: no K tail
+          ptx::cp_async_16_zfill(a_stage + r * 128 + swizzled_chunk_bytes,
+                                 valid ? src[i] + k0 : op.a, valid);
+        }
+        ptx::cp_async_mbarrier_arrive_noinc(full);
+        pipe.advance();
       }
-      ptx::cp_async_mbarrier_arrive_noinc(full);
-      pipe.advance();
     }
   }
   if (kClaimTiles && thread_idx == 0) finish_tiles(op.tile_counters);

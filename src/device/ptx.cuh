@@ -236,6 +236,16 @@ __device__ __forceinline__ uint4 ld_shared_v4(const void* smem) {
   return v;
 }
 
+__device__ __forceinline__ void st_shared_v4(void* smem, const uint4& v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(smem_u32(smem)), "r"(v.x),
+               "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
+__device__ __forceinline__ void st_shared_u16(void* smem, uint16_t v) {
+  asm volatile("st.shared.u16 [%0], %1;" ::"r"(smem_u32(smem)), "h"(v) : "memory");
+}
+
 __device__ __forceinline__ void st_global_v4(void* gmem, const uint4& v) {
   asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(gmem), "r"(v.x), "r"(v.y),
                "r"(v.z), "r"(v.w)

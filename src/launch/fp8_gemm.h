@@ -43,10 +43,14 @@ struct Fp8B {
   const float* scale = nullptr;
 };
 
-// GEMM1 with a gated activation: act [max_rows, I] bf16 from A = x (k = H) and w1 [E_loc, 2I, H];
-// `epilogue` has the activation (plain: SwiGLU) and bias.
+// GEMM1 with a gated activation, its output quantised as GEMM2 reads it: act codes
+// [max_rows, I] e4m3 (16-byte aligned) and scales [I / 128, act_scale_stride] from A = x (k = H)
+// and w1 [E_loc, 2I, H], each row's 128-column group by launch_quantize_fp8's rule, bitwise (the
+// bf16 activation it would have written, quantised); `epilogue` has the activation (plain: SwiGLU)
+// and bias. I must be a multiple of 128 (else cudaErrorInvalidValue, nothing launched).
 cudaError_t launch_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
-                             int64_t intermediate_size, const Fp8B& w1, __nv_bfloat16* act,
+                             int64_t intermediate_size, const Fp8B& w1, uint8_t* act_codes,
+                             float* act_scales, int64_t act_scale_stride,
                              const GemmEpilogue& epilogue, bool enable_pdl, cudaStream_t stream);
 
 // GEMM2 (and a non-gated GEMM1): y [max_rows, n] bf16 from A (k columns) and w [E_loc, n, k];
@@ -55,8 +59,8 @@ cudaError_t launch_gemm2_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k, 
                              const Fp8B& w, __nv_bfloat16* y, const GemmEpilogue& epilogue,
                              bool enable_pdl, cudaStream_t stream);
 
-// The decode forms of both (kernels/sm90_decode_gemm_fp8.cuh): the same arguments and results,
-// built for a few rows per expert (the weights are streamed once per 16 rows of an expert);
+// The decode forms of both (kernels/sm90_decode_gemm_fp8.cuh): the same arguments and results
+// (but GEMM1's act is bf16, for launch_quantize_fp8), built for a few rows per expert (the weights are streamed once per 16 rows of an expert);
 // decode_heuristics.h says when. x / a and the weights must be 16-byte aligned, else
 // cudaErrorMisalignedAddress and nothing is launched.
 cudaError_t launch_decode_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,

@@ -164,20 +164,28 @@ cudaError_t launch_permute_fp8_rows(const Fp8A& in, int64_t rows, const int32_t*
 }
 
 cudaError_t launch_gemm1_fp8(const GroupedRows& rows, const Fp8A& x, int64_t hidden_size,
-                             int64_t intermediate_size, const Fp8B& w1, __nv_bfloat16* act,
+                             int64_t intermediate_size, const Fp8B& w1, uint8_t* act_codes,
+                             float* act_scales, int64_t act_scale_stride,
                              const GemmEpilogue& epilogue, bool enable_pdl, cudaStream_t stream) {
   using Config = device::Fp8GemmConfig;
   if (rows.max_rows <= 0 || rows.num_experts <= 0) return cudaSuccess;
-  if (reinterpret_cast<uintptr_t>(x.a) % 16 != 0) return cudaErrorMisalignedAddress;
+  if (intermediate_size % kernels::kFp8GroupCols != 0) return cudaErrorInvalidValue;
+  if (reinterpret_cast<uintptr_t>(x.a) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(act_codes) % 16 != 0) {
+    return cudaErrorMisalignedAddress;
+  }
   CUtensorMap tmap;  // [E_loc, 2I, H] bytes, boxes of (128 of H, 64 rows, 1 expert)
   cudaError_t err = make_tensor_map_3d_u8_sw128(&tmap, w1.w, hidden_size, 2 * intermediate_size,
                                                 rows.num_experts, Config::kBlockK,
                                                 Config::kBoxRows);
   if (err != cudaSuccess) return err;
   kernels::GemmFp8Params params = make_params(rows, x, hidden_size, w1, 2 * intermediate_size,
-                                              act, intermediate_size, epilogue);
-  params.operands.num_n_blocks =
-      static_cast<int32_t>((intermediate_size + Config::kBoxRows - 1) / Config::kBoxRows);
+                                              nullptr, intermediate_size, epilogue);
+  params.out_codes = act_codes;
+  params.out_scales = act_scales;
+  params.out_scale_stride = act_scale_stride;
+  // A scheduler tile is one 128-column scale group, two N blocks of 64 act columns.
+  params.operands.num_n_blocks = static_cast<int32_t>(intermediate_size / kernels::kFp8GroupCols);
   params.operands.b_block_stride = Config::kBoxRows;
   params.operands.b_box_stride = static_cast<int32_t>(intermediate_size);
   if (x.gather_rows != nullptr) {
