@@ -241,10 +241,17 @@ __device__ inline void consume_tile_fp8(Fp8SharedStorage& smem, const Fp8Operand
   int32_t stage0 = 0, stage1 = 0;
   const int32_t n = op.num_k_blocks;  // >= 1
   int32_t next_load = 0;  // the block whose scales are loaded next, in ascending order
+  // The B scales are loaded under row_ok[0], a per-thread predicate, though every lane of a warp
+  // reads the same two values: loaded unconditionally, they are warp-uniform, and ptxas moved them
+  // into uniform registers right after their loads (R2UR), which waited for the loads before the
+  // tile's first wgmma. A thread whose row 0 is past the tile's end has no row in it (row 1 = row
+  // 0 + 8), its a scales are 0 and so are its products, whatever its b scales.
   auto load_scales = [&](float (&sa)[2], float (&sb)[2]) {
     if (next_load < n) {
-      sb[0] = *scale_b0++;
-      sb[1] = *scale_b1++;
+      sb[0] = row_ok[0] ? *scale_b0 : 0.0f;
+      sb[1] = row_ok[0] ? *scale_b1 : 0.0f;
+      ++scale_b0;
+      ++scale_b1;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         sa[h] = row_ok[h] ? *scale_a[h] : 0.0f;

@@ -458,7 +458,10 @@ def test_gpu_torch_compile_inductor(family, generator):
     set_implementation(reference, "eager")
     tokens = torch.randint(3, VOCAB, (2, 9), generator=generator).cuda()
     fusedmoe_hf.prepare(model)
-    with torch.no_grad():
+    # Inductor rounds the model's own fused intermediates (norms, attention, the router) to bf16
+    # where eager does: else a near-tie of the router may flip a token's experts, which the
+    # allowance does not cover (docs/reliability.md, "A seed of the compiled transformers test").
+    with torch.no_grad(), torch._inductor.config.patch(emulate_precision_casts=True):
         compiled = torch.compile(model, fullgraph=True)(tokens).logits
         set_implementation(model, "eager")
         bf16_ref = model(tokens).logits
