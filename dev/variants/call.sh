@@ -7,9 +7,13 @@
 # Build first (here, ~6 min each): dev/build_variant.sh base; dev/build_variant.sh NAME test_gpu_...
 # Environment: MODELS (default qwen3-30b-a3b,llama4-scout,deepseek-v3), TOKENS (1,4,16,64),
 # ROUNDS (3), DTYPES ("bf16 fp8").
-# Prints only summaries, so that all of it fits in the output that comes back.
+# Prints only summaries, so that all of it fits in the output that comes back; the whole of each
+# step's output goes to $OUT (tests.log, ab_bf16.log, ab_fp8.log, probe.log), which comes back as
+# files even when the printed tail is cut.
 set -uo pipefail
 start=$SECONDS
+OUT=${OUT:-/tmp/variants_out}
+mkdir -p "$OUT"
 left() { echo $((585 - SECONDS + start)); }
 table() { grep -v "^  " | grep -v "^longest kernels" | grep -v "_wheels/site_"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
@@ -17,7 +21,7 @@ wheels=(--wheel base=build-ab/base/*.whl)
 for v in "$@"; do
   for t in build-ab/"$v"/test_gpu_*; do
     [[ -x $t ]] || continue
-    echo "== $v $(basename "$t"): $(timeout 120 "$t" --gtest_color=no 2>&1 |
+    echo "== $v $(basename "$t"): $(timeout 120 "$t" --gtest_color=no 2>&1 | tee -a "$OUT/tests.log" |
       grep -E '^\[  (PASSED|FAILED)|FAILED  \]' | tr '\n' ' ')"
   done
   wheels+=(--wheel "$v=build-ab/$v/*.whl")
@@ -32,11 +36,11 @@ for i in "${!dtypes[@]}"; do
   timeout $budget python3 dev/ab_wheels.py --dtype "$dtype" --rounds "${ROUNDS:-3}" \
     --out "/tmp/ab_$dtype" "${wheels[@]}" \
     --models "${MODELS:-qwen3-30b-a3b,llama4-scout,deepseek-v3}" --tokens "${TOKENS:-1,4,16,64}" 2>&1 |
-    table
+    tee "$OUT/ab_$dtype.log" | table
   echo "A/B $dtype: $((SECONDS - start)) s"
 done
 python3 -m pip install -q --no-deps --no-index --force-reinstall build-ab/base/*.whl > /dev/null 2>&1
 (($(left) > 25)) && timeout $(($(left) - 3)) compute-sanitizer --tool memcheck --leak-check no \
-  --kernel-name kns=fusedmoe python3 dev/alloc_probe.py 2>&1 | grep -v "^  trace\|^  new segment" |
-  tail -30
+  --kernel-name kns=fusedmoe python3 dev/alloc_probe.py 2>&1 | tee "$OUT/probe.log" |
+  grep -v "^  trace\|^  new segment" | tail -30
 echo "all: $((SECONDS - start)) s"
