@@ -29,7 +29,7 @@
 #include "common/moe_case.h"
 #include "common/tolerance.h"
 #include "decode_heuristics.h"
-#include "device/epilogue.cuh"
+#include "device/e4m3_divisor.cuh"
 #include "fusedmoe/fusedmoe.h"
 #include "launch/fp8_gemm.h"
 #include "reference/bf16.h"
@@ -663,10 +663,11 @@ TEST(GpuFp8, DecodeKernelsOnTwoWarpsAreExact) {
   }
 }
 
-// The grouped GEMM1's quantisation (device::E4m3Divisor: a division by a reciprocal, without an
-// IEEE division per value) against the quantiser's division, for every bf16 amax (0, subnormal,
-// normal, inf: every scale a row can have) and every bf16 value v with |v| <= amax, both signs,
-// and NaN: the e4m3 codes must be bitwise equal. Block b takes amax with bits b.
+// The quantisation of the quantiser kernel and of the grouped GEMM1 (device::E4m3Divisor: a
+// division by a reciprocal, without an IEEE division per value) against the rule's division, for
+// every bf16 amax (0, subnormal, normal, inf: every scale a row can have) and every bf16 value v
+// with |v| <= amax, both signs, and NaN: the e4m3 codes must be bitwise equal. Block b takes amax
+// with bits b.
 __global__ void compare_e4m3_divisor_kernel(unsigned long long* mismatches, uint32_t* first) {
   const uint32_t amax_bits = blockIdx.x;
   const float amax = __bfloat162float(__ushort_as_bfloat16(static_cast<uint16_t>(amax_bits)));
@@ -678,7 +679,7 @@ __global__ void compare_e4m3_divisor_kernel(unsigned long long* mismatches, uint
     const uint32_t lo = m <= amax_bits ? m : (m == amax_bits + 1 ? 0x7FC1u : 0xFFC0u);
     const uint32_t hi = m <= amax_bits ? (m | 0x8000u) : 0x7F81u;
     const uint32_t pair = lo | (hi << 16);
-    const uint16_t got = divisor.fast ? divisor.codes(pair) : divisor.exact(pair);
+    const uint16_t got = divisor.codes(pair);
     const uint16_t want = device::E4m3Divisor::codes_by_division(pair, scale);
     if (got != want) {
       ++count;

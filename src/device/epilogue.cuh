@@ -9,10 +9,10 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 
 #include <cuda_bf16.h>
 
+#include "device/e4m3_divisor.cuh"
 #include "device/ptx.cuh"
 
 namespace fusedmoe::device {
@@ -111,46 +111,6 @@ __device__ __forceinline__ void load_half_block(const uint8_t* staging, uint32_t
   }
 }
 
-// e4m3 codes of a bf16 pair divided by one row's scale, bitwise the quantiser's rule
-// (kernels/sm90_quantize_fp8.cuh: cvt.rn.satfinite(scale > 0 ? __fdiv_rn(v, scale) : v)) without
-// an IEEE division per value, whose inlined checks and slow-path branches made the epilogue's
-// quantisation a fifth of GEMM1's time (bench/NOTES.md, "The activation quantised in GEMM1's
-// epilogue"). Markstein's division by a correctly rounded reciprocal: with r = RN(1 / s),
-// q0 = RN(v r) within an ulp of v / s, the residual v - q0 s exact in one FMA, RN(q0 + (v - q0 s) r)
-// is RN(v / s). The values are scaled by 2^64 (exactly), so the residual cannot underflow for any
-// bf16 v; the residual is formed negated so that -0 stays -0. Checked against the division for
-// every pair of bf16 values 0 <= |v| <= amax with scale = amax / 448 in [2^-80, 2^50] or 0:
-// bitwise equal, but for quotients below 2^-126 (e4m3 0 either way, the sign kept).
-// Rows with any other scale (infinite, or out of that range) take the division (exact()).
-struct E4m3Divisor {
-  float scale, scaled, neg_recip;  // s, s 2^64 (1 when s = 0), -RN(1 / (s 2^64))
-  bool fast;
-  __device__ __forceinline__ explicit E4m3Divisor(float s) : scale(s) {
-    fast = s == 0.0f || (s >= 0x1p-80f && s <= 0x1p50f);
-    scaled = s == 0.0f ? 1.0f : s * 0x1p64f;
-    neg_recip = -__frcp_rn(scaled);
-  }
-  __device__ __forceinline__ float quotient(float v) const {
-    const float v2 = v * 0x1p64f;
-    const float q0 = v2 * -neg_recip;
-    const float residual_neg = fmaf(q0, scaled, -v2);  // q0 s - v, exactly
-    return fmaf(residual_neg, neg_recip, q0);
-  }
-  // fast rows only
-  __device__ __forceinline__ uint16_t codes(uint32_t bf16_pair) const {
-    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bf16_pair));
-    return ptx::cvt_e4m3x2(quotient(v.x), quotient(v.y));
-  }
-  // any row: the quantiser's arithmetic itself
-  __device__ __forceinline__ uint16_t exact(uint32_t bf16_pair) const {
-    return codes_by_division(bf16_pair, scale);
-  }
-  __device__ __noinline__ static uint16_t codes_by_division(uint32_t bf16_pair, float s) {
-    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bf16_pair));
-    return ptx::cvt_e4m3x2(s > 0.0f ? __fdiv_rn(v.x, s) : v.x, s > 0.0f ? __fdiv_rn(v.y, s) : v.y);
-  }
-};
-
 // One warp's 16-row block of 128 activation columns, quantised to e4m3 per row as one 128-column
 // group by the activation quantiser's rule (kernels/sm90_quantize_fp8.cuh), bitwise: the same bf16
 // values, amax and scale, and the codes of E4m3Divisor; so GEMM1 writes GEMM2's operand itself.
@@ -187,25 +147,15 @@ __device__ __forceinline__ void store_warp_block_e4m3(uint8_t* staging,
     scale[h] = __fdiv_rn(amax, 448.0f);
   }
   const E4m3Divisor divisor[2] = {E4m3Divisor(scale[0]), E4m3Divisor(scale[1])};
-  // fast: both rows' divisors are (nearly always); else every pair by division.
-  const auto stage = [&](auto fast) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = lane / 4 + 8 * h;
+  for (int h = 0; h < 2; ++h) {
+    const int row = lane / 4 + 8 * h;
 #pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const int col = 8 * i + 2 * (lane % 4);
-        const uint32_t pair = i < 8 ? half0[i][h] : half1[i - 8][h];
-        const uint16_t codes =
-            decltype(fast)::value ? divisor[h].codes(pair) : divisor[h].exact(pair);
-        ptx::st_shared_u16(block + row * 128 + 16 * ((col / 16) ^ (row % 8)) + col % 16, codes);
-      }
+    for (int i = 0; i < 16; ++i) {
+      const int col = 8 * i + 2 * (lane % 4);
+      const uint16_t codes = divisor[h].codes(i < 8 ? half0[i][h] : half1[i - 8][h]);
+      ptx::st_shared_u16(block + row * 128 + 16 * ((col / 16) ^ (row % 8)) + col % 16, codes);
     }
-  };
-  if (divisor[0].fast && divisor[1].fast) {
-    stage(std::true_type{});
-  } else {
-    stage(std::false_type{});
   }
   __syncwarp();
   // Staging -> global: lane l moves chunk l % 8 of rows l / 8 + 4 k.

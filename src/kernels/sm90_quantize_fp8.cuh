@@ -11,6 +11,7 @@
 
 #include <cuda_bf16.h>
 
+#include "device/e4m3_divisor.cuh"
 #include "device/ptx.cuh"
 
 namespace fusedmoe::kernels {
@@ -50,11 +51,10 @@ __global__ void __launch_bounds__(kQuantizeThreads)
       amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
     }
     const float scale = __fdiv_rn(amax, 448.0f);
-    float q[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) q[i] = scale > 0.0f ? __fdiv_rn(v[i], scale) : v[i];
-    const uint32_t packed = uint32_t(ptx::cvt_e4m3x2(q[0], q[1])) |
-                            (uint32_t(ptx::cvt_e4m3x2(q[2], q[3])) << 16);
+    // v / scale by the reciprocal, bitwise the division (device/e4m3_divisor.cuh)
+    const device::E4m3Divisor divisor(scale);
+    const uint32_t packed =
+        uint32_t(divisor.codes(raw.x)) | (uint32_t(divisor.codes(raw.y)) << 16);
     *reinterpret_cast<uint32_t*>(params.codes + at) = packed;
     if (lane == 0) params.scales[group * params.scale_stride + row] = scale;
   }
