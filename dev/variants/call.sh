@@ -6,7 +6,9 @@
 #   run: command "bash dev/variants/call.sh NAME...", carry ["build-ab"]
 # Build first (here, ~6 min each): dev/build_variant.sh base; dev/build_variant.sh NAME test_gpu_...
 # Environment: MODELS (default qwen3-30b-a3b,llama4-scout,deepseek-v3), TOKENS (1,4,16,64),
-# ROUNDS (3), DTYPES ("bf16 fp8").
+# ROUNDS (3), DTYPES ("bf16 fp8"), LIMIT (585: the seconds this script may take, for a call that
+# runs more after it), TESTS (1; 0: skip the tests, e.g. a second A/B of the same builds), PROBE
+# (1; 0: skip the allocator probe).
 # Prints only summaries, so that all of it fits in the output that comes back; the whole of each
 # step's output goes to $OUT (tests.log, ab_bf16.log, ab_fp8.log, probe.log), which comes back as
 # files even when the printed tail is cut.
@@ -14,13 +16,13 @@ set -uo pipefail
 start=$SECONDS
 OUT=${OUT:-/tmp/variants_out}
 mkdir -p "$OUT"
-left() { echo $((585 - SECONDS + start)); }
+left() { echo $((${LIMIT:-585} - SECONDS + start)); }
 table() { grep -v "^  " | grep -v "^longest kernels" | grep -v "_wheels/site_"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 wheels=(--wheel base=build-ab/base/*.whl)
 for v in "$@"; do
   for t in build-ab/"$v"/test_gpu_*; do
-    [[ -x $t ]] || continue
+    [[ -x $t && ${TESTS:-1} != 0 ]] || continue
     echo "== $v $(basename "$t"): $(timeout 120 "$t" --gtest_color=no 2>&1 | tee -a "$OUT/tests.log" |
       grep -E '^\[  (PASSED|FAILED)|FAILED  \]' | tr '\n' ' ')"
   done
@@ -31,7 +33,7 @@ read -ra dtypes <<< "${DTYPES:-bf16 fp8}"
 for i in "${!dtypes[@]}"; do
   dtype=${dtypes[$i]}
   # an equal share of what is left for each A/B, 30 s kept for the probe
-  budget=$((($(left) - 30) / (${#dtypes[@]} - i)))
+  budget=$((($(left) - (${PROBE:-1} != 0 ? 30 : 0)) / (${#dtypes[@]} - i)))
   ((budget > 30)) || break
   timeout $budget python3 dev/ab_wheels.py --dtype "$dtype" --rounds "${ROUNDS:-3}" \
     --out "/tmp/ab_$dtype" "${wheels[@]}" \
@@ -39,8 +41,9 @@ for i in "${!dtypes[@]}"; do
     tee "$OUT/ab_$dtype.log" | table
   echo "A/B $dtype: $((SECONDS - start)) s"
 done
-python3 -m pip install -q --no-deps --no-index --force-reinstall build-ab/base/*.whl > /dev/null 2>&1
-(($(left) > 25)) && timeout $(($(left) - 3)) compute-sanitizer --tool memcheck --leak-check no \
+[[ ${PROBE:-1} != 0 ]] &&
+  python3 -m pip install -q --no-deps --no-index --force-reinstall build-ab/base/*.whl > /dev/null 2>&1 &&
+  (($(left) > 25)) && timeout $(($(left) - 3)) compute-sanitizer --tool memcheck --leak-check no \
   --kernel-name kns=fusedmoe python3 dev/alloc_probe.py 2>&1 | tee "$OUT/probe.log" |
   grep -v "^  trace\|^  new segment" | tail -30
 echo "all: $((SECONDS - start)) s"
