@@ -6,7 +6,8 @@ installed into its own directory and run in its own process, so two builds of th
 never meet in one interpreter. Per build and round (rounds alternate A B A B, for drift), a worker
 times the operator at every (model, T): `--dtype fp8`, `trtllm_fp8_block_scale_moe` as
 bench/bench_fp8.py does; `--dtype bf16`, `trtllm_bf16_moe` from logits as bench/bench_moe.py
-does, or with `--ep` the routed call on shard 0 of 8 (E / 8 local experts, ids over all E); the
+does, or with `--ep` the routed call on shard 0 of 8 (E / 8 local experts, ids over all E; FP8:
+`--routed`, the routed call with every expert local, the same routing given as packed ids); the
 same weights and inputs as those benchmarks, CUDA-graph replay, cold L2. It dumps each output
 and lists the CUDA kernels of one eager call with their times (torch.profiler). The driver then prints, per point, each
 build's median time over its rounds, its ratio to the first build's, and whether its output is
@@ -67,6 +68,11 @@ def worker(args) -> int:
         """The call at one T, with the benchmarks' inputs."""
         if args.dtype == "fp8":
             logits, bias, x = bm.make_inputs(model, num_tokens, "cuda", seed=2000 + num_tokens)
+            if args.routed:  # the same routing, as packed ids
+                packed = routing.pack_topk(*bm.route_for(model, logits, bias))
+                return lambda: fusedmoe.trtllm_fp8_block_scale_routed_moe(
+                    packed, None, x, None, *w, model.experts, model.top_k, None, None,
+                    model.inter, 0, model.experts, 1.0, routing_method_type=model.method)
             return lambda: fusedmoe.trtllm_fp8_block_scale_moe(
                 logits, bias, x, None, *w, model.experts, model.top_k, model.n_group or None,
                 model.topk_group or None, model.inter, 0, model.experts, model.scale,
@@ -160,7 +166,8 @@ def driver(args) -> int:
             env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                        **extra_env.get(label, {}))
             cmd = [sys.executable, __file__, "--worker", "--dtype", args.dtype,
-                   *(["--ep"] if args.ep else []), "--models", ",".join(args.models),
+                   *(["--ep"] if args.ep else []), *(["--routed"] if args.routed else []),
+                   "--models", ",".join(args.models),
                    "--tokens", ",".join(map(str, args.tokens)), "--dump",
                    str(Path(args.work) / f"dump_{label}"), "--result", str(result),
                    "--warmup", str(args.warmup), "--reps", str(args.reps)]
@@ -206,6 +213,8 @@ def main(argv=None) -> int:
                              "(one wheel under two labels times it with and without)")
     parser.add_argument("--dtype", choices=("fp8", "bf16"), default="fp8")
     parser.add_argument("--ep", action="store_true", help="bf16: the routed call on shard 0 of 8")
+    parser.add_argument("--routed", action="store_true",
+                        help="fp8: the routed call (packed ids of the same routing), all experts local")
     parser.add_argument("--models", default="all",
                         help="comma-separated, or all: every benchmark model of the dtype")
     parser.add_argument("--tokens", default="256,4096,16384")
@@ -222,6 +231,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.models = args.models.split(",")
     args.tokens = [int(t) for t in args.tokens.split(",")]
+    if args.ep and args.dtype != "bf16" or args.routed and args.dtype != "fp8":
+        parser.error("--ep is for --dtype bf16, --routed for --dtype fp8")
     if args.worker:
         return worker(args)
     if len(args.wheel) < 1:

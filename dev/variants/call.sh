@@ -8,7 +8,8 @@
 # Environment: MODELS (default qwen3-30b-a3b,llama4-scout,deepseek-v3), TOKENS (1,4,16,64),
 # ROUNDS (3), DTYPES ("bf16 fp8"), LIMIT (585: the seconds this script may take, for a call that
 # runs more after it), TESTS (1; 0: skip the tests, e.g. a second A/B of the same builds), PROBE
-# (1; 0: skip the allocator probe).
+# (1; 0: skip the allocator probe), AB_ARGS (more arguments for dev/ab_wheels.py, for every dtype
+# of the call, e.g. --routed with DTYPES=fp8).
 # Prints only summaries, so that all of it fits in the output that comes back; the whole of each
 # step's output goes to $OUT (tests.log, ab_bf16.log, ab_fp8.log, probe.log), which comes back as
 # files even when the printed tail is cut.
@@ -29,7 +30,7 @@ for v in "$@"; do
   wheels+=(--wheel "$v=build-ab/$v/*.whl")
 done
 echo "tests: $((SECONDS - start)) s"
-read -ra dtypes <<< "${DTYPES:-bf16 fp8}"
+read -ra dtypes <<< "${DTYPES-bf16 fp8}"  # DTYPES= (empty): the tests alone
 for i in "${!dtypes[@]}"; do
   dtype=${dtypes[$i]}
   # an equal share of what is left for each A/B, 30 s kept for the probe
@@ -37,7 +38,8 @@ for i in "${!dtypes[@]}"; do
   ((budget > 30)) || break
   timeout $budget python3 dev/ab_wheels.py --dtype "$dtype" --rounds "${ROUNDS:-3}" \
     --out "/tmp/ab_$dtype" "${wheels[@]}" \
-    --models "${MODELS:-qwen3-30b-a3b,llama4-scout,deepseek-v3}" --tokens "${TOKENS:-1,4,16,64}" 2>&1 |
+    --models "${MODELS:-qwen3-30b-a3b,llama4-scout,deepseek-v3}" --tokens "${TOKENS:-1,4,16,64}" \
+    ${AB_ARGS:-} 2>&1 |
     tee "$OUT/ab_$dtype.log" | table
   echo "A/B $dtype: $((SECONDS - start)) s"
 done
