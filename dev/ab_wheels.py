@@ -44,20 +44,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # ------------------------------------------------------------------------------------------------
 # Worker: one build, one round
 # ------------------------------------------------------------------------------------------------
-def worker(args) -> int:
-    import torch  # noqa: PLC0415
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
-
+def call_builder(args):
+    """(weights(model), operator(model, w, num_tokens)) for args.dtype / args.ep / args.routed:
+    the model's expert weights as the benchmarks make them (FP8: quantised), and a callable that
+    runs the operator once at T = num_tokens with the benchmarks' inputs. Imports the fusedmoe on
+    sys.path (the build under test); dev/ncu_table.py uses it too."""
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_fp8  # noqa: PLC0415
     import bench_moe as bm  # noqa: PLC0415
     import fusedmoe  # noqa: PLC0415
     import routing  # noqa: PLC0415
     from fusedmoe import fp8  # noqa: PLC0415
-    from timing import Timer  # noqa: PLC0415
 
     def weights(model):
-        """The model's expert weights as the benchmarks make them (FP8: quantised)."""
         seed = list(bm.MODELS).index(model.name)
         if args.dtype == "fp8":
             return bench_fp8.make_fp8_weights(fp8, model, "cuda", seed=seed)
@@ -65,7 +64,6 @@ def worker(args) -> int:
         return bm.make_weights(model, num_local, "cuda", seed)
 
     def operator(model, w, num_tokens):
-        """The call at one T, with the benchmarks' inputs."""
         if args.dtype == "fp8":
             logits, bias, x = bm.make_inputs(model, num_tokens, "cuda", seed=2000 + num_tokens)
             if args.routed:  # the same routing, as packed ids
@@ -94,16 +92,37 @@ def worker(args) -> int:
             local_expert_offset=0, local_num_experts=w1.shape[0],
             routed_scaling_factor=model.scale, routing_method_type=model.method)
 
+    return weights, operator
+
+
+def model_names(args) -> list[str]:
+    """args.models, or with "all" every benchmark model the dtype has (FP8: H and I multiples of
+    128)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_fp8  # noqa: PLC0415
+    import bench_moe as bm  # noqa: PLC0415
+
+    if args.models != ["all"]:
+        return args.models
+    return [n for n, m in bm.MODELS.items()
+            if args.dtype != "fp8" or (m.hidden % bench_fp8.BLOCK == 0
+                                       and m.inter % bench_fp8.BLOCK == 0)]
+
+
+def worker(args) -> int:
+    import torch  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    weights, operator = call_builder(args)
+    import bench_moe as bm  # noqa: PLC0415
+    import fusedmoe  # noqa: PLC0415
+    from timing import Timer  # noqa: PLC0415
+
     timer = Timer(args.warmup, args.reps)
     dump = Path(args.dump)
     dump.mkdir(parents=True, exist_ok=True)
     rows = []
-    names = args.models
-    if names == ["all"]:  # every benchmark model the dtype has (FP8: H and I multiples of 128)
-        names = [n for n, m in bm.MODELS.items()
-                 if args.dtype != "fp8" or (m.hidden % bench_fp8.BLOCK == 0
-                                            and m.inter % bench_fp8.BLOCK == 0)]
-    for name in names:
+    for name in model_names(args):
         model = bm.MODELS[name]
         w = weights(model)
         for num_tokens in args.tokens:
