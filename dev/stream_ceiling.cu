@@ -31,7 +31,8 @@
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -Isrc -Iinclude \
 //     dev/stream_ceiling.cu -o /tmp/stream_ceiling
 // Run: /tmp/stream_ceiling [reps]; env STREAM_CHUNK_KB, STREAM_STAGES, STREAM_CTAS (the bulk
-// loader's defaults 16, 6, 1) and STREAM_SWEEP=0 (skips the chunk x stages sweep).
+// loader's defaults 16, 6, 1) and STREAM_SWEEP=0 (skips the sweeps: the bulk loader's chunk x
+// stages x CTAs per SM, and the rows loader's 2-8 warps x 4-8 slots, on qwen3-30b's GEMM1 bytes).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -85,51 +86,61 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
 }
 
 // ---- the decode GEMMs' loader -------------------------------------------------------------------
-constexpr int kRowsWarps = 4, kRowsStages = 4, kRowsPieces = 4;  // 4 x 16 B a lane a slot
+constexpr int kRowsPieces = 4;  // 4 x 16 B a lane a slot: 2 KiB a warp a slot
 
 struct RowsArgs {
   const uint8_t* base;  // the phase's bytes: rows of row_bytes, 32 rows per CTA
   int64_t row_bytes;
   bool trigger;   // griddepcontrol.launch_dependents at the start
   bool wait;      // griddepcontrol.wait before the first load
-  bool wait_pre;  // griddepcontrol.wait after the first kRowsStages - 1 slots' loads
+  bool wait_pre;  // griddepcontrol.wait after the first kStages - 1 slots' loads
   uint32_t* sink;
 };
 
-__global__ void __launch_bounds__(32 * kRowsWarps, 4) rows_kernel(RowsArgs args) {
-  __shared__ uint4 ring[kRowsWarps][kRowsStages][kRowsPieces][32];
+// kWarps warps split the 64-byte k blocks; kStages slots a warp (kStages - 1 in flight). The
+// library's decode GEMMs: <4, 4> (and <8, 4>, <2, 4> by grid size); the others ask whether a
+// deeper ring or more warps would stream faster. 16 warps per SM where shared memory allows.
+template <int kWarps, int kStages>
+__global__ void __launch_bounds__(32 * kWarps, 16 / kWarps) rows_kernel(RowsArgs args) {
+  extern __shared__ uint4 ring_raw[];
+  auto ring = reinterpret_cast<uint4(*)[kStages][kRowsPieces][32]>(ring_raw);
   if (args.trigger) ptx::griddepcontrol_launch_dependents();
   if (args.wait) ptx::griddepcontrol_wait();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
   const uint8_t* cta = args.base + int64_t(blockIdx.x) * 32 * args.row_bytes;
-  const int blocks = int(args.row_bytes / 64);  // 32-wide bf16 k blocks (64 bytes of each row)
+  const int blocks = int(args.row_bytes / 64);  // 64 bytes of each row per k block
   auto issue = [&](int it) {
-    const int kb = warp + it * kRowsWarps;
+    const int kb = warp + it * kWarps;
     const bool valid = kb < blocks;
 #pragma unroll
     for (int p = 0; p < kRowsPieces; ++p) {
       const uint8_t* src = cta + int64_t(g + 8 * p) * args.row_bytes + kb * 64 + 16 * t;
-      ptx::cp_async_16_zfill_l2_256(&ring[warp][it % kRowsStages][p][lane],
-                                    valid ? src : args.base, valid);
+      ptx::cp_async_16_zfill_l2_256(&ring[warp][it % kStages][p][lane], valid ? src : args.base,
+                                    valid);
     }
     ptx::cp_async_commit();
   };
   uint32_t acc = 0;
-  const int iterations = (blocks - warp + kRowsWarps - 1) / kRowsWarps;
+  const int iterations = (blocks - warp + kWarps - 1) / kWarps;
 #pragma unroll
-  for (int it = 0; it < kRowsStages - 1; ++it) issue(it);
+  for (int it = 0; it < kStages - 1; ++it) issue(it);
   if (args.wait_pre) ptx::griddepcontrol_wait();
   for (int it = 0; it < iterations; ++it) {
-    issue(it + kRowsStages - 1);
-    ptx::cp_async_wait_group<kRowsStages - 1>();
+    issue(it + kStages - 1);
+    ptx::cp_async_wait_group<kStages - 1>();
 #pragma unroll
     for (int p = 0; p < kRowsPieces; ++p) {
-      const uint4 v = ring[warp][it % kRowsStages][p][lane];
+      const uint4 v = ring[warp][it % kStages][p][lane];
       acc ^= v.x ^ v.y ^ v.z ^ v.w;
     }
   }
   if (acc == 0x9E3779B9u) args.sink[blockIdx.x] = acc;  // keeps the reads; never true in practice
+}
+
+template <int kWarps, int kStages>
+constexpr size_t rows_smem() {
+  return sizeof(uint4) * kWarps * kStages * kRowsPieces * 32;
 }
 
 // ---- the bulk loader ----------------------------------------------------------------------------
@@ -321,6 +332,12 @@ int main(int argc, char** argv) {
   CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
   CHECK(cudaFuncSetAttribute(bulk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              smem_optin));
+  CHECK(cudaFuncSetAttribute(rows_kernel<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(rows_smem<8, 4>())));
+  CHECK(cudaFuncSetAttribute(rows_kernel<4, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(rows_smem<4, 8>())));
+  CHECK(cudaFuncSetAttribute(rows_kernel<8, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(rows_smem<8, 8>())));
   CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
   CHECK(cudaEventCreate(&b.start));
   CHECK(cudaEventCreate(&b.stop));
@@ -359,11 +376,17 @@ int main(int argc, char** argv) {
 
   // Launch helpers. rows: one kernel over `bytes` of 32-row CTAs. bulk: one kernel over one or
   // two phases.
+  auto rows_as = [&](auto kernel, int warps, size_t smem, const uint8_t* base, int64_t bytes,
+                     int64_t row_bytes, bool pdl, bool trigger, bool wait, bool wait_pre) {
+    const int64_t ctas = bytes / (32 * row_bytes);
+    launch(kernel, dim3(unsigned(ctas)), 32 * warps, smem, pdl,
+           RowsArgs{base, row_bytes, trigger, wait, wait_pre, sink}, b.stream);
+  };
+  // The library's decode loader: 4 warps, 4 slots.
   auto rows = [&](const uint8_t* base, int64_t bytes, int64_t row_bytes, bool pdl, bool trigger,
                   bool wait, bool wait_pre) {
-    const int64_t ctas = bytes / (32 * row_bytes);
-    launch(rows_kernel, dim3(unsigned(ctas)), 32 * kRowsWarps, 0, pdl,
-           RowsArgs{base, row_bytes, trigger, wait, wait_pre, sink}, b.stream);
+    rows_as(rows_kernel<4, 4>, 4, rows_smem<4, 4>(), base, bytes, row_bytes, pdl, trigger, wait,
+            wait_pre);
   };
   // A grid barrier needs every CTA resident at once: checked before capture (not a stream call).
   auto check_resident = [&](const BulkConfig& c) {
@@ -406,6 +429,23 @@ int main(int argc, char** argv) {
           line(s.name, what, n / 1e6,
                b.time_graph([&] { bulk_launch(c, pool, n, nullptr, 0, false, false, false, false); }));
         }
+  }
+
+  if (sweep) {  // the decode loader's ring and warps at qwen3-30b's GEMM1, bf16 and fp8
+    for (int which = 0; which < 2; ++which) {
+      const Shape& s = shapes[which];
+      const int64_t n = int64_t(s.p1_mb * 1e6) / (32 * s.row1_bytes) * (32 * s.row1_bytes);
+      auto one = [&](const char* what, auto kernel, int warps, size_t smem) {
+        line(s.name, what, n / 1e6, b.time_graph([&] {
+               rows_as(kernel, warps, smem, pool, n, s.row1_bytes, false, false, false, false);
+             }));
+      };
+      one("rows 4 warps x 4 slots (the library)", rows_kernel<4, 4>, 4, rows_smem<4, 4>());
+      one("rows 2 warps x 4 slots", rows_kernel<2, 4>, 2, rows_smem<2, 4>());
+      one("rows 8 warps x 4 slots", rows_kernel<8, 4>, 8, rows_smem<8, 4>());
+      one("rows 4 warps x 8 slots", rows_kernel<4, 8>, 4, rows_smem<4, 8>());
+      one("rows 8 warps x 8 slots", rows_kernel<8, 8>, 8, rows_smem<8, 8>());
+    }
   }
 
   for (const Shape& s : shapes) {
