@@ -28,6 +28,7 @@ import glob
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,7 @@ def driver(args) -> int:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                     "--upgrade", "--target", str(site), wheels[0]], check=True)
     out_dir = Path(os.environ.get("OUT", "/tmp"))
+    ncu = shutil.which("ncu") or "/usr/local/cuda/bin/ncu"
     env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     print(f"ncu_table: {wheels[0]}; PEAK bf16 {args.peak_bf16}, fp8 {args.peak_fp8} TFLOP/s "
           "(useful flops only; the floor's PEAK comes from the benchmark's run)")
@@ -146,7 +148,7 @@ def driver(args) -> int:
     for dtype in args.dtype.split(","):
         names = ab_wheels.model_names(argparse.Namespace(models=args.models, dtype=dtype))
         for name in names:
-            cmd = ["ncu", "--clock-control", "none", "--profile-from-start", "off",
+            cmd = [ncu, "--clock-control", "none", "--profile-from-start", "off",
                    "--kernel-name", KERNELS, "--print-kernel-base", "demangled",
                    "--metrics", METRICS, "--section", "WarpStateStats",
                    "--csv", "--page", "raw",
