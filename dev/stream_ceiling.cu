@@ -32,7 +32,8 @@
 //     dev/stream_ceiling.cu -o /tmp/stream_ceiling
 // Run: /tmp/stream_ceiling [reps]; env STREAM_CHUNK_KB, STREAM_STAGES, STREAM_CTAS (the bulk
 // loader's defaults 16, 6, 1) and STREAM_SWEEP=0 (skips the sweeps: the bulk loader's chunk x
-// stages x CTAs per SM, and the rows loader's 2-8 warps x 4-8 slots, on qwen3-30b's GEMM1 bytes).
+// stages x CTAs per SM, and the rows loader's 2-8 warps x 4-8 slots and 64 rows a CTA, on
+// qwen3-30b's GEMM1 bytes).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -86,10 +87,8 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
 }
 
 // ---- the decode GEMMs' loader -------------------------------------------------------------------
-constexpr int kRowsPieces = 4;  // 4 x 16 B a lane a slot: 2 KiB a warp a slot
-
 struct RowsArgs {
-  const uint8_t* base;  // the phase's bytes: rows of row_bytes, 32 rows per CTA
+  const uint8_t* base;  // the phase's bytes: rows of row_bytes, 8 kPieces rows per CTA
   int64_t row_bytes;
   bool trigger;   // griddepcontrol.launch_dependents at the start
   bool wait;      // griddepcontrol.wait before the first load
@@ -97,18 +96,21 @@ struct RowsArgs {
   uint32_t* sink;
 };
 
-// kWarps warps split the 64-byte k blocks; kStages slots a warp (kStages - 1 in flight). The
-// library's decode GEMMs: <4, 4> (and <8, 4>, <2, 4> by grid size); the others ask whether a
-// deeper ring or more warps would stream faster. 16 warps per SM where shared memory allows.
-template <int kWarps, int kStages>
+// kWarps warps split the 64-byte k blocks; kStages slots a warp (kStages - 1 in flight); a CTA
+// owns 8 kPieces weight rows, each lane copying 16 bytes of rows g, g + 8, ... (kPieces of them)
+// a slot. The library's decode GEMMs: <4, 4, 4> (and 8 or 2 warps by grid size); the others ask
+// whether a deeper ring, more warps or more rows per CTA would stream faster. 16 warps per SM
+// where shared memory allows.
+template <int kWarps, int kStages, int kPieces = 4>
 __global__ void __launch_bounds__(32 * kWarps, 16 / kWarps) rows_kernel(RowsArgs args) {
+  constexpr int kRowsPieces = kPieces;
   extern __shared__ uint4 ring_raw[];
   auto ring = reinterpret_cast<uint4(*)[kStages][kRowsPieces][32]>(ring_raw);
   if (args.trigger) ptx::griddepcontrol_launch_dependents();
   if (args.wait) ptx::griddepcontrol_wait();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
-  const uint8_t* cta = args.base + int64_t(blockIdx.x) * 32 * args.row_bytes;
+  const uint8_t* cta = args.base + int64_t(blockIdx.x) * 8 * kPieces * args.row_bytes;
   const int blocks = int(args.row_bytes / 64);  // 64 bytes of each row per k block
   auto issue = [&](int it) {
     const int kb = warp + it * kWarps;
@@ -138,9 +140,9 @@ __global__ void __launch_bounds__(32 * kWarps, 16 / kWarps) rows_kernel(RowsArgs
   if (acc == 0x9E3779B9u) args.sink[blockIdx.x] = acc;  // keeps the reads; never true in practice
 }
 
-template <int kWarps, int kStages>
+template <int kWarps, int kStages, int kPieces = 4>
 constexpr size_t rows_smem() {
-  return sizeof(uint4) * kWarps * kStages * kRowsPieces * 32;
+  return sizeof(uint4) * kWarps * kStages * kPieces * 32;
 }
 
 // ---- the bulk loader ----------------------------------------------------------------------------
@@ -334,6 +336,10 @@ int main(int argc, char** argv) {
                              smem_optin));
   CHECK(cudaFuncSetAttribute(rows_kernel<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(rows_smem<8, 4>())));
+  CHECK(cudaFuncSetAttribute(rows_kernel<4, 4, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(rows_smem<4, 4, 8>())));
+  CHECK(cudaFuncSetAttribute(rows_kernel<8, 4, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(rows_smem<8, 4, 8>())));
   CHECK(cudaFuncSetAttribute(rows_kernel<4, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(rows_smem<4, 8>())));
   CHECK(cudaFuncSetAttribute(rows_kernel<8, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -377,8 +383,9 @@ int main(int argc, char** argv) {
   // Launch helpers. rows: one kernel over `bytes` of 32-row CTAs. bulk: one kernel over one or
   // two phases.
   auto rows_as = [&](auto kernel, int warps, size_t smem, const uint8_t* base, int64_t bytes,
-                     int64_t row_bytes, bool pdl, bool trigger, bool wait, bool wait_pre) {
-    const int64_t ctas = bytes / (32 * row_bytes);
+                     int64_t row_bytes, bool pdl, bool trigger, bool wait, bool wait_pre,
+                     int rows_per_cta = 32) {
+    const int64_t ctas = bytes / (rows_per_cta * row_bytes);
     launch(kernel, dim3(unsigned(ctas)), 32 * warps, smem, pdl,
            RowsArgs{base, row_bytes, trigger, wait, wait_pre, sink}, b.stream);
   };
@@ -435,9 +442,11 @@ int main(int argc, char** argv) {
     for (int which = 0; which < 2; ++which) {
       const Shape& s = shapes[which];
       const int64_t n = int64_t(s.p1_mb * 1e6) / (32 * s.row1_bytes) * (32 * s.row1_bytes);
-      auto one = [&](const char* what, auto kernel, int warps, size_t smem) {
-        line(s.name, what, n / 1e6, b.time_graph([&] {
-               rows_as(kernel, warps, smem, pool, n, s.row1_bytes, false, false, false, false);
+      auto one = [&](const char* what, auto kernel, int warps, size_t smem, int rows = 32) {
+        const int64_t m = n / (rows * s.row1_bytes) * (rows * s.row1_bytes);  // whole CTAs
+        line(s.name, what, m / 1e6, b.time_graph([&] {
+               rows_as(kernel, warps, smem, pool, m, s.row1_bytes, false, false, false, false,
+                       rows);
              }));
       };
       one("rows 4 warps x 4 slots (the library)", rows_kernel<4, 4>, 4, rows_smem<4, 4>());
@@ -445,6 +454,10 @@ int main(int argc, char** argv) {
       one("rows 8 warps x 4 slots", rows_kernel<8, 4>, 8, rows_smem<8, 4>());
       one("rows 4 warps x 8 slots", rows_kernel<4, 8>, 4, rows_smem<4, 8>());
       one("rows 8 warps x 8 slots", rows_kernel<8, 8>, 8, rows_smem<8, 8>());
+      one("rows 4 warps x 4 slots, 64 rows a CTA", rows_kernel<4, 4, 8>, 4,
+          rows_smem<4, 4, 8>(), 64);
+      one("rows 8 warps x 4 slots, 64 rows a CTA", rows_kernel<8, 4, 8>, 8,
+          rows_smem<8, 4, 8>(), 64);
     }
   }
 
