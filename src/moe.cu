@@ -249,8 +249,9 @@ Status workspace_size(const MoeShape& shape, DType weights_dtype, size_t* worksp
   FUSEDMOE_RETURN_IF_ERROR(detail::validate_shape(shape));
   if (weights_dtype != DType::kBF16 && weights_dtype != DType::kFP8E4M3) {
     return detail::invalid_argument("weights_dtype", "bf16 (0) or fp8_e4m3 (2)",
-                                    dtype_name(weights_dtype));
+                                    detail::dtype_str(weights_dtype));
   }
+  if (weights_dtype == DType::kFP8E4M3) FUSEDMOE_RETURN_IF_ERROR(detail::validate_fp8_shape(shape));
   if (workspace_bytes == nullptr) {
     return detail::invalid_argument("workspace_bytes", "a pointer", "nullptr");
   }
@@ -263,6 +264,7 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   FUSEDMOE_RETURN_IF_ERROR(validate(args));
   const bool fp8 = args.weights_dtype == DType::kFP8E4M3;
   const MoeShape& shape = args.shape;
+  if (shape.num_tokens == 0) return Status::Ok();  // nothing to do; the workspace may be null
   const size_t needed_bytes = workspace_layout_bytes(shape, fp8);
   if (workspace_bytes < needed_bytes) {
     return Status::Error(StatusCode::kWorkspaceTooSmall,
@@ -271,10 +273,11 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
                              (fp8 ? " and fp8 weights" : "") +
                              "), got " + std::to_string(workspace_bytes));
   }
-  if (shape.num_tokens == 0) return Status::Ok();
   if (workspace == nullptr) return invalid_argument("workspace", "a pointer", "nullptr");
-  // The GEMMs read x and the weights with 16-byte copies (cp.async, TMA): checked here, before
-  // anything is enqueued, so a rejected call writes nothing.
+  // The kernels read x, the weights and every workspace region with 16-byte copies (cp.async,
+  // TMA, vector loads; the regions lie at 256-byte multiples from the workspace's start):
+  // checked here, before anything is enqueued, so a rejected call writes nothing.
+  FUSEDMOE_RETURN_IF_ERROR(check_aligned(workspace, "workspace"));
   FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.hidden_states, "hidden_states"));
   FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.gemm1_weights, "gemm1_weights"));
   FUSEDMOE_RETURN_IF_ERROR(check_aligned(args.gemm2_weights, "gemm2_weights"));

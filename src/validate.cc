@@ -1,7 +1,8 @@
 // validate(), validate_shape() and validate_routing_host(): every SPEC rule that can be checked
 // without reading device data (docs/DESIGN.md pins the defaults: n_group 0 = 1 group,
-// topk_group 0 = n_group, Llama4 needs K == 1). Checks run in a fixed order (shape, enums,
-// routing input, routing parameters, dtypes, pointers) and the first failure is reported.
+// topk_group 0 = n_group, Llama4 needs K == 1). Checks run in a fixed order (shape, weight
+// layout, dtypes, the expert MLP's options, the FP8 fields, routing input and its parameters,
+// required pointers) and the first failure is reported.
 #include "validate.h"
 
 #include <cmath>
@@ -15,10 +16,6 @@ std::string str(int64_t value) { return std::to_string(value); }
 
 bool is_dtype(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kFP32; }
 
-std::string dtype_str(DType dtype) {
-  if (is_dtype(dtype) || dtype == DType::kFP8E4M3) return dtype_name(dtype);
-  return "DType(" + str(static_cast<int>(dtype)) + ")";
-}
 
 
 Status check_dtype(const char* argument, DType dtype) {
@@ -139,15 +136,7 @@ Status validate_fp8(const MoeArguments& args) {
     if (scale) return invalid_argument(scale, "nullptr with bf16 weights", "a pointer");
     return Status::Ok();
   }
-  const MoeShape& shape = args.shape;
-  if (shape.hidden_size % kFp8BlockSize != 0) {
-    return invalid_argument("shape.hidden_size", "a multiple of 128 with fp8 weights",
-                            str(shape.hidden_size));
-  }
-  if (shape.intermediate_size % kFp8BlockSize != 0) {
-    return invalid_argument("shape.intermediate_size", "a multiple of 128 with fp8 weights",
-                            str(shape.intermediate_size));
-  }
+  if (Status s = validate_fp8_shape(args.shape); !s.ok()) return s;
   if (args.use_routing_scales_on_input) {
     return invalid_argument("use_routing_scales_on_input", "false with fp8 weights", "true");
   }
@@ -166,7 +155,7 @@ Status validate_fp8(const MoeArguments& args) {
     return invalid_argument("hidden_states_scale", "nullptr with bf16 hidden states (they are "
                             "quantised inside)", "a pointer");
   }
-  if (fp8_input && shape.num_tokens > 0) {
+  if (fp8_input && args.shape.num_tokens > 0) {
     return check_required("hidden_states_scale", args.hidden_states_scale,
                           "with fp8 hidden states when T > 0");
   }
@@ -174,6 +163,23 @@ Status validate_fp8(const MoeArguments& args) {
 }
 
 }  // namespace
+
+std::string dtype_str(DType dtype) {
+  if (is_dtype(dtype) || dtype == DType::kFP8E4M3) return dtype_name(dtype);
+  return "DType(" + str(static_cast<int>(dtype)) + ")";
+}
+
+Status validate_fp8_shape(const MoeShape& shape) {
+  if (shape.hidden_size % kFp8BlockSize != 0) {
+    return invalid_argument("shape.hidden_size", "a multiple of 128 with fp8 weights",
+                            str(shape.hidden_size));
+  }
+  if (shape.intermediate_size % kFp8BlockSize != 0) {
+    return invalid_argument("shape.intermediate_size", "a multiple of 128 with fp8 weights",
+                            str(shape.intermediate_size));
+  }
+  return Status::Ok();
+}
 
 Status invalid_argument(const std::string& argument, const std::string& expected,
                         const std::string& got) {
@@ -332,6 +338,13 @@ Status validate_routing_arguments(const int32_t* topk_ids, int64_t num_tokens, i
   }
   if (num_experts < 1 || num_experts > kMaxNumExperts) {
     return invalid_argument("num_experts", "in [1, 1024]", std::to_string(num_experts));
+  }
+  if (num_tokens > kMaxNumSlots / top_k) {  // T * K would pass 2^30 (and could overflow)
+    return invalid_argument("num_tokens",
+                            "num_tokens * top_k <= 2^30 (at most " +
+                                std::to_string(kMaxNumSlots / top_k) + " tokens for top_k " +
+                                std::to_string(top_k) + ")",
+                            std::to_string(num_tokens));
   }
   if (!result) return invalid_argument("result", "a pointer", "nullptr");
   if (num_tokens > 0 && !topk_ids) return invalid_argument("topk_ids", "a pointer", "nullptr");

@@ -28,6 +28,14 @@ using fusedmoe::kMaxFeatureSize;  // H and I (public header)
 // above (H, I <= kMaxFeatureSize; T * K <= kMaxNumSlots).
 Status validate_shape(const MoeShape& shape);
 
+// The FP8 variant's shape rule: H and I multiples of 128 (validate() with fp8 weights, and
+// workspace_size() for kFP8E4M3).
+Status validate_fp8_shape(const MoeShape& shape);
+
+// A DType as messages name it: "bf16", "fp32", "fp8_e4m3", or "DType(<value>)" for a value that
+// is none of them.
+std::string dtype_str(DType dtype);
+
 // The argument rules shared by validate_routing_host and validate_routing (device).
 Status validate_routing_arguments(const int32_t* topk_ids, int64_t num_tokens, int32_t top_k,
                                   int32_t num_experts, const RoutingCheck* result);

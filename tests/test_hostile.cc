@@ -586,6 +586,7 @@ TEST(HostileShapes, ZeroTokensWritesNothing) {
       // run() with T = 0 returns before touching the device (no CUDA call on this machine).
       EXPECT_TRUE(run(args, workspace.data(), bytes, nullptr).ok());
       EXPECT_TRUE(run(args, nullptr, bytes, nullptr).ok());
+      EXPECT_TRUE(run(args, nullptr, 0, nullptr).ok()) << "T = 0 needs no workspace at all";
       const uint64_t after = test::checksum(out) ^ test::checksum(rows) ^ test::checksum(weights) ^
                              test::checksum(map) ^ test::checksum(replay);
       EXPECT_EQ(after, before);
@@ -640,7 +641,7 @@ TEST(HostileValidation, RunChecksTheWorkspace) {
   size_t bytes = 0;
   ASSERT_TRUE(workspace_size(args.shape, &bytes).ok());
   ASSERT_GT(bytes, 0u);
-  std::vector<uint8_t> workspace(bytes, 0xA5);
+  std::vector<uint8_t> workspace(bytes + 16, 0xA5);  // + 16: room for the misaligned start below
 
   const Status small = run(args, workspace.data(), bytes - 1, nullptr);
   EXPECT_EQ(small.code, StatusCode::kWorkspaceTooSmall);
@@ -651,6 +652,15 @@ TEST(HostileValidation, RunChecksTheWorkspace) {
   const Status null_ws = run(args, nullptr, bytes, nullptr);
   EXPECT_EQ(null_ws.code, StatusCode::kInvalidArgument);
   EXPECT_EQ(null_ws.message.rfind("workspace: expected ", 0), 0u) << null_ws.message;
+  // Every workspace region lies at a 256-byte multiple from the start and is read with 16-byte
+  // copies: a start off the 16-byte grid is refused before anything is enqueued.
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(workspace.data()) % 16, 0u);
+  for (const size_t offset : {2, 8}) {
+    const Status misaligned = run(args, workspace.data() + offset, bytes, nullptr);
+    EXPECT_EQ(misaligned.code, StatusCode::kInvalidArgument);
+    EXPECT_EQ(misaligned.message.rfind("workspace: expected a 16-byte aligned address", 0), 0u)
+        << misaligned.message;
+  }
   const Status null_result = workspace_size(args.shape, nullptr);
   EXPECT_EQ(null_result.code, StatusCode::kInvalidArgument);
   EXPECT_EQ(null_result.message.rfind("workspace_bytes: expected ", 0), 0u);

@@ -395,6 +395,43 @@ TEST(ReferenceMoe, OutOfRangeIdsAreNonLocal) {
   EXPECT_EQ(check.bad_id, -1);
 }
 
+// SwigluStep's clamp engages at its default limit (7) when no clamp_limit is given, and at the
+// given limit otherwise: act = min(silu(gate), L) * clamp(up, -L, L), rounded to bf16. GEMM1
+// outputs well past the limit, which random test data never reaches.
+TEST(ReferenceMoe, SwigluStepClampsAtItsDefaultLimit) {
+  const int64_t I = 4;
+  // One row of GEMM1 output: up (columns 0..I-1), then gate (I..2I-1).
+  const std::vector<float> g = {10.0f, -10.0f, 3.0f, 10.0f, 10.0f, 10.0f, 2.0f, -10.0f};
+  auto silu = [](double v) { return v / (1.0 + std::exp(-v)); };
+  auto expected = [&](double limit) {
+    std::vector<double> want(I);
+    for (int64_t j = 0; j < I; ++j) {
+      const double up = std::min(std::max(double(g[j]), -limit), limit);
+      want[j] = std::min(silu(g[I + j]), limit) * up;
+    }
+    return want;
+  };
+  ref::ExpertMlp mlp;
+  mlp.activation = Activation::kSwigluStep;
+  const float given_limit = 3.0f;
+  for (const bool given : {false, true}) {
+    mlp.clamp_limit = given ? &given_limit : nullptr;
+    std::vector<uint16_t> act(I);
+    ref::activate_rows(g.data(), 1, I, mlp, 0, act.data());
+    const std::vector<double> want = expected(given ? given_limit : kSwigluStepDefaultLimit);
+    for (int64_t j = 0; j < I; ++j) {
+      const double got = test::bf16_bits_to_float(act[j]);
+      EXPECT_NEAR(got, want[j], 0.01 * std::fabs(want[j]) + 1e-6)
+          << (given ? "limit 3" : "default limit") << ", column " << j;
+    }
+  }
+  // Column 0 without any clamp would be silu(10) * 10 ~ 100: the default limit made it 49.
+  mlp.clamp_limit = nullptr;
+  std::vector<uint16_t> act(I);
+  ref::activate_rows(g.data(), 1, I, mlp, 0, act.data());
+  EXPECT_EQ(test::bf16_bits_to_float(act[0]), 49.0f);
+}
+
 TEST(ReferenceMoe, ZeroTokens) {
   for (const RoutingInput input :
        {RoutingInput::kLogits, RoutingInput::kPacked, RoutingInput::kUnpacked}) {

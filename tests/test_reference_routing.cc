@@ -272,6 +272,33 @@ TEST(ReferenceRouting, BiasIsReadOnlyByDeepSeekV3AndMiniMax2) {
   }
 }
 
+// routed_scaling_factor multiplies the weights of DeepSeekV3 and MiniMax2 and no other method's
+// (SPEC: the other methods ignore it), and never changes which experts are picked.
+TEST(ReferenceRouting, ScalingFactorIsReadOnlyByDeepSeekV3AndMiniMax2) {
+  Rng rng(12);
+  const int64_t T = 9;
+  const int32_t E = 8, K = 2;
+  const std::vector<float> logits = test::random_fp32(rng, T * E, -2.0f, 2.0f);
+  const std::vector<float> bias = test::random_fp32(rng, E, -1.0f, 1.0f);
+  for (int m = 0; m < kNumRoutingMethods; ++m) {
+    const auto method = static_cast<RoutingMethod>(m);
+    const int32_t k_method = method == RoutingMethod::kLlama4 ? 1 : K;
+    LogitsRouting one{logits.data(), DType::kFP32, bias.data(), DType::kFP32, method, 2, 1, 1.0f};
+    LogitsRouting scaled = one;
+    scaled.routed_scaling_factor = 2.5f;
+    const ref::Routing a = ref::route_reference(one, T, E, k_method, DType::kFP32);
+    const ref::Routing b = ref::route_reference(scaled, T, E, k_method, DType::kFP32);
+    EXPECT_EQ(a.ids, b.ids) << routing_method_name(method);
+    const bool reads_scale =
+        method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
+    for (int64_t i = 0; i < T * k_method; ++i) {
+      const float want = reads_scale ? a.weights[i] * 2.5f : a.weights[i];
+      EXPECT_NEAR(b.weights[i], want, 1e-6f * std::fabs(want) + 1e-30f)
+          << routing_method_name(method) << ", slot " << i;
+    }
+  }
+}
+
 TEST(ReferenceRouting, WeightsAreRoundedOnceToTheRequestedDtype) {
   Rng rng(5);
   const int64_t T = 17;

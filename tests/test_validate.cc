@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <string>
@@ -375,6 +376,32 @@ TEST(ValidateRouting, ReportsTheFirstIdOutsideTheRange) {
   EXPECT_EQ(bad_k.message.rfind("top_k: expected ", 0), 0u) << bad_k.message;
   const Status bad_e = validate_routing_host(plain.data(), 10, 3, 0, false, &check);
   EXPECT_EQ(bad_e.message.rfind("num_experts: expected ", 0), 0u) << bad_e.message;
+  // T * K past 2^30 (and T * K past int64 for the last one) is refused before any slot is read.
+  for (const int64_t tokens : {kMaxNumSlots / 3 + 1, INT64_MAX / 2}) {
+    const Status too_many = validate_routing_host(plain.data(), tokens, 3, E, false, &check);
+    EXPECT_EQ(too_many.message.rfind("num_tokens: expected num_tokens * top_k <= 2^30", 0), 0u)
+        << too_many.message;
+  }
+  EXPECT_TRUE(validate_routing_host(plain.data(), 10, 3, E, false, &check).ok());
+}
+
+// workspace_size() for fp8 weights applies the FP8 shape rule (H, I multiples of 128) as
+// validate() does, with the same message, and names a bad weights_dtype as validate() names it.
+TEST(Validate, Fp8WorkspaceQueryChecksTheFp8ShapeRule) {
+  size_t bytes = 0;
+  ASSERT_TRUE(workspace_size(test::make_shape(4, 256, 384, 8, 2), DType::kFP8E4M3, &bytes).ok());
+  EXPECT_GT(bytes, 0u);
+  const Status h = workspace_size(test::make_shape(4, 136, 384, 8, 2), DType::kFP8E4M3, &bytes);
+  EXPECT_EQ(h.code, StatusCode::kInvalidArgument);
+  EXPECT_EQ(h.message, "shape.hidden_size: expected a multiple of 128 with fp8 weights, got 136");
+  const Status i = workspace_size(test::make_shape(4, 256, 200, 8, 2), DType::kFP8E4M3, &bytes);
+  EXPECT_EQ(i.message,
+            "shape.intermediate_size: expected a multiple of 128 with fp8 weights, got 200");
+  // The BF16 query has no such rule.
+  EXPECT_TRUE(workspace_size(test::make_shape(4, 136, 200, 8, 2), DType::kBF16, &bytes).ok());
+  const Status dtype =
+      workspace_size(test::make_shape(4, 256, 384, 8, 2), static_cast<DType>(7), &bytes);
+  EXPECT_EQ(dtype.message, "weights_dtype: expected bf16 (0) or fp8_e4m3 (2), got DType(7)");
 }
 
 TEST(Names, EnumsAndCapacity) {

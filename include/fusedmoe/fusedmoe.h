@@ -108,7 +108,7 @@ enum class WeightLayout : int { kCanonical = 0 };
 constexpr int kMaxTopK = 32;
 constexpr int kMaxNumExperts = 1024;
 constexpr int kSizeMultiple = 8;  // H and I must be multiples of this
-// Index-width limits (beyond SPEC): device rows are int32, so T * K <= 2^30 keeps every row and
+// Index-width limits (SPEC's table): device rows are int32, so T * K <= 2^30 keeps every row and
 // tile index with headroom, and H, I <= 2^20 keep workspace_size() far from wrapping size_t.
 constexpr int64_t kMaxNumSlots = int64_t{1} << 30;    // T * K
 constexpr int64_t kMaxFeatureSize = int64_t{1} << 20;  // H and I
@@ -246,6 +246,9 @@ Status workspace_size(const MoeShape& shape, DType weights_dtype, size_t* worksp
 
 // The operator on the GPU (device pointers). Asynchronous on `stream`; no allocation, no host
 // synchronisation. On a non-ok status nothing has been enqueued and no output written.
+// hidden_states, gemm1_weights, gemm2_weights and the workspace must be 16-byte aligned (the
+// kernels read them with 16-byte copies; cudaMalloc and PyTorch's allocator give 256 bytes).
+// At num_tokens 0 it returns at once: the workspace may then be null and of any size.
 // FP8 weights (weights_dtype kFP8E4M3) need workspace_size(shape, kFP8E4M3, ...) bytes.
 // The workspace holds the call's routing, permutation and activations until its last kernel has
 // run: it must not be used by another call in flight on another stream at the same time (give
