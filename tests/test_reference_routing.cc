@@ -247,7 +247,10 @@ TEST(ReferenceRouting, Bf16LogitsAreWidenedExactlyAndFp32IsHonoured) {
   EXPECT_EQ(ref::route_reference(bf, 1, 2, 1, DType::kFP32).ids[0], 0);
 }
 
-TEST(ReferenceRouting, BiasIsReadOnlyByDeepSeekV3AndMiniMax2) {
+// routing_bias and routed_scaling_factor are read by DeepSeekV3 and MiniMax2 alone (SPEC): the
+// bias changes their picks and nothing of the other methods; the factor multiplies their weights,
+// leaves their picks, and changes nothing of the other methods.
+TEST(ReferenceRouting, BiasAndScalingFactorAreReadOnlyByDeepSeekV3AndMiniMax2) {
   Rng rng(11);
   const int64_t T = 9;
   const int32_t E = 8, K = 2;
@@ -259,41 +262,23 @@ TEST(ReferenceRouting, BiasIsReadOnlyByDeepSeekV3AndMiniMax2) {
     LogitsRouting with{logits.data(), DType::kFP32, bias.data(), DType::kFP32, method, 2, 1, 1.0f};
     LogitsRouting without = with;
     without.bias = nullptr;
+    LogitsRouting scaled = with;
+    scaled.routed_scaling_factor = 2.5f;
     const ref::Routing a = ref::route_reference(with, T, E, k_method, DType::kFP32);
     const ref::Routing b = ref::route_reference(without, T, E, k_method, DType::kFP32);
-    const bool reads_bias =
+    const ref::Routing c = ref::route_reference(scaled, T, E, k_method, DType::kFP32);
+    const bool reads_both =
         method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
-    if (reads_bias) {
+    if (reads_both) {
       EXPECT_NE(a.ids, b.ids) << routing_method_name(method) << ": the bias should matter here";
     } else {
       EXPECT_EQ(a.ids, b.ids) << routing_method_name(method);
       EXPECT_EQ(test::first_difference(a.weights, b.weights), -1) << routing_method_name(method);
     }
-  }
-}
-
-// routed_scaling_factor multiplies the weights of DeepSeekV3 and MiniMax2 and no other method's
-// (SPEC: the other methods ignore it), and never changes which experts are picked.
-TEST(ReferenceRouting, ScalingFactorIsReadOnlyByDeepSeekV3AndMiniMax2) {
-  Rng rng(12);
-  const int64_t T = 9;
-  const int32_t E = 8, K = 2;
-  const std::vector<float> logits = test::random_fp32(rng, T * E, -2.0f, 2.0f);
-  const std::vector<float> bias = test::random_fp32(rng, E, -1.0f, 1.0f);
-  for (int m = 0; m < kNumRoutingMethods; ++m) {
-    const auto method = static_cast<RoutingMethod>(m);
-    const int32_t k_method = method == RoutingMethod::kLlama4 ? 1 : K;
-    LogitsRouting one{logits.data(), DType::kFP32, bias.data(), DType::kFP32, method, 2, 1, 1.0f};
-    LogitsRouting scaled = one;
-    scaled.routed_scaling_factor = 2.5f;
-    const ref::Routing a = ref::route_reference(one, T, E, k_method, DType::kFP32);
-    const ref::Routing b = ref::route_reference(scaled, T, E, k_method, DType::kFP32);
-    EXPECT_EQ(a.ids, b.ids) << routing_method_name(method);
-    const bool reads_scale =
-        method == RoutingMethod::kDeepSeekV3 || method == RoutingMethod::kMiniMax2;
+    EXPECT_EQ(a.ids, c.ids) << routing_method_name(method);
     for (int64_t i = 0; i < T * k_method; ++i) {
-      const float want = reads_scale ? a.weights[i] * 2.5f : a.weights[i];
-      EXPECT_NEAR(b.weights[i], want, 1e-6f * std::fabs(want) + 1e-30f)
+      const float want = reads_both ? a.weights[i] * 2.5f : a.weights[i];
+      EXPECT_NEAR(c.weights[i], want, 1e-6f * std::fabs(want) + 1e-30f)
           << routing_method_name(method) << ", slot " << i;
     }
   }
