@@ -185,6 +185,6 @@ def test_mlp_errors_name_the_argument(mutation, error, argument, generator):
     problem = ref.make_problem(7, 256, 128, 8, 4, torch.float32, None, generator)
     output = poison(torch.empty(7, 256, dtype=torch.bfloat16))
     before = output.clone()
-    with pytest.raises(error, match=argument):
+    with pytest.raises(error, match=f"^{argument}:"):  # the message starts with the name
         run_logits(problem, 1, output=output, **mutation)
     assert torch.equal(output.isnan(), before.isnan()), "a rejected call wrote its output"

@@ -85,19 +85,23 @@ def _run_block(module, implementation, x, ids, weights):
         return module(x, ids, weights)
 
 
-def _check_block(family, cls, device, num_tokens, weights_dtype, generator):
+# Experts classes whose own forward takes one route per row with unit weight (Ergo's projections:
+# its caller repeats the rows and weights them after a per-expert norm): tested in that form.
+_ONE_ROUTE_PER_ROW = ("ErgoExpertProjections",)
+
+
+def _check_block(family, cls, device, num_tokens, weights_dtype, generator, monkeypatch):
     module = build_experts(family, cls, generator).to(device)
     reference = clone_module_fp32(module)
     x, ids, weights = _block_inputs(num_tokens, _hidden_size(module), weights_dtype, generator, device)
-    try:
-        ref = _run_block(reference, "eager", x.float(), ids, weights.float())
-    except (IndexError, RuntimeError):
-        # A module whose own forward takes one route per row with unit weight (Ergo's projections:
-        # its caller repeats the rows and weights them after a per-expert norm): test that form.
+    if cls.__name__ in _ONE_ROUTE_PER_ROW:
         ids, weights = ids[:, :1].contiguous(), torch.ones_like(weights[:, :1])
-        ref = _run_block(reference, "eager", x.float(), ids, weights.float())
+    ref = _run_block(reference, "eager", x.float(), ids, weights.float())
+    calls = _count_operator_calls(monkeypatch)
     bf16_ref = _run_block(module, "eager", x, ids, weights)
+    assert calls[0] == 0, "the eager run called fusedmoe"
     ours = _run_block(module, "fusedmoe", x, ids, weights)
+    assert calls[0] == 1, f"{cls.__name__}: fusedmoe ran {calls[0]} times (a fallback compares eager with itself)"
     assert ours.dtype == torch.bfloat16 and ours.shape == x.shape
     assert_bf16_close(ours, bf16_ref, ref, f"{cls.__name__} T={num_tokens}", generator.initial_seed())
 
@@ -105,15 +109,16 @@ def _check_block(family, cls, device, num_tokens, weights_dtype, generator):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("num_tokens, weights_dtype", [(1, torch.bfloat16), (19, torch.float32)])
 @pytest.mark.parametrize("family, cls", BLOCK_TODAY)
-def test_block_parity(family, cls, num_tokens, weights_dtype, device, generator):
-    _check_block(family, cls, device, num_tokens, weights_dtype, generator)
+def test_block_parity(family, cls, num_tokens, weights_dtype, device, generator, monkeypatch):
+    _check_block(family, cls, device, num_tokens, weights_dtype, generator, monkeypatch)
 
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("num_tokens, weights_dtype", [(1, torch.bfloat16), (19, torch.float32)])
 @pytest.mark.parametrize("family, cls", BLOCK_EXTENDED)
-def test_block_parity_operator_extensions(family, cls, num_tokens, weights_dtype, device, generator):
-    _check_block(family, cls, device, num_tokens, weights_dtype, generator)
+def test_block_parity_operator_extensions(family, cls, num_tokens, weights_dtype, device, generator,
+                                         monkeypatch):
+    _check_block(family, cls, device, num_tokens, weights_dtype, generator, monkeypatch)
 
 
 @pytest.mark.parametrize("family, cls", BLOCK_EXTENDED)
@@ -121,7 +126,7 @@ def test_block_parity_extensions_with_operator_standin(family, cls, generator, m
     # The integration's use of the extended arguments (activation numbers, clamp constants, bias
     # row order, layouts), checked now against a plain-torch stand-in of the operator's contract.
     monkeypatch.setattr(fusedmoe, "trtllm_bf16_routed_moe", routed_moe_standin)
-    _check_block(family, cls, "cpu", 13, torch.float32, generator)
+    _check_block(family, cls, "cpu", 13, torch.float32, generator, monkeypatch)
 
 
 @pytest.mark.parametrize("family, cls", BLOCK_UNSUPPORTED)
