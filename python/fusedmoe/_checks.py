@@ -6,6 +6,7 @@ checks exist to give PyTorch users messages in their own argument names and to s
 kernel from ever seeing a tensor whose memory does not match what the pointer promises.
 """
 
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -73,6 +74,25 @@ def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name}: expected {bound}, got {value}")
+    return value
+
+
+def check_optional_float(name: str, value, default: float) -> float:
+    """Checks that ``value`` is None (giving ``default``) or a real number (an int, a float or a
+    NumPy scalar; not a bool, a string or a tensor) and returns it as a float."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a float or None, got {type(value).__name__}")
+    return float(value)
+
+
+def check_optional_bool(name: str, value, default: bool) -> bool:
+    """Checks that ``value`` is None (giving ``default``) or a bool and returns it."""
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool or None, got {type(value).__name__}")
     return value
 
 
@@ -161,6 +181,10 @@ def check_layout(use_shuffled_weight, weight_layout) -> None:
             "[E_loc, 2I, H] up rows then gate rows (or [E_loc, I, H] for a non-gated activation), "
             "gemm2 [E_loc, H, I]; FlashInfer's shuffled "
             "layout is not accepted), got True"
+        )
+    if isinstance(weight_layout, bool) or not isinstance(weight_layout, int):
+        raise TypeError(
+            f"weight_layout: expected an int or WeightLayout, got {type(weight_layout).__name__}"
         )
     if int(weight_layout) != 0:
         raise ValueError(

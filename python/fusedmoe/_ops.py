@@ -64,9 +64,10 @@ def _launch(
                  local_num_experts)
         needed = _ext.workspace_size(num_tokens, *shape, gemm1_weights.dtype == torch.uint8)
         if workspace is not None and workspace.numel() < needed:
+            fp8 = ", weights_dtype=torch.float8_e4m3fn" if gemm1_weights.dtype == torch.uint8 else ""
             raise ValueError(
-                f"workspace: expected >= {needed} bytes (workspace_size for {num_tokens} tokens), "
-                f"got {workspace.numel()}"
+                f"workspace_buffer: expected >= {needed} bytes (workspace_size for {num_tokens} "
+                f"tokens{fp8}), got {workspace.numel()}"
             )
         if workspace is None:
             workspace = call_scratch(device, needed)

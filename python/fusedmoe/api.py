@@ -1,7 +1,7 @@
 """The public Python API: FlashInfer-compatible entry points plus fusedmoe's helpers.
 
 ``trtllm_bf16_moe`` and ``trtllm_bf16_routed_moe`` take FlashInfer's parameters with its names,
-order and defaults (FlashInfer 0.7, ``flashinfer/fused_moe/core.py``: through ``activation_type``,
+order and defaults (FlashInfer 0.7's Python API: through ``activation_type``,
 ``routing_replay_out``, ``gemm1_alpha``, ``gemm1_beta``, ``gemm1_clamp_limit``, ``output`` and
 ``workspace_buffer``), then fusedmoe's keyword-only extras (``gemm1_bias=``, ``gemm2_bias=``,
 ``use_routing_scales_on_input=``, ``expert_weights_dtype=``, and ``workspace=``, the older name of
@@ -104,7 +104,13 @@ def workspace_size(
     otherwise each call takes its scratch from PyTorch's caching allocator on its stream.
     ``weights_dtype=torch.float8_e4m3fn`` sizes it for the FP8 block-scale variant (more: the
     quantised hidden states and activation).
+
+    Raises:
+        TypeError (a non-int size) or ValueError (a size out of range, another weights_dtype)
+        naming the argument.
     """
+    _check_sizes(num_tokens, hidden_size, intermediate_size, num_experts, top_k,
+                 local_expert_offset, local_num_experts)
     if local_num_experts is None:
         local_num_experts = num_experts
     if weights_dtype not in (torch.bfloat16, torch.float8_e4m3fn):
@@ -118,6 +124,24 @@ def workspace_size(
     )
 
 
+_INT64_MAX = 2**63 - 1  # num_tokens, H and I are int64 in the C++ API
+
+
+def _check_sizes(num_tokens, hidden_size, intermediate_size, num_experts, top_k,
+                 local_expert_offset, local_num_experts) -> None:
+    """The integer arguments of workspace_size, each by its name, before the extension casts
+    them (E, K, the offset and E_loc to int32: 2**32 + 64 experts would read as 64)."""
+    _checks.check_int("num_tokens", num_tokens, 0, _INT64_MAX)
+    _checks.check_int("hidden_size", hidden_size, 1, _INT64_MAX)
+    _checks.check_int("intermediate_size", intermediate_size, 1, _INT64_MAX)
+    _checks.check_int("num_experts", num_experts, 1, _checks.MAX_NUM_EXPERTS)
+    _checks.check_int("top_k", top_k, 1, min(_checks.MAX_TOP_K, num_experts))
+    if local_num_experts is not None:
+        _checks.check_int("local_num_experts", local_num_experts, 1, num_experts)
+    local = num_experts if local_num_experts is None else local_num_experts
+    _checks.check_int("local_expert_offset", local_expert_offset, 0, num_experts - local)
+
+
 def reserve_workspace(
     max_num_tokens: int,
     hidden_size: int,
@@ -127,6 +151,8 @@ def reserve_workspace(
     local_expert_offset: int = 0,
     local_num_experts: Optional[int] = None,
     device=None,
+    *,
+    weights_dtype: torch.dtype = torch.bfloat16,
 ) -> int:
     """Optional warm-up: leaves a scratch block for up to ``max_num_tokens`` in PyTorch's cache.
 
@@ -135,10 +161,11 @@ def reserve_workspace(
     This allocates and frees that much on the current stream of ``device`` (default: current), so
     that the first call of that size finds the block cached instead of calling cudaMalloc. Calls
     are correct without it; CUDA graph capture draws from the graph's own pool either way.
-    Returns the bytes a call with ``max_num_tokens`` tokens needs.
+    ``weights_dtype`` as in ``workspace_size`` (``torch.float8_e4m3fn`` for the FP8 variant, whose
+    calls need more). Returns the bytes a call with ``max_num_tokens`` tokens needs.
     """
     needed = workspace_size(max_num_tokens, hidden_size, intermediate_size, num_experts, top_k,
-                            local_expert_offset, local_num_experts)
+                            local_expert_offset, local_num_experts, weights_dtype=weights_dtype)
     device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"device: expected a cuda device, got {device}")
@@ -150,7 +177,9 @@ def pack_topk(topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tenso
     """Packs ids [T, K] and weights [T, K] into int32 words: ``(id << 16) | (bf16_bits(w) & 0xFFFF)``.
 
     The weight is rounded to bf16. The mask keeps a negative weight from sign-extending into the
-    id (FlashInfer's idiom corrupts it). Ids must fit a signed int16 (they are expert ids).
+    id (FlashInfer's idiom corrupts it). The id field is a signed int16: an id outside
+    [-2^15, 2^15) is packed as -1 (an id outside [0, num_experts), which contributes nothing),
+    never wrapped onto a valid expert. No host synchronisation.
     """
     _checks.check_tensor(
         "topk_ids", topk_ids, (torch.int32, torch.int64, torch.int16), (None, None)
@@ -163,7 +192,11 @@ def pack_topk(topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tenso
         topk_ids.device,
     )
     weight_bits = topk_weights.to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
-    return (topk_ids.to(torch.int32) << 16) | weight_bits
+    ids = topk_ids
+    if ids.dtype != torch.int16:  # int32 / int64 ids may not fit the 16-bit field
+        fits = (ids >= -(2**15)) & (ids < 2**15)
+        ids = torch.where(fits, ids, torch.full_like(ids, -1))
+    return (ids.to(torch.int32) << 16) | weight_bits
 
 
 def unpack_topk(packed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +221,10 @@ def prepare_weights(
     Canonical: gemm1 [E_loc, 2I, H] with rows [0, I) up and [I, 2I) gate, gemm2 [E_loc, H, I]
     (``y = W @ x`` per expert), bf16, contiguous. ``w1, w2 = prepare_weights(w1, w2)`` validates
     canonical weights and returns them unchanged (no copy). The keyword options describe how a
-    checkpoint stores them; any other combination returns new contiguous canonical tensors (one
-    copy of the weights, made here, once):
+    checkpoint stores them; a tensor that needs reordering or transposing comes back as a new
+    contiguous canonical tensor (one copy, made here, once), one already in the canonical layout
+    and contiguous comes back as is (gemm2 whenever ``transposed=False``, gemm1 with
+    ``gated=False`` and ``transposed=False``):
 
     Args:
         gemm1_weights, gemm2_weights: bf16 expert weights (any strides when converted).
@@ -292,7 +327,7 @@ def _run(
         local_num_experts, routing_method_type, n_group, topk_group, routed_scaling_factor,
         activation, *mlp[1:],
     )
-    tail = (expert_weights_fp32, bool(enable_pdl))
+    tail = (expert_weights_fp32, _checks.check_optional_bool("enable_pdl", enable_pdl, True))
     if not do_finalize:
         if output is not None:
             raise ValueError("output: expected None when do_finalize=False (the outputs are returned)")
@@ -308,7 +343,8 @@ def _run(
 
 def _check_fp8_scales(hidden_states, gemm1_weights, gemm2_weights, hidden_states_scale,
                       gemm1_weights_scale, gemm2_weights_scale) -> None:
-    """The FP8 variant's scales against the (already checked) tensors; CUDA tensors refused."""
+    """The FP8 variant's scales against the (already checked) tensors: float32, the block
+    shapes, contiguous, on the device of hidden_states."""
     device = hidden_states.device
     num_tokens, hidden_size = hidden_states.shape
     num_local, rows, _ = gemm1_weights.shape
@@ -346,7 +382,7 @@ def trtllm_bf16_moe(
     use_shuffled_weight: bool = False,
     weight_layout: int = WeightLayout.Canonical,
     do_finalize: bool = True,
-    enable_pdl: bool = True,
+    enable_pdl: Optional[bool] = True,
     tune_max_num_tokens: int = 8192,
     activation_type: int = ActivationType.Swiglu,
     norm_topk_prob: bool = True,
@@ -386,7 +422,8 @@ def trtllm_bf16_moe(
         do_finalize: True returns the output [T, H] bf16; False returns ``[gemm2_output [T*K, H]
             bf16 (unweighted, expert-sorted rows), expert_weights [T, K], expanded_idx_to_permuted_idx
             [T*K] int32 (-1 for a slot routed elsewhere)]``.
-        enable_pdl: programmatic dependent launch between the GPU pipeline's kernels.
+        enable_pdl: programmatic dependent launch between the GPU pipeline's kernels; None
+            (FlashInfer's "auto") means True, as on every entry point.
         tune_max_num_tokens: accepted for compatibility (FlashInfer's autotuner cap; fusedmoe has
             no autotuner).
         norm_topk_prob: must be True.
@@ -453,7 +490,7 @@ def trtllm_bf16_routed_moe(
     use_shuffled_weight: bool = False,
     weight_layout: int = WeightLayout.Canonical,
     do_finalize: bool = True,
-    enable_pdl: bool = True,
+    enable_pdl: Optional[bool] = True,
     gemm1_lora_delta: Optional[torch.Tensor] = None,
     tune_max_num_tokens: int = 8192,
     activation_type: int = ActivationType.Swiglu,
@@ -473,8 +510,9 @@ def trtllm_bf16_routed_moe(
 
     ``topk_ids`` is either packed int32 [T, K] (``pack_topk``: id in bits 31..16, bf16 weight
     bits in 15..0) or a tuple ``(ids int32 [T, K], weights [T, K] bf16 or fp32)``. The weights are
-    used exactly as given: ``routing_method_type``, ``n_group``, ``topk_group`` and
-    ``routed_scaling_factor`` are accepted for FlashInfer compatibility and ignored. With fp32
+    used exactly as given: ``n_group``, ``topk_group`` and ``routed_scaling_factor`` are accepted
+    for FlashInfer compatibility and ignored; ``routing_method_type`` is validated (a value that is
+    not a ``RoutingMethod`` raises), then ignored. With fp32
     weights, do_finalize=False returns fp32 ``expert_weights``. Ids outside [0, num_experts) are
     treated as routed elsewhere (see ``validate_routing``). With use_routing_scales_on_input the
     given weights scale the expert's input. Everything else, the expert MLP's options included,
@@ -574,7 +612,7 @@ def trtllm_fp8_block_scale_moe(
     return _run(
         hidden_states, gemm1_weights, gemm2_weights, routing_logits, routing_bias, None, None,
         num_experts, top_k, n_group, topk_group, intermediate_size, local_expert_offset,
-        local_num_experts, scale, method, do_finalize, True if enable_pdl is None else enable_pdl,
+        local_num_experts, scale, method, do_finalize, enable_pdl,
         tune_max_num_tokens, routing_replay_out, output, workspace_buffer,
         _expert_weights_fp32(expert_weights_dtype),
         (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias, False),
@@ -622,9 +660,10 @@ def trtllm_fp8_block_scale_routed_moe(
     """FP8 block-scale MoE layer with routing given (FlashInfer's ``trtllm_fp8_block_scale_routed_moe``).
 
     ``topk_ids`` as in ``trtllm_bf16_routed_moe`` (packed, or an (ids, weights) pair with bf16 or
-    fp32 weights used exactly as given); ``routing_bias``, ``n_group``, ``topk_group``,
-    ``routed_scaling_factor`` and ``routing_method_type`` are accepted for FlashInfer
-    compatibility and ignored. Everything else as in ``trtllm_fp8_block_scale_moe``.
+    fp32 weights used exactly as given); ``routing_bias``, ``n_group``, ``topk_group`` and
+    ``routed_scaling_factor`` are accepted for FlashInfer compatibility and ignored;
+    ``routing_method_type`` is validated (a value that is not a ``RoutingMethod`` raises), then
+    ignored. Everything else as in ``trtllm_fp8_block_scale_moe``.
     """
     _checks.check_layout(use_shuffled_weight, weight_layout)
     _checks.check_unsupported(True, gemm1_lora_delta)
@@ -635,7 +674,7 @@ def trtllm_fp8_block_scale_routed_moe(
     return _run(
         hidden_states, gemm1_weights, gemm2_weights, None, None, ids, weights, num_experts, top_k,
         0, 0, intermediate_size, local_expert_offset, local_num_experts, 1.0,
-        int(RoutingMethod.Default), do_finalize, True if enable_pdl is None else enable_pdl,
+        int(RoutingMethod.Default), do_finalize, enable_pdl,
         tune_max_num_tokens, None, output, workspace_buffer,
         weights is not None and weights.dtype == torch.float32,
         (activation_type, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, gemm1_bias, gemm2_bias, False),
@@ -687,7 +726,7 @@ def _logits_routing(routing_logits, routing_bias, hidden_states, num_experts, ro
     method = _routing_method(routing_method_type)
     n_group = _checks.check_int("n_group", 0 if n_group is None else n_group, 0, num_experts)
     topk_group = _checks.check_int("topk_group", 0 if topk_group is None else topk_group, 0, num_experts)
-    scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
+    scale = _checks.check_optional_float("routed_scaling_factor", routed_scaling_factor, 1.0)
     return method, n_group, topk_group, scale
 
 

@@ -227,13 +227,8 @@ class ExpertParallelMoE:
         self.topk_group = _checks.check_int(
             "topk_group", 0 if topk_group is None else topk_group, 0, num_experts
         )
-        if routed_scaling_factor is not None and (
-            isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, (int, float))
-        ):
-            raise TypeError(
-                f"routed_scaling_factor: expected a float or None, got {type(routed_scaling_factor).__name__}"
-            )
-        self.routed_scaling_factor = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
+        self.routed_scaling_factor = _checks.check_optional_float(
+            "routed_scaling_factor", routed_scaling_factor, 1.0)
         if routing_bias is not None:
             _checks.check_tensor(
                 "routing_bias", routing_bias, (torch.float32, torch.bfloat16), (num_experts,)
@@ -392,9 +387,12 @@ class ExpertParallelMoE:
         return self._forward_alltoall(x, logits, routed, error)
 
     def reserve_workspace(self, max_num_tokens_per_rank: int) -> int:
-        """Grows the operator's cached workspace (CUDA) for up to ``max_num_tokens_per_rank``
-        tokens on each rank: call it once before capturing a CUDA graph. Returns the bytes
-        reserved (0 for CPU tensors, which need none)."""
+        """Optional warm-up (CUDA): leaves a scratch block in PyTorch's caching allocator for calls
+        of up to ``max_num_tokens_per_rank`` tokens on each rank (``fusedmoe.reserve_workspace``,
+        sized for this layer's weights, FP8 ones included), so that the first such call finds it
+        cached instead of calling cudaMalloc. Calls are correct without it; CUDA graph capture
+        draws from the graph's own pool either way. Returns the bytes a call of that size needs
+        (0 for CPU tensors, which need no workspace)."""
         _checks.check_int("max_num_tokens_per_rank", max_num_tokens_per_rank, 0)
         if self.device.type != "cuda":
             return 0
@@ -403,6 +401,7 @@ class ExpertParallelMoE:
         reserved = api.reserve_workspace(
             rows, self.hidden_size, self.intermediate_size, self.num_experts, self.top_k,
             self.local_expert_offset, self.local_num_experts, self.device,
+            weights_dtype=self.gemm1_weights.dtype,
         )
         if self.mode == "alltoall":
             reserved = max(reserved, api.reserve_workspace(

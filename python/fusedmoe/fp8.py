@@ -73,9 +73,12 @@ def quantize_fp8_weights(weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Ten
 
 
 def dequantize_fp8_weights(weights: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """float8_e4m3fn [E, N, K] with block scales [E, N / 128, K / 128] -> fp32 [E, N, K]."""
+    """float8_e4m3fn [E, N, K] (N, K multiples of 128) with block scales [E, N / 128, K / 128]
+    -> fp32 [E, N, K]. Raises TypeError or ValueError naming the argument."""
     _checks.check_tensor("weights", weights, (FP8,), (None, None, None))
     experts, n, k = weights.shape
+    _check_multiple("weights", "dim 1", n)
+    _check_multiple("weights", "dim 2", k)
     _checks.check_tensor("scales", scales, (torch.float32,), (experts, n // BLOCK, k // BLOCK),
                          weights.device)
     blocks = weights.float().view(experts, n // BLOCK, BLOCK, k // BLOCK, BLOCK)

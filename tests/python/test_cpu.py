@@ -232,6 +232,23 @@ def test_prepare_weights_returns_canonical(generator):
         fusedmoe.prepare_weights(problem.gemm1_weights, problem.gemm2_weights, weight_layout=2)
 
 
+def test_prepare_weights_returns_what_is_already_canonical_as_is(generator):
+    # As documented: a tensor needing no reordering or transposing comes back itself (no copy),
+    # whatever the options; the others as new contiguous canonical tensors.
+    problem = make(1, 0, generator)
+    w1, w2 = problem.gemm1_weights, problem.gemm2_weights
+    half = w1.shape[1] // 2
+    gate_up = torch.cat([w1[:, half:], w1[:, :half]], 1)  # the checkpoint's [gate; up] rows
+    c1, c2 = fusedmoe.prepare_weights(gate_up, w2, gate_up="gate_up")
+    assert c2 is w2 and c1.data_ptr() != gate_up.data_ptr() and torch.equal(c1, w1)
+    up = w1[:, :half].contiguous()
+    n1, n2 = fusedmoe.prepare_weights(up, w2, gated=False)
+    assert n1 is up and n2 is w2
+    t1, t2 = fusedmoe.prepare_weights(up.transpose(1, 2).contiguous(), w2.transpose(1, 2).contiguous(),
+                                      gated=False, transposed=True)
+    assert torch.equal(t1, up) and torch.equal(t2, w2) and t1.is_contiguous() and t2.is_contiguous()
+
+
 def test_routing_method_enum_numbering():
     names = ["Default", "Renormalize", "DeepSeekV3", "Llama4", "RenormalizeNaive", "TopK",
              "SigmoidRenorm", "MiniMax2", "Sigmoid", "TopKSigmoid"]
@@ -357,3 +374,193 @@ def test_routed_errors_name_the_argument(topk_ids, error, argument, generator):
     }[topk_ids]
     with pytest.raises(error, match=_starts_with(argument)):
         run_routed(problem, routing, **extra)
+
+
+# ---- pack_topk: ids the 16-bit field cannot hold --------------------------------------------------
+@pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
+def test_pack_topk_ids_outside_int16_contribute_nothing(ids_dtype, generator):
+    problem = make(7, 0, generator)
+    ids = torch.stack([torch.randperm(E, generator=generator)[:4] for _ in range(7)]).to(ids_dtype)
+    weights = torch.rand(7, 4, generator=generator).to(torch.bfloat16) + 0.25
+    huge = [65537, 40000, -(2**15) - 1, 2**16 + 3]  # wrapped, they would read as experts 1, ...
+    if ids_dtype == torch.int64:
+        huge += [2**31 + 2, 2**32 + 5, -(2**40)]
+    far = ids.clone()
+    slots = [(t, k) for t in range(7) for k in range(4)][: len(huge)]
+    for (t, k), value in zip(slots, huge):
+        far[t, k] = value
+    packed = fusedmoe.pack_topk(far, weights)
+    back_ids, back_weights = fusedmoe.unpack_topk(packed)
+    expected = ids.to(torch.int32).clone()
+    for t, k in slots:
+        expected[t, k] = -1  # an id outside [0, E): routed nowhere
+    assert torch.equal(back_ids, expected), back_ids
+    assert torch.equal(back_weights.view(torch.int16), weights.view(torch.int16))
+    # The ids at the int16 limits are kept as they are (they are outside [0, E) anyway).
+    edges = torch.tensor([[2**15 - 1, -(2**15)]], dtype=ids_dtype)
+    edge_ids, _ = fusedmoe.unpack_topk(fusedmoe.pack_topk(edges, torch.ones(1, 2)))
+    assert edge_ids.tolist() == [[2**15 - 1, -(2**15)]]
+    # Those slots contribute nothing: the output is the one with the slots' ids set to -1.
+    output = run_routed(problem, packed)
+    assert torch.equal(output, run_routed(problem, (expected, weights)))
+    ref.assert_close_to_reference(
+        output, problem.hidden_states, problem.gemm1_weights, problem.gemm2_weights, expected,
+        weights, seed=problem.seed,
+    )
+
+
+# ---- workspace_size and reserve_workspace ---------------------------------------------------------
+_SIZES = dict(num_tokens=16, hidden_size=H, intermediate_size=I, num_experts=E, top_k=4)
+
+
+@pytest.mark.parametrize("change,error,message", [
+    (dict(num_experts=2**32 + E), ValueError, r"^num_experts: expected in \[1, 1024\], got 4294967312"),
+    (dict(num_experts=2000), ValueError, "^num_experts: expected in"),
+    (dict(top_k=2**32 + 4), ValueError, "^top_k: expected in"),
+    (dict(top_k=E + 1), ValueError, "^top_k: expected in"),
+    (dict(local_num_experts=2**32 + 4), ValueError, "^local_num_experts: expected in"),
+    (dict(local_expert_offset=2**32), ValueError, "^local_expert_offset: expected in"),
+    (dict(local_expert_offset=4, local_num_experts=E - 3), ValueError, "^local_expert_offset: expected in"),
+    (dict(num_tokens=-1), ValueError, "^num_tokens: expected in"),
+    (dict(num_tokens=2**64), ValueError, "^num_tokens: expected in"),
+    (dict(hidden_size=0), ValueError, "^hidden_size: expected in"),
+    (dict(hidden_size=64.0), TypeError, "^hidden_size: expected an int, got float"),
+    (dict(intermediate_size="32"), TypeError, "^intermediate_size: expected an int, got str"),
+    (dict(num_experts=16.0), TypeError, "^num_experts: expected an int, got float"),
+    (dict(top_k=True), TypeError, "^top_k: expected an int, got bool"),
+    (dict(local_num_experts=8.0), TypeError, "^local_num_experts: expected an int, got float"),
+])
+def test_workspace_size_checks_every_integer(change, error, message):
+    with pytest.raises(error, match=message):
+        fusedmoe.workspace_size(**{**_SIZES, **change})
+
+
+def test_workspace_size_of_valid_sizes():
+    bf16 = fusedmoe.workspace_size(**_SIZES)
+    fp8_sizes = dict(_SIZES, hidden_size=256, intermediate_size=128)
+    assert bf16 > 0
+    assert fusedmoe.workspace_size(**_SIZES, local_expert_offset=4, local_num_experts=4) > 0
+    assert (fusedmoe.workspace_size(**fp8_sizes, weights_dtype=torch.float8_e4m3fn)
+            > fusedmoe.workspace_size(**fp8_sizes))
+
+
+def test_reserve_workspace_sizes_fp8_calls(monkeypatch):
+    # No GPU here: the allocation is recorded instead of made (the device is only named).
+    drawn = []
+    monkeypatch.setattr(fusedmoe._ops, "call_scratch", lambda device, size: drawn.append((device, size)))
+    sizes = (32, 256, 128, E, 2, 2, 4)
+    fp8_bytes = fusedmoe.workspace_size(*sizes, weights_dtype=torch.float8_e4m3fn)
+    bf16_bytes = fusedmoe.workspace_size(*sizes)
+    assert fp8_bytes > bf16_bytes
+    assert fusedmoe.reserve_workspace(*sizes, "cuda:0", weights_dtype=torch.float8_e4m3fn) == fp8_bytes
+    assert fusedmoe.reserve_workspace(*sizes, "cuda:0") == bf16_bytes
+    assert drawn == [(torch.device("cuda", 0), fp8_bytes), (torch.device("cuda", 0), bf16_bytes)]
+    with pytest.raises(ValueError, match="^weights_dtype: expected"):
+        fusedmoe.reserve_workspace(*sizes, "cuda:0", weights_dtype=torch.float16)
+    assert len(drawn) == 2, "a rejected call drew scratch"
+
+
+def test_expert_parallel_reserve_workspace_sizes_fp8_weights(monkeypatch):
+    # ExpertParallelMoE.reserve_workspace passes its weights' dtype: an FP8 layer (attributes set
+    # as the constructor sets them; its collectives are tested in test_distributed.py) reserves
+    # what its FP8 calls need. No GPU: the allocation is recorded.
+    from fusedmoe import distributed as fdist
+
+    drawn = []
+    monkeypatch.setattr(fusedmoe._ops, "call_scratch", lambda device, size: drawn.append(size))
+    layer = object.__new__(fdist.ExpertParallelMoE)
+    layer.device, layer.world_size, layer.mode = torch.device("cuda", 0), 2, "allgather"
+    layer.hidden_size, layer.intermediate_size, layer.num_experts, layer.top_k = 256, 128, E, 2
+    layer.local_expert_offset, layer.local_num_experts = 4, 4
+    for dtype in (torch.float8_e4m3fn, torch.bfloat16):
+        layer.gemm1_weights = torch.empty(4, 256, 256, dtype=dtype)
+        expected = fusedmoe.workspace_size(2 * 16, 256, 128, E, 2, 4, 4, weights_dtype=dtype)
+        assert layer.reserve_workspace(16) == expected and drawn[-1] == expected
+    assert drawn[0] > drawn[1]
+
+
+# ---- options of the entry points: enable_pdl, routed_scaling_factor, weight_layout ----------------
+def _spy_launch(monkeypatch):
+    """Records the enable_pdl value each call hands to the C++ layer."""
+    seen = []
+    original = fusedmoe._ops._launch
+
+    def spy(*args):
+        seen.append(args[25])  # _launch's enable_pdl
+        return original(*args)
+
+    monkeypatch.setattr(fusedmoe._ops, "_launch", spy)
+    return seen
+
+
+def test_enable_pdl_none_means_true_on_every_entry_point(monkeypatch, generator):
+    problem = make(5, 0, generator)
+    ids = torch.stack([torch.randperm(E, generator=generator)[:4] for _ in range(5)]).to(torch.int32)
+    weights = torch.rand(5, 4, generator=generator).to(torch.bfloat16)
+    # The FP8 variant: 8 experts, H 256, I 128, K 2.
+    w1, s1 = fusedmoe.fp8.quantize_fp8_weights(torch.randn(8, 256, 256, generator=generator) / 16)
+    w2, s2 = fusedmoe.fp8.quantize_fp8_weights(torch.randn(8, 256, 128, generator=generator) / 11)
+    x = torch.randn(5, 256, generator=generator).to(torch.bfloat16)
+    logits = torch.randn(5, 8, generator=generator)
+    fp8_ids = torch.stack([torch.randperm(8, generator=generator)[:2] for _ in range(5)]).to(torch.int32)
+    fp8_weights = weights[:, :2].contiguous()
+    calls = {
+        "bf16": lambda pdl: run_logits(problem, 0, enable_pdl=pdl),
+        "bf16_routed": lambda pdl: run_routed(problem, (ids, weights), enable_pdl=pdl),
+        "fp8": lambda pdl: fusedmoe.trtllm_fp8_block_scale_moe(
+            logits, None, x, None, w1, s1, w2, s2, 8, 2, None, None, 128, 0, 8, None, enable_pdl=pdl),
+        "fp8_routed": lambda pdl: fusedmoe.trtllm_fp8_block_scale_routed_moe(
+            (fp8_ids, fp8_weights), None, x, None, w1, s1, w2, s2, 8, 2, None,
+            None, 128, 0, 8, None, enable_pdl=pdl),
+    }
+    seen = _spy_launch(monkeypatch)
+    for name, call in calls.items():
+        outputs = [call(pdl) for pdl in (None, True, False)]
+        assert seen[-3:] == [True, True, False], name
+        assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2]), name
+        for bad in ("yes", 1, 0.0):
+            with pytest.raises(TypeError, match="^enable_pdl: expected a bool or None, got "):
+                call(bad)
+        assert len(seen) == 3 * (list(calls).index(name) + 1), f"{name}: a rejected call ran"
+
+
+@pytest.mark.parametrize("value,error,message", [
+    ("2.5", TypeError, "^routed_scaling_factor: expected a float or None, got str"),
+    ("abc", TypeError, "^routed_scaling_factor: expected a float or None, got str"),
+    (True, TypeError, "^routed_scaling_factor: expected a float or None, got bool"),
+    (torch.tensor(2.5), TypeError, "^routed_scaling_factor: expected a float or None, got Tensor"),
+])
+def test_routed_scaling_factor_must_be_a_number(value, error, message, generator):
+    problem = make(5, 2, generator)
+    output = poison(torch.empty(5, H, dtype=torch.bfloat16))
+    with pytest.raises(error, match=message):
+        _deepseek_call(problem, value, output=output)
+    assert output.isnan().all(), "a rejected call wrote its output"
+
+
+def test_routed_scaling_factor_int_is_its_float(generator):
+    problem = make(5, 2, generator)
+    assert torch.equal(_deepseek_call(problem, 2), _deepseek_call(problem, 2.0))
+    assert not torch.equal(_deepseek_call(problem, 2), _deepseek_call(problem, 1.0))
+
+
+def _deepseek_call(problem, routed_scaling_factor, **kwargs):
+    routing = routing_kwargs(2)
+    return fusedmoe.trtllm_bf16_moe(
+        problem.routing_logits, problem.routing_bias, problem.hidden_states, problem.gemm1_weights,
+        problem.gemm2_weights, E, problem.top_k, routing["n_group"], routing["topk_group"], I, 0, E,
+        routed_scaling_factor=routed_scaling_factor, routing_method_type=2, **kwargs)
+
+
+@pytest.mark.parametrize("value,error,message", [
+    (None, TypeError, "^weight_layout: expected an int or WeightLayout, got NoneType"),
+    ("0", TypeError, "^weight_layout: expected an int or WeightLayout, got str"),
+    (1.0, TypeError, "^weight_layout: expected an int or WeightLayout, got float"),
+    (2, ValueError, r"^weight_layout: expected WeightLayout.Canonical \(0\), got 2"),
+])
+def test_weight_layout_errors_name_it(value, error, message, generator):
+    problem = make(5, 0, generator)
+    with pytest.raises(error, match=message):
+        run_logits(problem, 0, weight_layout=value)
+    with pytest.raises(error, match=message):
+        fusedmoe.prepare_weights(problem.gemm1_weights, problem.gemm2_weights, value)

@@ -254,6 +254,27 @@ def test_prepare_fp8_weights_errors(generator):
         fp8.quantize_fp8_activations(torch.zeros(2, 136, dtype=torch.bfloat16))
 
 
+@pytest.mark.parametrize("n,k,message", [
+    (136, 256, r"^weights: expected dim 1 a positive multiple of 128 \(FP8 blocks\), got 136"),
+    (256, 200, r"^weights: expected dim 2 a positive multiple of 128 \(FP8 blocks\), got 200"),
+    (0, 128, r"^weights: expected dim 1 a positive multiple of 128"),
+])
+def test_dequantize_fp8_weights_names_sizes_off_the_block(n, k, message, generator):
+    codes = torch.randn(2, n, k, generator=generator).to(FP8)
+    scales = torch.rand(2, max(n // 128, 1), max(k // 128, 1), generator=generator)
+    with pytest.raises(ValueError, match=message):
+        fp8.dequantize_fp8_weights(codes, scales)
+
+
+def test_dequantize_fp8_weights_inverts_the_quantiser(generator):
+    weights = torch.randn(2, 256, 384, generator=generator)
+    codes, scales = fp8.quantize_fp8_weights(weights)
+    back = fp8.dequantize_fp8_weights(codes, scales)
+    blocks = codes.float().view(2, 2, 128, 3, 128) * scales[:, :, None, :, None]
+    assert torch.equal(back, blocks.view(2, 256, 384))
+    assert (back - weights).abs().max() <= scales.max() * 32  # e4m3: 3 mantissa bits
+
+
 # ---- errors of the operator ---------------------------------------------------------------------------
 def _fp8_call(generator, **overrides):
     x, logits, w1, s1, w2, s2 = make_fp8_problem(generator)
