@@ -424,6 +424,39 @@ def test_convert_in_place_transposed_interleaved_with_biases_round_trips(generat
         assert torch.equal(param, original[name]), name
 
 
+@pytest.mark.parametrize("defect,error,message", [
+    ("strided", ValueError, r"^convert_in_place: Qwen3MoeExperts\.down_proj is not contiguous"),
+    ("float16", TypeError, r"^convert_in_place: Qwen3MoeExperts\.down_proj is torch\.float16, expected bfloat16"),
+])
+def test_convert_in_place_checks_every_module_before_rewriting_any(defect, error, message, generator):
+    # The last experts module's down_proj cannot be rewritten: that is found before anything is
+    # written, so every parameter and cached conversion of the model stays as it was.
+    model = tiny_model("qwen3_moe", generator, "fusedmoe")
+    tokens = torch.randint(3, VOCAB, (2, 7), generator=generator)
+    with torch.no_grad():
+        cached = model(tokens).logits  # converts (and caches) every module
+    experts = fusedmoe_hf.fusedmoe_experts_modules(model)
+    assert len(experts) == 2
+    down = experts[-1].down_proj.detach().clone()
+    if defect == "strided":  # the same values, column-major per expert
+        experts[-1].down_proj.data = down.transpose(1, 2).contiguous().transpose(1, 2)
+    else:
+        experts[-1].down_proj.data = down.to(torch.float16)
+    original = [{n: p.detach().clone() for n, p in e.named_parameters()} for e in experts]
+    states = [e._fusedmoe_state for e in experts]
+    with pytest.raises(error, match=message):
+        fusedmoe_hf.convert_in_place(model)
+    for e, params, state in zip(experts, original, states):
+        for name, param in e.named_parameters():
+            assert param.dtype == params[name].dtype and torch.equal(param, params[name]), name
+        assert e._fusedmoe_state is state and not state.in_place
+    experts[-1].down_proj.data = down
+    assert fusedmoe_hf.convert_in_place(model) == 2
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, cached)
+    assert fusedmoe_hf.restore_layout(model) == 2
+
+
 # ---- torch.compile and CUDA graphs ---------------------------------------------------------------
 def test_torch_compile_fullgraph_after_prepare(generator):
     torch._dynamo.reset()

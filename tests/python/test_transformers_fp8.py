@@ -129,6 +129,77 @@ def test_what_fusedmoe_does_not_take_falls_back_with_a_warning(generator, monkey
     assert calls == ["TestFP8Experts"] * 2
 
 
+def test_scales_not_in_fp32_fall_back_whichever_tensor(generator, monkeypatch):
+    # Every weight and scale tensor is checked, not only gemm1's: a bf16 down_proj_scale_inv
+    # (or gate_up_proj_scale_inv) falls back with a warning, as documented.
+    calls = []
+
+    def grouped_mm(module, hidden_states, top_k_index, top_k_weights):
+        calls.append(type(module).__name__)
+        return torch.zeros_like(hidden_states)
+
+    monkeypatch.setitem(finegrained_fp8.ALL_FP8_EXPERTS_FUNCTIONS._global_mapping, "grouped_mm", grouped_mm)
+    monkeypatch.setattr(fusedmoe_hf, "_WARNED", set())
+    x = torch.randn(T, H, generator=generator).to(torch.bfloat16)
+    ids, weights = routing(generator)
+    for name, reason in (("down_proj_scale_inv", "scales float32 and bfloat16"),
+                         ("gate_up_proj_scale_inv", "scales bfloat16 and float32")):
+        module = fp8_experts(generator)
+        setattr(module, name, torch.nn.Parameter(getattr(module, name).detach().to(torch.bfloat16),
+                                                 requires_grad=False))
+        with pytest.warns(RuntimeWarning, match=f"weights float8_e4m3fn and float8_e4m3fn with {reason}"):
+            with torch.no_grad():
+                module(x, ids, weights)
+        assert fusedmoe_hf.prepare(module) == 0, "prepared a module whose forward falls back"
+        assert getattr(module, "_fusedmoe_fp8_state", None) is None
+    assert calls == ["TestFP8Experts"] * 2
+
+
+def test_prepare_converts_fp8_experts_and_refresh_rebuilds_them(generator):
+    module = fp8_experts(generator)
+    assert fusedmoe_hf.prepare(module) == 1
+    state = module._fusedmoe_fp8_state
+    assert state is not None and fusedmoe_hf.prepare(module) == 1
+    assert module._fusedmoe_fp8_state is state, "converted again without a weight change"
+    x = torch.randn(T, H, generator=generator).to(torch.bfloat16)
+    ids, weights = routing(generator)
+    first = check_against_the_fp8_model(module, x, ids, weights, ref.Mlp(3), generator.initial_seed())
+    assert module._fusedmoe_fp8_state is state
+    with torch.no_grad():
+        module.down_proj_scale_inv.data.mul_(2.0)  # through .data: invisible to the cache...
+        assert torch.equal(module(x, ids, weights.to(torch.bfloat16)), first)
+    assert fusedmoe_hf.prepare(module, refresh=True) == 1  # ...until refresh
+    assert module._fusedmoe_fp8_state is not state
+    second = check_against_the_fp8_model(module, x, ids, weights, ref.Mlp(3), generator.initial_seed())
+    assert not torch.equal(first, second)
+
+
+def test_refresh_drops_the_fp8_cache_of_modules_switched_away(generator):
+    module = fp8_experts(generator)
+    assert fusedmoe_hf.prepare(module) == 1
+    module.config._experts_implementation = "grouped_mm"
+    assert fusedmoe_hf.prepare(module, refresh=True) == 0
+    assert module._fusedmoe_fp8_state is None
+
+
+def test_torch_compile_needs_prepare_then_matches_eager(generator):
+    torch._dynamo.reset()
+    module = fp8_experts(generator)
+    x = torch.randn(T, H, generator=generator).to(torch.bfloat16)
+    ids, weights = routing(generator)
+    weights = weights.to(torch.bfloat16)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"TestFP8Experts has no converted weights.*prepare\(model\)"):
+        compiled(x, ids, weights)
+    assert getattr(module, "_fusedmoe_fp8_state", None) is None, "converted inside the trace"
+    assert fusedmoe_hf.prepare(module) == 1
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = module(x, ids, weights)
+        assert torch.equal(compiled(x, ids, weights), eager)
+    check_against_the_fp8_model(module, x, ids, weights.float(), ref.Mlp(3), generator.initial_seed())
+
+
 @requires_hopper
 def test_gpu_matches_the_fp8_model_and_transformers_own_fp8_experts(generator):
     # The same module on the GPU: "fusedmoe" against the float64 FP8 model by the GPU's rule

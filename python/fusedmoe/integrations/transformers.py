@@ -516,12 +516,15 @@ def _prepared_state(module) -> _State:
         return _current_state(module)
     state = getattr(module, _STATE, None)
     if state is None:
-        raise RuntimeError(
-            f"experts_implementation='fusedmoe': {type(module).__name__} has no converted weights "
-            "inside torch.compile; run one eager forward or call "
-            "fusedmoe.integrations.transformers.prepare(model) before compiling"
-        )
+        raise RuntimeError(_NOT_PREPARED.format(name=type(module).__name__))
     return state
+
+
+_NOT_PREPARED = (
+    "experts_implementation='fusedmoe': {name} has no converted weights inside torch.compile; "
+    "run one eager forward or call fusedmoe.integrations.transformers.prepare(model) before "
+    "compiling"
+)
 
 
 def _flat_call(hidden_states, top_k_index, top_k_weights, hidden_size):
@@ -632,13 +635,34 @@ def _fp8_sources(module):
     return tuple(getattr(module, n, None) for n in names)
 
 
+def _is_fp8_experts(module) -> bool:
+    """An experts module of transformers' FP8 experts registry (``FP8Experts`` of FineGrainedFP8
+    checkpoints): gemm1 with a ``*_scale_inv`` tensor beside it, dispatched by its config."""
+    gemm1 = "gate_up_proj" if getattr(module, "has_gate", True) else "up_proj"
+    return (isinstance(getattr(module, gemm1 + "_scale_inv", None), torch.Tensor)
+            and hasattr(getattr(module, "config", None), "_experts_implementation")
+            and hasattr(type(module).forward, "__wrapped__"))
+
+
 def _fp8_fallback_reason(module, hidden_states, top_k_weights) -> Optional[str]:
     """Why this FP8Experts call cannot run in fusedmoe (None when it can)."""
-    gemm1, scale1, gemm2, scale2 = _fp8_sources(module)
     if hidden_states.device.type not in ("cpu", "cuda"):
         return f"device {hidden_states.device.type}"
     if hidden_states.dtype != torch.bfloat16:
         return f"dtype {str(hidden_states.dtype).replace('torch.', '')} (fusedmoe computes in bfloat16)"
+    reason = _fp8_module_fallback_reason(module)
+    if reason is not None:
+        return reason
+    if torch.is_grad_enabled() and (hidden_states.requires_grad or
+                                    (top_k_weights is not None and top_k_weights.requires_grad)):
+        return "autograd (fusedmoe has no backward)"
+    return None
+
+
+def _fp8_module_fallback_reason(module) -> Optional[str]:
+    """Why no call of this FP8Experts module can run in fusedmoe, whatever its input (None when
+    its weights, scales and options are ones fusedmoe's FP8 variant takes)."""
+    gemm1, scale1, gemm2, scale2 = _fp8_sources(module)
     if getattr(module, "activation_scheme", "dynamic") != "dynamic":
         return "static activation scales (fusedmoe quantises activations per token and 128-group)"
     block = getattr(module, "block_size", None)
@@ -646,13 +670,13 @@ def _fp8_fallback_reason(module, hidden_states, top_k_weights) -> Optional[str]:
         return f"block size {block} (fusedmoe's FP8 blocks are 128 x 128)"
     if any(t is None for t in (gemm1, scale1, gemm2, scale2)):
         return "missing weights or scales"
-    if gemm1.dtype != torch.float8_e4m3fn or scale1.dtype != torch.float32:
-        return f"weights {gemm1.dtype} with scales {scale1.dtype} (fusedmoe takes e4m3 with fp32 scales)"
+    if any(w.dtype != torch.float8_e4m3fn for w in (gemm1, gemm2)) or any(
+            s.dtype != torch.float32 for s in (scale1, scale2)):
+        names = lambda *ts: " and ".join(str(t.dtype).replace("torch.", "") for t in ts)  # noqa: E731
+        return (f"weights {names(gemm1, gemm2)} with scales {names(scale1, scale2)} (fusedmoe "
+                "takes float8_e4m3fn weights with float32 scales)")
     if getattr(module, "has_bias", False):
         return "expert biases"
-    if torch.is_grad_enabled() and (hidden_states.requires_grad or
-                                    (top_k_weights is not None and top_k_weights.requires_grad)):
-        return "autograd (fusedmoe has no backward)"
     return None
 
 
@@ -676,9 +700,20 @@ def _fp8_state(module) -> _Fp8State:
         # Own copies: the cache must not change when a parameter is later modified in place.
         operands = tuple(c.clone() if c.data_ptr() == src.data_ptr() else c
                          for c, src in zip(operands, sources))
-    state = _Fp8State(spec, sizes, operands, _swiglu_constants(spec, sizes[0], gemm1.device),
-                      _source_key(sources))
+    constants = _swiglu_constants(spec, sizes[0], gemm1.device)
+    _mark_static(*operands, *(constants or ()))
+    state = _Fp8State(spec, sizes, operands, constants, _source_key(sources))
     setattr(module, _FP8_STATE, state)
+    return state
+
+
+def _prepared_fp8_state(module) -> _Fp8State:
+    """The FP8 state to compute with: (re)built eagerly; read as is inside torch.compile."""
+    if not torch.compiler.is_compiling():
+        return _fp8_state(module)
+    state = getattr(module, _FP8_STATE, None)
+    if state is None:
+        raise RuntimeError(_NOT_PREPARED.format(name=type(module).__name__))
     return state
 
 
@@ -691,7 +726,9 @@ def fusedmoe_fp8_experts_forward(self, hidden_states: torch.Tensor, top_k_index:
     Falls back, with one warning per module class and reason, to transformers' own FP8
     ``"grouped_mm"`` experts for what fusedmoe's FP8 variant does not take (static activation
     scales, other block sizes or scale formats, biases, autograd);
-    raises ``UnsupportedExperts`` for a gating fusedmoe does not compute.
+    raises ``UnsupportedExperts`` for a gating fusedmoe does not compute. Inside ``torch.compile``
+    the converted weights must exist already (``prepare(model)`` or one eager forward), else a
+    ``RuntimeError`` says so.
     """
     reason = _fp8_fallback_reason(self, hidden_states, top_k_weights)
     if reason is not None:
@@ -701,7 +738,7 @@ def fusedmoe_fp8_experts_forward(self, hidden_states: torch.Tensor, top_k_index:
 
         return finegrained_fp8.ALL_FP8_EXPERTS_FUNCTIONS["grouped_mm"](
             self, hidden_states, top_k_index, top_k_weights)
-    state = _fp8_state(self)
+    state = _prepared_fp8_state(self)
     num_experts, intermediate_size, hidden_size = state.sizes
     x, ids, weights = _flat_call(hidden_states, top_k_index, top_k_weights, hidden_size)
     w1, s1, w2, s2 = state.operands
@@ -792,17 +829,26 @@ def fusedmoe_experts_modules(model: torch.nn.Module):
 
 def prepare(model: torch.nn.Module, *, refresh: bool = False) -> int:
     """Converts the weights of every fusedmoe experts module of ``model`` now (else: at its first
-    forward). Call it before ``torch.compile`` or CUDA-graph capture, to fail early on an
-    unsupported module, or with ``refresh=True`` after changing weights through ``param.data``
-    (which drops every cached copy in ``model``, selected now or not). Modules whose weights are
-    not bf16 are skipped (their forward falls back). Returns the number of modules prepared."""
+    forward), FP8 experts (``FP8Experts``) included. Call it before ``torch.compile`` or
+    CUDA-graph capture, to fail early on an unsupported module, or with ``refresh=True`` after
+    changing weights through ``param.data`` (which drops every cached copy in ``model``, bf16 and
+    FP8, selected now or not). Modules whose forward falls back whatever the input (bf16 experts
+    whose weights are not bf16; FP8 experts with static activation scales, other block sizes or
+    scale dtypes, biases) are skipped. Returns the number of modules prepared."""
     if refresh:  # every cached copy, also of modules switched to another implementation for now
         for module in model.modules():
             state = getattr(module, _STATE, None)
             if state is not None and not state.in_place:
                 setattr(module, _STATE, None)
+            if getattr(module, _FP8_STATE, None) is not None:
+                setattr(module, _FP8_STATE, None)
     count = 0
     for module in fusedmoe_experts_modules(model):
+        if _is_fp8_experts(module):  # transformers' FP8 experts registry: fusedmoe's FP8 variant
+            if _fp8_module_fallback_reason(module) is None:
+                _fp8_state(module)
+                count += 1
+            continue
         state = getattr(module, _STATE, None)
         if state is not None and state.in_place:
             count += 1
@@ -827,6 +873,38 @@ def _rewrite_per_expert(param: torch.Tensor, convert, new_shape) -> None:
     param.data = flat.view(new_shape)
 
 
+def _in_place_plan(module):
+    """(spec, parameter names, sizes) of a module ``convert_in_place`` may rewrite; raises, before
+    anything is written, for weights it cannot rewrite (dtype, layout, sizes, device)."""
+    spec = experts_spec(module)
+    names = _source_names(module, spec)
+    gemm1_name, _, gemm2_name, _ = names
+    gemm1, gemm2 = getattr(module, gemm1_name), getattr(module, gemm2_name)
+    for name, tensor in ((gemm1_name, gemm1), (gemm2_name, gemm2)):
+        if tensor.dtype != torch.bfloat16:
+            raise TypeError(
+                f"convert_in_place: {type(module).__name__}.{name} is {tensor.dtype}, expected bfloat16")
+        if not tensor.data.is_contiguous():
+            raise ValueError(
+                f"convert_in_place: {type(module).__name__}.{name} is not contiguous (strides "
+                f"{tuple(tensor.stride())}), expected contiguous expert weights")
+        if tensor.device != gemm1.device:
+            raise ValueError(
+                f"convert_in_place: {type(module).__name__}.{name} is on {tensor.device}, "
+                f"expected {gemm1.device} (that of {gemm1_name})")
+    sizes = _layouts.gemm1_dims(gemm1, spec.transposed, spec.gated)
+    num_experts, intermediate_size, hidden_size = sizes
+    gemm2_shape = ((num_experts, intermediate_size, hidden_size) if spec.transposed
+                   else (num_experts, hidden_size, intermediate_size))
+    if tuple(gemm2.shape) != gemm2_shape:
+        raise ValueError(
+            f"convert_in_place: {type(module).__name__}.{gemm2_name} has shape {tuple(gemm2.shape)}, "
+            f"expected {gemm2_shape} (from {gemm1_name} {tuple(gemm1.shape)})")
+    _check_sizes(module, sizes)
+    _check_device(gemm1.device)
+    return spec, names, sizes
+
+
 def convert_in_place(model: torch.nn.Module) -> int:
     """Rewrites the parameters of every fusedmoe experts module of ``model`` into fusedmoe's layout,
     keeping ONE copy of the experts (the default cache keeps two). Returns the modules converted.
@@ -834,26 +912,25 @@ def convert_in_place(model: torch.nn.Module) -> int:
     Trade-off: afterwards those modules compute only with fusedmoe. A call that would fall back
     (autograd, a non-bf16 input) raises instead; switching ``experts_implementation`` away, saving
     the model or loading a transformers checkpoint into it reads the parameters in the wrong layout
-    until ``restore_layout(model)``. The weights must be bf16 and contiguous.
+    until ``restore_layout(model)``. The weights must be bf16 and contiguous. Every module is
+    checked before any is rewritten: when one is rejected (TypeError, ValueError,
+    UnsupportedExperts, RuntimeError), no parameter of ``model`` has changed.
+    FP8 experts (``FP8Experts``) cannot be converted in place (a TypeError, before any rewrite).
     """
+    # Every module is checked before any parameter is rewritten: a rejected call changes nothing.
+    plans = []
     count = 0
     for module in fusedmoe_experts_modules(model):
         state = getattr(module, _STATE, None)
         if state is not None and state.in_place:
             count += 1
             continue
+        plans.append((module, _in_place_plan(module)))
+    for module, (spec, names, sizes) in plans:
         setattr(module, _STATE, None)  # drop a cached copy first
-        spec = experts_spec(module)
-        gemm1_name, bias1_name, gemm2_name, bias2_name = _source_names(module, spec)
+        gemm1_name, bias1_name, gemm2_name, _ = names
         gemm1, gemm2 = getattr(module, gemm1_name), getattr(module, gemm2_name)
-        for name, tensor in ((gemm1_name, gemm1), (gemm2_name, gemm2)):
-            if tensor.dtype != torch.bfloat16:
-                raise TypeError(
-                    f"convert_in_place: {type(module).__name__}.{name} is {tensor.dtype}, expected bfloat16")
-        num_experts, intermediate_size, hidden_size = _layouts.gemm1_dims(gemm1, spec.transposed, spec.gated)
-        sizes = (num_experts, intermediate_size, hidden_size)
-        _check_sizes(module, sizes)
-        _check_device(gemm1.device)
+        num_experts, intermediate_size, hidden_size = sizes
         rows = 2 * intermediate_size if spec.gated else intermediate_size
         with torch.no_grad():
             _rewrite_per_expert(
