@@ -197,10 +197,15 @@ def max_abs(a, b) -> float:
 def assert_bf16_close(ours, bf16_ref, ref, what: str, seed: int) -> None:
     """The bf16 rule of the tests: max|ours - ref| <= 2 * max|bf16_ref - ref| + atol, where ``ref``
     is the fp32 computation on the same bf16 inputs and ``bf16_ref`` the model's own bf16
-    implementation; atol = one bf16 spacing at the largest |ref|."""
+    implementation; atol = two bf16 spacings at the largest |ref|. Two, because the operator
+    rounds each expert's row to bf16 before the weighted sum over the K experts and then rounds
+    the sum: up to about two spacings at the largest output even where the model's own bf16 path
+    rounds less (one spacing failed once in about 1200 fresh seeds, at 1.9 spacings, on an
+    experts class whose own error was a third of one). A wrong expert, weight, bias or layout
+    moves outputs by O(max|ref|), far past this."""
     assert torch.isfinite(ours).all(), f"{what}: non-finite output (seed {seed})"
     err, ref_err = max_abs(ours, ref), max_abs(bf16_ref, ref)
-    atol = BF16_EPS * (ref.abs().max().item() if ref.numel() else 0.0)
+    atol = 2 * BF16_EPS * (ref.abs().max().item() if ref.numel() else 0.0)
     assert err <= 2 * ref_err + atol, (
         f"{what}: max|fusedmoe - fp32| = {err:.4g} > 2 * {ref_err:.4g} (bf16 model's own error) + {atol:.3g} "
         f"(seed {seed})"
