@@ -14,6 +14,7 @@ order and defaults (FlashInfer 0.7's Python API: through ``activation_type``,
 * packed ids are decoded with SPEC's masked encoding (see ``pack_topk``).
 """
 
+import contextlib
 import enum
 from typing import List, Optional, Tuple, Union
 
@@ -272,7 +273,9 @@ def validate_routing(topk_ids, num_experts: int) -> Optional[Tuple[int, int]]:
     _checks.check_int("num_experts", num_experts, 1, _checks.MAX_NUM_EXPERTS)
     on_gpu = ids.device.type == "cuda"
     stream = torch.cuda.current_stream(ids.device).cuda_stream if on_gpu else 0
-    slot, bad_id = _ext.validate_routing(ids, num_experts, packed, on_gpu, stream)
+    # The kernel launches on the current device: that of the ids and of their stream.
+    with torch.cuda.device(ids.device) if on_gpu else contextlib.nullcontext():
+        slot, bad_id = _ext.validate_routing(ids, num_experts, packed, on_gpu, stream)
     return None if slot < 0 else (int(slot), int(bad_id))
 
 

@@ -64,7 +64,8 @@ struct RoutingOutputs {
   int16_t* routing_replay_out = nullptr;  // optional [T, K]
 };
 
-// Routing from logits: one warp per token, top-K by repeated warp argmax (sm90_route.cuh).
+// Routing from logits: one block per token up to heuristics::kBlockRouteMaxTokens tokens, else
+// one warp per token; top-K by repeated argmax, the same bits either way (sm90_route.cuh).
 cudaError_t launch_route(const MoeShape& shape, const LogitsRouting& logits,
                          const RoutingOutputs& out, bool enable_pdl, cudaStream_t stream);
 
