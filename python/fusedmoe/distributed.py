@@ -10,7 +10,8 @@ move the tokens, one interface:
   the operator on all of them with its expert window (``do_finalize=False``), reduces its experts'
   unweighted outputs to an fp32 partial sum per token, and an ordered reduce-scatter (an
   all-to-all of the fp32 partials, summed in rank order) returns each rank its tokens' outputs.
-  No host synchronisation when ``num_tokens_per_rank`` is given: capturable in a CUDA graph.
+  No host synchronisation when ``num_tokens_per_rank`` is given and was checked across ranks by
+  an earlier call with the same list (the first call checks it): capturable in a CUDA graph.
 * ``mode="alltoall"``: each rank routes its own tokens, sends each token once to every rank that
   holds one of its experts (``all_to_all_single`` with per-rank counts), the owner runs the routed
   operator on what it received (``do_finalize=False``) and sends back one unweighted output row
@@ -44,8 +45,9 @@ from . import _checks, api, fp8
 
 MODES = ("allgather", "alltoall")
 
-# Backends the layer runs over, per device type (tested: gloo on CPU; NCCL on GPUs, where gloo
-# would stage every transfer through host memory).
+# Backends the layer runs over, per device type: gloo on CPU (tested in CI), NCCL on GPUs (gloo
+# would stage every transfer through host memory). The NCCL path is written and has GPU tests,
+# but has not run yet (docs/distributed.md, its status paragraph).
 _BACKENDS_FOR_DEVICE = {"cpu": ("gloo",), "cuda": ("nccl",)}
 
 # Routing-input kinds, as exchanged between ranks to check that they all pass the same kind.
@@ -57,6 +59,10 @@ _KIND_NAMES = {
     4: "(topk_ids, fp32 weights)",
 }
 
+# The most (num_tokens_per_rank, routing kind) pairs a layer remembers as checked (then it forgets
+# them all, on every rank alike, and checks again as they come).
+_MAX_CHECKED_COUNTS = 1024
+
 # The routing-only call of the all-to-all mode computes a 1-expert MLP of this intermediate size
 # (the smallest the operator accepts) on zero weights: its routing is the operator's own.
 _ROUTING_PROBE_INTERMEDIATE = _checks.SIZE_MULTIPLE
@@ -65,9 +71,9 @@ _ROUTING_PROBE_INTERMEDIATE = _checks.SIZE_MULTIPLE
 class CollectiveRecord(NamedTuple):
     """One collective of a call, as ``ExpertParallelMoE.collective_log`` records it.
 
-    ``start``/``end`` are ``torch.cuda.Event`` (timing enabled, recorded on the current stream
-    around the collective) for CUDA tensors, ``time.perf_counter()`` seconds for CPU tensors.
-    Bytes count only what crosses between ranks (a rank's own chunk stays local).
+    ``start``/``end`` are ``torch.cuda.Event`` (timing enabled, recorded on the current stream of
+    the layer's device around the collective) for CUDA tensors, ``time.perf_counter()`` seconds
+    for CPU tensors. Bytes count only what crosses between ranks (a rank's own chunk stays local).
     """
 
     name: str  # the step: gather_counts, dispatch_hidden, combine_outputs, ...
@@ -97,7 +103,10 @@ class ExpertParallelMoE:
         intermediate_size: I.
         mode: ``"allgather"`` or ``"alltoall"`` (module docstring; docs/distributed.md).
         routing_method_type, n_group, topk_group, routed_scaling_factor, routing_bias: as in
-            ``trtllm_bf16_moe``; used when a call passes ``routing_logits``.
+            ``trtllm_bf16_moe``; used when a call passes ``routing_logits``. routing_bias must be
+            bitwise the same on every rank (the constructor compares it); the layer keeps the
+            tensor by reference, so an in-place change after construction must be made on every
+            rank alike (nothing checks it again).
         expert_weights_dtype: as in ``trtllm_bf16_moe`` (logits routing only).
         activation_type: an ``ActivationType`` (default Swiglu). Non-gated ones (Gelu, Relu, Silu,
             Relu2) take gemm1_weights [E / W, intermediate_size, H].
@@ -125,8 +134,11 @@ class ExpertParallelMoE:
         TypeError, ValueError naming the argument: a wrong type, dtype, shape or device (a
         per-expert tensor with other than E / W experts in dim 0 included), E not a multiple of
         W, a group whose backend cannot move the weights' device, or ranks that disagree on any
-        configuration value (the activation, use_routing_scales_on_input, and which per-expert
-        tensors are given, with their dtypes, included).
+        configuration value (the activation, use_routing_scales_on_input, which per-expert
+        tensors are given, with their dtypes, and routing_bias's values included). Whatever a
+        rank raises after the group and backend checks (a RuntimeError included), every other
+        rank raises a ValueError naming the argument; the group and backend checks raise on
+        their rank only.
     """
 
     def __init__(
@@ -155,19 +167,29 @@ class ExpertParallelMoE:
         gemm1_weights_scale: Optional[torch.Tensor] = None,
         gemm2_weights_scale: Optional[torch.Tensor] = None,
     ):
-        # Without a usable group and device nothing can be exchanged: these raise at once.
+        # Without a usable group and device nothing can be exchanged: these raise at once, on this
+        # rank only. The device is the weights' (or, when gemm1_weights is not a tensor, one the
+        # group's backend moves, so that this rank can still tell the others it failed).
         self.group = _resolve_group(group)
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
-        if not isinstance(gemm1_weights, torch.Tensor):
-            raise TypeError(f"gemm1_weights: expected a torch.Tensor, got {type(gemm1_weights).__name__}")
-        self.device = gemm1_weights.device
+        weights_given = isinstance(gemm1_weights, torch.Tensor)
+        self.device = gemm1_weights.device if weights_given else _backend_device(self.group)
         _check_backend(self.group, self.device)
         self.collective_log: Optional[list] = None
         self._routing_probe_weights = None
+        # (num_tokens_per_rank, routing kind) pairs all ranks were seen to pass alike: the same
+        # set on every rank, since a pair is added only when every rank passed it.
+        self._checked_counts = set()
         # Everything else is checked locally, then every rank learns whether any rank failed, so
-        # that all of them raise instead of some waiting in a collective.
+        # that all of them raise instead of some waiting in a collective. Any exception counts (a
+        # RuntimeError of the routing call included): the others then raise a ValueError naming
+        # the argument, this rank its own exception.
         try:
+            if not weights_given:
+                raise TypeError(
+                    f"gemm1_weights: expected a torch.Tensor, got {type(gemm1_weights).__name__}"
+                )
             self._configure(
                 gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size, mode,
                 routing_method_type, n_group, topk_group, routed_scaling_factor, routing_bias,
@@ -177,9 +199,10 @@ class ExpertParallelMoE:
                 (gemm1_weights_scale, gemm2_weights_scale),
             )
             error = None
-        except (TypeError, ValueError) as raised:
+        except Exception as raised:  # noqa: BLE001 (reported to every rank, then re-raised)
             error = raised
         self._check_ranks_agree(error)
+        self._check_routing_bias_agrees()
 
     def _configure(self, gemm1_weights, gemm2_weights, num_experts, top_k, intermediate_size,
                    mode, routing_method_type, n_group, topk_group, routed_scaling_factor,
@@ -352,9 +375,13 @@ class ExpertParallelMoE:
                 or an ``(ids int32 [T, K], weights bf16|fp32 [T, K])`` tuple. Every rank must
                 pass the same kind of routing input with the same dtypes.
             num_tokens_per_rank: all-gather mode only: the token counts of all ranks (the same
-                list on every rank). Given, the call never synchronises the host and can be
-                captured in a CUDA graph; None, the counts are all-gathered (one host sync) and
-                the ranks' routing inputs are checked to agree.
+                list on every rank). None: the counts are all-gathered (one host sync) and the
+                ranks' routing inputs are checked to agree. Given: the first eager call with a
+                list (and kind of routing input) checks with one small all-gather (one host
+                sync) that every rank passed the same; later calls with a checked list
+                synchronise nothing and can be captured in a CUDA graph. A list not yet checked
+                raises inside CUDA graph capture or torch.compile: make one eager call with it
+                first (docs/distributed.md "CUDA graphs").
 
         Returns:
             [T, H] bf16: the sum over each token's K slots of weight * expert output, as the
@@ -362,10 +389,12 @@ class ExpertParallelMoE:
 
         Raises:
             TypeError, ValueError naming the argument. Where the call exchanges its counts through
-            the host (mode "alltoall", or "allgather" without ``num_tokens_per_rank``), a rank
-            whose arguments are rejected tells the others, and every rank raises; otherwise only
-            that rank raises and the others wait in their next collective until the group's
-            timeout.
+            the host (mode "alltoall", "allgather" without ``num_tokens_per_rank``, and the
+            layer's first call with ``num_tokens_per_rank``), a rank whose arguments are rejected
+            tells the others, and every rank raises; ranks passing different kinds of routing
+            input, or (first call with a list) different lists, raise on every rank. Otherwise
+            only the rejected rank raises and the others wait in their next collective until the
+            group's timeout.
         """
         try:
             x, logits, routed = self._check_call(hidden_states, routing_logits, topk_ids)
@@ -379,10 +408,12 @@ class ExpertParallelMoE:
             error = None
         except (TypeError, ValueError) as raised:
             if self.mode == "allgather" and num_tokens_per_rank is not None:
-                raise
+                self._check_static_counts(None, 0, raised)  # raises
             x = logits = routed = counts = None
             error = raised
         if self.mode == "allgather":
+            if counts is not None:
+                self._check_static_counts(counts, _routing_kind(logits, routed), None)
             return self._forward_allgather(x, logits, routed, counts, error)
         return self._forward_alltoall(x, logits, routed, error)
 
@@ -427,8 +458,9 @@ class ExpertParallelMoE:
         if routing_logits is not None:
             _checks.check_tensor(
                 "routing_logits", routing_logits, (torch.float32, torch.bfloat16),
-                (num_tokens, self.num_experts), device,
+                (num_tokens, self.num_experts),
             )
+            _check_device("routing_logits", routing_logits, device)
             return hidden_states, routing_logits, None
         if isinstance(topk_ids, (tuple, list)):
             if len(topk_ids) != 2:
@@ -436,13 +468,15 @@ class ExpertParallelMoE:
                     f"topk_ids: expected a packed tensor or an (ids, weights) pair, got {len(topk_ids)} items"
                 )
             ids, weights = topk_ids
-            _checks.check_tensor("topk_ids", ids, (torch.int32,), (num_tokens, self.top_k), device)
+            _checks.check_tensor("topk_ids", ids, (torch.int32,), (num_tokens, self.top_k))
+            _check_device("topk_ids", ids, device)
             _checks.check_tensor(
                 "topk_weights", weights, (torch.bfloat16, torch.float32), (num_tokens, self.top_k),
-                device,
             )
+            _check_device("topk_weights", weights, device)
             return hidden_states, None, (ids, weights)
-        _checks.check_tensor("topk_ids", topk_ids, (torch.int32,), (num_tokens, self.top_k), device)
+        _checks.check_tensor("topk_ids", topk_ids, (torch.int32,), (num_tokens, self.top_k))
+        _check_device("topk_ids", topk_ids, device)
         return hidden_states, None, (topk_ids, None)
 
     def _check_ranks_agree(self, error) -> None:
@@ -477,6 +511,78 @@ class ExpertParallelMoE:
             if len(set(column_values)) > 1:
                 shown = ", ".join(f"rank {r}: {_shown(name, v)}" for r, v in enumerate(column_values))
                 raise ValueError(f"{name}: expected the same value on every rank of the group, got {shown}")
+
+    def _check_routing_bias_agrees(self) -> None:
+        """routing_bias (when given; the ranks agree on that and on its dtype by now) bitwise the
+        same on every rank: one all-gather of its bits. In the all-gather mode every rank routes
+        every token with its own bias, so differing values would route a token differently on
+        different ranks and give a wrong output without any error."""
+        bias = self.routing_bias
+        if bias is None:
+            return
+        bits = bias.view(torch.int16 if bias.dtype == torch.bfloat16 else torch.int32)
+        mine = bits.to(torch.int64)
+        table = mine.new_empty(self.world_size * mine.numel())
+        dist.all_gather_into_tensor(table, mine, group=self.group)
+        rows = table.view(self.world_size, -1)
+        differs = (rows != rows[0]).any(dim=1).tolist()
+        if not any(differs):
+            return
+        rank = differs.index(True)
+        expert = int((rows[rank] != rows[0]).nonzero()[0, 0])
+        values = rows[:, expert].to(bits.dtype).view(bias.dtype).tolist()
+        others = ", ".join(str(r) for r, d in enumerate(differs) if d)
+        raise ValueError(
+            f"routing_bias: expected the same values (bitwise) on every rank of the group, got "
+            f"ranks {others} differing from rank 0 (first at expert {expert}: {values[0]} on rank "
+            f"0, {values[rank]} on rank {rank})"
+        )
+
+    def _check_static_counts(self, counts, kind: int, error) -> None:
+        """The all-gather mode's ``num_tokens_per_rank`` checked across ranks, once per (list,
+        routing kind): one all-gather of (failure, kind, list) on the first eager call with them,
+        then remembered, so that later calls run no extra collective. Raises on every rank that
+        checks if any rank failed or the lists or kinds differ; with ``error`` it always raises
+        (telling the others first when no list was checked yet, for then every rank checks).
+
+        Inside CUDA graph capture or torch.compile a list not yet checked raises (the check reads
+        its result on the host). A rank whose list was checked before does not check again, so
+        a rank passing a list it passed before while another passes a different one (or None)
+        is not caught (docs/distributed.md "Errors")."""
+        key = None if error is not None else (tuple(counts), kind)
+        if key is not None and key in self._checked_counts:
+            return
+        capturing = _capturing(self.device)
+        if error is not None and (self._checked_counts or capturing):
+            raise error  # the others check nothing now: telling them would be a stray collective
+        if capturing:
+            raise ValueError(
+                f"num_tokens_per_rank: {list(counts)} has not been checked across ranks yet (the "
+                f"first call with a list checks it, reading the result on the host); make one "
+                f"eager call with it before capturing a CUDA graph or compiling"
+            )
+        world = self.world_size
+        if error is None:
+            values = [0, kind] + list(counts)
+        else:
+            values = [_error_code(error), 0] + [0] * world
+        mine = torch.tensor(values, dtype=torch.int64, device=self.device)
+        table = mine.new_empty(world * len(values))
+        self._collective("check_counts", 0, 0, dist.all_gather_into_tensor, table, mine,
+                         group=self.group)
+        rows = table.view(world, len(values)).tolist()
+        _raise_if_any_failed(error, [row[0] for row in rows])
+        lists = [row[2:] for row in rows]
+        if any(other != lists[0] for other in lists):
+            shown = ", ".join(f"rank {r}: {c}" for r, c in enumerate(lists))
+            raise ValueError(
+                f"num_tokens_per_rank: expected the same list on every rank of the group, got "
+                f"{shown}"
+            )
+        _check_same_kind([row[1] for row in rows], kind)
+        if len(self._checked_counts) >= _MAX_CHECKED_COUNTS:
+            self._checked_counts.clear()  # on every rank alike: their sets are the same
+        self._checked_counts.add(key)
 
     # ---- all-gather / ordered reduce-scatter ---------------------------------------------------
     def _forward_allgather(self, x, logits, routed, counts, error):
@@ -531,11 +637,7 @@ class ExpertParallelMoE:
                          group=self.group)
         rows = table.view(self.world_size, 3).tolist()
         _raise_if_any_failed(error, [row[0] for row in rows])
-        kinds = [row[2] for row in rows]
-        if len(set(kinds)) > 1:
-            shown = ", ".join(f"rank {r}: {_KIND_NAMES[k]}" for r, k in enumerate(kinds))
-            name = "routing_logits" if logits is not None else "topk_ids"
-            raise ValueError(f"{name}: expected the same kind of routing input on every rank, got {shown}")
+        _check_same_kind([row[2] for row in rows], _routing_kind(logits, routed))
         return [row[1] for row in rows]
 
     def _gather_hidden(self, x, counts):
@@ -575,24 +677,27 @@ class ExpertParallelMoE:
     def _forward_alltoall(self, x, logits, routed, error):
         world, top_k, hidden = self.world_size, self.top_k, self.hidden_size
         if error is not None:  # take part in the count exchange, telling the others, then raise
-            failed = torch.zeros((world, 3), dtype=torch.int64, device=self.device)
+            failed = torch.zeros((world, 4), dtype=torch.int64, device=self.device)
             failed[:, 2] = _error_code(error)
-            self._exchange_counts(failed, error)
+            self._exchange_counts(failed, error, 0)
         num_tokens = x.shape[0]
         ids, weights = self._route(x, logits) if logits is not None else _unpack(routed)
         ids = ids.to(torch.int64)
         valid = (ids >= 0) & (ids < self.num_experts)  # ids outside [0, E): nowhere, like the operator
         owner = torch.where(valid, ids // self.local_num_experts, world)  # [T, K], W = no rank
 
-        # Per destination rank: rows (tokens with >= 1 slot there) and slots. One host sync.
+        # Per destination rank: rows (tokens with >= 1 slot there), slots, and the routing kind
+        # (the dispatch's collectives depend on it: every rank must pass the same). One host sync.
         # (Comparisons, not scatter or bincount: nothing here is nondeterministic on CUDA.)
         on_rank = owner.unsqueeze(2) == torch.arange(world, device=x.device)  # [T, K, W]
         hit = on_rank.any(dim=1)  # [T, W]
+        kind = _routing_kind(logits, routed)
         counts = torch.stack([
             hit.sum(0), on_rank.sum((0, 1)),
             torch.zeros(world, dtype=torch.int64, device=x.device),  # no failure
-        ], dim=1)  # [W, 3] int64
-        send_rows, send_slots, recv_rows, recv_slots = self._exchange_counts(counts, None)
+            torch.full((world,), kind, dtype=torch.int64, device=x.device),
+        ], dim=1)  # [W, 4] int64
+        send_rows, send_slots, recv_rows, recv_slots = self._exchange_counts(counts, None, kind)
 
         # Dispatch: each (destination, token) pair once, destinations in rank order, tokens
         # ascending; the slots owned elsewhere are sent as id -1 (non-local there).
@@ -675,14 +780,16 @@ class ExpertParallelMoE:
             return torch.ones(weights.shape, dtype=torch.bfloat16, device=weights.device)
         return weights
 
-    def _exchange_counts(self, counts, error):
-        """All-to-all of [rows, slots, failure] per destination (host sync); returns the send and
-        receive rows and slots per rank, or raises on every rank if any rank failed."""
+    def _exchange_counts(self, counts, error, kind: int):
+        """All-to-all of [rows, slots, failure, routing kind] per destination (host sync); returns
+        the send and receive rows and slots per rank, or raises on every rank if any rank failed
+        or the ranks' routing input kinds differ (each rank receives every rank's kind)."""
         world = self.world_size
         received = torch.empty_like(counts)
         self._all_to_all("exchange_counts", received, counts, None, None, record_bytes=False)
         host = torch.cat([counts, received]).tolist()
         _raise_if_any_failed(error, [row[2] for row in host[world:]])
+        _check_same_kind([row[3] for row in host[world:]], kind)
         return ([c[0] for c in host[:world]], [c[1] for c in host[:world]],
                 [c[0] for c in host[world:]], [c[1] for c in host[world:]])
 
@@ -728,10 +835,11 @@ class ExpertParallelMoE:
             function(*args, **kwargs)
             return
         if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)  # the layer's, not the current device's
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             function(*args, **kwargs)
-            end.record()
+            end.record(stream)
         else:
             start = time.perf_counter()
             function(*args, **kwargs)
@@ -856,6 +964,39 @@ def _check_counts(num_tokens_per_rank, world: int, rank: int, num_tokens: int) -
             f"has {num_tokens} rows"
         )
     return counts
+
+
+def _check_same_kind(kinds: List[int], mine: int) -> None:
+    """Raises if the ranks' routing input kinds (``_routing_kind``, one per rank) differ, naming
+    the argument this rank passed (``mine``: its kind)."""
+    if len(set(kinds)) > 1:
+        shown = ", ".join(f"rank {r}: {_KIND_NAMES[k]}" for r, k in enumerate(kinds))
+        name = "routing_logits" if mine in (0, 1) else "topk_ids"
+        raise ValueError(
+            f"{name}: expected the same kind of routing input on every rank, got {shown}"
+        )
+
+
+def _capturing(device: torch.device) -> bool:
+    """Inside CUDA graph capture (on ``device``'s current stream) or torch.compile's tracing."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if is_compiling is not None and is_compiling():
+        return True
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
+
+
+def _backend_device(group) -> torch.device:
+    """A device whose tensors the group's backend moves: its bound GPU, else the current GPU for
+    NCCL, else the CPU. Only for telling the other ranks that this one failed."""
+    bound = getattr(group, "bound_device_id", None)
+    if bound is not None:
+        return torch.device(bound)
+    if "nccl" in str(dist.get_backend(group)) and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _routing_kind(logits, routed) -> int:

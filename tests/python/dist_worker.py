@@ -392,6 +392,137 @@ def check_mlp_errors(w1, w2) -> None:
                  gemm1_bias=ones(num_local, 2 * I) if rank == 0 else None)
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Two bf16 tensors bitwise equal (NaNs and signed zeros included)."""
+    return a.shape == b.shape and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+def expect_rejected_elsewhere(error_type, failing_rank: int, function, *args, **kwargs):
+    """``function`` raises ``error_type`` on ``failing_rank`` and, on every other rank, a
+    ValueError saying that rank ``failing_rank`` rejected its arguments."""
+    rank = dist.get_rank()
+    expected = error_type if rank == failing_rank else ValueError
+    try:
+        function(*args, **kwargs)
+    except expected as raised:
+        assert rank == failing_rank or f"rejected on rank {failing_rank}" in str(raised), raised
+        return
+    raise AssertionError(f"expected {expected.__name__} on rank {rank}, nothing raised")
+
+
+def check_ranks_that_disagree(seed: int) -> None:
+    """What every rank must pass alike, passed differently by one rank, and a constructor that
+    fails on one rank in any way: every rank raises (none aborts or waits in a collective), and
+    then a correct call on the same group gives the single-process operator's output, bitwise
+    (all-to-all, or K == 1)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    counts = [4, 2] + [1] * (world - 2)
+    mine = rank_slice(counts, rank)
+    layer_type = fusedmoe.ExpertParallelMoE
+
+    # Defect: all-to-all with the weights on the input chose its dispatch collectives from its
+    # own weights' dtype (bf16: one all-to-all, fp32: two), so ranks passing different kinds ran
+    # different collective sequences (gloo aborted). Now the kind travels with the counts.
+    case = Case("disagree_on_input", counts, method=3, routing="pair_fp32", mlp="llama4")
+    problem, routed, mlp = make_problem(case, world, seed)
+    single = single_process(problem, routed, case, mlp)[0][mine]
+    layer = make_layer(problem, case, "alltoall", mlp)
+    x = problem.hidden_states[mine].contiguous()
+    ids, weights = (t[mine].contiguous() for t in routed)
+    mixed = (ids, weights.to(torch.bfloat16) if rank == 0 else weights)
+    expect_error(ValueError, "topk_ids", layer, x, topk_ids=mixed)
+    packed = fusedmoe.pack_topk(ids, weights.to(torch.bfloat16))
+    expect_error(ValueError, "topk_ids", layer, x, topk_ids=packed if rank == 1 else (ids, weights))
+    logits = problem.routing_logits[mine].contiguous()
+    by_rank = dict(routing_logits=logits) if rank == 0 else dict(topk_ids=(ids, weights))
+    expect_error(ValueError, "routing_logits" if rank == 0 else "topk_ids", layer, x, **by_rank)
+    ours = layer(x, topk_ids=(ids, weights))
+    assert same_bits(ours, single), f"rank {rank}, seed {seed}"
+
+    # Defect: the all-gather mode's num_tokens_per_rank was never compared across ranks (a
+    # stale list on one rank gave mismatched collectives: gloo aborted). Now the first call
+    # with a list checks it, once. K == 1: the all-gather mode is bitwise too.
+    case = Case("disagree_counts", counts, method=3, static_counts=True)
+    problem, _, mlp = make_problem(case, world, seed + 1)
+    single = single_process(problem, None, case, mlp)[0][mine]
+    layer = make_layer(problem, case, "allgather", mlp)
+    layer.collective_log = []
+    x, logits = problem.hidden_states[mine].contiguous(), problem.routing_logits[mine].contiguous()
+    ids = torch.randint(0, E, (x.shape[0], 1), dtype=torch.int32)
+    # The layer's first call with a list: a rank whose own arguments are rejected tells the others.
+    expect_rejected_elsewhere(TypeError, 1, layer, x.float() if rank == 1 else x, logits,
+                              num_tokens_per_rank=counts)
+    stale = list(counts)
+    if rank == 0:
+        stale[1] += 1  # another rank's entry: this rank's own one still matches its rows
+    expect_error(ValueError, "num_tokens_per_rank", layer, x, logits, num_tokens_per_rank=stale)
+    by_rank = dict(topk_ids=ids) if rank == 1 else dict(routing_logits=logits)
+    expect_error(ValueError, "topk_ids" if rank == 1 else "routing_logits", layer, x,
+                 num_tokens_per_rank=counts, **by_rank)
+    assert [r.name for r in layer.collective_log] == ["check_counts"] * 3, layer.collective_log
+    # A checked list is checked once: the second call runs no extra collective.
+    del layer.collective_log[:]
+    first = layer(x, logits, num_tokens_per_rank=counts)
+    second = layer(x, logits, num_tokens_per_rank=counts)
+    names = [r.name for r in layer.collective_log]
+    assert names[0] == "check_counts" and names.count("check_counts") == 1, names
+    for out in (first, second, layer(x, logits)):
+        assert same_bits(out, single), f"rank {rank}, seed {seed}"
+    # Inside graph capture or torch.compile (simulated): a checked list runs, one not checked
+    # (here: the same counts with another kind of routing input) raises on every rank.
+    real_capturing = fdist._capturing
+    fdist._capturing = lambda device: True
+    try:
+        captured = layer(x, logits, num_tokens_per_rank=counts)
+        expect_error(ValueError, "num_tokens_per_rank", layer, x, topk_ids=ids,
+                     num_tokens_per_rank=counts)
+    finally:
+        fdist._capturing = real_capturing
+    assert torch.equal(captured, first), f"rank {rank}, seed {seed}"
+
+    # Defect: routing_bias's values were never compared (each rank routed with its own bias).
+    # One bf16 ulp on one expert of the last rank is caught.
+    case = Case("disagree_bias", counts, method=2)
+    problem, _, mlp = make_problem(case, world, seed + 2)
+    bias = problem.routing_bias.clone()
+    if rank == world - 1:
+        expert = int(torch.randint(0, E, (1,)))
+        bias.view(torch.int16)[expert] += 1
+    expect_error(ValueError, "routing_bias", make_layer, problem, case, "allgather", mlp,
+                 routing_bias=bias)
+    # Defect: the constructor reported only TypeError/ValueError to the other ranks (any other
+    # exception, or gemm1_weights not a tensor, left them waiting in the agreement collective).
+    real_route = layer_type._route
+
+    def failing_route(self, *args):
+        raise RuntimeError("simulated failure of the routing call")
+    if rank == 1:
+        layer_type._route = failing_route
+    try:
+        expect_rejected_elsewhere(RuntimeError, 1, make_layer, problem, case, "alltoall", mlp)
+    finally:
+        layer_type._route = real_route
+    experts = slice(rank * (E // world), (rank + 1) * (E // world))
+    w1, w2 = (w[experts].contiguous() for w in (problem.gemm1_weights, problem.gemm2_weights))
+    expect_error(TypeError if rank == 1 else ValueError, "gemm1_weights", layer_type, None,
+                 [[0.0]] if rank == 1 else w1, w2, E, 4, I)
+    # The group is in step: the same bias everywhere, and the layer's output is the operator's.
+    single = single_process(problem, None, case, mlp)[0][mine]
+    layer = make_layer(problem, case, "alltoall", mlp)
+    x, logits = problem.hidden_states[mine].contiguous(), problem.routing_logits[mine].contiguous()
+    ours = layer(x, logits)
+    assert same_bits(ours, single), f"rank {rank}, seed {seed}"
+
+
+def main_disagree(rank: int, world: int, init_file: str, seed: int) -> None:
+    """Entry point of one spawned CPU (gloo) process for check_ranks_that_disagree."""
+    init(rank, world, init_file, "gloo")
+    try:
+        check_ranks_that_disagree(seed)
+    finally:
+        dist.destroy_process_group()
+
+
 def check_collective_log(seed: int) -> None:
     """The benchmark's hook: each collective logged once, bytes sent == bytes received overall."""
     rank, world = dist.get_rank(), dist.get_world_size()

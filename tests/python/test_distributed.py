@@ -4,8 +4,9 @@ Each test spawns the processes (file rendezvous in a temporary directory); every
 case of dist_worker.cases (routing methods and inputs, and the expert MLP options: GPT-OSS-like
 Swiglu with biases, Relu2, Llama 4's weights on the input) in both modes and compares with the
 single-process operator on the whole problem: bitwise for the all-to-all mode and for K == 1,
-within the tolerance rule and a rounding bound for the all-gather mode. NCCL on GPUs:
-test_distributed_gpu.py.
+within the tolerance rule and a rounding bound for the all-gather mode. Ranks that pass what must
+be alike differently, or whose constructor fails: every rank raises (none aborts or waits). NCCL
+on GPUs: test_distributed_gpu.py.
 """
 
 import fractions
@@ -38,6 +39,17 @@ def test_expert_parallel_matches_single_process(world, tmp_path):
     mp.set_forkserver_preload(["torch", "fusedmoe", "dist_worker"])
     mp.start_processes(dist_worker.main, args=(world, str(tmp_path / "rendezvous"), seed, world == 2),
                        nprocs=world, join=True, start_method="forkserver")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_that_disagree_raise_on_every_rank(world, tmp_path):
+    # Mixed routing input kinds (all-to-all, weights on the input), a stale num_tokens_per_rank
+    # (all-gather without host sync), differing routing_bias values, and a constructor failing
+    # on one rank with a RuntimeError or a non-tensor: every rank raises, none aborts or waits.
+    mp.set_forkserver_preload(["torch", "fusedmoe", "dist_worker"])
+    args = (world, str(tmp_path / "rendezvous"), fresh_seed())
+    mp.start_processes(dist_worker.main_disagree, args=args, nprocs=world, join=True,
+                       start_method="forkserver")
 
 
 def test_needs_an_initialized_group():
