@@ -109,7 +109,9 @@ def test_cache_follows_weight_changes(generator):
     assert not torch.equal(first, second)
 
 
-def test_what_fusedmoe_does_not_take_falls_back_with_a_warning(generator, monkeypatch):
+def _record_fallbacks(monkeypatch) -> list:
+    """Replaces transformers' FP8 "grouped_mm" experts by a stand-in that records the class of
+    each module that falls back to it; returns that list."""
     calls = []
 
     def grouped_mm(module, hidden_states, top_k_index, top_k_weights):
@@ -117,6 +119,11 @@ def test_what_fusedmoe_does_not_take_falls_back_with_a_warning(generator, monkey
         return torch.zeros_like(hidden_states)
 
     monkeypatch.setitem(finegrained_fp8.ALL_FP8_EXPERTS_FUNCTIONS._global_mapping, "grouped_mm", grouped_mm)
+    return calls
+
+
+def test_what_fusedmoe_does_not_take_falls_back_with_a_warning(generator, monkeypatch):
+    calls = _record_fallbacks(monkeypatch)
     module = fp8_experts(generator, activation_scheme="static")
     x = torch.randn(T, H, generator=generator).to(torch.bfloat16)
     ids, weights = routing(generator)
@@ -132,13 +139,7 @@ def test_what_fusedmoe_does_not_take_falls_back_with_a_warning(generator, monkey
 def test_scales_not_in_fp32_fall_back_whichever_tensor(generator, monkeypatch):
     # Every weight and scale tensor is checked, not only gemm1's: a bf16 down_proj_scale_inv
     # (or gate_up_proj_scale_inv) falls back with a warning, as documented.
-    calls = []
-
-    def grouped_mm(module, hidden_states, top_k_index, top_k_weights):
-        calls.append(type(module).__name__)
-        return torch.zeros_like(hidden_states)
-
-    monkeypatch.setitem(finegrained_fp8.ALL_FP8_EXPERTS_FUNCTIONS._global_mapping, "grouped_mm", grouped_mm)
+    calls = _record_fallbacks(monkeypatch)
     monkeypatch.setattr(fusedmoe_hf, "_WARNED", set())
     x = torch.randn(T, H, generator=generator).to(torch.bfloat16)
     ids, weights = routing(generator)

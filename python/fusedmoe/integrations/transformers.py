@@ -510,14 +510,21 @@ def _grouped_mm_forward() -> Callable:
     return moe.ALL_EXPERTS_FUNCTIONS["grouped_mm"]
 
 
-def _prepared_state(module) -> _State:
-    """The state to compute with: (re)built eagerly; read as is inside torch.compile."""
+def _prepared(module, attribute: str, build):
+    """The state kept under ``attribute`` to compute with: (re)built by ``build(module)`` eagerly;
+    read as is inside torch.compile, where ``prepare(model)`` or one eager forward must have made
+    it."""
     if not torch.compiler.is_compiling():
-        return _current_state(module)
-    state = getattr(module, _STATE, None)
+        return build(module)
+    state = getattr(module, attribute, None)
     if state is None:
         raise RuntimeError(_NOT_PREPARED.format(name=type(module).__name__))
     return state
+
+
+def _prepared_state(module) -> _State:
+    """The bf16 experts' state to compute with (``_prepared``)."""
+    return _prepared(module, _STATE, _current_state)
 
 
 _NOT_PREPARED = (
@@ -708,13 +715,8 @@ def _fp8_state(module) -> _Fp8State:
 
 
 def _prepared_fp8_state(module) -> _Fp8State:
-    """The FP8 state to compute with: (re)built eagerly; read as is inside torch.compile."""
-    if not torch.compiler.is_compiling():
-        return _fp8_state(module)
-    state = getattr(module, _FP8_STATE, None)
-    if state is None:
-        raise RuntimeError(_NOT_PREPARED.format(name=type(module).__name__))
-    return state
+    """The FP8 experts' state to compute with (``_prepared``)."""
+    return _prepared(module, _FP8_STATE, _fp8_state)
 
 
 def fusedmoe_fp8_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
