@@ -97,13 +97,16 @@ done < "$OUT/sass_hgmma.txt"
 # FUSEDMOE_SKIP_PYTHON=1 / FUSEDMOE_SKIP_BENCH=1 skip a part; FUSEDMOE_BENCH_ARGS are passed to
 # bench/bench_moe.py (default: the default model); FUSEDMOE_SANITIZE="memcheck racecheck ..."
 # runs scripts/sanitize.sh with those tools over the GPU test executables.
-if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 || "${FUSEDMOE_SKIP_BENCH:-0}" != 1 || -n "${FUSEDMOE_SANITIZE:-}" ]]; then
+installed=0
+if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 || "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ||
+      "${FUSEDMOE_BENCH_FP8:-0}" == 1 || -n "${FUSEDMOE_SANITIZE:-}" ]]; then
   t0=$SECONDS
   # (The sanitizers run the Python GPU tests too.) All cores for the package's CUDA build (python_env.sh defaults to 2, for CI's machine), or
   # the wheel built here.
   install=(bash -c 'export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc); source scripts/python_env.sh && fusedmoe_install')
   [[ $prebuilt == 1 ]] && install=(python3 -m pip install -q --no-deps --no-index --force-reinstall "$BUILD"/wheel/*.whl)
   if "${install[@]}" > "$OUT/python.log" 2>&1; then
+    installed=1
     note "python package: installed ($((SECONDS - t0)) s)"
   else
     note "python package: install FAILED (see python.log)"; tail -20 "$OUT/python.log"
@@ -119,19 +122,33 @@ if [[ "${FUSEDMOE_SKIP_PYTHON:-0}" != 1 ]]; then
     while read -r line; do note "  $line"; done < <(grep -E '^(FAILED|ERROR) ' "$OUT/python.log" | head -10 | cut -c1-300)
   fi
 fi
-if [[ "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
+# The benchmarks' commit stamp (bench_moe.git_commit, also bench_fp8.py's): the build's COMMIT file
+# when there is one (prebuilt: build-carry/COMMIT, the commit the wheel was built from), since this
+# copy of the tree may carry a stale .git; else git's answer.
+if [[ -s "$BUILD/COMMIT" ]]; then
+  FUSEDMOE_COMMIT=$(head -1 "$BUILD/COMMIT")
+  export FUSEDMOE_COMMIT
+fi
+# The benchmarks time the package just installed; when the install failed they are skipped, never
+# run on a package left over from an earlier build under this commit's stamp.
+bench_skip="SKIPPED: the python package did not install (see python.log)"
+if [[ "${FUSEDMOE_SKIP_BENCH:-0}" != 1 && $installed != 1 ]]; then
+  note "bench: $bench_skip"
+elif [[ "${FUSEDMOE_SKIP_BENCH:-0}" != 1 ]]; then
   t0=$SECONDS
   # shellcheck disable=SC2086
   if FUSEDMOE_SKIP_INSTALL=1 PYTHONUNBUFFERED=1 timeout "${FUSEDMOE_BENCH_TIMEOUT:-420}" \
       bash scripts/bench.sh ${FUSEDMOE_BENCH_ARGS:-} --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1; then
-    note "bench: ok ($((SECONDS - t0)) s): $(grep -i 'geometric' "$OUT/bench.log" | head -2 | tr '\n' ' ')"
+    note "bench: ok ($((SECONDS - t0)) s): $(grep -i '^geomean' "$OUT/bench.log" | head -2 | tr '\n' ' ')"
   else
     note "bench: FAILED (rc $?, see bench.log)"; tail -30 "$OUT/bench.log"
   fi
 fi
 # FUSEDMOE_BENCH_FP8=1: the FP8 benchmark (bench/bench_fp8.py) with FUSEDMOE_BENCH_FP8_ARGS
 # (default: the default model), its table in bench_fp8.log and bench_fp8.json.
-if [[ "${FUSEDMOE_BENCH_FP8:-0}" == 1 ]]; then
+if [[ "${FUSEDMOE_BENCH_FP8:-0}" == 1 && $installed != 1 ]]; then
+  note "bench_fp8: $bench_skip"
+elif [[ "${FUSEDMOE_BENCH_FP8:-0}" == 1 ]]; then
   t0=$SECONDS
   # shellcheck disable=SC2086
   if PYTHONUNBUFFERED=1 timeout "${FUSEDMOE_BENCH_TIMEOUT:-420}" python3 bench/bench_fp8.py \
