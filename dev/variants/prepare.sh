@@ -4,7 +4,7 @@
 # moved to build-ab-spare/soak so that the carry fits in 64 MiB, and build-ab/NAME for base and
 # each variant of README.md's plan with the GPU tests its call runs. Each step is skipped when its
 # folder was already built from HEAD, so a second run after an interruption goes on where it
-# stopped. Takes about 5 minutes a build on a two-core machine; run it in the background.
+# stopped. Takes about 25 minutes in all on a two-core machine; run it in the background.
 #   bash dev/variants/prepare.sh [> /tmp/prepare.log 2>&1 &]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,6 +23,7 @@ variants=(
   "producer-load-b test_gpu_grouped_gemm test_gpu_fp8 test_gpu_moe"
   "fp8-route-quantises-x test_gpu_fp8"
   "fold-finalize-k1 test_gpu_moe test_gpu_fp8"
+  "gpu-test-gaps test_gpu_fp8 test_gpu_moe"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
