@@ -210,11 +210,8 @@ def bench_point(fusedmoe, fp8, model, num_tokens, w, w_bf16, timer, args) -> dic
     for name, (check, call) in calls.items():
         result = row["impls"].setdefault(name, {})
         try:
-            if name.startswith("fusedmoe"):  # every row must be written: poison the output
-                poisoned = torch.full_like(x, float("nan"))
-                out = call(output=poisoned)
-                if out.data_ptr() != poisoned.data_ptr():
-                    raise RuntimeError("fusedmoe did not write the output= tensor it was given")
+            if name.startswith("fusedmoe"):  # every row must be written
+                out = bm.call_into_poisoned(call, x)
             elif name == "loop":
                 out = loop_out
                 result["tolerance_reference"] = True
@@ -298,18 +295,9 @@ def run_gpu(args) -> int:
         print(f"    ({name}: {time.perf_counter() - started:.0f} s)", flush=True)
         del w, w_bf16
         torch.cuda.empty_cache()
-    bw_samples.append(measure_bandwidth(timer))
-    peak_samples.append(measure_peak_fp8(timer))
-    bw, peak_fp8 = max(bw_samples), max(peak_samples)
-    ceilings = (f"BW {bw / 1e9:.0f} GB/s (samples {bw_samples[0] / 1e9:.0f}, "
-                f"{bw_samples[1] / 1e9:.0f}) | PEAK_FP8 {peak_fp8 / 1e12:.0f} TFLOP/s (samples "
-                f"{peak_samples[0] / 1e12:.0f}, {peak_samples[1] / 1e12:.0f})")
-    print(f"\nfinal table, floors from the larger ceiling sampled before and after the grid: "
-          f"{ceilings}")
-    print(HEADER)
-    for row in rows:
-        set_floor(row, bw, peak_fp8)
-        print(format_row(row))
+    bw, peak_fp8, ceilings = bm.final_table(rows, bw_samples, peak_samples,
+                                            measure_bandwidth(timer), measure_peak_fp8(timer),
+                                            "PEAK_FP8", set_floor, HEADER, format_row)
     print(f"device {device} | {ceilings} | commit {commit}")
     print(f"correctness failures: {failures if failures else 'none'}")
     if args.json:

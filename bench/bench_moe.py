@@ -113,6 +113,16 @@ def route_for(model: ModelShape, logits: torch.Tensor, bias: torch.Tensor | None
                          model.topk_group, model.scale)
 
 
+def call_into_poisoned(call, like: torch.Tensor) -> torch.Tensor:
+    """``call(output=...)`` into a tensor shaped like ``like`` and filled with NaN, so that every
+    row must be written; raises when the call returns another tensor. bench_fp8.py uses it too."""
+    poisoned = torch.full_like(like, float("nan"))
+    out = call(output=poisoned)
+    if out.data_ptr() != poisoned.data_ptr():
+        raise RuntimeError("fusedmoe did not write the output= tensor it was given")
+    return out
+
+
 def check_output(out: torch.Tensor, ref32: torch.Tensor, bf16_error: float) -> dict:
     """docs/STYLE.md rule: max|out - ref| <= 2 * max|bf16_ref - ref| + atol, and rel. norm <= 1e-2.
 
@@ -197,11 +207,8 @@ def bench_point(model: ModelShape, ep: bool, num_tokens: int, w1: torch.Tensor, 
         result = {}
         row["impls"][name] = result
         try:
-            if name == "fusedmoe":  # every row must be written: poison the output with NaN
-                poisoned = torch.full_like(x, float("nan"))
-                out = calls[name](output=poisoned)
-                if out.data_ptr() != poisoned.data_ptr():
-                    raise RuntimeError("fusedmoe did not write the output= tensor it was given")
+            if name == "fusedmoe":
+                out = call_into_poisoned(calls[name], x)
             elif name == "loop":
                 # The loop is the tolerance's reference (bf16_error is its own max error), so the
                 # max-error rule cannot fail for it: only finiteness and the relative norm check it.
@@ -310,6 +317,27 @@ def geomean(values: list[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def final_table(rows, bw_samples, peak_samples, bw_after, peak_after, peak_name, set_floor_of,
+                header, format_row_of):
+    """Adds the ceilings sampled after the grid to those sampled before it, sets every row's floor
+    from the larger sample of each (the stricter floor), prints the final table and returns
+    (bw, peak, a line naming both samples). bench_fp8.py uses it too, with its own floor and
+    row format."""
+    bw_samples.append(bw_after)
+    peak_samples.append(peak_after)
+    bw, peak = max(bw_samples), max(peak_samples)
+    ceilings = (f"BW {bw / 1e9:.0f} GB/s (samples {bw_samples[0] / 1e9:.0f}, "
+                f"{bw_samples[1] / 1e9:.0f}) | {peak_name} {peak / 1e12:.0f} TFLOP/s (samples "
+                f"{peak_samples[0] / 1e12:.0f}, {peak_samples[1] / 1e12:.0f})")
+    print(f"\nfinal table, floors from the larger ceiling sampled before and after the grid: "
+          f"{ceilings}")
+    print(header)
+    for row in rows:
+        set_floor_of(row, bw, peak)
+        print(format_row_of(row))
+    return bw, peak, ceilings
+
+
 def git_commit() -> str:
     """$FUSEDMOE_COMMIT when set (the device tool's copy of the tree may carry a stale .git),
     else HEAD's short hash (+ '-dirty')."""
@@ -376,18 +404,9 @@ def run_gpu(args) -> int:
             del w1, w2, gmm
             torch.cuda.empty_cache()
 
-    bw_samples.append(measure_bandwidth(timer))
-    peak_samples.append(measure_peak(timer))
-    bw, peak = max(bw_samples), max(peak_samples)
-    ceilings = (f"BW {bw / 1e9:.0f} GB/s (samples {bw_samples[0] / 1e9:.0f}, "
-                f"{bw_samples[1] / 1e9:.0f}) | PEAK {peak / 1e12:.0f} TFLOP/s (samples "
-                f"{peak_samples[0] / 1e12:.0f}, {peak_samples[1] / 1e12:.0f})")
-    print(f"\nfinal table, floors from the larger ceiling sampled before and after the grid: "
-          f"{ceilings}")
-    print(HEADER)
-    for row in rows:
-        set_floor(row, bw, peak)
-        print(format_row(row))
+    bw, peak, ceilings = final_table(rows, bw_samples, peak_samples,
+                                     measure_bandwidth(timer), measure_peak(timer), "PEAK",
+                                     set_floor, HEADER, format_row)
 
     speedups = [r["impls"]["fusedmoe"]["x_grouped_mm"] for r in rows
                 if "x_grouped_mm" in r["impls"].get("fusedmoe", {})]
