@@ -979,8 +979,7 @@ def _check_same_kind(kinds: List[int], mine: int) -> None:
 
 def _capturing(device: torch.device) -> bool:
     """Inside CUDA graph capture (on ``device``'s current stream) or torch.compile's tracing."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    if is_compiling is not None and is_compiling():
+    if torch.compiler.is_compiling():
         return True
     if device.type != "cuda":
         return False
