@@ -127,7 +127,7 @@ Status quantize_fp8_x(const MoeArguments& args, const Workspace& ws, const __nv_
     return Status::Ok();
   }
   FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_quantize_fp8(x, T, nullptr, args.shape.hidden_size, ws.x8,
-                                                    ws.x_scale, T, args.enable_pdl, stream),
+                                                    ws.x_scale, T, false, args.enable_pdl, stream),
                                 "launch_quantize_fp8 (hidden_states)");
   return Status::Ok();
 }
@@ -188,9 +188,12 @@ Status run_fp8_gemms(const MoeArguments& args, const Workspace& ws, GroupedRows 
       FUSEDMOE_CUDA_RETURN_IF_ERROR(nongated1(rows, x8, H, I, w1, ws.act, epilogue1, pdl, stream),
                                     "launch_gemm2_fp8 (non-gated GEMM1)");
     }
+    // The act quantiser lets GEMM2 launch as it starts only when GEMM2 has work before its wait:
+    // the decode GEMM2's early lookup and first weight copies (launch_decode_fp8's rule).
+    const bool gemm2_early = decode2 && decode_fp8_gemm2_takes_early_lookup(rows, H);
     FUSEDMOE_CUDA_RETURN_IF_ERROR(
         launch_quantize_fp8(ws.act, num_slots, ws.expert_offsets + shape.local_num_experts, I,
-                            ws.act8, ws.act_scale, num_slots, pdl, stream),
+                            ws.act8, ws.act_scale, num_slots, gemm2_early, pdl, stream),
         "launch_quantize_fp8 (activation)");
   }
   rows.tile_counters = claim2 ? ws.tile_counters : nullptr;

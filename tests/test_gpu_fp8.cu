@@ -715,8 +715,8 @@ TEST(GpuFp8, QuantiserKernelFollowsTheRuleBitwise) {
   DeviceArray<uint8_t> codes(rows * cols);
   DeviceArray<float> scales(groups * rows);
   check_cuda(detail::launch_quantize_fp8(reinterpret_cast<const __nv_bfloat16*>(in.get()), rows,
-                                         nullptr, cols, codes.get(), scales.get(), rows, false,
-                                         nullptr),
+                                         nullptr, cols, codes.get(), scales.get(), rows,
+                                         /*trigger_at_start=*/false, false, nullptr),
              "launch_quantize_fp8");
   check_cuda(cudaDeviceSynchronize(), "quantize");
   const std::vector<uint8_t> got_codes = codes.download();

@@ -24,12 +24,19 @@ struct QuantizeFp8Params {
   uint8_t* codes;                   // [rows, cols]
   float* scales;                    // [cols / 128, scale_stride]
   int64_t scale_stride;
+  bool trigger_at_start;            // PDL: the next kernel may launch as this one starts
 };
 
 constexpr int kQuantizeThreads = 256;
 
 __global__ void __launch_bounds__(kQuantizeThreads)
     sm90_quantize_fp8_kernel(const QuantizeFp8Params params) {
+  // PDL, trigger_at_start: the next kernel may launch at once. Everything it reads of ours it reads
+  // after its own griddepcontrol.wait, which returns once this grid has completed; before that
+  // wait a decode GEMM2 with its early lookup finds its expert and issues its first weight copies
+  // (sm90_decode_gemm_fp8.cuh), which then overlap GEMM1's tail. Otherwise the trigger comes at the
+  // end: a successor with nothing to do before its wait would only hold SM slots there.
+  if (params.trigger_at_start) ptx::griddepcontrol_launch_dependents();
   ptx::griddepcontrol_wait();
   const int lane = threadIdx.x % 32;
   const int64_t warp = (int64_t(blockIdx.x) * kQuantizeThreads + threadIdx.x) / 32;
@@ -58,7 +65,7 @@ __global__ void __launch_bounds__(kQuantizeThreads)
     *reinterpret_cast<uint32_t*>(params.codes + at) = packed;
     if (lane == 0) params.scales[group * params.scale_stride + row] = scale;
   }
-  ptx::griddepcontrol_launch_dependents();
+  if (!params.trigger_at_start) ptx::griddepcontrol_launch_dependents();
 }
 
 // Rows of e4m3 codes and their group-major scales copied into gathered order (launch/fp8_gemm.h,

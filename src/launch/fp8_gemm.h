@@ -14,10 +14,17 @@ namespace fusedmoe::detail {
 
 // codes [rows, cols] e4m3 and scales [cols / 128, scale_stride] from bf16 in [rows, cols];
 // rows at or past *num_rows_device (when given) are skipped. cols a multiple of 128.
+// trigger_at_start: the next kernel may launch as this one starts (a decode GEMM next), else as
+// it ends (kernels/sm90_quantize_fp8.cuh).
 cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
                                 const int32_t* num_rows_device, int64_t cols, uint8_t* codes,
-                                float* scales, int64_t scale_stride, bool enable_pdl,
+                                float* scales, int64_t scale_stride, bool trigger_at_start,
+                                bool enable_pdl,
                                 cudaStream_t stream);
+
+// Whether launch_decode_gemm2_fp8 over out_cols columns takes its early lookup (finds its expert
+// and issues its first weights before its griddepcontrol.wait).
+bool decode_fp8_gemm2_takes_early_lookup(const GroupedRows& rows, int64_t out_cols);
 
 // An e4m3 operand A with its row scales: a [*, k], scale of row r in K block b at
 // scale[b * scale_stride + r]; row(p) = gather_rows[p] when given, else p. Without gather_rows

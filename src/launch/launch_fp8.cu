@@ -14,6 +14,15 @@
 #include "launch/tensor_map.h"
 
 namespace fusedmoe::detail {
+
+bool decode_fp8_gemm2_takes_early_lookup(const GroupedRows& rows, int64_t out_cols) {
+  const int64_t grid_ctas =
+      heuristics::ceil_div_decode(out_cols, kernels::kDecodeFp8ColsPerCta<false>) *
+      heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
+  return rows.slot_key != nullptr &&
+         heuristics::use_decode_gemm2_early_lookup(rows.max_rows, rows.top_k, grid_ctas);
+}
+
 namespace {
 
 constexpr size_t kFp8GemmSmemBytes = sizeof(device::Fp8SharedStorage) + 1024;
@@ -115,13 +124,10 @@ cudaError_t launch_decode_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k,
       heuristics::ceil_div_decode(out_cols, kernels::kDecodeFp8ColsPerCta<kGated>);
   // The early start (kernels/sm90_decode_gemm_fp8.cuh), by the BF16 decode GEMMs' rules: a GEMM1
   // (a rows gathered by token) up to kDecodeEarlyStartMaxSlots slots, a GEMM2 on small grids.
-  const int64_t grid_ctas =
-      col_slices * heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
-  const bool early =
-      rows.slot_key != nullptr &&
-      (a.gather_rows != nullptr
-           ? heuristics::use_decode_early_start(rows.max_rows, rows.top_k)
-           : heuristics::use_decode_gemm2_early_lookup(rows.max_rows, rows.top_k, grid_ctas));
+  const bool early = a.gather_rows != nullptr
+                         ? rows.slot_key != nullptr &&
+                               heuristics::use_decode_early_start(rows.max_rows, rows.top_k)
+                         : decode_fp8_gemm2_takes_early_lookup(rows, out_cols);
   static_assert(heuristics::kDecodeEarlyStartMaxSlots <= kernels::kDecodeEarlyMaxSlots,
                 "the early prologue holds at most kDecodeEarlyMaxSlots keys");
   params.slot_key = early ? rows.slot_key : nullptr;
@@ -139,13 +145,15 @@ cudaError_t launch_decode_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k,
 
 cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
                                 const int32_t* num_rows_device, int64_t cols, uint8_t* codes,
-                                float* scales, int64_t scale_stride, bool enable_pdl,
+                                float* scales, int64_t scale_stride, bool trigger_at_start,
+                                bool enable_pdl,
                                 cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (reinterpret_cast<uintptr_t>(in) % 8 != 0 || reinterpret_cast<uintptr_t>(codes) % 4 != 0) {
     return cudaErrorMisalignedAddress;
   }
-  kernels::QuantizeFp8Params params{in, rows, num_rows_device, cols, codes, scales, scale_stride};
+  kernels::QuantizeFp8Params params{in,    rows,   num_rows_device, cols,
+                                    codes, scales, scale_stride,    trigger_at_start};
   return launch_warp_per_item(kernels::sm90_quantize_fp8_kernel, params, rows * (cols / 128),
                               enable_pdl, stream);
 }
