@@ -115,8 +115,15 @@ GemmEpilogue gemm2_epilogue(const MoeArguments& args) {
 }
 
 // The FP8 variant's x: the caller's e4m3 hidden states, or x quantised per token and 128-group
-// (launched before the sort, so that a decode GEMM1 that starts early finds it complete: the
-// sort lets its successor launch only after its own wait). Its rows are gathered by gather_rows.
+// (before the sort, so that a decode GEMM1 that starts early finds it complete: the sort lets its
+// successor launch only after its own wait), by the routing kernel where fp8_x_by_routing says so
+// (routed ids: always; logits: the block routing kernel's sizes), else by the quantiser here. Its
+// rows are gathered by gather_rows.
+bool fp8_x_by_routing(const MoeArguments& args) {
+  return args.hidden_states_dtype != DType::kFP8E4M3 &&
+         (args.logits.logits == nullptr || heuristics::use_block_route(args.shape.num_tokens));
+}
+
 Status quantize_fp8_x(const MoeArguments& args, const Workspace& ws, const __nv_bfloat16* x,
                       Fp8A* x8, cudaStream_t stream) {
   const int64_t T = args.shape.num_tokens;
@@ -126,6 +133,7 @@ Status quantize_fp8_x(const MoeArguments& args, const Workspace& ws, const __nv_
     x8->scale = args.hidden_states_scale;
     return Status::Ok();
   }
+  if (fp8_x_by_routing(args)) return Status::Ok();
   FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_quantize_fp8(x, T, nullptr, args.shape.hidden_size, ws.x8,
                                                     ws.x_scale, T, false, args.enable_pdl, stream),
                                 "launch_quantize_fp8 (hidden_states)");
@@ -340,6 +348,11 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   routing.expert_weights = args.do_finalize ? nullptr : args.expert_weights;
   routing.expert_weights_dtype = args.expert_weights_dtype;
   routing.routing_replay_out = args.routing_replay_out;
+  if (fp8 && fp8_x_by_routing(args)) {  // FP8 calls take no routing weights on the input
+    routing.x = static_cast<const __nv_bfloat16*>(args.hidden_states);
+    routing.x8 = ws.x8;
+    routing.x_scale = ws.x_scale;
+  }
   if (args.logits.logits) {
     FUSEDMOE_CUDA_RETURN_IF_ERROR(launch_route(shape, args.logits, routing, pdl, stream),
                                   "launch_route");
@@ -359,7 +372,8 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
     x = ws.y;
   }
 
-  // 1c. FP8: x quantised, before the sort (quantize_fp8_x).
+  // 1c. FP8: x quantised, before the sort (quantize_fp8_x; fp8_x_by_routing: the routing kernel
+  // did it).
   Fp8A x8;
   if (fp8) FUSEDMOE_RETURN_IF_ERROR(quantize_fp8_x(args, ws, x, &x8, stream));
 

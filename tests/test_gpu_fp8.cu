@@ -32,6 +32,7 @@
 #include "device/e4m3_divisor.cuh"
 #include "fusedmoe/fusedmoe.h"
 #include "launch/fp8_gemm.h"
+#include "launch/pipeline.h"
 #include "reference/bf16.h"
 #include "reference/fp8.h"
 
@@ -261,19 +262,29 @@ TEST(GpuFp8, MatchesReferenceAcrossInputsActivationsAndWindows) {
 }
 
 TEST(GpuFp8, HiddenStatesInE4m3GiveTheBf16InputsResultBitwise) {
-  // The bf16 input is quantised by the GPU's kernel, the e4m3 input by the reference's rule on
-  // the host: bitwise equal outputs mean the kernel quantises exactly as the rule says.
+  // The bf16 input is quantised on the GPU, the e4m3 input by the reference's rule on the host:
+  // bitwise equal outputs mean the GPU quantises exactly as the rule says, wherever it does so:
+  // the quantiser kernel (T = 300 from logits), the block routing kernel (T <= 256 from logits)
+  // and the routed ids' kernel (packed ids), the last two with PDL as run() launches them.
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  const Fp8Spec spec{"e4m3 vs bf16", 300, 640, 256, 8, 2, 0, 8};
-  const MoeCaseConfig cfg = config_of(spec, 77);
-  Fp8Case from_bf16(cfg), from_fp8(cfg);
-  from_fp8.quantize_hidden_states();
-  DeviceFp8Call a(from_bf16, false), b(from_fp8, true);
-  ASSERT_TRUE(a.run(false).ok());
-  ASSERT_TRUE(b.run(false).ok());
-  a.download();
-  b.download();
-  EXPECT_EQ(first_difference(from_bf16.c.output, from_fp8.c.output), -1);
+  const Fp8Spec specs[] = {
+      {"e4m3 vs bf16, quantiser", 300, 640, 256, 8, 2, 0, 8},
+      {"e4m3 vs bf16, block routing", 13, 640, 256, 8, 2, 0, 8},
+      {"e4m3 vs bf16, routed ids", 9, 1024, 256, 16, 4, 0, 16, RoutingInput::kPacked},
+  };
+  uint64_t seed = 77;
+  for (const Fp8Spec& spec : specs) {
+    SCOPED_TRACE(spec.name);
+    const MoeCaseConfig cfg = config_of(spec, ++seed);
+    Fp8Case from_bf16(cfg), from_fp8(cfg);
+    from_fp8.quantize_hidden_states();
+    DeviceFp8Call a(from_bf16, false), b(from_fp8, true);
+    ASSERT_TRUE(a.run(true).ok());
+    ASSERT_TRUE(b.run(true).ok());
+    a.download();
+    b.download();
+    EXPECT_EQ(first_difference(from_bf16.c.output, from_fp8.c.output), -1);
+  }
 }
 
 // ---- the FP8 GEMM kernels alone, on problems whose arithmetic is exact ---------------------------
@@ -701,6 +712,30 @@ TEST(GpuFp8, EpilogueQuantisationIsTheQuantisersDivisionForEveryBf16Pair) {
       << "first: amax bits 0x" << std::hex << (at >> 16) << ", v bits 0x" << (at & 0xFFFF);
 }
 
+// Rows quantised on the GPU (the quantiser kernel, or a routing kernel: RoutingOutputs::x8):
+// codes [tokens, hidden] and group-major scales [hidden / 128, tokens] must be the rule's, bitwise.
+void expect_quantised_by_rule(const std::vector<uint16_t>& x, int64_t tokens, int64_t hidden,
+                              const DeviceArray<uint8_t>& codes, const DeviceArray<float>& scales) {
+  const int64_t groups = hidden / kFp8BlockSize;
+  const std::vector<uint8_t> got_codes = codes.download();
+  const std::vector<float> got_scales = scales.download();
+  std::vector<float> row(hidden), expected_scales(groups);
+  std::vector<uint8_t> expected_codes(hidden);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t col = 0; col < hidden; ++col) {
+      row[col] = detail::bf16_bits_to_float(x[t * hidden + col]);
+    }
+    detail::quantize_groups_e4m3(row.data(), hidden, expected_codes.data(), expected_scales.data());
+    for (int64_t col = 0; col < hidden; ++col) {
+      ASSERT_EQ(got_codes[t * hidden + col], expected_codes[col]) << "token " << t << " col " << col;
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const float got = got_scales[g * tokens + t];
+      ASSERT_EQ(std::memcmp(&got, &expected_scales[g], 4), 0) << "token " << t << " group " << g;
+    }
+  }
+}
+
 TEST(GpuFp8, QuantiserKernelFollowsTheRuleBitwise) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
   const int64_t rows = 37, cols = 384, groups = cols / 128;
@@ -719,21 +754,120 @@ TEST(GpuFp8, QuantiserKernelFollowsTheRuleBitwise) {
                                          /*trigger_at_start=*/false, false, nullptr),
              "launch_quantize_fp8");
   check_cuda(cudaDeviceSynchronize(), "quantize");
-  const std::vector<uint8_t> got_codes = codes.download();
-  const std::vector<float> got_scales = scales.download();
-  std::vector<float> row(cols), expected_scales(groups);
-  std::vector<uint8_t> expected_codes(cols);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) row[c] = detail::bf16_bits_to_float(values[r * cols + c]);
-    detail::quantize_groups_e4m3(row.data(), cols, expected_codes.data(), expected_scales.data());
-    for (int64_t c = 0; c < cols; ++c) {
-      ASSERT_EQ(got_codes[r * cols + c], expected_codes[c]) << "row " << r << " col " << c;
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      const float got = got_scales[g * rows + r];
-      ASSERT_EQ(std::memcmp(&got, &expected_scales[g], 4), 0) << "row " << r << " group " << g;
-    }
+  expect_quantised_by_rule(values, rows, cols, codes, scales);
+}
+
+// Any bf16 bit pattern (NaN, inf, subnormals), and a group of zeros.
+std::vector<uint16_t> hostile_hidden_states(int64_t tokens, int64_t hidden, uint64_t seed) {
+  std::vector<uint16_t> x(tokens * hidden);
+  for (uint16_t& v : x) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    v = static_cast<uint16_t>(seed >> 48);
   }
+  std::fill(x.begin(), x.begin() + kFp8BlockSize, uint16_t{0});
+  return x;
+}
+
+// Both routing kernels quantise x when given x8 (run() does so for FP8 calls: routed ids at any
+// T, logits at block-route sizes): the rule's codes and scales, bitwise, and routing outputs
+// bitwise those of the same kernel without x. The block routing cases take fewer groups than its
+// routing warps, one group per warp (1024 threads), and two groups per warp; the routed cases
+// one block, several, and a T past block routing.
+TEST(GpuFp8, RoutingKernelsQuantiseXByTheRuleAndRouteAlike) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t tokens, hidden;
+    int32_t experts, top_k;
+    RoutingMethod method;  // kTopK: routed ids (launch_decode_topk), packed
+    int32_t n_group, topk_group;
+  };
+  const Case cases[] = {
+      {1, 256, 128, 8, RoutingMethod::kRenormalize, 0, 0},
+      {1, 4096, 8, 2, RoutingMethod::kDefault, 0, 0},
+      {5, 2048, 128, 8, RoutingMethod::kRenormalize, 0, 0},
+      {3, 7168, 256, 8, RoutingMethod::kDeepSeekV3, 8, 4},
+      {heuristics::kBlockRouteMaxTokens, 640, 16, 1, RoutingMethod::kLlama4, 0, 0},
+      {1, 2048, 128, 8, RoutingMethod::kTopK, 0, 0},
+      {7, 7168, 256, 8, RoutingMethod::kTopK, 0, 0},
+      {300, 640, 64, 6, RoutingMethod::kTopK, 0, 0},
+  };
+  uint64_t state = 2468;
+  auto next = [&state] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 32);
+  };
+  for (const Case& c : cases) {
+    const bool routed = c.method == RoutingMethod::kTopK;
+    SCOPED_TRACE(std::string(routed ? "routed" : "logits") + ", T " + std::to_string(c.tokens) +
+                 ", H " + std::to_string(c.hidden) + ", E " + std::to_string(c.experts));
+    const int64_t T = c.tokens, H = c.hidden, slots = T * c.top_k;
+    ASSERT_TRUE(routed || heuristics::use_block_route(T));
+    const std::vector<uint16_t> x = hostile_hidden_states(T, H, next());
+    std::vector<float> logits(T * c.experts), bias(c.experts);
+    for (float& l : logits) l = static_cast<float>(int32_t(next() % 20001) - 10000) / 2500.0f;
+    for (float& b : bias) b = static_cast<float>(next() % 1001) / 1000.0f;
+    std::vector<int32_t> packed(slots);  // id in bits 31..16 (some outside [0, E)), bf16 weight
+    for (int32_t& word : packed) {
+      const int32_t id = static_cast<int32_t>(next() % (c.experts + 4)) - 2;
+      word = static_cast<int32_t>((static_cast<uint32_t>(id) << 16) | (0x3C00u + next() % 0x200));
+    }
+    DeviceArray<uint16_t> x_device(x);
+    DeviceArray<float> logits_device(logits), bias_device(bias);
+    DeviceArray<int32_t> packed_device(packed);
+    MoeShape shape;
+    shape.num_tokens = T;
+    shape.hidden_size = H;
+    shape.intermediate_size = 128;
+    shape.num_experts = c.experts;
+    shape.top_k = c.top_k;
+    shape.local_num_experts = c.experts;
+    LogitsRouting routing;
+    routing.logits = logits_device.get();
+    routing.bias = c.method == RoutingMethod::kDeepSeekV3 ? bias_device.get() : nullptr;
+    routing.method = c.method;
+    routing.n_group = c.n_group;
+    routing.topk_group = c.topk_group;
+    routing.routed_scaling_factor = 2.5f;
+    RoutedTopK ids;
+    ids.topk_ids = packed_device.get();
+    DeviceArray<int32_t> keys_plain(slots), keys_x(slots);
+    DeviceArray<float> weights_plain(slots), weights_x(slots);
+    DeviceArray<uint8_t> codes(T * H);
+    DeviceArray<float> scales(H / kFp8BlockSize * T);
+    codes.fill_bytes(0xFF);  // poisoned: a (token, group) left unwritten cannot pass
+    scales.fill_bytes(0xFF);
+    detail::RoutingOutputs plain;
+    plain.slot_key = keys_plain.get();
+    plain.slot_weight = weights_plain.get();
+    detail::RoutingOutputs with_x;
+    with_x.slot_key = keys_x.get();
+    with_x.slot_weight = weights_x.get();
+    with_x.x = reinterpret_cast<const __nv_bfloat16*>(x_device.get());
+    with_x.x8 = codes.get();
+    with_x.x_scale = scales.get();
+    for (const detail::RoutingOutputs* out : {&plain, &with_x}) {
+      check_cuda(routed ? detail::launch_decode_topk(shape, ids, *out, false, nullptr)
+                        : detail::launch_route(shape, routing, *out, false, nullptr),
+                 "routing");
+    }
+    check_cuda(cudaDeviceSynchronize(), "routing");
+    EXPECT_EQ(keys_x.download(), keys_plain.download());
+    const std::vector<float> got_weights = weights_x.download();
+    const std::vector<float> want_weights = weights_plain.download();
+    EXPECT_EQ(std::memcmp(got_weights.data(), want_weights.data(), 4 * got_weights.size()), 0);
+    expect_quantised_by_rule(x, T, H, codes, scales);
+  }
+  // Past block-route sizes the logits routing kernel does not quantise, and says so.
+  MoeShape big;
+  big.num_tokens = heuristics::kBlockRouteMaxTokens + 1;
+  big.hidden_size = 128;
+  big.intermediate_size = 128;
+  big.num_experts = 8;
+  big.top_k = 2;
+  big.local_num_experts = 8;
+  detail::RoutingOutputs out;
+  out.x8 = reinterpret_cast<uint8_t*>(1);
+  EXPECT_EQ(detail::launch_route(big, LogitsRouting{}, out, false, nullptr), cudaErrorInvalidValue);
 }
 
 // Row p of the output (codes and scales) is input row gather[p], for p below the device limit;

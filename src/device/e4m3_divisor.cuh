@@ -1,6 +1,7 @@
 // The FP8 quantiser's division (scale = amax / 448, e4m3 = cvt.rn.satfinite(v / scale)) without
 // an IEEE division per value, shared by the quantiser kernel (kernels/sm90_quantize_fp8.cuh) and
-// the grouped GEMM1's epilogue (device/epilogue.cuh, store_warp_block_e4m3).
+// the grouped GEMM1's epilogue (device/epilogue.cuh, store_warp_block_e4m3); and one warp's group
+// of the rule, shared by the quantiser kernel and the block routing kernel (kernels/sm90_route.cuh).
 #pragma once
 
 #include <cstdint>
@@ -53,5 +54,28 @@ struct E4m3Divisor {
     return ptx::cvt_e4m3x2(s > 0.0f ? __fdiv_rn(v.x, s) : v.x, s > 0.0f ? __fdiv_rn(v.y, s) : v.y);
   }
 };
+
+// One warp's (row, 128-column group) of the quantiser's rule (kernels/sm90_quantize_fp8.cuh): raw
+// holds lane l's values 4 l .. 4 l + 3 (bf16), whose codes go to codes[4 l ..] (codes: the group's
+// first byte); lane 0 writes the group's scale.
+__device__ __forceinline__ void warp_quantize_fp8_group(uint2 raw, uint8_t* codes, float* scale_out,
+                                                        int lane) {
+  const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  float v[4];
+  const float2 lo = __bfloat1622float2(pair[0]), hi = __bfloat1622float2(pair[1]);
+  v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i]));  // fmaxf skips NaN
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+  }
+  const float scale = __fdiv_rn(amax, 448.0f);
+  const E4m3Divisor divisor(scale);  // v / scale by the reciprocal, bitwise the division
+  const uint32_t packed = uint32_t(divisor.codes(raw.x)) | (uint32_t(divisor.codes(raw.y)) << 16);
+  *reinterpret_cast<uint32_t*>(codes + 4 * lane) = packed;
+  if (lane == 0) *scale_out = scale;
+}
 
 }  // namespace fusedmoe::device

@@ -7,12 +7,16 @@
 //       (the given weight bits, unchanged) and routing_replay_out [T, K] (int16 id).
 //
 // One thread per slot; grid-stride loop. Limiter: launch latency (reads 4-8 bytes per slot).
+// FP8 with bf16 hidden states (x8 given): x quantised too, per token and 128-column group, one
+// warp per group by the quantiser's own warp code (device::warp_quantize_fp8_group), so that no
+// kernel of its own stands between the routing and the sort.
 #pragma once
 
 #include <cstdint>
 
 #include <cuda_bf16.h>
 
+#include "device/e4m3_divisor.cuh"
 #include "fusedmoe/fusedmoe.h"
 
 namespace fusedmoe::detail {
@@ -33,6 +37,11 @@ struct DecodeTopKParams {
   float* slot_weight;           // [T * K]
   void* expert_weights;         // [T * K] or nullptr
   int16_t* routing_replay_out;  // [T * K] or nullptr
+  // x quantised (launch/pipeline.h, RoutingOutputs::x8), or x8 == nullptr
+  const __nv_bfloat16* x;  // [T, hidden_size]
+  int64_t num_tokens, hidden_size;
+  uint8_t* x8;     // [T, hidden_size]
+  float* x_scale;  // [hidden_size / 128, T]
 };
 
 __global__ void __launch_bounds__(DecodeTopKConfig::kThreads)
@@ -78,6 +87,17 @@ __global__ void __launch_bounds__(DecodeTopKConfig::kThreads)
     if (params.routing_replay_out) {
       params.routing_replay_out[slot] = static_cast<int16_t>(expert);
     }
+  }
+  if (params.x8 == nullptr) return;
+  // x: warp w of the grid takes the (token, group) items w, w + warps, ... (warp-uniform)
+  const int64_t h = params.hidden_size, groups = h / 128, items = params.num_tokens * groups;
+  const int lane = threadIdx.x % 32;
+  for (int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+       item < items; item += stride / 32) {
+    const int64_t token = item / groups, group = item % groups, at = token * h + group * 128;
+    device::warp_quantize_fp8_group(*reinterpret_cast<const uint2*>(params.x + at + 4 * lane),
+                                    params.x8 + at,
+                                    &params.x_scale[group * params.num_tokens + token], lane);
   }
 }
 

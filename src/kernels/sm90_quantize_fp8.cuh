@@ -3,8 +3,9 @@
 //   (v itself when scale == 0; NaN stays NaN).
 // codes [rows, cols] e4m3; scales group-major [cols / 128, scale_stride] (the layout of the FP8
 // GEMMs' row scales and of FlashInfer's hidden_states_scale). One warp per (row, group): lane l
-// holds values 4 l .. 4 l + 3 of the group. Rows at or past *num_rows_device (when given; the
-// activation's row count is only known on the device) are skipped.
+// holds values 4 l .. 4 l + 3 of the group (device/e4m3_divisor.cuh: warp_quantize_fp8_group,
+// which the block routing kernel also runs on x, kernels/sm90_route.cuh). Rows at or past *num_rows_device (when given;
+// the activation's row count is only known on the device) are skipped.
 #pragma once
 
 #include <cstdint>
@@ -44,26 +45,10 @@ __global__ void __launch_bounds__(kQuantizeThreads)
   const int64_t row = warp / groups, group = warp % groups;
   const int64_t limit = params.num_rows_device ? *params.num_rows_device : params.rows;
   if (row < limit && row < params.rows) {
-    const int64_t at = row * params.cols + group * 128 + 4 * lane;
-    const uint2 raw = *reinterpret_cast<const uint2*>(params.in + at);
-    const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&raw);
-    float v[4];
-    const float2 lo = __bfloat1622float2(pair[0]), hi = __bfloat1622float2(pair[1]);
-    v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i]));  // fmaxf skips NaN
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
-    }
-    const float scale = __fdiv_rn(amax, 448.0f);
-    // v / scale by the reciprocal, bitwise the division (device/e4m3_divisor.cuh)
-    const device::E4m3Divisor divisor(scale);
-    const uint32_t packed =
-        uint32_t(divisor.codes(raw.x)) | (uint32_t(divisor.codes(raw.y)) << 16);
-    *reinterpret_cast<uint32_t*>(params.codes + at) = packed;
-    if (lane == 0) params.scales[group * params.scale_stride + row] = scale;
+    const int64_t at = row * params.cols + group * 128;
+    device::warp_quantize_fp8_group(*reinterpret_cast<const uint2*>(params.in + at + 4 * lane),
+                            params.codes + at, &params.scales[group * params.scale_stride + row],
+                            lane);
   }
   if (!params.trigger_at_start) ptx::griddepcontrol_launch_dependents();
 }

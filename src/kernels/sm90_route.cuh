@@ -20,10 +20,12 @@
 // At small T, route_block_kernel below (one block per token) does the same faster.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include <cuda_bf16.h>
 
+#include "device/e4m3_divisor.cuh"
 #include "fusedmoe/fusedmoe.h"
 
 namespace fusedmoe::detail {
@@ -61,6 +63,12 @@ struct RouteParams {
   void* expert_weights;  // [T, K] or nullptr
   DType expert_weights_dtype;
   int16_t* routing_replay_out;  // [T, K] or nullptr
+  // route_block_kernel only (launch/pipeline.h, RoutingOutputs): the token's x quantised to e4m3
+  // too, or x8 == nullptr.
+  const __nv_bfloat16* x;  // [T, hidden_size]
+  int64_t hidden_size;
+  uint8_t* x8;             // [T, hidden_size]
+  float* x_scale;          // [hidden_size / 128, T]
 };
 
 namespace route {
@@ -322,10 +330,14 @@ __global__ void __launch_bounds__(RouteConfig::kThreads) route_kernel(const Rout
 // then warp 0 computes the weights as route_kernel's warp does. At T = 1 the warp form walks
 // E / 32 keys per lane in each of K rounds (H200: ~12 us of a DeepSeekV3 call at E = 256, K = 8,
 // bench/NOTES.md); here each thread reads the E keys once. Launched by launch_route when
-// decode_heuristics.h's use_block_route(T) holds. Threads: E rounded up to a warp (<= 1024);
+// decode_heuristics.h's use_block_route(T) holds. Threads: E rounded up to a warp (<= 1024), and
+// with x quantised (params.x8), at least a warp per 128-column group of x up to 1024;
 // smem: (E + n_group) x 4 bytes.
 struct RouteBlockConfig {
-  static int threads(int num_experts) { return (num_experts + 31) / 32 * 32; }
+  static int threads(int num_experts, int64_t x_groups = 0) {
+    const int64_t quantising = std::min<int64_t>(32 * x_groups, 1024);
+    return static_cast<int>(std::max<int64_t>((num_experts + 31) / 32 * 32, quantising));
+  }
   static size_t smem_bytes(int num_experts, int n_group) {
     return static_cast<size_t>(num_experts + n_group) * sizeof(uint32_t);
   }
@@ -350,6 +362,24 @@ __global__ void __launch_bounds__(1024) route_block_kernel(const RouteParams par
   uint32_t* kept = smem_keys + num_experts;
   const int64_t row = token * num_experts;
   const float x = is_expert ? load_as_float(params.logits, params.logits_dtype, row + e) : 0.0f;
+  // FP8 (params.x8): warp w also quantises the token's x groups w, w + warps, ... by the
+  // quantiser's rule (warp_quantize_fp8_group), once it has routed: warp 0 after the picks, the
+  // others at once. The first group's values are loaded here, under the logits' latency.
+  const int64_t h = params.hidden_size, x_groups = params.x8 != nullptr ? h / 128 : 0;
+  const int warps = blockDim.x / 32;
+  uint2 x_first = {};
+  if (warp < x_groups) {
+    x_first = *reinterpret_cast<const uint2*>(params.x + token * h + warp * 128 + 4 * lane);
+  }
+  const auto quantize_x = [&] {
+    for (int64_t group = warp; group < x_groups; group += warps) {
+      const int64_t at = token * h + group * 128;
+      const uint2 raw = group == warp ? x_first
+                                      : *reinterpret_cast<const uint2*>(params.x + at + 4 * lane);
+      device::warp_quantize_fp8_group(raw, params.x8 + at,
+                                      &params.x_scale[group * params.num_tokens + token], lane);
+    }
+  };
 
   // ---- scores as order keys ------------------------------------------------------------------
   const bool softmax_all =
@@ -421,13 +451,17 @@ __global__ void __launch_bounds__(1024) route_block_kernel(const RouteParams par
   __syncthreads();
 
   // ---- weights of the picks, outputs (warp 0, lane k = pick k) -------------------------------
-  if (warp != 0) return;
+  if (warp != 0) {
+    quantize_x();
+    return;
+  }
   const bool holds_pick = lane < params.top_k;
   const int expert = holds_pick ? picks[lane] : 0;
   const float pick_x =
       holds_pick ? load_as_float(params.logits, params.logits_dtype, row + expert) : 0.0f;
   const float weight = pick_weight(params, pick_x, holds_pick, max_logit, sum_exp);
   if (holds_pick) write_pick(params, token, lane, expert, weight);
+  quantize_x();
 }
 
 }  // namespace fusedmoe::detail

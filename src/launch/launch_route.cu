@@ -1,5 +1,6 @@
 // Host side of the logits routing kernels (kernels/sm90_route.cuh): a block per token at small T
-// (decode_heuristics.h: use_block_route), else a warp per token.
+// (decode_heuristics.h: use_block_route), which may also quantise x (RoutingOutputs::x8), else a
+// warp per token.
 #include "decode_heuristics.h"
 #include "kernels/sm90_route.cuh"
 #include "launch/pipeline.h"
@@ -29,14 +30,20 @@ cudaError_t launch_route(const MoeShape& shape, const LogitsRouting& logits,
   params.expert_weights = out.expert_weights;
   params.expert_weights_dtype = out.expert_weights_dtype;
   params.routing_replay_out = out.routing_replay_out;
+  params.x = out.x;
+  params.hidden_size = shape.hidden_size;
+  params.x8 = out.x8;
+  params.x_scale = out.x_scale;
 
   if (heuristics::use_block_route(shape.num_tokens)) {
+    const int64_t x_groups = out.x8 != nullptr ? shape.hidden_size / kFp8BlockSize : 0;
     LaunchConfig launch(dim3(static_cast<unsigned>(shape.num_tokens)),
-                        dim3(RouteBlockConfig::threads(shape.num_experts)),
+                        dim3(RouteBlockConfig::threads(shape.num_experts, x_groups)),
                         RouteBlockConfig::smem_bytes(shape.num_experts, groups.n_group), enable_pdl,
                         stream);
     return cudaLaunchKernelEx(&launch.config, route_block_kernel, params);
   }
+  if (out.x8 != nullptr) return cudaErrorInvalidValue;  // x is quantised by the block form only
   const dim3 grid(
       static_cast<unsigned>((shape.num_tokens + RouteConfig::kWarps - 1) / RouteConfig::kWarps));
   LaunchConfig launch(grid, dim3(RouteConfig::kThreads), RouteConfig::smem_bytes(shape.num_experts),

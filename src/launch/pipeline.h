@@ -62,6 +62,14 @@ struct RoutingOutputs {
   void* expert_weights = nullptr;         // optional [T, K] in expert_weights_dtype
   DType expert_weights_dtype = DType::kBF16;
   int16_t* routing_replay_out = nullptr;  // optional [T, K]
+  // FP8 with bf16 hidden states: the routing kernel also quantises x per token and 128-column
+  // group, bitwise the quantiser kernel (launch_quantize_fp8), so that no kernel of its own stands
+  // between the routing and the sort: launch_decode_topk at any T, launch_route at block-route
+  // sizes (use_block_route; past them it fails with cudaErrorInvalidValue when x8 is given).
+  // x8 == nullptr: x is not quantised here.
+  const __nv_bfloat16* x = nullptr;  // [T, H]
+  uint8_t* x8 = nullptr;             // [T, H] e4m3
+  float* x_scale = nullptr;          // [H / 128, T]
 };
 
 // Routing from logits: one block per token up to heuristics::kBlockRouteMaxTokens tokens, else
