@@ -360,6 +360,7 @@ int main(int argc, char** argv) {
   size_t pool_bytes = 0;
   for (const Shape& s : shapes) pool_bytes = std::max(pool_bytes, size_t((s.p1_mb + s.p2_mb) * 1e6));
   pool_bytes += size_t(64) << 20;
+  pool_bytes = std::max(pool_bytes, size_t(1) << 30);  // the source of the 1 GiB copy too
   uint8_t* pool;
   uint32_t *sink, *counter;
   CHECK(cudaMalloc(&pool, pool_bytes));
