@@ -201,6 +201,25 @@ __device__ inline void finish_tiles(int32_t* counters) {
 }
 
 // ---- producer warpgroup -----------------------------------------------------------------------
+// One K block of the producer's B: waits until the stage is free, then thread 0 (issuer) arms
+// the stage's full barrier for the two B boxes and loads them by TMA (weight rows b_row and
+// b_row + box_stride of `expert`, K from k0). Returns the full barrier, on which the caller's A
+// copies then arrive. Shared by the BF16 and FP8 producers (grouped_mainloop_fp8.cuh).
+template <class Storage, class Pipe>
+__device__ __forceinline__ uint64_t* producer_load_b(Storage& smem, const Pipe& pipe,
+                                                     const CUtensorMap* tmap_b, uint32_t box_bytes,
+                                                     int32_t k0, int32_t b_row, int32_t box_stride,
+                                                     int32_t expert, bool issuer) {
+  ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
+  uint64_t* full = &smem.full[pipe.stage];
+  if (issuer) {
+    ptx::mbarrier_arrive_expect_tx(full, 2 * box_bytes);
+    ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, expert);
+    ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + box_stride, expert);
+  }
+  return full;
+}
+
 template <bool kClaimTiles>
 __device__ inline void run_producer(SharedStorage& smem, const GroupedOperands& op,
                                     const CUtensorMap* tmap_b) {
@@ -233,15 +252,9 @@ __device__ inline void run_producer(SharedStorage& smem, const GroupedOperands& 
     const int32_t b_row = tile.n_block * op.b_block_stride;
 
     for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
-      ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
-      uint64_t* full = &smem.full[pipe.stage];
       const int32_t k0 = k_block * Config::kBlockK;
-      if (thread_idx == 0) {
-        ptx::mbarrier_arrive_expect_tx(full, 2 * Config::kBBoxBytes);
-        ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
-        ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
-                         tile.expert);
-      }
+      uint64_t* full = producer_load_b(smem, pipe, tmap_b, Config::kBBoxBytes, k0, b_row,
+                                       op.b_box_stride, tile.expert, thread_idx == 0);
       const bool k_valid = k0 + chunk * 8 < op.k;
       uint8_t* a_stage = reinterpret_cast<uint8_t*>(smem.a[pipe.stage]);
 #pragma unroll

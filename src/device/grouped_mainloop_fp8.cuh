@@ -165,15 +165,9 @@ __device__ inline void run_producer_fp8(Fp8SharedStorage& smem, const Fp8Operand
     for (int sub = 0; sub < kSubTiles; ++sub) {
       const int32_t b_row = (tile.n_block * kSubTiles + sub) * op.b_block_stride;
       for (int32_t k_block = 0; k_block < op.num_k_blocks; ++k_block) {
-        ptx::mbarrier_wait(&smem.empty[pipe.stage], pipe.phase ^ 1);
-        uint64_t* full = &smem.full[pipe.stage];
         const int32_t k0 = k_block * Config::kBlockK;
-        if (thread_idx == 0) {
-          ptx::mbarrier_arrive_expect_tx(full, 2 * Config::kBBoxBytes);
-          ptx::tma_load_3d(smem.b[pipe.stage][0], tmap_b, full, k0, b_row, tile.expert);
-          ptx::tma_load_3d(smem.b[pipe.stage][1], tmap_b, full, k0, b_row + op.b_box_stride,
-                           tile.expert);
-        }
+        uint64_t* full = producer_load_b(smem, pipe, tmap_b, Config::kBBoxBytes, k0, b_row,
+                                         op.b_box_stride, tile.expert, thread_idx == 0);
         uint8_t* a_stage = smem.a[pipe.stage];
 #pragma unroll
         for (int i = 0; i < Config::kRowsPerProducerThread; ++i) {
