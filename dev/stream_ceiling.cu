@@ -24,9 +24,11 @@
 //     ("fused-resident");
 //   one kernel over both phases' bytes with no barrier ("stream": the bound of any structure).
 // Each time: the median of `reps` replays of a CUDA graph holding the kernels, by events around
-// the graph launch, L2 flushed before each (a 512 MiB memset, outside the events); "empty" is a
-// graph of one empty kernel (the graph launch and events alone), "copy" a 1 GiB device-to-device
-// copy (read + write, the benchmark's BW). TB/s = bytes / time, the fixed cost included.
+// the graph launch, L2 flushed before each, outside the events, by reading twice its size (clean
+// lines, as bench/timing.py does; STREAM_FLUSH=write: a memset instead, whose dirty lines the
+// timed graph then writes back: the first run's flush, which cost its streams several us);
+// "empty" is a graph of one empty kernel (the graph launch and events alone), "copy" a 1 GiB
+// device-to-device copy kernel (read + write, the benchmark's BW). TB/s = bytes / time, the fixed cost included.
 // Build (after nothing else):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -Isrc -Iinclude \
 //     dev/stream_ceiling.cu -o /tmp/stream_ceiling
@@ -252,10 +254,35 @@ __global__ void __launch_bounds__(kBulkThreads, 1) bulk_kernel(BulkArgs args) {
 
 __global__ void empty_kernel() {}
 
+// Reads `n` 16-byte words (the L2 flush: a read leaves clean lines, so that no write-back of the
+// flush lands in the timed graph, as in the benchmark's bench/timing.py).
+__global__ void read_kernel(const uint4* __restrict__ src, size_t n, uint32_t* sink) {
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const uint4 v = src[i];
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9E3779B9u) sink[blockIdx.x] = acc;
+}
+
+// A device-to-device copy by SMs (the benchmark's BW is a copy kernel's; cudaMemcpyAsync may
+// take a copy engine, which is slower).
+__global__ void copy_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
 // ---- host ---------------------------------------------------------------------------------------
 struct Bench {
   cudaStream_t stream;
   void* flush;
+  size_t flush_bytes;
+  bool flush_by_write;  // STREAM_FLUSH=write: a memset (dirty lines, written back in the timed graph)
+  uint32_t* flush_sink;
+  int sms;
   cudaEvent_t start, stop;
   int reps;
 
@@ -270,7 +297,12 @@ struct Bench {
     CHECK(cudaGraphLaunch(exec, stream));  // warm-up
     std::vector<float> ms;
     for (int r = 0; r < reps; ++r) {
-      CHECK(cudaMemsetAsync(flush, r & 0xFF, size_t(512) << 20, stream));
+      if (flush_by_write) {
+        CHECK(cudaMemsetAsync(flush, r & 0xFF, flush_bytes, stream));
+      } else {
+        read_kernel<<<sms * 4, 512, 0, stream>>>(static_cast<const uint4*>(flush),
+                                                  flush_bytes / 16, flush_sink);
+      }
       CHECK(cudaEventRecord(start, stream));
       CHECK(cudaGraphLaunch(exec, stream));
       CHECK(cudaEventRecord(stop, stream));
@@ -347,7 +379,17 @@ int main(int argc, char** argv) {
   CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
   CHECK(cudaEventCreate(&b.start));
   CHECK(cudaEventCreate(&b.stop));
-  CHECK(cudaMalloc(&b.flush, size_t(512) << 20));
+  {
+    int l2 = 0;
+    CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+    b.flush_bytes = std::max(size_t(2) * size_t(l2), size_t(64) << 20) / 16 * 16;
+  }
+  const char* flush_mode = std::getenv("STREAM_FLUSH");
+  b.flush_by_write = flush_mode != nullptr && std::string(flush_mode) == "write";
+  b.sms = sms;
+  CHECK(cudaMalloc(&b.flush, b.flush_bytes));
+  CHECK(cudaMemset(b.flush, 0x3C, b.flush_bytes));
+  CHECK(cudaMalloc(&b.flush_sink, size_t(sms) * 4 * sizeof(uint32_t)));
 
   const std::vector<Shape> shapes = {
       {"qwen3-30b-a3b bf16", 8 * 1536 * 2048 * 2 / 1e6, 8 * 2048 * 768 * 2 / 1e6, 4096, 1536},
@@ -375,10 +417,15 @@ int main(int argc, char** argv) {
     void* dst;
     const size_t n = size_t(1) << 30;
     CHECK(cudaMalloc(&dst, n));
-    copy_us = b.time_graph([&] { CHECK(cudaMemcpyAsync(dst, pool, n, cudaMemcpyDeviceToDevice, b.stream)); });
+    copy_us = b.time_graph([&] {
+      copy_kernel<<<sms * 4, 512, 0, b.stream>>>(reinterpret_cast<const uint4*>(pool),
+                                                 static_cast<uint4*>(dst), n / 16);
+    });
     CHECK(cudaFree(dst));
-    std::printf("empty graph %.1f us; copy of 1 GiB %.1f us = %.0f GB/s (read + write); %d SMs\n",
-                empty_us, copy_us, 2.0 * (size_t(1) << 30) / copy_us / 1e3, sms);
+    std::printf("L2 flushed by %s %.0f MiB; empty graph %.1f us; copy kernel of 1 GiB %.1f us = "
+                "%.0f GB/s (read + write); %d SMs\n",
+                b.flush_by_write ? "a memset of" : "reading", b.flush_bytes / 1048576.0, empty_us,
+                copy_us, 2.0 * (size_t(1) << 30) / copy_us / 1e3, sms);
   }
 
   // Launch helpers. rows: one kernel over `bytes` of 32-row CTAs. bulk: one kernel over one or
