@@ -19,11 +19,7 @@ echo "build-carry: $(cat build-carry/COMMIT), $(du -sh build-carry | cut -f1)"
 # NAME and the GPU tests its call runs (README.md's table and plan).
 variants=(
   "base"
-  "fp8-trigger-early-lookup test_gpu_fp8"
-  "producer-load-b test_gpu_grouped_gemm test_gpu_fp8 test_gpu_moe"
-  "fp8-route-quantises-x test_gpu_fp8"
   "fold-finalize-k1 test_gpu_moe test_gpu_fp8"
-  "gpu-test-gaps test_gpu_fp8 test_gpu_moe"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
