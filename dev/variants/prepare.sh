@@ -20,6 +20,7 @@ echo "build-carry: $(cat build-carry/COMMIT), $(du -sh build-carry | cut -f1)"
 variants=(
   "base"
   "fold-finalize-k1 test_gpu_moe test_gpu_fp8"
+  "fp8-gemm1-quantises-act test_gpu_fp8"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
