@@ -581,6 +581,20 @@ class DeviceMoeCall {
   std::vector<DeviceArray<uint8_t>> buffers_;
 };
 
+// The GPU reference's fp32 truth against the fp64 model (tests/common/double_model.h): within
+// fp32 accumulation error, 1e-4 of the largest output (a missing bias, parameter or rounding of
+// the scaled input is far larger).
+void expect_truth_near_fp64(const std::vector<double>& truth, const DoubleModel& model) {
+  ASSERT_EQ(truth.size(), model.exact.size());
+  double largest = 0.0, worst = 0.0;
+  for (size_t i = 0; i < model.exact.size(); ++i) {
+    largest = std::max(largest, std::abs(model.exact[i]));
+    worst = std::max(worst, std::abs(truth[i] - model.exact[i]));
+  }
+  ASSERT_GT(largest, 0.0);
+  EXPECT_LE(worst, 1e-4 * largest) << "gpu reference truth vs fp64 model";
+}
+
 // ------------------------------------------------------------------------------------------------
 // The GPU reference against the CPU reference, and the operator against the CPU directly.
 // ------------------------------------------------------------------------------------------------
@@ -609,14 +623,7 @@ TEST(GpuMoe, GpuReferenceAndOperatorMatchCpuReference) {
   // is within fp32 error of it, and both designs (the GPU reference's and run_reference's) and
   // the operator are judged by the rule around it, with run_reference's error setting the bound.
   const DoubleModel model = moe_double(cpu_case, routing.ids, routing.weights);
-  ASSERT_EQ(gpu.out_truth.size(), model.exact.size());
-  double largest = 0.0, worst = 0.0;
-  for (size_t i = 0; i < model.exact.size(); ++i) {
-    largest = std::max(largest, std::abs(model.exact[i]));
-    worst = std::max(worst, std::abs(gpu.out_truth[i] - model.exact[i]));
-  }
-  ASSERT_GT(largest, 0.0);
-  EXPECT_LE(worst, 1e-4 * largest) << "gpu reference truth vs fp64 model";
+  expect_truth_near_fp64(gpu.out_truth, model);
   expect_close(gpu.out_design, model.exact, cpu_case.output, "gpu reference vs cpu reference");
 
   // The expert rows (before the weighted sum), around the GPU reference's rows, whose truth the
@@ -713,14 +720,7 @@ TEST(GpuMoe, GpuReferenceWithExpertMlpOptionsMatchesCpuReference) {
     // Truth: the fp64 model's output within fp32 error (a missing bias, parameter or rounding
     // of the scaled input is far larger).
     const DoubleModel model = moe_double(cpu_case, routing.ids, routing.weights);
-    ASSERT_EQ(gpu.out_truth.size(), model.exact.size());
-    double largest = 0.0, worst = 0.0;
-    for (size_t i = 0; i < model.exact.size(); ++i) {
-      largest = std::max(largest, std::abs(model.exact[i]));
-      worst = std::max(worst, std::abs(gpu.out_truth[i] - model.exact[i]));
-    }
-    ASSERT_GT(largest, 0.0);
-    EXPECT_LE(worst, 1e-4 * largest) << "gpu reference truth vs fp64 model";
+    expect_truth_near_fp64(gpu.out_truth, model);
 
     // Design: run_reference's output or rows, by the rule around the truth.
     if (m.finalize) {
