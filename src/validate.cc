@@ -16,8 +16,6 @@ std::string str(int64_t value) { return std::to_string(value); }
 
 bool is_dtype(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kFP32; }
 
-
-
 Status check_dtype(const char* argument, DType dtype) {
   if (is_dtype(dtype)) return Status::Ok();
   return invalid_argument(argument, "bf16 (0) or fp32 (1)", dtype_str(dtype));

@@ -1,7 +1,8 @@
 // The FP8 quantiser's division (scale = amax / 448, e4m3 = cvt.rn.satfinite(v / scale)) without
 // an IEEE division per value, shared by the quantiser kernel (kernels/sm90_quantize_fp8.cuh) and
 // the grouped GEMM1's epilogue (device/epilogue.cuh, store_warp_block_e4m3); and one warp's group
-// of the rule, shared by the quantiser kernel and the block routing kernel (kernels/sm90_route.cuh).
+// of the rule, shared by the quantiser kernel and the routing kernels that quantise x
+// (kernels/sm90_route.cuh, kernels/sm90_decode_topk.cuh).
 #pragma once
 
 #include <cstdint>

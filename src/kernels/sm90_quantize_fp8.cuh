@@ -4,8 +4,8 @@
 // codes [rows, cols] e4m3; scales group-major [cols / 128, scale_stride] (the layout of the FP8
 // GEMMs' row scales and of FlashInfer's hidden_states_scale). One warp per (row, group): lane l
 // holds values 4 l .. 4 l + 3 of the group (device/e4m3_divisor.cuh: warp_quantize_fp8_group,
-// which the block routing kernel also runs on x, kernels/sm90_route.cuh). Rows at or past *num_rows_device (when given;
-// the activation's row count is only known on the device) are skipped.
+// which the routing kernels also run on x). Rows at or past *num_rows_device (when given; the
+// activation's row count is only known on the device) are skipped.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +47,8 @@ __global__ void __launch_bounds__(kQuantizeThreads)
   if (row < limit && row < params.rows) {
     const int64_t at = row * params.cols + group * 128;
     device::warp_quantize_fp8_group(*reinterpret_cast<const uint2*>(params.in + at + 4 * lane),
-                            params.codes + at, &params.scales[group * params.scale_stride + row],
-                            lane);
+                                    params.codes + at,
+                                    &params.scales[group * params.scale_stride + row], lane);
   }
   if (!params.trigger_at_start) ptx::griddepcontrol_launch_dependents();
 }

@@ -19,8 +19,7 @@ namespace fusedmoe::detail {
 cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
                                 const int32_t* num_rows_device, int64_t cols, uint8_t* codes,
                                 float* scales, int64_t scale_stride, bool trigger_at_start,
-                                bool enable_pdl,
-                                cudaStream_t stream);
+                                bool enable_pdl, cudaStream_t stream);
 
 // Whether launch_decode_gemm2_fp8 over out_cols columns takes its early lookup (finds its expert
 // and issues its first weights before its griddepcontrol.wait).

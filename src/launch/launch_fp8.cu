@@ -146,8 +146,7 @@ cudaError_t launch_decode_fp8(const GroupedRows& rows, const Fp8A& a, int64_t k,
 cudaError_t launch_quantize_fp8(const __nv_bfloat16* in, int64_t rows,
                                 const int32_t* num_rows_device, int64_t cols, uint8_t* codes,
                                 float* scales, int64_t scale_stride, bool trigger_at_start,
-                                bool enable_pdl,
-                                cudaStream_t stream) {
+                                bool enable_pdl, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (reinterpret_cast<uintptr_t>(in) % 8 != 0 || reinterpret_cast<uintptr_t>(codes) % 4 != 0) {
     return cudaErrorMisalignedAddress;
