@@ -96,6 +96,14 @@ class DeviceFp8Call {
     return status;
   }
 
+  // Every device output set to 0xFF bytes again (NaN for bf16), so that a rerun that leaves a row
+  // unwritten cannot pass for the earlier run's.
+  void poison_outputs() {
+    for (const auto& [host, device, bytes] : outputs_) {
+      check_cuda(cudaMemset(device, 0xFF, bytes), "poison");
+    }
+  }
+
   // Device outputs into the case's host output buffers.
   void download() {
     for (const auto& [host, device, bytes] : outputs_) {
@@ -129,6 +137,25 @@ class DeviceFp8Call {
   std::vector<DeviceArray<uint8_t>> buffers_;
   std::vector<Output> outputs_;
 };
+
+// The returned expert_weights against the reference's: bitwise for routed input (passed through),
+// within an ulp of bf16 or four of fp32 for logits (the device's exp is not the host's expf).
+// The outputs start poisoned (NaN), so a slot left unwritten fails.
+void expect_expert_weights(const MoeCase& gpu, const MoeCase& cpu, bool from_logits) {
+  const std::vector<float> ours = gpu.expert_weights_as_float();
+  const std::vector<float> ref = cpu.expert_weights_as_float();
+  ASSERT_EQ(ours.size(), ref.size());
+  ASSERT_FALSE(ref.empty());
+  const bool fp32 = gpu.expert_weights_dtype() == DType::kFP32;
+  const int mantissa_bits = fp32 ? 23 : 7;
+  const float ulps = from_logits ? (fp32 ? 4.0f : 1.0f) : 0.0f;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(ref[i])) << "expert_weights[" << i << "]: reference";
+    const float ulp = ref[i] == 0.0f ? 0.0f : std::ldexp(1.0f, std::ilogb(ref[i]) - mantissa_bits);
+    ASSERT_LE(std::abs(ours[i] - ref[i]), ulps * ulp)
+        << "expert_weights[" << i << "]: " << ours[i] << " vs " << ref[i];
+  }
+}
 
 // The rule above for bf16 rows of `cols` values against the reference's.
 void expect_close_fp8(const std::vector<uint16_t>& gpu, const std::vector<uint16_t>& cpu,
@@ -214,6 +241,7 @@ void check_spec(const Fp8Spec& spec, uint64_t seed) {
                                cpu.c.expanded_idx_to_permuted_idx),
               -1)
         << "permutation map";
+    expect_expert_weights(gpu.c, cpu.c, spec.input == RoutingInput::kLogits);
     // The rows the map names (slots outside the window map to -1).
     const int64_t rows = spec.H * std::count_if(cpu.c.expanded_idx_to_permuted_idx.begin(),
                                                 cpu.c.expanded_idx_to_permuted_idx.end(),
@@ -222,8 +250,9 @@ void check_spec(const Fp8Spec& spec, uint64_t seed) {
     std::vector<uint16_t> r(cpu.c.gemm2_output.begin(), cpu.c.gemm2_output.begin() + rows);
     if (rows > 0) expect_close_fp8(g, r, spec.H, "gemm2_output");
   }
-  // Reruns, with and without PDL, are bitwise the first run.
+  // Reruns, with and without PDL, are bitwise the first run (into outputs poisoned again).
   const std::vector<uint16_t> first = spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output;
+  call.poison_outputs();
   ASSERT_TRUE(call.run(/*enable_pdl=*/true).ok());
   call.download();
   EXPECT_EQ(first_difference(spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output, first), -1)
@@ -256,6 +285,15 @@ TEST(GpuFp8, MatchesReferenceAcrossInputsActivationsAndWindows) {
        RoutingMethod::kRenormalize, Activation::kRelu2, true, /*do_finalize=*/false},
       {"decode window e4m3 input", 5, 512, 256, 16, 4, 4, 8, RoutingInput::kLogits,
        RoutingMethod::kRenormalize, Activation::kSwiglu, false, true, /*fp8_input=*/true},
+      // Prefill sizes with the general epilogues, unfinalized and in a window: the grouped FP8
+      // GEMMs with claimed tiles (H, I >= 1024, at most 192 rows per expert) at 132 SMs.
+      {"prefill claimed gpt-oss-like options", 600, 1024, 1024, 8, 2, 0, 8,
+       RoutingInput::kLogits, RoutingMethod::kRenormalize, Activation::kSwiglu, true},
+      {"prefill claimed relu2 biases unfinalized", 600, 1024, 1024, 8, 2, 0, 8,
+       RoutingInput::kLogits, RoutingMethod::kRenormalize, Activation::kRelu2, true,
+       /*do_finalize=*/false},
+      {"prefill claimed geglu window", 600, 1024, 1024, 8, 2, 2, 4, RoutingInput::kLogits,
+       RoutingMethod::kRenormalize, Activation::kGeglu, false, true},
   };
   uint64_t seed = 4000;
   for (const Fp8Spec& spec : specs) check_spec(spec, ++seed);

@@ -157,12 +157,14 @@ class GpuCase {
     d_topk_ids_.upload(topk_ids_);
   }
 
+  // bf16 / fp32 outputs become NaN; the map and the replay ids kPoisonInt32 / kPoisonInt16, not
+  // -1 (0xFF bytes), which is a legal "routed elsewhere" entry and would pass for a written one.
   void poison_outputs() {
     output_.fill_bytes(0xFF);
     gemm2_output_.fill_bytes(0xFF);
     expert_weights_.fill_bytes(0xFF);
-    permuted_idx_.fill_bytes(0xFF);
-    replay_.fill_bytes(0xFF);
+    permuted_idx_.fill_bytes(0x5A);
+    replay_.fill_bytes(0x5A);
   }
 
   // MoeArguments on the device buffers (host = false) or on the host copies of the routing
@@ -529,6 +531,18 @@ class DeviceMoeCall {
 
   const MoeArguments& arguments() const { return args_; }
 
+  // The bf16 outputs set to 0xFF bytes (NaN) again, so that a rerun that leaves a row unwritten
+  // cannot pass for the earlier run's.
+  void poison_outputs() {
+    if (args_.output) {
+      check_cuda(cudaMemset(args_.output, 0xFF, case_.output.size() * sizeof(uint16_t)), "poison");
+    }
+    if (args_.gemm2_output) {
+      check_cuda(cudaMemset(args_.gemm2_output, 0xFF, case_.gemm2_output.size() * sizeof(uint16_t)),
+                 "poison");
+    }
+  }
+
   void download() {
     copy_back(case_.output, args_.output);
     copy_back(case_.gemm2_output, args_.gemm2_output);
@@ -567,40 +581,64 @@ class DeviceMoeCall {
   std::vector<DeviceArray<uint8_t>> buffers_;
 };
 
+// The GPU reference's fp32 truth against the fp64 model (tests/common/double_model.h): within
+// fp32 accumulation error, 1e-4 of the largest output (a missing bias, parameter or rounding of
+// the scaled input is far larger).
+void expect_truth_near_fp64(const std::vector<double>& truth, const DoubleModel& model) {
+  ASSERT_EQ(truth.size(), model.exact.size());
+  double largest = 0.0, worst = 0.0;
+  for (size_t i = 0; i < model.exact.size(); ++i) {
+    largest = std::max(largest, std::abs(model.exact[i]));
+    worst = std::max(worst, std::abs(truth[i] - model.exact[i]));
+  }
+  ASSERT_GT(largest, 0.0);
+  EXPECT_LE(worst, 1e-4 * largest) << "gpu reference truth vs fp64 model";
+}
+
 // ------------------------------------------------------------------------------------------------
 // The GPU reference against the CPU reference, and the operator against the CPU directly.
 // ------------------------------------------------------------------------------------------------
 TEST(GpuMoe, GpuReferenceAndOperatorMatchCpuReference) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  CaseSpec spec{"cpu_check", 19, 2048, 768, 8, 2};
-  spec.method = RoutingMethod::kRenormalize;
-  GpuCase c(spec, 7);
-  const MoeShape& shape = c.shape();
-  const ref::Routing routing = c.reference_routing();
+  MoeCaseConfig cfg;
+  cfg.shape = make_shape(19, 2048, 768, 8, 2);
+  cfg.method = RoutingMethod::kRenormalize;
+  cfg.seed = 7;
+  MoeCase cpu_case(cfg), gpu_case(cfg);
+  ASSERT_TRUE(run_reference(cpu_case.arguments()).ok());
+  const MoeArguments host = cpu_case.arguments();
+  const MoeShape& shape = cfg.shape;
+  const ref::Routing routing = ref::route_reference(
+      host.logits, shape.num_tokens, shape.num_experts, shape.top_k, cpu_case.expert_weights_dtype());
   const ref::Permutation perm =
       ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
-  const GpuReferenceResult gpu = gpu_reference(shape, c.x(), c.w1(), c.w2(), routing, perm, true);
+  DeviceMoeCall call(gpu_case);
+  const MoeArguments& device = call.arguments();
+  const GpuReferenceResult gpu =
+      gpu_reference(shape, static_cast<const uint16_t*>(device.hidden_states),
+                    static_cast<const uint16_t*>(device.gemm1_weights),
+                    static_cast<const uint16_t*>(device.gemm2_weights), routing, perm, true);
 
-  const std::vector<uint16_t> x = download(c.x(), shape.num_tokens * shape.hidden_size);
-  const std::vector<uint16_t> w1 = download(
-      c.w1(), int64_t{shape.local_num_experts} * 2 * shape.intermediate_size * shape.hidden_size);
-  const std::vector<uint16_t> w2 = download(
-      c.w2(), int64_t{shape.local_num_experts} * shape.hidden_size * shape.intermediate_size);
+  // Truth from neither GPU nor CPU reference: the fp64 model. The cuBLAS reference's fp32 chain
+  // is within fp32 error of it, and both designs (the GPU reference's and run_reference's) and
+  // the operator are judged by the rule around it, with run_reference's error setting the bound.
+  const DoubleModel model = moe_double(cpu_case, routing.ids, routing.weights);
+  expect_truth_near_fp64(gpu.out_truth, model);
+  expect_close(gpu.out_design, model.exact, cpu_case.output, "gpu reference vs cpu reference");
+
+  // The expert rows (before the weighted sum), around the GPU reference's rows, whose truth the
+  // output's check above anchors.
   const std::vector<uint16_t> act = ref::activation_reference(
-      x.data(), w1.data(), shape.hidden_size, shape.intermediate_size, shape.top_k, perm);
+      cpu_case.hidden_states.data(), cpu_case.gemm1_weights.data(), shape.hidden_size,
+      shape.intermediate_size, shape.top_k, perm);
   const std::vector<uint16_t> y =
-      ref::gemm2_reference(act, w2.data(), shape.hidden_size, shape.intermediate_size, perm);
-  const std::vector<uint16_t> cpu_out =
-      ref::finalize_reference(routing, perm, y, shape.hidden_size);
-
-  // The cuBLAS reference's design path and the CPU reference differ only in summation order.
-  expect_close(gpu.out_design, gpu.out_truth, cpu_out, "gpu reference vs cpu reference");
+      ref::gemm2_reference(act, cpu_case.gemm2_weights.data(), shape.hidden_size,
+                          shape.intermediate_size, perm);
   expect_close(gpu.y_design, gpu.y_truth, y, "gpu reference rows vs cpu reference rows");
 
-  c.poison_outputs();
-  const Status status = run_on_device(c.arguments());
-  ASSERT_TRUE(status.ok()) << status.message;
-  expect_close(c.output().download(), gpu.out_truth, cpu_out, "operator vs cpu reference");
+  ASSERT_TRUE(run_on_device(device).ok());
+  call.download();
+  expect_close(gpu_case.output, model.exact, cpu_case.output, "operator vs cpu reference");
 }
 
 // The GPU reference with the expert MLP's options (the soak's truth on shapes the CPU cannot
@@ -682,14 +720,7 @@ TEST(GpuMoe, GpuReferenceWithExpertMlpOptionsMatchesCpuReference) {
     // Truth: the fp64 model's output within fp32 error (a missing bias, parameter or rounding
     // of the scaled input is far larger).
     const DoubleModel model = moe_double(cpu_case, routing.ids, routing.weights);
-    ASSERT_EQ(gpu.out_truth.size(), model.exact.size());
-    double largest = 0.0, worst = 0.0;
-    for (size_t i = 0; i < model.exact.size(); ++i) {
-      largest = std::max(largest, std::abs(model.exact[i]));
-      worst = std::max(worst, std::abs(gpu.out_truth[i] - model.exact[i]));
-    }
-    ASSERT_GT(largest, 0.0);
-    EXPECT_LE(worst, 1e-4 * largest) << "gpu reference truth vs fp64 model";
+    expect_truth_near_fp64(gpu.out_truth, model);
 
     // Design: run_reference's output or rows, by the rule around the truth.
     if (m.finalize) {
@@ -1297,6 +1328,7 @@ void check_expert_mlp_case(const MoeCaseConfig& cfg, const char* name) {
     std::vector<double> design = bf16_to_double(cpu_case.output);
     expect_close(bf16_to_double(gpu_case.output), model.exact, design, name);
     const std::vector<uint16_t> first = gpu_case.output;
+    call.poison_outputs();
     ASSERT_TRUE(run_on_device(call.arguments(), /*enable_pdl=*/true).ok());
     call.download();
     EXPECT_EQ(first_difference(gpu_case.output, first), -1) << "rerun with PDL not bitwise";
@@ -1425,7 +1457,7 @@ std::vector<CaseSpec> concurrency_cases() {
   s.topk_group = 4;
   s.routed_scaling_factor = 2.5f;
   cases.push_back(s);
-  s = {"prefill_packed_triple_shard", 989, 2048, 768, 64, 4, 32, 16};
+  s = {"prefill_packed_triple_shard", 1100, 2048, 768, 64, 4, 32, 16};  // T * K > 4096: 3 kernels
   s.input = RoutingInput::kPacked;
   s.do_finalize = false;
   cases.push_back(s);
@@ -1555,15 +1587,19 @@ TEST(GpuConcurrency, CasesCoverDecodeAndPrefillGemms) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
   int num_sms = 0;
   check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0), "sms");
-  int decode = 0, prefill = 0;
+  int decode = 0, prefill = 0, small_sort = 0, three_kernel_sort = 0;
   for (const CaseSpec& spec : concurrency_cases()) {
     const int32_t num_local = spec.local_num_experts ? spec.local_num_experts : spec.num_experts;
     const bool d = heuristics::use_decode_gemm1(spec.num_tokens, spec.top_k, spec.num_experts,
                                                 num_local, spec.intermediate_size, num_sms);
     (d ? decode : prefill) += 1;
+    (heuristics::use_small_sort(spec.num_tokens * spec.top_k) ? small_sort : three_kernel_sort) +=
+        1;
   }
   EXPECT_GT(decode, 0);
   EXPECT_GT(prefill, 0);
+  EXPECT_GT(small_sort, 0);
+  EXPECT_GT(three_kernel_sort, 0) << "no case sorts with chunk_prefix (the workspace's counts)";
 }
 
 TEST(GpuConcurrency, StreamsInFlightMatchSerialBitwise) {

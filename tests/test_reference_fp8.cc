@@ -221,13 +221,14 @@ TEST(ReferenceFp8, Fp8HiddenStatesWithTheirScalesGiveTheBf16InputsResultBitwise)
   EXPECT_EQ(test::first_difference(fp8_input.c.output, bf16_input.c.output), -1);
 
   // And FP8 is close to, but not, the BF16 operator on the same weights (quantisation noise of a
-  // few per cent, never zero): the FP8 path really ran.
-  test::MoeCase bf16(fp8_config(21));
-  ASSERT_TRUE(run_reference(bf16.arguments()).ok());
+  // few per cent, never zero): the FP8 path really ran. (The case's bf16 data, which Fp8Case
+  // scales by blocks before quantising, run with bf16 weights.)
+  test::Fp8Case bf16(fp8_config(21));
+  ASSERT_TRUE(run_reference(bf16.c.arguments()).ok());
   double diff = 0.0, norm = 0.0;
-  for (size_t i = 0; i < bf16.output.size(); ++i) {
+  for (size_t i = 0; i < bf16.c.output.size(); ++i) {
     const double a = detail::bf16_bits_to_float(bf16_input.c.output[i]);
-    const double b = detail::bf16_bits_to_float(bf16.output[i]);
+    const double b = detail::bf16_bits_to_float(bf16.c.output[i]);
     diff += (a - b) * (a - b);
     norm += b * b;
   }

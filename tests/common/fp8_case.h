@@ -22,11 +22,40 @@ struct Fp8Case {
 
   explicit Fp8Case(const test::MoeCaseConfig& cfg) : c(cfg) {
     const MoeShape& s = c.shape();
+    // Each 128x128 weight block and each (token, 128-column group) of x scaled by a power of two
+    // of its own (2^-3..2^3 and 2^-2..2^2: exact in bf16), so that the blocks' scales differ by
+    // up to 64x. With the uniform random data alone every block has about the same amax, so its
+    // scale would be the same number everywhere and a wrong scale index would change nothing.
+    uint64_t state = cfg.seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
+    scale_by_blocks(c.gemm1_weights, s.local_num_experts * c.gemm1_rows(), s.hidden_size, 128, 3,
+                    state);
+    scale_by_blocks(c.gemm2_weights, s.local_num_experts * s.hidden_size, s.intermediate_size, 128,
+                    3, state);
+    scale_by_blocks(c.hidden_states, s.num_tokens, s.hidden_size, 1, 2, state);
     quantize_blocks(c.gemm1_weights, s.local_num_experts, c.gemm1_rows(), s.hidden_size, w1,
                     w1_scales);
     quantize_blocks(c.gemm2_weights, s.local_num_experts, s.hidden_size, s.intermediate_size, w2,
                     w2_scales);
   }
+  // values [rows, cols] (bf16 bits): every block of block_rows x 128 multiplied by 2^u, u uniform
+  // in [-max_shift, max_shift] from `state` (rows a multiple of block_rows, cols of 128).
+  static void scale_by_blocks(std::vector<uint16_t>& values, int64_t rows, int64_t cols,
+                              int64_t block_rows, int max_shift, uint64_t& state) {
+    for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
+      for (int64_t c0 = 0; c0 < cols; c0 += 128) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        const int shift = static_cast<int>((state >> 33) % (2 * max_shift + 1)) - max_shift;
+        const float factor = std::ldexp(1.0f, shift);
+        for (int64_t r = r0; r < std::min(rows, r0 + block_rows); ++r) {
+          for (int64_t i = c0; i < std::min(cols, c0 + 128); ++i) {
+            uint16_t& v = values[r * cols + i];
+            v = detail::float_to_bf16_bits(detail::bf16_bits_to_float(v) * factor);
+          }
+        }
+      }
+    }
+  }
+
   // amax / 448 per block, like the Python package's quantize_fp8_weights.
   static void quantize_blocks(const std::vector<uint16_t>& bf16, int64_t experts, int64_t n,
                               int64_t k, std::vector<uint8_t>& codes, std::vector<float>& scales) {

@@ -489,13 +489,14 @@ def test_static_cache_generate(generator):
 
 @requires_hopper
 @pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
-def test_gpu_torch_compile_inductor(family, generator):
+def test_gpu_torch_compile_inductor(family, generator, monkeypatch):
     torch._dynamo.reset()
     model = tiny_model(family, generator, "fusedmoe", device="cuda")
     reference = copy.deepcopy(model).float()
     set_implementation(reference, "eager")
     tokens = torch.randint(3, VOCAB, (2, 9), generator=generator).cuda()
-    fusedmoe_hf.prepare(model)
+    layers = fusedmoe_hf.prepare(model)
+    calls = _count_operator_calls(monkeypatch)  # counted whether dynamo traces or replays it
     # Inductor rounds the model's own fused intermediates (norms, attention, the router) to bf16
     # where eager does: else a near-tie of the router may flip a token's experts, which the
     # allowance does not cover (docs/reliability.md, "A seed of the compiled transformers test").
@@ -504,6 +505,8 @@ def test_gpu_torch_compile_inductor(family, generator):
         set_implementation(model, "eager")
         bf16_ref = model(tokens).logits
         ref = reference(tokens).logits
+    # A fallback inside the compiled graph would compare the model's own experts with themselves.
+    assert layers > 0 and calls[0] >= layers, f"the compiled model ran fusedmoe {calls[0]} times"
     assert_bf16_close(compiled, bf16_ref, ref, f"{family} compiled", generator.initial_seed())
 
 
@@ -514,13 +517,24 @@ def test_gpu_static_cache_generate_with_cuda_graphs(generator, monkeypatch):
     torch._dynamo.reset()
     model = tiny_model("qwen3_moe", generator, "fusedmoe", device="cuda")
     prompt = torch.randint(3, VOCAB, (1, 6), generator=generator).cuda()
+    layers = model.config.num_hidden_layers  # each a MoE layer
+    calls = _count_operator_calls(monkeypatch)
     eager, eager_logits = _greedy(model, prompt, new_tokens=12)
-    graphed, graphed_logits = _greedy(model, prompt, new_tokens=12, cache_implementation="static")
+    eager_calls, calls[0] = calls[0], 0
+    # Inductor rounds the model's own fused intermediates to bf16 where eager does (as in the
+    # compiled test above), so that a near-tie the eager prefill's tolerance cannot see does not
+    # flip a decode token.
+    with torch._inductor.config.patch(emulate_precision_casts=True):
+        graphed, graphed_logits = _greedy(model, prompt, new_tokens=12, cache_implementation="static")
     assert hasattr(model, "_compiled_call"), "generate() did not compile the decode step"
+    # The eager prefill accounts for `layers` calls; more means the compiled decode step (traced
+    # once, or replayed) went through fusedmoe rather than a fallback.
+    assert eager_calls >= 2 * layers and calls[0] > layers, (eager_calls, calls[0])
     tolerance = _tie_tolerance(graphed_logits[0], eager_logits[0])
     _assert_same_greedy_tokens(graphed, eager, eager_logits, tolerance, "CUDA-graph decode",
                                generator.initial_seed())
-    graphed_again, _ = _greedy(model, prompt, new_tokens=12, cache_implementation="static")
+    with torch._inductor.config.patch(emulate_precision_casts=True):
+        graphed_again, _ = _greedy(model, prompt, new_tokens=12, cache_implementation="static")
     assert torch.equal(graphed_again, graphed), "graph replays are not deterministic"
 
 
