@@ -5,13 +5,15 @@
 For each (dtype, model), one process runs the operator of one build (a cp312 wheel) at every T
 under ncu: an eager warm-up call, then one call between cudaProfilerStart and cudaProfilerStop
 (ncu --profile-from-start off), so that exactly that call's kernels are profiled, the grouped
-GEMMs and the finalize (three per call at these sizes; anything else is reported and skipped).
+GEMMs and the finalize (a call's kernels are told apart by its GEMM1, which starts each call).
 The benchmarks' weights and inputs (dev/ab_wheels.py's call_builder), --clock-control none.
 Per kernel it prints: the time; useful TFLOP/s (T K 2 H 2I for GEMM1, T K 2 I H for GEMM2, the
-rows a model computes, padding not counted) and that as % of --peak; the tensor pipe's active
-cycles (% of elapsed); DRAM bytes read over the GEMM's weight bytes (1.00: each weight byte read
-once) and written; the L2 hit rate; and the three largest warp stall reasons (cycles per issued
-instruction, ncu's WarpStateStats). The raw CSV of each process is kept in $OUT.
+rows a model computes, padding not counted) and that as % of --peak; ncu's SM and DRAM
+throughput (% of peak, elapsed; the tensor pipe's own counters read n/a on this card); DRAM
+bytes read over the GEMM's weight bytes (1.00: each weight byte read once) and written; the L2
+hit rate; and the three largest warp stall reasons (cycles per issued instruction, ncu's
+WarpStateStats). Units are ncu's base units (--print-units base). The raw CSV of each process
+is kept in $OUT.
 
   python3 dev/ncu_table.py --wheel build-carry/wheel/*.whl --dtype bf16,fp8 \\
       --tokens 1024,4096,16384 [--models qwen3-30b-a3b,...] [--peak-bf16 776 --peak-fp8 1513]
@@ -36,11 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "dev"))
 
-KERNELS = r"regex:sm90_(gemm1|gemm2|gemm_fp8|finalize)"
+KERNELS = r"regex:sm90_(gemm1|gemm2|gemm_fp8)|finalize_kernel"
 METRICS = ",".join([
     "gpu__time_duration.sum",
     "sm__cycles_elapsed.avg.per_second",
-    "sm__pipe_tensor_cycles_active_realtime.avg.pct_of_peak_sustained_elapsed",
+    "sm__throughput.avg.pct_of_peak_sustained_elapsed",
+    "dram__throughput.avg.pct_of_peak_sustained_elapsed",
     "dram__bytes_read.sum",
     "dram__bytes_write.sum",
     "lts__t_sector_hit_rate.pct",
@@ -103,13 +106,17 @@ def table(args, rows: list[dict], dtype: str, name: str, out) -> None:
     elem = 1 if dtype == "fp8" else 2
     weight_bytes = {"gemm1": E * 2 * I * H * elem, "gemm2": E * H * I * elem, "finalize": 0}
     peak = args.peak_fp8 if dtype == "fp8" else args.peak_bf16
-    per_call = 3
-    if len(rows) != per_call * len(args.tokens):
-        print(f"{dtype} {name}: {len(rows)} kernels profiled, expected {per_call} per T: "
+    # One call per T, in order: a call's kernels start at its GEMM1 (the one GEMM1 of each call).
+    calls: list[list[dict]] = []
+    for row in rows:
+        if kernel_role(row["Kernel Name"]) == "gemm1" or not calls:
+            calls.append([])
+        calls[-1].append(row)
+    if len(calls) != len(args.tokens):
+        print(f"{dtype} {name}: {len(calls)} calls profiled, expected {len(args.tokens)}: "
               + ", ".join(r["Kernel Name"][:60] for r in rows), file=out)
         return
-    for index, row in enumerate(rows):
-        num_tokens = args.tokens[index // per_call]
+    for num_tokens, row in ((t, r) for t, call in zip(args.tokens, calls) for r in call):
         role = kernel_role(row["Kernel Name"])
         us = number(row["gpu__time_duration.sum"]) / 1e3
         flops = {"gemm1": 4.0 * num_tokens * K * H * I, "gemm2": 2.0 * num_tokens * K * H * I,
@@ -123,7 +130,8 @@ def table(args, rows: list[dict], dtype: str, name: str, out) -> None:
         reread = f"{read / weight_bytes[role]:5.2f}x" if weight_bytes.get(role) else "    -"
         print(f"{dtype:<5}{name:<17}{num_tokens:>6} {role:<9}{us:9.1f} us"
               f"{tflops:7.0f} TF/s {100 * tflops / peak:5.1f} %pk"
-              f" tensor {number(row[METRICS.split(',')[2]]):5.1f} %"
+              f" SM {number(row[METRICS.split(',')[2]]):5.1f} %"
+              f" DRAM {number(row[METRICS.split(',')[3]]):5.1f} %"
               f" | DRAM rd {read / 1e9:6.2f} GB ({reread} w) wr {written / 1e9:5.2f} GB"
               f" | L2 hit {number(row['lts__t_sector_hit_rate.pct']):5.1f} %"
               f" | {number(row['sm__cycles_elapsed.avg.per_second']) / 1e9:4.2f} GHz"
@@ -150,6 +158,7 @@ def driver(args) -> int:
         for name in names:
             cmd = [ncu, "--clock-control", "none", "--profile-from-start", "off",
                    "--kernel-name", KERNELS, "--print-kernel-base", "demangled",
+                   "--print-units", "base",
                    "--metrics", METRICS, "--section", "WarpStateStats",
                    "--csv", "--page", "raw",
                    sys.executable, __file__, "--worker", "--dtype", dtype, "--models", name,
