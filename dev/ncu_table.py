@@ -77,7 +77,7 @@ def worker(args) -> int:
 def kernel_role(name: str) -> str:
     """gemm1, gemm2 or finalize from a kernel's name (BF16: sm90_gemm1_* / sm90_gemm2_*; FP8:
     sm90_gemm_fp8_kernel<claim, gated, tma_a>, gated = GEMM1 of the gated activations, which every
-    benchmark model has)."""
+    benchmark model has; ncu prints the bools as true / false or 1 / 0)."""
     if "finalize" in name:
         return "finalize"
     if "gemm1" in name:
@@ -86,7 +86,7 @@ def kernel_role(name: str) -> str:
         return "gemm2"
     match = re.search(r"sm90_gemm_fp8_kernel<\s*\w+,\s*(\w+)", name)
     if match:
-        return "gemm1" if match.group(1) == "true" else "gemm2"
+        return "gemm1" if match.group(1) in ("true", "1") else "gemm2"
     return "?"
 
 
@@ -138,7 +138,23 @@ def table(args, rows: list[dict], dtype: str, name: str, out) -> None:
               f" | stalls " + ", ".join(f"{r} {v:.1f}" for v, r in stalls), file=out, flush=True)
 
 
+def rows_of(text: str) -> list[dict]:
+    """The kernels of ncu's raw CSV page (its quoted lines; the units row has no ID)."""
+    lines = [line for line in text.splitlines() if line.startswith('"')]
+    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    return [r for r in reader if r.get("Kernel Name") and r.get("ID", "").strip().isdigit()]
+
+
 def driver(args) -> int:
+    if args.from_dir:
+        import ab_wheels  # noqa: PLC0415
+
+        for dtype in args.dtype.split(","):
+            for name in ab_wheels.model_names(argparse.Namespace(models=args.models, dtype=dtype)):
+                csv_path = Path(args.from_dir) / f"ncu_{dtype}_{name}.csv"
+                if csv_path.exists():
+                    table(args, rows_of(csv_path.read_text()), dtype, name, sys.stdout)
+        return 0
     wheels = sorted(glob.glob(args.wheel))
     if len(wheels) != 1:
         print(f"--wheel {args.wheel}: want one wheel, found {wheels}")
@@ -170,9 +186,7 @@ def driver(args) -> int:
             if done.returncode != 0 or len(lines) < 2:
                 print(f"{dtype} {name}: ncu rc {done.returncode}; {done.stderr[-1500:]}")
                 continue
-            reader = csv.DictReader(io.StringIO("\n".join(lines)))
-            rows = [r for r in reader if r.get("Kernel Name") and r.get("ID", "").strip().isdigit()]
-            table(args, rows, dtype, name, sys.stdout)
+            table(args, rows_of(done.stdout), dtype, name, sys.stdout)
     return 0
 
 
@@ -189,6 +203,9 @@ def main(argv=None) -> int:
                         help="TFLOP/s for the %%pk column (default: torch._scaled_mm on an H200)")
     parser.add_argument("--timeout", type=int, default=240, help="seconds per (dtype, model)")
     parser.add_argument("--work", default="/tmp/ncu_table")
+    parser.add_argument("--from", dest="from_dir", default=None,
+                        help="table the ncu_DTYPE_MODEL.csv files kept in this folder by an earlier "
+                        "run instead of running ncu (--tokens as that run's)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = args.models.split(",")
