@@ -19,7 +19,7 @@ echo "build-carry: $(cat build-carry/COMMIT), $(du -sh build-carry | cut -f1)"
 # NAME and the GPU tests its call runs (README.md's table and plan).
 variants=(
   "base"
-  "fold-finalize-k1 test_gpu_moe test_gpu_fp8"
+  "fp8-every-method-test test_gpu_fp8"
   "fp8-gemm1-quantises-act test_gpu_fp8"
 )
 for entry in "${variants[@]}"; do
