@@ -50,15 +50,17 @@ def call_builder(args):
     runs the operator once at T = num_tokens with the benchmarks' inputs. Imports the fusedmoe on
     sys.path (the build under test); dev/ncu_table.py uses it too."""
     sys.path.insert(0, str(ROOT / "bench"))
-    import bench_fp8  # noqa: PLC0415
     import bench_moe as bm  # noqa: PLC0415
     import fusedmoe  # noqa: PLC0415
     import routing  # noqa: PLC0415
-    from fusedmoe import fp8  # noqa: PLC0415
 
+    # FP8 only where it is asked for, so that a build from before the FP8 operator times BF16.
     def weights(model):
         seed = list(bm.MODELS).index(model.name)
         if args.dtype == "fp8":
+            import bench_fp8  # noqa: PLC0415
+            from fusedmoe import fp8  # noqa: PLC0415
+
             return bench_fp8.make_fp8_weights(fp8, model, "cuda", seed=seed)
         num_local = model.experts // bm.EP_DEGREE if args.ep else model.experts
         return bm.make_weights(model, num_local, "cuda", seed)
