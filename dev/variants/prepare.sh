@@ -21,6 +21,7 @@ variants=(
   "base"
   "fp8-every-method-test test_gpu_fp8"
   "fp8-gemm1-quantises-act test_gpu_fp8"
+  "quantize-group-load test_gpu_fp8"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
