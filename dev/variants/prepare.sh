@@ -37,7 +37,7 @@ variants=(
   "fp8-every-method-test test_gpu_fp8"
   "fp8-gemm1-quantises-act test_gpu_fp8"
   "quantize-group-load test_gpu_fp8"
-  "decode-empty-ctas-leave test_gpu_moe test_gpu_decode test_gpu_fp8"
+  "ep-fixed-cost test_gpu_moe test_gpu_decode test_gpu_fp8"
   "finalize-occupancy test_gpu_decode"
 )
 for entry in "${variants[@]}"; do
