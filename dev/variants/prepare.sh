@@ -39,6 +39,7 @@ variants=(
   "quantize-group-load test_gpu_fp8"
   "ep-fixed-cost test_gpu_moe test_gpu_decode test_gpu_fp8"
   "finalize-occupancy test_gpu_decode"
+  "fp8-decode-wgmma test_gpu_fp8"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
