@@ -40,6 +40,7 @@ variants=(
   "ep-fixed-cost test_gpu_moe test_gpu_decode test_gpu_fp8"
   "finalize-occupancy test_gpu_decode"
   "fp8-decode-wgmma test_gpu_fp8"
+  "fp8-decode-wgmma-n32 test_gpu_fp8"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
