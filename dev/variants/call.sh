@@ -13,13 +13,8 @@
 # Prints only summaries, so that all of it fits in the output that comes back; the whole of each
 # step's output goes to $OUT (tests.log, ab_bf16.log, ab_fp8.log, probe.log), which comes back as
 # files even when the printed tail is cut.
-set -uo pipefail
-start=$SECONDS
-OUT=${OUT:-/tmp/variants_out}
-mkdir -p "$OUT"
-left() { echo $((${LIMIT:-585} - SECONDS + start)); }
-table() { grep -v "^  " | grep -v "^longest kernels" | grep -v "_wheels/site_"; }
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+OUT_DEFAULT=/tmp/variants_out LIMIT_DEFAULT=585
+source "$(dirname "$0")/call_common.sh"
 wheels=(--wheel base=build-ab/base/*.whl)
 for v in "$@"; do
   for t in build-ab/"$v"/test_gpu_*; do

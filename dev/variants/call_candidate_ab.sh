@@ -10,13 +10,8 @@
 # old wheels as well, when the candidate's EP grid does not come back at T >= 1024).
 # Prints only summaries; each step's whole output goes to $OUT (ab_ep_decode.log,
 # ab_ep_prefill.log, ab_full.log, t256.log, t256.json, timeline.log, bisect.log: at most 8 files).
-set -uo pipefail
-start=$SECONDS
-OUT=${OUT:-/tmp/candidate_out}
-mkdir -p "$OUT"
-left() { echo $((${LIMIT:-570} - SECONDS + start)); }
-table() { grep -v "^  " | grep -v "^longest kernels" | grep -v "_wheels/site_"; }
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+OUT_DEFAULT=/tmp/candidate_out LIMIT_DEFAULT=570
+source "$(dirname "$0")/call_common.sh"
 wheels=(--wheel "base=$(ls build-ab/base/*.whl)" --wheel "cand=$(ls build-ab/candidate/*.whl)")
 
 step() {  # name, budget in seconds, command...
