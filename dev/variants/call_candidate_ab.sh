@@ -7,9 +7,12 @@
 #        carry ["build-ab/base", "build-ab/candidate", "build-ab/old-78032d5",
 #               "build-ab/old-52f0b57", "build-ab/old-98057c1"]
 # Environment: LIMIT (570: the seconds this script may take), BISECT (0; 1: the EP bisect over the
-# old wheels as well, when the candidate's EP grid does not come back at T >= 1024).
+# old wheels as well, when the candidate's EP grid does not come back at T >= 1024), NCU (0; 1:
+# dev/ncu_table.py on the candidate's BF16 at NCU_TOKENS, default 16384, every model: the
+# counters issue 16's diagnosis cites at T = 4096 so far; its CSVs come back as one ncu.tar.gz).
 # Prints only summaries; each step's whole output goes to $OUT (ab_ep_decode.log,
-# ab_ep_prefill.log, ab_full.log, t256.log, t256.json, timeline.log, bisect.log: at most 8 files).
+# ab_ep_prefill.log, ab_full.log, t256.log, t256.json, timeline.log, bisect.log or ncu.log and
+# ncu.tar.gz: at most 8 files).
 OUT_DEFAULT=/tmp/candidate_out LIMIT_DEFAULT=570
 source "$(dirname "$0")/call_common.sh"
 wheels=(--wheel "base=$(ls build-ab/base/*.whl)" --wheel "cand=$(ls build-ab/candidate/*.whl)")
@@ -49,5 +52,15 @@ if [[ ${BISECT:-0} != 0 ]]; then
     --wheel "old78=$(ls build-ab/old-78032d5/*.whl)" --wheel "old52=$(ls build-ab/old-52f0b57/*.whl)" \
     --wheel "old98=$(ls build-ab/old-98057c1/*.whl)" --wheel "cand=$(ls build-ab/candidate/*.whl)" \
     --models qwen3-30b-a3b,llama4-scout --tokens 1024,16384
+fi
+if [[ ${NCU:-0} != 0 ]]; then  # ncu_table keeps a CSV per process in $OUT: here, then one tarball
+  kept=$OUT
+  export OUT=/tmp/ncu_csv
+  mkdir -p "$OUT"
+  step ncu 240 python3 dev/ncu_table.py --wheel "$(ls build-ab/candidate/*.whl)" \
+    --dtype bf16 --tokens "${NCU_TOKENS:-16384}" --peak-bf16 791
+  OUT=$kept
+  cp /tmp/ncu_csv/ncu.log "$OUT/ncu.log" 2>/dev/null
+  tar -czf "$OUT/ncu.tar.gz" -C /tmp/ncu_csv . 2>/dev/null
 fi
 echo "all: $((SECONDS - start)) s"
