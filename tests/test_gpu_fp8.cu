@@ -253,16 +253,15 @@ void check_spec(const Fp8Spec& spec, uint64_t seed) {
   }
   // Reruns, with and without PDL, are bitwise the first run (into outputs poisoned again, with
   // 0xFF bytes where the first run's held the host's poison: so only the rows a run writes).
-  const auto written = [&](const std::vector<uint16_t>& all) {
+  const auto written = [&] {
+    const std::vector<uint16_t>& all = spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output;
     return spec.do_finalize ? all : std::vector<uint16_t>(all.begin(), all.begin() + rows);
   };
-  const std::vector<uint16_t> first = written(spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output);
+  const std::vector<uint16_t> first = written();
   call.poison_outputs();
   ASSERT_TRUE(call.run(/*enable_pdl=*/true).ok());
   call.download();
-  EXPECT_EQ(first_difference(written(spec.do_finalize ? gpu.c.output : gpu.c.gemm2_output), first),
-            -1)
-      << "rerun with PDL not bitwise";
+  EXPECT_EQ(first_difference(written(), first), -1) << "rerun with PDL not bitwise";
 }
 
 TEST(GpuFp8, MatchesReferenceAcrossInputsActivationsAndWindows) {

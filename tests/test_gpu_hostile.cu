@@ -27,6 +27,7 @@
 #include "common/host_data.h"
 #include "common/invalid_arguments.h"
 #include "common/moe_case.h"
+#include "common/reference_routing.h"
 #include "common/tolerance.h"
 #include "fusedmoe/fusedmoe.h"
 #include "reference/bf16.h"
@@ -191,17 +192,6 @@ void run_twice(MoeCase& c, DeviceCase& d) {
   d.download_outputs();
   EXPECT_EQ(c.output_checksum(), first) << "a rerun changed the outputs";
   EXPECT_TRUE(d.inputs_unchanged()) << "run() wrote into an input";
-}
-
-// The CPU reference's routing and permutation of the case.
-std::pair<ref::Routing, ref::Permutation> reference_routing(MoeCase& c) {
-  const MoeArguments a = c.arguments();
-  const MoeShape& s = c.shape();
-  ref::Routing r = a.logits.logits ? ref::route_reference(a.logits, s.num_tokens, s.num_experts,
-                                                          s.top_k, a.expert_weights_dtype)
-                                   : ref::decode_routed_reference(a.routed, s.num_tokens, s.top_k);
-  ref::Permutation p = ref::permute_reference(r.ids, s.local_expert_offset, s.local_num_experts);
-  return {std::move(r), std::move(p)};
 }
 
 // The output against the reference: non-finite exactly where the reference's design result is

@@ -27,6 +27,7 @@
 #include "common/gpu_reference.h"
 #include "common/host_data.h"
 #include "common/moe_case.h"
+#include "common/reference_routing.h"
 #include "common/tolerance.h"
 #include "decode_heuristics.h"
 #include "fusedmoe/fusedmoe.h"
@@ -606,12 +607,8 @@ TEST(GpuMoe, GpuReferenceAndOperatorMatchCpuReference) {
   cfg.seed = 7;
   MoeCase cpu_case(cfg), gpu_case(cfg);
   ASSERT_TRUE(run_reference(cpu_case.arguments()).ok());
-  const MoeArguments host = cpu_case.arguments();
   const MoeShape& shape = cfg.shape;
-  const ref::Routing routing = ref::route_reference(
-      host.logits, shape.num_tokens, shape.num_experts, shape.top_k, cpu_case.expert_weights_dtype());
-  const ref::Permutation perm =
-      ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
+  const auto [routing, perm] = reference_routing(cpu_case);
   DeviceMoeCall call(gpu_case);
   const MoeArguments& device = call.arguments();
   const GpuReferenceResult gpu =
@@ -699,15 +696,8 @@ TEST(GpuMoe, GpuReferenceWithExpertMlpOptionsMatchesCpuReference) {
 
     MoeCase cpu_case(cfg), gpu_case(cfg);
     ASSERT_TRUE(run_reference(cpu_case.arguments()).ok());
-    const MoeArguments host = cpu_case.arguments();
     const MoeShape& shape = cfg.shape;
-    const ref::Routing routing =
-        host.logits.logits
-            ? ref::route_reference(host.logits, shape.num_tokens, shape.num_experts, shape.top_k,
-                                   cpu_case.expert_weights_dtype())
-            : ref::decode_routed_reference(host.routed, shape.num_tokens, shape.top_k);
-    const ref::Permutation perm =
-        ref::permute_reference(routing.ids, shape.local_expert_offset, shape.local_num_experts);
+    const auto [routing, perm] = reference_routing(cpu_case);
     ASSERT_GT(perm.num_local(), 0);
     DeviceMoeCall call(gpu_case);
     const MoeArguments& device = call.arguments();
@@ -1316,13 +1306,7 @@ void check_expert_mlp_case(const MoeCaseConfig& cfg, const char* name) {
   ASSERT_TRUE(status.ok()) << status.message;
   call.download();
   // The ids and weights as used, from the CPU reference's routing of the same inputs.
-  const MoeArguments host = cpu_case.arguments();
-  const ref::Routing routing =
-      host.logits.logits ? ref::route_reference(host.logits, cfg.shape.num_tokens,
-                                                cfg.shape.num_experts, cfg.shape.top_k,
-                                                cpu_case.expert_weights_dtype())
-                         : ref::decode_routed_reference(host.routed, cfg.shape.num_tokens,
-                                                        cfg.shape.top_k);
+  const ref::Routing routing = reference_routing(cpu_case).first;
   const DoubleModel model = moe_double(cpu_case, routing.ids, routing.weights);
   if (cfg.do_finalize) {
     std::vector<double> design = bf16_to_double(cpu_case.output);
