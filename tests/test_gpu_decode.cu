@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/gpu_buffers.h"
 #include "common/gpu_gemm_harness.h"
 #include "common/host_data.h"
 #include "common/tolerance.h"
@@ -43,13 +44,6 @@ struct DecodeCase {
   bool enable_pdl;
   int expected_warps = 0;  // the CTA size both GEMMs must take (decode_heuristics.h), 0: either
 };
-
-int num_sms() {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return sms;
-}
 
 void run_case(const DecodeCase& c) {
   const uint64_t seed = std::random_device{}();

@@ -693,9 +693,7 @@ TEST(GpuFp8, GatedGemm1KernelIsExactOnIntegerProblemsUpToSilu) {
 // many experts as this card needs for that.
 TEST(GpuFp8, DecodeKernelsOnTwoWarpsAreExact) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  int device = 0, sms = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  const int sms = num_sms();
   const auto warps = [sms](const ExactGemmProblem& problem, int64_t col_slices) {
     const int64_t slots = heuristics::decode_expert_slots(problem.rows() + 8, problem.experts);
     return heuristics::decode_fp8_warps_per_cta(col_slices * slots, sms, problem.k);

@@ -1355,13 +1355,12 @@ const MlpShape kMlpShapes[] = {{"decode", 4, 512, 256, 16, 2}, {"prefill", 300, 
 
 TEST(GpuExpertMlp, ShapesTakeBothPaths) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  int num_sms = 0;
-  check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0), "sms");
+  const int sms = num_sms();
   for (const MlpShape& s : kMlpShapes) {
     const bool decode = std::string(s.path) == "decode";
-    EXPECT_EQ(heuristics::use_decode_gemm1(s.T, s.K, s.E, s.E, s.I, num_sms), decode) << s.path;
-    EXPECT_EQ(heuristics::use_decode_gemm2(s.T, s.K, s.E, s.E, s.I, num_sms), decode) << s.path;
-    EXPECT_EQ(heuristics::use_decode_gemm2(s.T, s.K, s.E, s.E, s.H, num_sms), decode) << s.path;
+    EXPECT_EQ(heuristics::use_decode_gemm1(s.T, s.K, s.E, s.E, s.I, sms), decode) << s.path;
+    EXPECT_EQ(heuristics::use_decode_gemm2(s.T, s.K, s.E, s.E, s.I, sms), decode) << s.path;
+    EXPECT_EQ(heuristics::use_decode_gemm2(s.T, s.K, s.E, s.E, s.H, sms), decode) << s.path;
   }
 }
 
@@ -1569,13 +1568,12 @@ class ConcurrentCalls {
 
 TEST(GpuConcurrency, CasesCoverDecodeAndPrefillGemms) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
-  int num_sms = 0;
-  check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0), "sms");
+  const int sms = num_sms();
   int decode = 0, prefill = 0, small_sort = 0, three_kernel_sort = 0;
   for (const CaseSpec& spec : concurrency_cases()) {
     const int32_t num_local = spec.local_num_experts ? spec.local_num_experts : spec.num_experts;
     const bool d = heuristics::use_decode_gemm1(spec.num_tokens, spec.top_k, spec.num_experts,
-                                                num_local, spec.intermediate_size, num_sms);
+                                                num_local, spec.intermediate_size, sms);
     (d ? decode : prefill) += 1;
     (heuristics::use_small_sort(spec.num_tokens * spec.top_k) ? small_sort : three_kernel_sort) +=
         1;

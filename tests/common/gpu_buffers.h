@@ -25,6 +25,14 @@ inline void check_cuda(cudaError_t error, const char* what) {
   }
 }
 
+// The current device's SM count (the launchers' heuristics take it).
+inline int num_sms() {
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  return sms;
+}
+
 inline bool gpu_available() {
   int count = 0;
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
