@@ -54,12 +54,12 @@ if [[ ${BISECT:-0} != 0 ]]; then
     --models qwen3-30b-a3b,llama4-scout --tokens 1024,16384
 fi
 if [[ ${NCU:-0} != 0 ]]; then  # ncu_table keeps a CSV per process in $OUT: here, then one tarball
-  kept=$OUT
-  export OUT=/tmp/ncu_csv
-  mkdir -p "$OUT"
-  step ncu 240 python3 dev/ncu_table.py --wheel "$(ls build-ab/candidate/*.whl)" \
-    --dtype bf16 --tokens "${NCU_TOKENS:-16384}" --peak-bf16 791
-  OUT=$kept
+  (
+    export OUT=/tmp/ncu_csv
+    mkdir -p "$OUT"
+    step ncu 240 python3 dev/ncu_table.py --wheel "$(ls build-ab/candidate/*.whl)" \
+      --dtype bf16 --tokens "${NCU_TOKENS:-16384}" --peak-bf16 791
+  )
   cp /tmp/ncu_csv/ncu.log "$OUT/ncu.log" 2>/dev/null
   tar -czf "$OUT/ncu.tar.gz" -C /tmp/ncu_csv . 2>/dev/null
 fi
