@@ -19,7 +19,16 @@ Measured against it (bench/NOTES.md, steps 8-9): wrong in sign for most shapes, 
 T = 4096 the GEMMs are bound by weight traffic, which depends on which tiles run together
 (neighbours share a weight block through L2), not on how evenly tile time is spread.
 
+With --split-tails it models GEMM2's split tails instead (heuristics.h, grouped_split_ways): the
+tiles of a last wave of at most half the grid cut into `ways` ranges of K, each costing 1 / ways
+of a tile plus the partials' traffic (--fixup-us, against a tile's time of --tile-us-per-kblock
+per K block), on the full grid and on shard 0 of 8 (--ep), with the static stride or claims as
+heuristics::grouped_claim_tiles picks. The same caveat holds: where weights stream, which tiles
+run together decides more than how evenly the time is spread; the split units read disjoint K
+ranges of one weight block, so they add no weight bytes.
+
 Usage: python3 dev/sim_tile_schedule.py [--half-cost 0.6] [--tokens 4096 16384] [--seed 1]
+       python3 dev/sim_tile_schedule.py --split-tails [--ep] [--tokens 256 1024 4096 16384]
 """
 import argparse
 import heapq
@@ -61,14 +70,76 @@ def makespan(costs, num_ctas, assignment):
     return load.max()
 
 
+SPLIT_MAX_WAYS, SPLIT_MIN_K_BLOCKS, SPLIT_SLOTS = 4, 16, 132  # heuristics.h
+
+
+def split_ways(tiles, grid, k_blocks, slots=SPLIT_SLOTS):
+    """heuristics::grouped_split_ways."""
+    if tiles <= 0 or grid <= 0 or tiles % grid == 0:
+        return 1
+    tail = tiles % grid
+    ways = min(SPLIT_MAX_WAYS, grid // tail, k_blocks // SPLIT_MIN_K_BLOCKS, slots // tail)
+    return ways if ways >= 2 else 1
+
+
+def split_units(tiles, grid, k_blocks, fixup):
+    """The units' costs in tile times, in unit order, and the ways."""
+    ways = split_ways(tiles, grid, k_blocks)
+    if ways == 1:
+        return [1.0] * tiles, 1
+    tail = tiles % grid
+    return [1.0] * (tiles - tail) + [1.0 / ways + fixup] * (tail * ways), ways
+
+
+def max_tiles(slots, experts, n_blocks):
+    """heuristics::max_grouped_m_blocks(slots, E_loc) * N blocks."""
+    return (-(-slots // 128) + min(experts, slots)) * n_blocks
+
+
+def split_tails_main(args, rng):
+    print("GEMM2 makespan with split tails against without (same assignment); fixup "
+          f"{args.fixup_us} us, a K block {args.tile_us_per_kblock} us")
+    print(f"{'model':16s} {'grid':4s} {'T':>6s} {'tiles':>6s} {'CTAs':>5s} {'waves':>6s} "
+          f"{'ways':>4s} {'assign':7s} {'change':>7s}")
+    for name, (hidden, inter, experts, top_k) in MODELS.items():
+        num_local = experts // 8 if args.ep else experts
+        for tokens in args.tokens:
+            ids = np.argsort(rng.random((tokens, experts)), axis=1)[:, :top_k]
+            counts = np.bincount(ids.ravel(), minlength=experts)[:num_local]
+            n_blocks = (hidden + 255) // 256
+            k_blocks = (inter + 63) // 64
+            if k_blocks < 2 * SPLIT_MIN_K_BLOCKS:
+                continue
+            tiles = len(tile_costs(counts, n_blocks, 1.0))
+            slots = tokens * top_k
+            grid_base = max(1, min(args.sms, max_tiles(slots, num_local, n_blocks)))
+            grid_split = max(1, min(args.sms, max_tiles(slots, num_local, n_blocks) * SPLIT_MAX_WAYS))
+            fixup = args.fixup_us / (k_blocks * args.tile_us_per_kblock)
+            units, ways = split_units(tiles, grid_split, k_blocks, fixup)
+            claim = slots <= 192 * experts and inter >= 1024  # heuristics::grouped_claim_tiles
+            assignment = "dynamic" if claim else "static"
+            base = makespan([1.0] * tiles, grid_base, assignment)
+            new = makespan(units, grid_split, assignment)
+            print(f"{name:16s} {'ep' if args.ep else 'full':4s} {tokens:6d} {tiles:6d} "
+                  f"{grid_split:5d} {tiles / grid_base:6.2f} {ways:4d} {assignment:7s} "
+                  f"{100 * (new / base - 1):+6.1f}%")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--half-cost", type=float, default=0.6)
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--sms", type=int, default=132)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--split-tails", action="store_true", help="GEMM2's split tails")
+    parser.add_argument("--ep", action="store_true", help="with --split-tails: shard 0 of 8")
+    parser.add_argument("--fixup-us", type=float, default=2.0)
+    parser.add_argument("--tile-us-per-kblock", type=float, default=0.55)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
+    if args.split_tails:
+        split_tails_main(args, rng)
+        return
     print(f"makespan change against today's kernels (static, half tiles cost 1); half cost "
           f"{args.half_cost}")
     print(f"{'model':16s} {'T':>6s} {'GEMM':4s} {'tiles':>6s} {'static':>7s} {'rotated':>8s} "
