@@ -19,7 +19,8 @@ Measured against it (bench/NOTES.md, steps 8-9): wrong in sign for most shapes, 
 T = 4096 the GEMMs are bound by weight traffic, which depends on which tiles run together
 (neighbours share a weight block through L2), not on how evenly tile time is spread.
 
-With --split-tails it models GEMM2's split tails instead (heuristics.h, grouped_split_ways): the
+With --split-tails it models the split tails of GEMM2 (or GEMM1, --gemm 1) instead (heuristics.h,
+grouped_split_ways): the
 tiles of a last wave of at most half the grid cut into `ways` ranges of K, each costing 1 / ways
 of a tile plus the partials' traffic (--fixup-us, against a tile's time of --tile-us-per-kblock
 per K block), on the full grid and on shard 0 of 8 (--ep), with the static stride or claims as
@@ -28,7 +29,7 @@ run together decides more than how evenly the time is spread; the split units re
 ranges of one weight block, so they add no weight bytes.
 
 Usage: python3 dev/sim_tile_schedule.py [--half-cost 0.6] [--tokens 4096 16384] [--seed 1]
-       python3 dev/sim_tile_schedule.py --split-tails [--ep] [--tokens 256 1024 4096 16384]
+       python3 dev/sim_tile_schedule.py --split-tails [--gemm 1] [--ep] [--tokens 256 1024 4096]
 """
 import argparse
 import heapq
@@ -97,7 +98,7 @@ def max_tiles(slots, experts, n_blocks):
 
 
 def split_tails_main(args, rng):
-    print("GEMM2 makespan with split tails against without (same assignment); fixup "
+    print(f"GEMM{args.gemm} makespan with split tails against without (same assignment); fixup "
           f"{args.fixup_us} us, a K block {args.tile_us_per_kblock} us")
     print(f"{'model':16s} {'grid':4s} {'T':>6s} {'tiles':>6s} {'CTAs':>5s} {'waves':>6s} "
           f"{'ways':>4s} {'assign':7s} {'change':>7s}")
@@ -106,8 +107,11 @@ def split_tails_main(args, rng):
         for tokens in args.tokens:
             ids = np.argsort(rng.random((tokens, experts)), axis=1)[:, :top_k]
             counts = np.bincount(ids.ravel(), minlength=experts)[:num_local]
-            n_blocks = (hidden + 255) // 256
-            k_blocks = (inter + 63) // 64
+            if args.gemm == 1:  # N: I act columns in tiles of 128; K: H
+                n_blocks, k = (inter + 127) // 128, hidden
+            else:  # N: H in tiles of 256; K: I
+                n_blocks, k = (hidden + 255) // 256, inter
+            k_blocks = (k + 63) // 64
             if k_blocks < 2 * SPLIT_MIN_K_BLOCKS:
                 continue
             tiles = len(tile_costs(counts, n_blocks, 1.0))
@@ -116,7 +120,7 @@ def split_tails_main(args, rng):
             grid_split = max(1, min(args.sms, max_tiles(slots, num_local, n_blocks) * SPLIT_MAX_WAYS))
             fixup = args.fixup_us / (k_blocks * args.tile_us_per_kblock)
             units, ways = split_units(tiles, grid_split, k_blocks, fixup)
-            claim = slots <= 192 * experts and inter >= 1024  # heuristics::grouped_claim_tiles
+            claim = slots <= 192 * experts and k >= 1024  # heuristics::grouped_claim_tiles
             assignment = "dynamic" if claim else "static"
             base = makespan([1.0] * tiles, grid_base, assignment)
             new = makespan(units, grid_split, assignment)
@@ -131,7 +135,8 @@ def main():
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--sms", type=int, default=132)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--split-tails", action="store_true", help="GEMM2's split tails")
+    parser.add_argument("--split-tails", action="store_true", help="a GEMM's split tails")
+    parser.add_argument("--gemm", type=int, choices=(1, 2), default=2, help="with --split-tails")
     parser.add_argument("--ep", action="store_true", help="with --split-tails: shard 0 of 8")
     parser.add_argument("--fixup-us", type=float, default=2.0)
     parser.add_argument("--tile-us-per-kblock", type=float, default=0.55)

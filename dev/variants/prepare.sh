@@ -42,6 +42,7 @@ variants=(
   "fp8-decode-wgmma test_gpu_fp8"
   "fp8-decode-wgmma-n32 test_gpu_fp8"
   "gemm2-split-tails test_gpu_grouped_gemm test_gpu_moe test_gpu_hostile"
+  "gemm1-split-tails test_gpu_grouped_gemm test_gpu_moe test_gpu_hostile"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
