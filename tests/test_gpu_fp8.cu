@@ -192,6 +192,8 @@ struct Fp8Spec {
   bool options = false;  // activation parameters and fp32 expert biases
   bool do_finalize = true;
   bool fp8_input = false;
+  bool with_bias = false;  // a routing bias (MiniMax2; DeepSeekV3 always has one), scale 2.5
+  DType logits_dtype = DType::kFP32;
 };
 
 MoeCaseConfig config_of(const Fp8Spec& spec, uint64_t seed) {
@@ -207,6 +209,11 @@ MoeCaseConfig config_of(const Fp8Spec& spec, uint64_t seed) {
     cfg.with_bias = true;
     cfg.routed_scaling_factor = 2.5f;
   }
+  if (spec.with_bias) {
+    cfg.with_bias = true;
+    cfg.routed_scaling_factor = 2.5f;
+  }
+  cfg.logits_dtype = spec.logits_dtype;
   if (spec.input == RoutingInput::kUnpacked) cfg.routed_weights_dtype = DType::kFP32;
   cfg.activation = spec.activation;
   cfg.with_activation_params = spec.options;
@@ -302,6 +309,44 @@ TEST(GpuFp8, MatchesReferenceAcrossInputsActivationsAndWindows) {
   };
   uint64_t seed = 4000;
   for (const Fp8Spec& spec : specs) check_spec(spec, ++seed);
+}
+
+// Every routing method from logits, fp32 and bf16, in a window of half the experts, at a decode
+// size (the block routing kernel quantises x, the decode GEMMs) and past the block routing's
+// limit (the warp routing kernel, then the x quantiser), finalized and not: the routing is the
+// BF16 operator's, and what the FP8 operator adds after it (x quantised by the routing kernels or
+// the quantiser, the weights' scales) must hold for each method's ids and weights.
+TEST(GpuFp8, EveryRoutingMethodMatchesTheReference) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  struct MethodShape {
+    RoutingMethod method;
+    int32_t num_experts, top_k;
+  };
+  const MethodShape methods[] = {
+      {RoutingMethod::kDefault, 16, 4},          {RoutingMethod::kRenormalize, 128, 8},
+      {RoutingMethod::kDeepSeekV3, 256, 8},      {RoutingMethod::kLlama4, 16, 1},
+      {RoutingMethod::kRenormalizeNaive, 64, 4}, {RoutingMethod::kTopK, 16, 4},
+      {RoutingMethod::kSigmoidRenorm, 64, 8},    {RoutingMethod::kMiniMax2, 256, 8},
+      {RoutingMethod::kSigmoid, 16, 4},          {RoutingMethod::kTopKSigmoid, 128, 10},
+  };
+  static_assert(sizeof(methods) / sizeof(methods[0]) == kNumRoutingMethods, "every method");
+  static_assert(5 <= heuristics::kBlockRouteMaxTokens && 300 > heuristics::kBlockRouteMaxTokens,
+                "one token count per routing kernel");
+  uint64_t seed = 4400;
+  int variant = 0;
+  for (const MethodShape& m : methods) {
+    for (const int64_t T : {5, 300}) {
+      const std::string name = std::string(routing_method_name(m.method)) + " T " +
+                               std::to_string(T);
+      Fp8Spec spec{name.c_str(), T, 256, 128, m.num_experts, m.top_k, m.num_experts / 4,
+                   m.num_experts / 2, RoutingInput::kLogits, m.method};
+      spec.do_finalize = variant % 2 == 0;
+      spec.logits_dtype = variant % 3 == 1 ? DType::kBF16 : DType::kFP32;
+      spec.with_bias = m.method == RoutingMethod::kMiniMax2;
+      ++variant;
+      check_spec(spec, ++seed);
+    }
+  }
 }
 
 TEST(GpuFp8, HiddenStatesInE4m3GiveTheBf16InputsResultBitwise) {
