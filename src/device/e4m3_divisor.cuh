@@ -79,4 +79,12 @@ __device__ __forceinline__ void warp_quantize_fp8_group(uint2 raw, uint8_t* code
   if (lane == 0) *scale_out = scale;
 }
 
+// The same from the group's 128 bf16 values in memory (values: the group's first; 8-byte aligned),
+// lane l loading its own four.
+__device__ __forceinline__ void warp_quantize_fp8_group(const __nv_bfloat16* values, uint8_t* codes,
+                                                        float* scale_out, int lane) {
+  warp_quantize_fp8_group(*reinterpret_cast<const uint2*>(values + 4 * lane), codes, scale_out,
+                          lane);
+}
+
 }  // namespace fusedmoe::device

@@ -95,8 +95,7 @@ __global__ void __launch_bounds__(DecodeTopKConfig::kThreads)
   for (int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
        item < items; item += stride / 32) {
     const int64_t token = item / groups, group = item % groups, at = token * h + group * 128;
-    device::warp_quantize_fp8_group(*reinterpret_cast<const uint2*>(params.x + at + 4 * lane),
-                                    params.x8 + at,
+    device::warp_quantize_fp8_group(params.x + at, params.x8 + at,
                                     &params.x_scale[group * params.num_tokens + token], lane);
   }
 }

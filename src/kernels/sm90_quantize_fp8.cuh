@@ -46,8 +46,7 @@ __global__ void __launch_bounds__(kQuantizeThreads)
   const int64_t limit = params.num_rows_device ? *params.num_rows_device : params.rows;
   if (row < limit && row < params.rows) {
     const int64_t at = row * params.cols + group * 128;
-    device::warp_quantize_fp8_group(*reinterpret_cast<const uint2*>(params.in + at + 4 * lane),
-                                    params.codes + at,
+    device::warp_quantize_fp8_group(params.in + at, params.codes + at,
                                     &params.scales[group * params.scale_stride + row], lane);
   }
   if (!params.trigger_at_start) ptx::griddepcontrol_launch_dependents();
