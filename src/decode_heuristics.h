@@ -180,15 +180,22 @@ constexpr bool use_block_route(int64_t num_tokens) {
   return num_tokens > 0 && num_tokens <= kBlockRouteMaxTokens;
 }
 
-// Segments of the sort: warp s owns a contiguous run of slots and a (E_loc) count array.
-constexpr int small_sort_segments(int num_local) {
-  return int(std::clamp<int64_t>(kSmallSortSmemBytes / (4 * int64_t(std::max(num_local, 1))), 1,
-                                 kSmallSortThreads / 32));
+// Segments of the sort: warp s owns a contiguous run of slots and a (E_loc) count array. As many
+// as the smem budget and the warps allow, but no more than ceil(T K / 32), the warp steps the
+// slots take (each segment then holds L <= 32 slots, one step): every thread of the scan walks
+// all segments' counts of its expert twice,
+// so at T K = 8 one segment instead of 32 takes ~60 dependent shared-memory steps off the sort,
+// which an expert-parallel shard with nothing local waits for (bench/NOTES.md, "The EP fixed
+// cost"). The rows do not depend on S (a stable sort's result is unique).
+constexpr int small_sort_segments(int num_local, int64_t num_slots) {
+  const int64_t by_smem = kSmallSortSmemBytes / (4 * int64_t(std::max(num_local, 1)));
+  const int64_t by_slots = (std::max<int64_t>(num_slots, 1) + 31) / 32;
+  return int(std::clamp<int64_t>(std::min(by_smem, by_slots), 1, kSmallSortThreads / 32));
 }
 
 // Dynamic shared memory of the sort CTA.
-constexpr int64_t small_sort_smem_bytes(int num_local) {
-  return int64_t(small_sort_segments(num_local)) * 4 * std::max(num_local, 1);
+constexpr int64_t small_sort_smem_bytes(int num_local, int64_t num_slots) {
+  return int64_t(small_sort_segments(num_local, num_slots)) * 4 * std::max(num_local, 1);
 }
 
 }  // namespace fusedmoe::heuristics

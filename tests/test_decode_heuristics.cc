@@ -223,17 +223,33 @@ TEST(DecodeHeuristics, SmallSortChoiceAndBudgets) {
   EXPECT_TRUE(use_small_sort(1));
   EXPECT_TRUE(use_small_sort(kSmallSortMaxSlots));
   EXPECT_FALSE(use_small_sort(kSmallSortMaxSlots + 1));
-  // Segments: S * E_loc * 4 bytes within 32 KB, 1..32.
-  EXPECT_EQ(small_sort_segments(1), 32);
-  EXPECT_EQ(small_sort_segments(256), 32);
-  EXPECT_EQ(small_sort_segments(512), 16);
-  EXPECT_EQ(small_sort_segments(1000), 8);
-  EXPECT_EQ(small_sort_segments(1024), 8);
-  // Dynamic smem plus the kernel's ~4.2 KB of static smem stays within the default 48 KB.
-  for (int e_loc = 1; e_loc <= 1024; ++e_loc) {
-    const int64_t bytes = small_sort_smem_bytes(e_loc);
-    ASSERT_LE(bytes, kSmallSortSmemBytes) << e_loc;
-    ASSERT_EQ(bytes, int64_t(small_sort_segments(e_loc)) * 4 * e_loc) << e_loc;
+  // Segments: S * E_loc * 4 bytes within 32 KB, 1..32, at most one per 32 slots.
+  EXPECT_EQ(small_sort_segments(1, 4096), 32);
+  EXPECT_EQ(small_sort_segments(256, 4096), 32);
+  EXPECT_EQ(small_sort_segments(512, 4096), 16);
+  EXPECT_EQ(small_sort_segments(1000, 4096), 8);
+  EXPECT_EQ(small_sort_segments(1024, 4096), 8);
+  EXPECT_EQ(small_sort_segments(16, 8), 1);  // an EP shard at T = 1, K = 8
+  EXPECT_EQ(small_sort_segments(16, 32), 1);
+  EXPECT_EQ(small_sort_segments(16, 33), 2);
+  EXPECT_EQ(small_sort_segments(16, 256), 8);  // the decode early start's largest
+  EXPECT_EQ(small_sort_segments(16, 1024), 32);
+  EXPECT_EQ(small_sort_segments(1024, 256), 8);
+  EXPECT_EQ(small_sort_segments(1024, 1000), 8);
+  // At most ceil(T K / 32) segments ((S - 1) 32 < T K), so a segment holds more than one warp step
+  // of slots only where the smem budget caps S; the kernel's walk covers every slot (S segments of
+  // L = ceil(T K / S) slots); dynamic smem plus the kernel's ~4.2 KB of static smem stays within
+  // the default 48 KB.
+  for (int e_loc : {1, 16, 256, 512, 1000, 1024}) {
+    for (int64_t slots = 1; slots <= kSmallSortMaxSlots; ++slots) {
+      const int s = small_sort_segments(e_loc, slots);
+      ASSERT_GE(s, 1) << e_loc << " " << slots;
+      ASSERT_LE(s, 32) << e_loc << " " << slots;
+      ASSERT_LE((int64_t(s) - 1) * 32, slots) << e_loc << " " << slots;
+      const int64_t bytes = small_sort_smem_bytes(e_loc, slots);
+      ASSERT_LE(bytes, kSmallSortSmemBytes) << e_loc << " " << slots;
+      ASSERT_EQ(bytes, int64_t(s) * 4 * e_loc) << e_loc << " " << slots;
+    }
   }
 }
 

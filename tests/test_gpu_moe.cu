@@ -1288,6 +1288,93 @@ TEST(GpuMoe, GraphCaptureReplaysWithNewInputs) {
   }
 }
 
+// The decode GEMMs' CTAs without an expert leave at once and only CTA (0, 0) waits for the
+// kernel before (kernels/sm90_decode_mainloop.cuh, decode_empty_cta_leaves_now); the finalize after
+// them reads the sort's map once it has waited for GEMM2. One graph with PDL, replayed with
+// routed ids that put nothing, one slot and every slot on the shard in turn, its outputs
+// poisoned before each replay: a finalize that ran ahead of the sort would read the previous
+// replay's map and add stale rows where the output must be zero. The early-start grids are
+// 128 x 16 (GEMM1) and 64 x 16 (GEMM2) CTAs of 4 warps, several waves each.
+TEST(GpuMoe, ShardGraphReplaysWithNothingOneAndAllLocal) {
+  FUSEDMOE_SKIP_WITHOUT_GPU();
+  constexpr int32_t kOffset = 32, kLocal = 16;
+  for (bool finalize : {true, false}) {
+    SCOPED_TRACE(finalize ? "finalized" : "unfinalized");
+    CaseSpec spec{"shard replays", 2, 2048, 2048, 128, 8, kLocal, kOffset};
+    spec.input = RoutingInput::kPacked;
+    spec.do_finalize = finalize;
+    GpuCase c(spec, 71);
+    const MoeShape& shape = c.shape();
+    const int64_t T = shape.num_tokens, K = shape.top_k, H = shape.hidden_size;
+    const int64_t I = shape.intermediate_size;
+    ASSERT_TRUE(heuristics::use_decode_gemm1(T, K, 128, kLocal, I, num_sms()));
+    ASSERT_TRUE(heuristics::use_decode_gemm2(T, K, 128, kLocal, H, num_sms()));
+    ASSERT_TRUE(heuristics::use_decode_early_start(T * K, K));
+    ASSERT_TRUE(heuristics::use_decode_gemm2_early_lookup(T * K, K, (H / 32) * kLocal));
+    size_t bytes = 0;
+    ASSERT_TRUE(workspace_size(shape, &bytes).ok());
+    DeviceArray<uint8_t> workspace(bytes);
+    MoeArguments args = c.arguments();
+    args.enable_pdl = true;
+
+    cudaStream_t stream;
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+    const Status status = run(args, workspace.get(), bytes, stream);
+    check_cuda(cudaStreamEndCapture(stream, &graph), "end capture");
+    ASSERT_TRUE(status.ok()) << status.message;
+    check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+
+    Rng rng(72);
+    for (int round = 0; round < 6; ++round) {
+      // Slots [0, local) on the shard (ids kOffset + slot), the rest on ids 64 + slot, outside
+      // it; every id distinct, so distinct within each token.
+      const int64_t local = std::vector<int64_t>{0, 1, T * K}[round % 3];
+      SCOPED_TRACE("round " + std::to_string(round) + ", local slots " + std::to_string(local));
+      std::vector<int32_t> ids(T * K);
+      for (int64_t i = 0; i < T * K; ++i) {
+        ids[i] = static_cast<int32_t>(i < local ? kOffset + i : 64 + i);
+      }
+      c.set_routed(ids, random_fp32(rng, T * K, 0.05f, 1.0f));
+      c.poison_outputs();
+      check_cuda(cudaDeviceSynchronize(), "inputs ready");  // they went in on the legacy stream
+      check_cuda(cudaGraphLaunch(exec, stream), "graph launch");
+      check_cuda(cudaStreamSynchronize(stream), "graph sync");
+
+      const ref::Routing routing = c.reference_routing();
+      const ref::Permutation perm = ref::permute_reference(routing.ids, kOffset, kLocal);
+      ASSERT_EQ(perm.num_local(), local);
+      const GpuReferenceResult expected =
+          gpu_reference(shape, c.x(), c.w1(), c.w2(), routing, perm, !finalize);
+      if (finalize) {
+        const std::vector<uint16_t> out = c.output().download();
+        // Token t has a local slot iff t * K < local: its row by the rule, else zeros exactly.
+        for (int64_t t = 0; t < T; ++t) {
+          if (t * K < local) continue;
+          for (int64_t h = 0; h < H; ++h) {
+            ASSERT_EQ(out[t * H + h], 0u) << "token " << t << " column " << h;
+          }
+        }
+        if (local > 0) expect_close(out, expected.out_truth, expected.out_design, "output");
+        continue;
+      }
+      EXPECT_EQ(first_difference(c.permuted_idx().download(), perm.expanded_idx_to_permuted_idx),
+                -1)
+          << "expanded_idx_to_permuted_idx";
+      if (local > 0) {
+        std::vector<uint16_t> rows = c.gemm2_output().download();
+        rows.resize(local * H);
+        expect_close(rows, expected.y_truth, expected.y_design, "gemm2_output");
+      }
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
 
 // ------------------------------------------------------------------------------------------------
 // The expert MLP's options (docs/SPEC.md "Activations, expert biases and input-side routing

@@ -65,14 +65,15 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   // ---- prologue: which expert, which rows -----------------------------------------------------
   // Early start: from the slot keys, the next kernel allowed to launch at once, and this CTA's
   // own griddepcontrol.wait at its end, so that this grid completes after the sort: the kernels
-  // after it read the sort's outputs once they have waited for this one.
+  // after it read the sort's outputs once they have waited for this one (a CTA without an
+  // expert: decode_empty_cta_leaves_now).
   DecodeExpertRows rows;
   const bool early = params.slot_key != nullptr;
   if (early) {
     ptx::griddepcontrol_launch_dependents();
     if (!decode_cta_expert_from_keys(params.slot_key, params.num_slots, params.top_k,
                                      params.num_experts, smem, rows)) {
-      ptx::griddepcontrol_wait();
+      if (!decode_empty_cta_leaves_now()) ptx::griddepcontrol_wait();
       return;
     }
   } else if (!decode_cta_expert(params.expert_offsets, params.num_experts, smem, rows)) {

@@ -95,9 +95,12 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
   if (early) {  // before the wait: what the sort's outputs would say
     const bool found = decode_cta_expert_from_keys<Config, false>(
         params.slot_key, params.num_slots, params.top_k, params.num_experts, smem, rows);
+    if (!found && decode_empty_cta_leaves_now()) return;
     if (found) {
       set_weight_rows(rows.expert);
       decode_warp_issue_weights<Config>(w_row, w_ok, params.w2, inter, smem.ring[threadIdx.x / 32]);
+    } else {
+      ptx::griddepcontrol_launch_dependents();  // CTA (0, 0) has nothing to do but wait
     }
     ptx::griddepcontrol_wait();  // act (and gathered x) come from earlier kernels
     ptx::griddepcontrol_launch_dependents();

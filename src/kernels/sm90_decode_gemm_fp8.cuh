@@ -51,8 +51,9 @@ struct DecodeGemmFp8Params {
   // rows from the routing's slot keys (decode_cta_expert_from_keys) instead of expert_offsets.
   // With gather_rows (a GEMM1: the a rows are tokens) the tokens come from the keys too, the
   // next kernel may launch at once, and the mainloop runs before this CTA's griddepcontrol.wait,
-  // which it calls before it exits; without (a GEMM2) the lookup and the first weight copies
-  // come before the wait. nullptr: expert_offsets and gather_rows after the wait.
+  // which it calls before it exits (a CTA without an expert: decode_empty_cta_leaves_now);
+  // without (a GEMM2) the lookup and the first weight copies come before the wait. nullptr:
+  // expert_offsets and gather_rows after the wait.
   const int32_t* slot_key;  // [num_slots]
   int32_t num_slots;        // <= kDecodeEarlyMaxSlots
   int32_t top_k;
@@ -108,7 +109,7 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
     ptx::griddepcontrol_launch_dependents();
     if (!decode_cta_expert_from_keys(params.slot_key, params.num_slots, params.top_k,
                                      params.num_experts, smem, rows)) {
-      ptx::griddepcontrol_wait();
+      if (!decode_empty_cta_leaves_now()) ptx::griddepcontrol_wait();
       return;
     }
     set_weight_rows(rows.expert);
@@ -117,10 +118,13 @@ __global__ void __launch_bounds__(DecodeGemmConfig<kWarps>::kThreads,
     // kernels (-8 instructions each); merge the two once a device A/B can measure that.)
     const bool found = decode_cta_expert_from_keys<Config, false>(
         params.slot_key, params.num_slots, params.top_k, params.num_experts, smem, rows);
+    if (!found && decode_empty_cta_leaves_now()) return;
     if (found) {
       set_weight_rows(rows.expert);
       decode_warp_issue_weights<Config>(w_row, w_ok, params.w, k, smem.ring[threadIdx.x / 32]);
       weights_issued = true;
+    } else {
+      ptx::griddepcontrol_launch_dependents();  // CTA (0, 0) has nothing to do but wait
     }
     ptx::griddepcontrol_wait();  // a (the quantised act) comes from earlier kernels
     ptx::griddepcontrol_launch_dependents();

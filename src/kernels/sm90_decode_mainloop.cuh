@@ -162,6 +162,18 @@ __device__ __forceinline__ bool decode_cta_expert(const int32_t* expert_offsets,
   return true;
 }
 
+// Whether an early-start CTA that found no expert (decode_cta_expert_from_keys false) may leave
+// at once, without waiting for the kernels before it: every CTA but (0, 0). A grid completes
+// when all its CTAs have, so one waiting CTA keeps this grid's completion after its
+// predecessors' (what a kernel that waits for this one relies on: the sort's outputs behind
+// the GEMMs), while the other empty CTAs free their SM slots at once instead of holding them
+// until the predecessor ends. On an expert-parallel shard with nothing local every CTA is empty:
+// grids of up to 2816 CTAs (2-6 waves) would otherwise run their waves one after another
+// behind the sort (bench/NOTES.md, "The EP fixed cost").
+__device__ __forceinline__ bool decode_empty_cta_leaves_now() {
+  return blockIdx.x != 0 || blockIdx.y != 0;
+}
+
 // The decode GEMM1's early prologue: decode_cta_expert's answer (the blockIdx.y-th non-empty
 // expert and its rows), and the token of each row, computed from the routing's slot keys (local
 // expert per slot; E_loc or anything outside [0, E_loc): non-local) instead of the sort's

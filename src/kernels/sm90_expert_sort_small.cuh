@@ -6,8 +6,9 @@
 //       written), permuted_idx [T * K] (row of slot t*K+k, or -1 when non-local)
 //
 // For T * K <= 4096 slots, E_loc <= 1024 (decode_heuristics.h: use_small_sort). 1024 threads.
-// Warp s owns the contiguous slots [s L, (s + 1) L), L = ceil(T K / S), S = min(32, 8192 / E_loc)
-// segments, and a count array counts[s][E_loc] in shared memory:
+// Warp s owns the contiguous slots [s L, (s + 1) L), L = ceil(T K / S), S = min(32, 8192 / E_loc,
+// ceil(T K / 32)) segments (decode_heuristics.h), and a count array counts[s][E_loc] in shared
+// memory:
 //   count    warp s walks its slots 32 at a time: __match_any_sync groups lanes by key, the last
 //            lane of a group adds the group size (one writer per key and step: no atomics)
 //   scan     thread e: exclusive prefix of counts[.][e] over segments, a block scan of the

@@ -21,12 +21,12 @@ cudaError_t launch_expert_sort_small(const int32_t* slot_key, int64_t num_slots,
   params.num_slots = num_slots;
   params.top_k = top_k;
   params.num_local = num_local;
-  params.num_segments = heuristics::small_sort_segments(num_local);
+  params.num_segments = heuristics::small_sort_segments(num_local, num_slots);
   params.expert_offsets = expert_offsets;
   params.gather_rows = gather_rows;
   params.permuted_idx = permuted_idx;
   LaunchConfig launch(dim3(1), dim3(ExpertSortSmallConfig::kThreads),
-                      static_cast<size_t>(heuristics::small_sort_smem_bytes(num_local)),
+                      static_cast<size_t>(heuristics::small_sort_smem_bytes(num_local, num_slots)),
                       enable_pdl, stream);
   return cudaLaunchKernelEx(&launch.config, expert_sort_small_kernel, params);
 }
