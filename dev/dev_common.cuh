@@ -220,8 +220,8 @@ inline Stages pipeline_stages(const DevCall& call, const Model& m, const void* w
       [=] { CHECK(gemm1(rows1, x, w.gather_rows, m.H, m.I, w1b, w.act, pdl, stream, {})); },
       [=] { CHECK(gemm2(rows2, w.act, m.I, m.H, w2b, w.y, pdl, stream, {}, nullptr)); },
       [=] {
-        CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.H, out, pdl,
-                                      stream));
+        CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, T, m.K, m.E, e_loc, m.H,
+                                      out, pdl, stream));
       },
   };
   return s;

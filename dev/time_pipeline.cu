@@ -88,7 +88,7 @@ int main() {
                                    w.expert_offsets, w.gather_rows, w.permuted_idx, false, stream));
     });
     const float finalize = time_us(stream, [&] {
-      CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, c.T, c.K, c.H,
+      CHECK(detail::launch_finalize(w.y, w.slot_weight, w.permuted_idx, c.T, c.K, c.E, c.E_loc, c.H,
                                     static_cast<__nv_bfloat16*>(out), false, stream));
     });
     const float whole = time_us(stream, [&] { run(args, ws, ws_bytes, stream); });

@@ -159,6 +159,31 @@ constexpr bool use_decode_gemm2_early_lookup(int64_t num_slots, int top_k, int64
   return use_decode_early_start(num_slots, top_k) && grid_ctas <= kDecodeGemm2EarlyMaxCtas;
 }
 
+// ---- step 4: the finalize's loads (kernels/sm90_finalize.cuh) ----------------------------------
+// A finalize thread loads its token's local rows of y (16 bytes of each) and writes one output
+// piece. Issued kFinalizeLoadBatch rows at a time (101 registers: 4 CTAs of 128 threads per SM),
+// a token's K rows cost one L2 round trip instead of K (H200, bench/NOTES.md "Finalize loads, the
+// FP8 quantiser's trigger and 2-warp FP8 decode CTAs": 1.00-1.05x at T = 1-64); one row at a time
+// (32 registers, 16 CTAs per SM) four times the threads are in flight. So the batch where the
+// grid fits one wave at its occupancy (the decode sizes it was measured at), and where a token
+// has more local rows than the occupancy costs, K E_loc / E > 4 under uniform routing (the full
+// grid at K = 8); one row at a time elsewhere: at K <= 4, and on an expert-parallel shard (E_loc =
+// E / 8), whose finalize mostly writes zero rows, the batch left the DRAM 25-47 % busy at T = 4096
+// (ncu) and the EP grid at T >= 1024 0.85-0.97x of its earlier time (bench/NOTES.md, "The
+// finalize's occupancy"). Either form sums the same bits. num_ctas: the finalize's grid, T x
+// ceil(H / 1024) with 16-byte columns.
+constexpr int kFinalizeLoadBatch = 8;
+constexpr int64_t kFinalizeBatchedCtasPerSm = 4;
+constexpr int64_t kFinalizeBatchedMinLocalRows = 4;
+
+constexpr int finalize_load_batch(int64_t num_ctas, int num_sms, int top_k, int num_experts,
+                                  int local_num_experts) {
+  const bool one_wave = num_ctas <= kFinalizeBatchedCtasPerSm * int64_t(num_sms);
+  const bool many_rows =
+      int64_t(top_k) * local_num_experts > kFinalizeBatchedMinLocalRows * int64_t(num_experts);
+  return one_wave || many_rows ? kFinalizeLoadBatch : 1;
+}
+
 // ---- step 2 at decode sizes: the counting sort in one CTA ---------------------------------------
 // (kernels/sm90_expert_sort_small.cuh). At T * K <= kSmallSortMaxSlots one 1024-thread CTA sorts
 // all slots instead of count -> offsets -> permute (H200, graph replay: -1 to -13 us at T = 64 and

@@ -438,8 +438,9 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   // the input).
   const float* weights = args.use_routing_scales_on_input ? nullptr : ws.slot_weight;
   FUSEDMOE_CUDA_RETURN_IF_ERROR(
-      launch_finalize(y, weights, ws.permuted_idx, shape.num_tokens, shape.top_k, H,
-                      static_cast<__nv_bfloat16*>(args.output), pdl, stream),
+      launch_finalize(y, weights, ws.permuted_idx, shape.num_tokens, shape.top_k, shape.num_experts,
+                      shape.local_num_experts, H, static_cast<__nv_bfloat16*>(args.output), pdl,
+                      stream),
       "launch_finalize");
   return Status::Ok();
 }

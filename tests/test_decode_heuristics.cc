@@ -211,6 +211,27 @@ TEST(DecodeHeuristics, GridArithmetic) {
   EXPECT_FALSE(decode_aligned_16(reinterpret_cast<const void*>(uintptr_t(4098))));
 }
 
+TEST(DecodeHeuristics, FinalizeBatchesLoadsOnOneWaveOrManyLocalRows) {
+  // One wave at 4 CTAs per SM: batched whatever the rows (132 SMs: up to 528 CTAs).
+  EXPECT_EQ(finalize_load_batch(1, 132, 1, 16, 16), kFinalizeLoadBatch);
+  EXPECT_EQ(finalize_load_batch(528, 132, 1, 16, 2), kFinalizeLoadBatch);
+  EXPECT_EQ(finalize_load_batch(529, 132, 1, 16, 16), 1);
+  // Past it, batched only where K E_loc / E > 4: the full grid at K = 8 (qwen3-30b T = 4096,
+  // 2 column blocks; deepseek-v3 T = 4096, 7), not at K = 4, 2, 1 (gpt-oss, mixtral,
+  // llama4-scout), nor on a shard of E / 8 (K = 8: 1 row per token).
+  EXPECT_EQ(finalize_load_batch(4096 * 2, 132, 8, 128, 128), kFinalizeLoadBatch);
+  EXPECT_EQ(finalize_load_batch(4096 * 7, 132, 8, 256, 256), kFinalizeLoadBatch);
+  EXPECT_EQ(finalize_load_batch(4096 * 3, 132, 4, 128, 128), 1);
+  EXPECT_EQ(finalize_load_batch(4096 * 4, 132, 2, 8, 8), 1);
+  EXPECT_EQ(finalize_load_batch(4096 * 5, 132, 1, 16, 16), 1);
+  EXPECT_EQ(finalize_load_batch(4096 * 2, 132, 8, 128, 16), 1);
+  // K E_loc / E just above and at 4.
+  EXPECT_EQ(finalize_load_batch(4096, 132, 5, 128, 128), kFinalizeLoadBatch);
+  EXPECT_EQ(finalize_load_batch(4096, 132, 8, 128, 64), 1);
+  // A smaller card: one wave holds fewer CTAs.
+  EXPECT_EQ(finalize_load_batch(528, 78, 1, 16, 16), 1);
+}
+
 TEST(DecodeHeuristics, BlockRouteUpToItsThreshold) {
   EXPECT_FALSE(use_block_route(0));
   EXPECT_TRUE(use_block_route(1));

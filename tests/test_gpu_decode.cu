@@ -18,6 +18,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/gpu_buffers.h"
@@ -29,6 +30,8 @@
 #include "kernels/sm90_decode_gemm2.cuh"
 #include "launch/decode_gemm.h"
 #include "launch/grouped_gemm.h"
+#include "launch/pipeline.h"
+#include "reference/bf16.h"
 
 namespace fusedmoe::test {
 namespace {
@@ -481,6 +484,94 @@ TEST(DecodeGemmBench, WeightBandwidth) {
           100.0 * gbs / copy_gbs, us_p1, us_p2, us_pre, us_pre / us_dec,
           decode1 ? "decode" : "prefill", decode2 ? "decode" : "prefill",
           mispick ? " (MISPICK)" : "");
+    }
+  }
+}
+
+// ---- the finalize's two load forms (decode_heuristics.h: finalize_load_batch) -------------------
+// Row loads kFinalizeLoadBatch at a time (a grid of one wave, or many local rows a token) or one
+// at a time (else): both must give the fma chain of the CPU reference, bitwise (acc =
+// fmaf(w, y, acc) over local k ascending, from 0; no local slot: a zero row). The small call's
+// tokens are the large call's first ones.
+// K = 8 (one full batch) and 10 (a batch and a remainder), weighted and not, 16-byte and scalar
+// columns (a y offset by one element), with rows elsewhere (-1) and tokens with none local.
+TEST(Finalize, BatchedAndSingleRowLoadsMatchTheFmaChainBitwise) {
+  if (!has_sm90_gpu()) GTEST_SKIP() << "needs an sm_90 GPU";
+  const int64_t h = 1032;  // 2 column blocks of 1024 (16-byte columns), the second partial
+  const int64_t small_t = 16;
+  const int64_t large_t = heuristics::kFinalizeBatchedCtasPerSm * num_sms() / 2 + 1;
+  // E = 64 experts, all local at K = 8 (8 local rows a token: batched at any T), or E_loc = 8 of
+  // them (1 row a token: batched only on the small grid).
+  constexpr int32_t kExperts = 64, kFewLocal = 8;
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Rng rng(seed);
+  for (int32_t k : {8, 10}) {
+    for (bool weighted : {true, false}) {
+      for (int64_t y_offset : {0, 1}) {
+        SCOPED_TRACE("K " + std::to_string(k) + (weighted ? " weighted" : " unweighted") +
+                     " y offset " + std::to_string(y_offset));
+        // The grid: T x column blocks of 128 threads x 8 columns (16-byte), or x 1 (scalar).
+        const int64_t blocks =
+            (h + 128 * (y_offset == 0 ? 8 : 1) - 1) / (128 * (y_offset == 0 ? 8 : 1));
+        ASSERT_EQ(
+            heuristics::finalize_load_batch(small_t * blocks, num_sms(), k, kExperts, kFewLocal),
+            heuristics::kFinalizeLoadBatch);
+        ASSERT_EQ(
+            heuristics::finalize_load_batch(large_t * blocks, num_sms(), k, kExperts, kFewLocal),
+            1);
+        ASSERT_EQ(
+            heuristics::finalize_load_batch(large_t * blocks, num_sms(), k, kExperts, kExperts),
+            heuristics::kFinalizeLoadBatch);
+        // Slots: about two thirds local, on rows of y in a shuffled order; token 3 has none.
+        const int64_t slots = large_t * k;
+        std::vector<int32_t> map(slots);
+        std::vector<int32_t> rows(slots);
+        std::iota(rows.begin(), rows.end(), 0);
+        std::shuffle(rows.begin(), rows.end(), rng.engine());
+        for (int64_t i = 0; i < slots; ++i) {
+          map[i] = (i / k == 3 || rng.integer(0, 2) == 0) ? -1 : rows[i];
+        }
+        const std::vector<float> weight = random_fp32(rng, slots, -1.0f, 1.0f);
+        const std::vector<uint16_t> y = random_bf16(rng, slots * h + y_offset, -2.0f, 2.0f);
+        DeviceBuffer<int32_t> d_map(map);
+        DeviceBuffer<float> d_weight(weight);
+        DeviceBuffer<uint16_t> d_y(y), d_out(large_t * h);
+        // (T, E_loc): batched, one row at a time, batched for its many local rows.
+        const std::pair<int64_t, int32_t> calls[] = {
+            {small_t, kFewLocal}, {large_t, kFewLocal}, {large_t, kExperts}};
+        for (const auto& [t_count, local] : calls) {
+          std::vector<uint16_t> poisoned(large_t * h);
+          poison(poisoned);
+          d_out.upload(poisoned);
+          ASSERT_EQ(cudaSuccess, detail::launch_finalize(d_y.as<__nv_bfloat16>() + y_offset,
+                                                         weighted ? d_weight.get() : nullptr,
+                                                         d_map.get(), t_count, k, kExperts, local,
+                                                         h, d_out.as<__nv_bfloat16>(),
+                                                         /*enable_pdl=*/false, nullptr));
+          ASSERT_EQ(cudaSuccess, cudaDeviceSynchronize());
+          const std::vector<uint16_t> out = d_out.download();
+          for (int64_t t = 0; t < large_t; ++t) {
+            for (int64_t c = 0; c < h; ++c) {
+              const uint16_t got = out[t * h + c];
+              if (t >= t_count) {  // past the call's tokens: untouched
+                ASSERT_EQ(got, poisoned[t * h + c])
+                    << "T " << t_count << " E_loc " << local << " token " << t;
+                continue;
+              }
+              float acc = 0.0f;
+              for (int32_t j = 0; j < k; ++j) {
+                const int32_t row = map[t * k + j];
+                if (row < 0) continue;
+                const float w = weighted ? weight[t * k + j] : 1.0f;
+                acc = std::fma(w, detail::bf16_bits_to_float(y[y_offset + row * h + c]), acc);
+              }
+              ASSERT_EQ(got, detail::float_to_bf16_bits(acc))
+                  << "T " << t_count << " E_loc " << local << " token " << t << " column " << c;
+            }
+          }
+        }
+      }
     }
   }
 }

@@ -11,7 +11,9 @@
 // Grid: (T, column blocks); each thread owns kVec consecutive columns (16-byte accesses when
 // kVec == 8). The slot table of the token (K <= 32 entries) is staged in shared memory.
 // Limiter: HBM (reads K rows of y per token, writes one row); at small T the latency of those
-// reads, so they are issued kLoadBatch rows at a time.
+// reads. kLoadBatch rows' loads are issued together (8: 101 registers, 4 CTAs per SM) at small T
+// and where a token has many local rows; else one at a time (32 registers, 16 CTAs per SM), four
+// times the threads in flight (decode_heuristics.h: finalize_load_batch).
 #pragma once
 
 #include <cstdint>
@@ -24,7 +26,6 @@ namespace fusedmoe::detail {
 
 struct FinalizeConfig {
   static constexpr int kThreads = 128;
-  static constexpr int kLoadBatch = 8;  // rows of y loaded before their fmas (registers: 8 x 16 B)
   static_assert(kThreads >= kMaxTopK, "one thread stages one slot of the token");
 };
 
@@ -34,11 +35,14 @@ struct alignas(kVec * 2) Bf16Vec {
 };
 
 // kWeighted false: every weight is 1 and slot_weight is not read (routing weights on the input).
-template <int kVec, bool kWeighted>
+// kLoadBatch: rows of y loaded before their fmas (registers: kLoadBatch x 16 B); the sums are the
+// same bits for any batch.
+template <int kVec, bool kWeighted, int kLoadBatch>
 __global__ void __launch_bounds__(FinalizeConfig::kThreads)
     finalize_kernel(const __nv_bfloat16* y, const float* slot_weight, const int32_t* permuted_idx,
                     int32_t top_k, int64_t hidden_size, __nv_bfloat16* output) {
   static_assert(kVec == 1 || kVec == 8, "scalar or 16-byte columns");
+  static_assert(kLoadBatch >= 1, "at least one row per batch");
   using Vec = Bf16Vec<kVec>;
   __shared__ int32_t smem_row[kMaxTopK];   // (K): row of y, or -1
   __shared__ float smem_weight[kMaxTopK];  // (K)
@@ -62,11 +66,11 @@ __global__ void __launch_bounds__(FinalizeConfig::kThreads)
   for (int i = 0; i < kVec; ++i) acc[i] = 0.0f;
   // kLoadBatch rows' loads are issued before the first of their fmas, so that a token's K rows
   // cost one L2 round trip per batch instead of one per row; the fma chain keeps ascending k.
-  for (int k0 = 0; k0 < top_k; k0 += FinalizeConfig::kLoadBatch) {
-    Vec in[FinalizeConfig::kLoadBatch];
-    int32_t row[FinalizeConfig::kLoadBatch];
+  for (int k0 = 0; k0 < top_k; k0 += kLoadBatch) {
+    Vec in[kLoadBatch];
+    int32_t row[kLoadBatch];
 #pragma unroll
-    for (int j = 0; j < FinalizeConfig::kLoadBatch; ++j) {
+    for (int j = 0; j < kLoadBatch; ++j) {
       row[j] = k0 + j < top_k ? smem_row[k0 + j] : -1;
       if (row[j] >= 0) {
         in[j] =
@@ -74,7 +78,7 @@ __global__ void __launch_bounds__(FinalizeConfig::kThreads)
       }
     }
 #pragma unroll
-    for (int j = 0; j < FinalizeConfig::kLoadBatch; ++j) {
+    for (int j = 0; j < kLoadBatch; ++j) {
       if (row[j] < 0) continue;
       const float weight = smem_weight[k0 + j];
 #pragma unroll

@@ -106,11 +106,13 @@ cudaError_t launch_scale_rows(const __nv_bfloat16* x, const float* slot_weight,
                               bool enable_pdl, cudaStream_t stream);
 
 // out[t, :] = bf16(fma chain over local k ascending of slot_weight[t*K+k] * y[permuted_idx[t*K+k]])
-// (slot_weight nullptr: weights of 1, when they went into the input instead)
+// (slot_weight nullptr: weights of 1, when they went into the input instead). num_experts and
+// local_num_experts (E, E_loc) choose how the loads are issued (decode_heuristics.h:
+// finalize_load_batch), never the bits.
 cudaError_t launch_finalize(const __nv_bfloat16* y, const float* slot_weight,
                             const int32_t* permuted_idx, int64_t num_tokens, int32_t top_k,
-                            int64_t hidden_size, __nv_bfloat16* output, bool enable_pdl,
-                            cudaStream_t stream);
+                            int32_t num_experts, int32_t local_num_experts, int64_t hidden_size,
+                            __nv_bfloat16* output, bool enable_pdl, cudaStream_t stream);
 
 // Launch configuration shared by the launchers: optional programmatic dependent launch.
 struct LaunchConfig {
