@@ -296,11 +296,9 @@ Status run(const MoeArguments& args, void* workspace, size_t workspace_bytes, cu
   // Few rows per expert: the weight-streaming decode GEMMs, same arguments, each GEMM chosen on
   // its own (decode_heuristics.h). The choice depends on host-known sizes only, so a captured
   // graph keeps its path.
-  int device = 0, num_sms = 0;
-  FUSEDMOE_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device), "cudaGetDevice");
-  FUSEDMOE_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
-      "cudaDeviceGetAttribute");
+  int num_sms = 0;
+  FUSEDMOE_CUDA_RETURN_IF_ERROR(current_num_sms(&num_sms),
+                                "cudaGetDevice / cudaDeviceGetAttribute (SM count)");
   // A non-gated GEMM1 is GEMM2-shaped (N = I output columns, each its own activation): it runs
   // on GEMM2's kernels with the rows of x gathered.
   const bool gated = is_gated(args.activation);

@@ -39,13 +39,9 @@ cudaError_t launch_decode_gemm(const DecodeGemmKernels<Params>& kernels, const P
   const int64_t slots = heuristics::decode_expert_slots(rows.max_rows, rows.num_experts);
   if (slots > 65535) return cudaErrorInvalidConfiguration;  // E_loc <= 1024 by validation
   if (col_slices > INT32_MAX) return cudaErrorInvalidConfiguration;
-  int device = 0, num_sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
+  int num_sms = 0;
+  cudaError_t err = current_num_sms(&num_sms);
   if (err != cudaSuccess) return err;
-  if ((err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device)) !=
-      cudaSuccess) {
-    return err;
-  }
   const int64_t ctas = col_slices * slots;
   const int warps = kernels.two != nullptr ? heuristics::decode_fp8_warps_per_cta(ctas, num_sms, k)
                                            : heuristics::decode_warps_per_cta(ctas, num_sms);

@@ -10,6 +10,7 @@
 
 #include "device/grouped_mainloop.cuh"
 #include "heuristics.h"
+#include "launch/pipeline.h"
 
 namespace fusedmoe::detail {
 
@@ -26,28 +27,18 @@ template <typename Kernel, typename Params, typename... Maps>
 cudaError_t launch_persistent_gemm(Kernel kernel, const Params& params, int64_t max_rows,
                                    int32_t num_experts, bool enable_pdl, cudaStream_t stream,
                                    size_t smem_bytes, const Maps&... maps) {
-  int device = 0, num_sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
+  int num_sms = 0;
+  cudaError_t err = current_num_sms(&num_sms);
   if (err != cudaSuccess) return err;
-  if ((err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device)) !=
-      cudaSuccess)
-    return err;
   if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem_bytes))) != cudaSuccess)
     return err;
 
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(heuristics::grouped_gemm_grid_size(num_sms, max_rows, num_experts,
-                                                           params.operands.num_n_blocks));
-  config.blockDim = dim3(device::GroupedGemmConfig::kNumThreads);
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  cudaLaunchAttribute pdl;
-  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl.val.programmaticStreamSerializationAllowed = enable_pdl ? 1 : 0;
-  config.attrs = &pdl;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, maps..., params);
+  const dim3 grid(heuristics::grouped_gemm_grid_size(num_sms, max_rows, num_experts,
+                                                     params.operands.num_n_blocks));
+  LaunchConfig launch(grid, dim3(device::GroupedGemmConfig::kNumThreads), smem_bytes, enable_pdl,
+                      stream);
+  return cudaLaunchKernelEx(&launch.config, kernel, maps..., params);
 }
 
 template <typename Params>

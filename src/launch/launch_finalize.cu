@@ -18,10 +18,8 @@ cudaError_t launch_finalize(const __nv_bfloat16* y, const float* slot_weight,
   const int64_t columns_per_block = static_cast<int64_t>(FinalizeConfig::kThreads) * vec;
   const dim3 grid(static_cast<unsigned>(num_tokens),
                   static_cast<unsigned>((hidden_size + columns_per_block - 1) / columns_per_block));
-  int device = 0, num_sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
+  int num_sms = 0;
+  const cudaError_t err = current_num_sms(&num_sms);
   if (err != cudaSuccess) return err;
   const int batch = heuristics::finalize_load_batch(static_cast<int64_t>(grid.x) * grid.y, num_sms,
                                                     top_k, num_experts, local_num_experts);

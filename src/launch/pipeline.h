@@ -131,4 +131,12 @@ struct LaunchConfig {
   }
 };
 
+// The current device's SM count, which the launchers' grid heuristics take.
+inline cudaError_t current_num_sms(int* num_sms) {
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  return cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
+}
+
 }  // namespace fusedmoe::detail
