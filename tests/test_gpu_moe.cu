@@ -1244,6 +1244,38 @@ TEST(GpuMoe, RerunsAreBitwiseIdenticalWithAndWithoutPdl) {
   }
 }
 
+// run(args) captured into a graph on a non-blocking stream of its own and instantiated (when the
+// captured call succeeded); the graph and the stream go with the object.
+class CapturedRun {
+ public:
+  CapturedRun(const MoeArguments& args, void* workspace, size_t bytes) {
+    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
+    check_cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capture");
+    status_ = run(args, workspace, bytes, stream_);
+    check_cuda(cudaStreamEndCapture(stream_, &graph_), "end capture");
+    if (status_.ok()) check_cuda(cudaGraphInstantiate(&exec_, graph_, 0), "instantiate");
+  }
+  ~CapturedRun() {
+    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+    if (graph_ != nullptr) cudaGraphDestroy(graph_);
+    cudaStreamDestroy(stream_);
+  }
+  CapturedRun(const CapturedRun&) = delete;
+  CapturedRun& operator=(const CapturedRun&) = delete;
+  const Status& status() const { return status_; }
+  // One replay, waited for.
+  void replay() {
+    check_cuda(cudaGraphLaunch(exec_, stream_), "graph launch");
+    check_cuda(cudaStreamSynchronize(stream_), "graph sync");
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+  Status status_;
+};
+
 TEST(GpuMoe, GraphCaptureReplaysWithNewInputs) {
   FUSEDMOE_SKIP_WITHOUT_GPU();
   for (bool pdl : {false, true}) {
@@ -1256,22 +1288,14 @@ TEST(GpuMoe, GraphCaptureReplaysWithNewInputs) {
     MoeArguments args = c.arguments();
     args.enable_pdl = pdl;
 
-    cudaStream_t stream;
-    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-    const Status status = run(args, workspace.get(), bytes, stream);
-    check_cuda(cudaStreamEndCapture(stream, &graph), "end capture");
-    ASSERT_TRUE(status.ok()) << status.message;
-    check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    CapturedRun captured(args, workspace.get(), bytes);
+    ASSERT_TRUE(captured.status().ok()) << captured.status().message;
 
     for (uint64_t round = 0; round < 3; ++round) {
       c.new_inputs(60 + round);  // same buffers, new contents
       c.poison_outputs();
       check_cuda(cudaDeviceSynchronize(), "inputs ready");  // they went in on the legacy stream
-      check_cuda(cudaGraphLaunch(exec, stream), "graph launch");
-      check_cuda(cudaStreamSynchronize(stream), "graph sync");
+      captured.replay();
       const ref::Routing routing = c.reference_routing();
       const ref::Permutation perm = ref::permute_reference(routing.ids, 0, spec.num_experts);
       const std::vector<int16_t> replay = c.replay().download();
@@ -1282,9 +1306,6 @@ TEST(GpuMoe, GraphCaptureReplaysWithNewInputs) {
           gpu_reference(c.shape(), c.x(), c.w1(), c.w2(), routing, perm, false);
       expect_close(c.output().download(), expected.out_truth, expected.out_design, "graph");
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-    cudaStreamDestroy(stream);
   }
 }
 
@@ -1317,15 +1338,8 @@ TEST(GpuMoe, ShardGraphReplaysWithNothingOneAndAllLocal) {
     MoeArguments args = c.arguments();
     args.enable_pdl = true;
 
-    cudaStream_t stream;
-    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-    const Status status = run(args, workspace.get(), bytes, stream);
-    check_cuda(cudaStreamEndCapture(stream, &graph), "end capture");
-    ASSERT_TRUE(status.ok()) << status.message;
-    check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    CapturedRun captured(args, workspace.get(), bytes);
+    ASSERT_TRUE(captured.status().ok()) << captured.status().message;
 
     Rng rng(72);
     for (int round = 0; round < 6; ++round) {
@@ -1340,8 +1354,7 @@ TEST(GpuMoe, ShardGraphReplaysWithNothingOneAndAllLocal) {
       c.set_routed(ids, random_fp32(rng, T * K, 0.05f, 1.0f));
       c.poison_outputs();
       check_cuda(cudaDeviceSynchronize(), "inputs ready");  // they went in on the legacy stream
-      check_cuda(cudaGraphLaunch(exec, stream), "graph launch");
-      check_cuda(cudaStreamSynchronize(stream), "graph sync");
+      captured.replay();
 
       const ref::Routing routing = c.reference_routing();
       const ref::Permutation perm = ref::permute_reference(routing.ids, kOffset, kLocal);
@@ -1369,9 +1382,6 @@ TEST(GpuMoe, ShardGraphReplaysWithNothingOneAndAllLocal) {
         expect_close(rows, expected.y_truth, expected.y_design, "gemm2_output");
       }
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-    cudaStreamDestroy(stream);
   }
 }
 
