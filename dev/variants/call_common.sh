@@ -1,4 +1,4 @@
-# The prelude of the device-call scripts of dev/variants (call.sh, call_candidate_ab.sh), sourced
+# The prelude of the device-call scripts of dev/variants (call.sh), sourced
 # after they set OUT_DEFAULT and LIMIT_DEFAULT: the output folder, the seconds left of the call's
 # budget (LIMIT overrides the default), the filter that keeps ab_wheels' tables short, and the
 # card's name first in the printed output.

@@ -35,12 +35,6 @@ echo "build-carry: $(cat build-carry/COMMIT), $(du -sh build-carry | cut -f1)"
 variants=(
   "base"
   "gemm2-split-tails test_gpu_grouped_gemm test_gpu_moe test_gpu_hostile"
-  "gemm1-split-tails test_gpu_grouped_gemm test_gpu_moe test_gpu_hostile"
-  # These three apply to main before the candidate landed (ce8c818): rebase them first (their
-  # rows in README.md say how), or this script stops at the first.
-  "fp8-gemm1-quantises-act test_gpu_fp8"
-  "fp8-decode-wgmma test_gpu_fp8"
-  "fp8-decode-wgmma-n32 test_gpu_fp8"
 )
 for entry in "${variants[@]}"; do
   read -ra words <<< "$entry"
@@ -51,7 +45,7 @@ for entry in "${variants[@]}"; do
   bash dev/build_variant.sh "${words[@]}"
   echo "$key" > "build-ab/$name/KEY"
 done
-# dev/cvt_rate (README.md, call B) beside the base wheel.
+# dev/cvt_rate (bench/NOTES.md, "What an FP8 decode GEMM spends on conversions") beside the base wheel.
 [[ build-ab/base/cvt_rate -nt dev/cvt_rate.cu ]] ||
   /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cvt_rate.cu \
     -o build-ab/base/cvt_rate
